@@ -1,0 +1,152 @@
+"""`plad` command line: one subcommand per stage, options generated from the stage dataclasses.
+
+Every stage takes `--config FILE.yaml` and overrides any field with a dotted option (`--train.lr 1e-4`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from plad.config import (
+    ConfigError,
+    DistillConfig,
+    EvalConfig,
+    PairsConfig,
+    RunConfig,
+    SFTConfig,
+    flat_fields,
+    load_config,
+)
+
+STAGES: dict[str, tuple[type, str]] = {
+    "sft": (SFTConfig, "fine-tune a causal LM on (prompt, target): teacher and student initialisation"),
+    "pairs": (
+        PairsConfig,
+        "sample teacher (chosen) and student (rejected) outputs into a resumable pairs store",
+    ),
+    "distill": (DistillConfig, "train the student with a distillation method (see `plad methods`)"),
+    "eval": (
+        EvalConfig,
+        "generate on test prompts; mean score, exact match, win rate over targets with 95% CI",
+    ),
+    "run": (RunConfig, "every stage in order; finished stages with the same settings are skipped"),
+    "demo": (RunConfig, "the whole pipeline on the built-in offline benchmark (tiny models, CPU, minutes)"),
+}
+
+
+def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
+    group = parser.add_argument_group("settings (any field of the YAML config; dotted names for sections)")
+    for name, typ, default, help_ in flat_fields(cls):
+        shown = ",".join(default) if isinstance(default, list) else default
+        kwargs: dict[str, Any] = {
+            "dest": name,
+            "default": argparse.SUPPRESS,
+            "help": f"{help_} (default: {shown!r})",
+        }
+        if typ is bool:
+            kwargs.update(nargs="?", const="true", metavar="BOOL")
+        else:
+            kwargs["metavar"] = getattr(typ, "__name__", "VALUE").upper()
+        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        group.add_argument(*flags, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="plad",
+        description="Preference-based distillation of LLMs: PLaD, DPKD and their baselines.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (cls, help_) in STAGES.items():
+        p = sub.add_parser(name, help=help_.replace("%", "%%"), description=(cls.__doc__ or help_).strip())
+        if name == "run":
+            p.add_argument("config_file", metavar="CONFIG", help="YAML config of the run")
+        else:
+            p.add_argument(
+                "--config", dest="config_file", metavar="FILE", help="YAML config (fields below override it)"
+            )
+        if name in ("run", "demo"):
+            p.add_argument("--force", action="store_true", help="re-run stages whose settings changed")
+        _add_fields(p, cls)
+    sub.add_parser("methods", help="list the distillation methods")
+    sub.add_parser("tasks", help="list the built-in benchmark tasks")
+    return parser
+
+
+def _overrides(ns: argparse.Namespace, cls: type) -> list[tuple[str, str]]:
+    return [(name, getattr(ns, name)) for name, *_ in flat_fields(cls) if hasattr(ns, name)]
+
+
+def _print_json(obj: Any) -> None:
+    import json
+
+    print(json.dumps(obj, indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if ns.quiet else logging.INFO, format="plad: %(message)s", stream=sys.stderr
+    )
+    for noisy in ("httpx", "accelerate", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # plad shows its own progress; weight-loading bars are noise
+    from plad.data import DataError
+    from plad.models import ModelError
+    from plad.scorers import UnknownScorer
+
+    try:
+        return _dispatch(ns)
+    except (ConfigError, DataError, ModelError, UnknownScorer) as e:
+        print(f"plad {ns.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(ns: argparse.Namespace) -> int:
+    if ns.command == "methods":
+        from plad.methods import METHODS
+
+        for m in METHODS.values():
+            needs = {"targets": "labeled data", "teacher": "teacher text", "pairs": "teacher + student text"}[
+                m.source
+            ]
+            print(f"{m.name:14s} {m.summary} [needs: {needs}{' + scores' if m.needs_scores else ''}]")
+        return 0
+    if ns.command == "tasks":
+        from plad.benchmark.tasks import TASKS
+
+        for t in TASKS.values():
+            print(f"{t.name:16s} {t.description}")
+        return 0
+
+    cls, _ = STAGES[ns.command]
+    cfg = load_config(cls, ns.config_file, _overrides(ns, cls))
+    if ns.command in ("run", "demo"):
+        from plad.pipeline import run_pipeline
+
+        if ns.command == "demo" and not hasattr(ns, "output_dir"):
+            cfg.output_dir = "runs/demo"
+        return run_pipeline(cfg, force=ns.force)
+    if ns.command == "sft":
+        from plad.stages import run_sft as runner
+    elif ns.command == "distill":
+        from plad.stages import run_distill as runner
+    elif ns.command == "pairs":
+        from plad.generation.pairs import run_pairs as runner
+    else:
+        from plad.evaluation.evaluate import run_eval as runner
+    _print_json(runner(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,464 @@
+"""One typed dataclass per stage, loaded from YAML with dotted command-line overrides.
+
+Every field carries a help text (`--help` prints a line per field). Unknown keys are rejected with the closest
+known names; `__post_init__` rejects contradictions with a message that says what to change. Paths that a stage
+needs are checked by `require()` when the stage starts, so that `plad run` can fill them in.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration the user must change; the message names the key and what to do."""
+
+
+def opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field with a help text (and allowed values); mutable defaults go through a factory."""
+    meta = {"help": help, "choices": choices}
+    if dataclasses.is_dataclass(default) or isinstance(default, list | dict):
+        proto = default
+        return field(default_factory=lambda: _copy(proto), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _copy(value: Any) -> Any:
+    return copy.deepcopy(value)
+
+
+def _check_choices(obj: Any) -> None:
+    for f in dataclasses.fields(obj):
+        choices = f.metadata.get("choices")
+        value = getattr(obj, f.name)
+        if choices and value not in choices:
+            raise ConfigError(f"{f.name} = {value!r} is not allowed; choose one of {', '.join(choices)}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Shared sections
+
+
+@dataclass
+class DataOptions:
+    prompt_field: str = opt("prompt", "column/key holding the prompt (text or chat messages)")
+    target_field: str = opt("target", "column/key holding the reference output")
+    id_field: str = opt("id", "column/key holding a unique row id (row number when the column is absent)")
+    split: str = opt(
+        "train", "split to read when the data is a Hugging Face dataset name or saved DatasetDict"
+    )
+    max_prompt_tokens: int = opt(256, "longest prompt in tokens; see `overlong`")
+    max_target_tokens: int = opt(256, "longest target/output in tokens (EOS included); see `overlong`")
+    overlong: str = opt(
+        "truncate",
+        "what to do with a prompt/target over the limit: truncate (prompts keep their end, targets their start; "
+        "the count is reported) or error",
+        ("truncate", "error"),
+    )
+
+    def __post_init__(self) -> None:
+        _check_choices(self)
+        if self.max_prompt_tokens < 1 or self.max_target_tokens < 1:
+            raise ConfigError("max_prompt_tokens and max_target_tokens must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = opt(200, "optimizer steps")
+    batch_size: int = opt(16, "examples (or pairs) per micro-batch")
+    grad_accum: int = opt(1, "micro-batches per optimizer step; losses are normalised over the whole window")
+    lr: float = opt(1e-3, "peak learning rate (AdamW)")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    adam_beta2: float = opt(0.999, "AdamW beta2")
+    warmup_steps: int = opt(10, "linear warm-up steps")
+    schedule: str = opt("cosine", "learning-rate decay after warm-up", ("cosine", "linear", "constant"))
+    max_grad_norm: float = opt(1.0, "gradient clipping norm (0 disables)")
+    save_every: int = opt(0, "write a resumable checkpoint every N steps (0: only the final model)")
+    keep_checkpoints: int = opt(2, "how many resumable checkpoints to keep")
+    log_every: int = opt(10, "steps between logged scalars (TensorBoard and metrics.jsonl)")
+    seed: int = opt(0, "seed for initialisation-independent randomness: data order, dropout")
+    mixed_precision: str = opt("no", "accelerate mixed precision", ("no", "bf16", "fp16"))
+
+    def __post_init__(self) -> None:
+        _check_choices(self)
+        for name in ("max_steps", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0 (got {self.lr})")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps must be >= 0 (got {self.warmup_steps})")
+        if self.save_every < 0 or self.keep_checkpoints < 1:
+            raise ConfigError("save_every must be >= 0 and keep_checkpoints >= 1")
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = opt(1.0, "sampling temperature; 0 means greedy decoding")
+    top_p: float = opt(1.0, "nucleus sampling threshold (1 disables)")
+    top_k: int = opt(0, "top-k sampling (0 disables)")
+    max_new_tokens: int = opt(64, "longest output; generation also stops at EOS")
+    seed: int = opt(0, "sampling seed; each batch derives its own from it, so resumed runs repeat exactly")
+    batch_size: int = opt(64, "prompts per generation batch (batches are grouped by prompt length)")
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0 (got {self.temperature})")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1] (got {self.top_p})")
+        if self.top_k < 0 or self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ConfigError("top_k must be >= 0, max_new_tokens >= 1 and batch_size >= 1")
+
+
+@dataclass
+class LossConfig:
+    beta: float = opt(0.2, "calibration margin beta (PLaD); scale of score differences for plad-margin")
+    reg_weight: float = opt(1.0, "lambda: weight of the regulariser (CE on `regularizer` outputs)")
+    regularizer: str = opt(
+        "chosen",
+        "regulariser of the calibration methods: CE on the teacher output (chosen), on the dataset target "
+        "(target; needs train_file) or none",
+        ("chosen", "target", "none"),
+    )
+    logp: str = opt(
+        "mean",
+        "sequence log-prob: sum over output tokens, or mean (length-normalised); EOS included",
+        ("mean", "sum"),
+    )
+
+    def __post_init__(self) -> None:
+        _check_choices(self)
+        if self.beta < 0 or self.reg_weight < 0:
+            raise ConfigError("beta and reg_weight must be >= 0")
+
+
+@dataclass
+class ModelSide:
+    model: str = opt("", "model folder or Hugging Face hub id (a causal LM)")
+    tokenizer: str = opt("", "tokenizer folder or hub id (default: the model's)")
+    sampling: SamplingConfig = opt(SamplingConfig(), "sampling settings of this side")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stages
+
+
+@dataclass
+class SFTConfig:
+    """`plad sft`: fine-tune a causal LM on (prompt, target); loss on target tokens and EOS only."""
+
+    model: str = opt("", "model folder or hub id to start from")
+    tokenizer: str = opt("", "tokenizer folder or hub id (default: the model's)")
+    train_file: str = opt("", "labeled data: JSONL file, saved dataset folder or hub dataset name")
+    output_dir: str = opt("", "where the fine-tuned model, checkpoints and logs go")
+    data: DataOptions = opt(DataOptions(), "data fields and length limits")
+    train: TrainConfig = opt(TrainConfig(), "optimisation")
+    threads: int = opt(0, "torch CPU threads (0: torch's default)")
+    resume: bool = opt(False, "continue from the latest checkpoint in output_dir (same config required)")
+
+
+@dataclass
+class PairsConfig:
+    """`plad pairs`: sample teacher (chosen) and student (rejected) outputs on unlabeled prompts."""
+
+    prompts_file: str = opt("", "distillation prompts: JSONL file, saved dataset folder or hub dataset name")
+    output_dir: str = opt("", "pairs store folder (samples.jsonl, pairs.jsonl, summary.json)")
+    teacher: ModelSide = opt(
+        ModelSide(sampling=SamplingConfig(temperature=0.5)), "teacher model and its sampling settings"
+    )
+    student: ModelSide = opt(
+        ModelSide(sampling=SamplingConfig(temperature=0.5)), "student model and its sampling settings"
+    )
+    num_student_samples: int = opt(1, "k: student samples per prompt (one pair per sample)")
+    scorer: str = opt("", "task scorer that scores every sample (needed by plad-margin); empty: no scores")
+    data: DataOptions = opt(DataOptions(), "data fields and length limits")
+    limit: int = opt(0, "use only the first N prompts (0: all)")
+    threads: int = opt(0, "torch CPU threads (0: torch's default)")
+
+    def __post_init__(self) -> None:
+        if self.num_student_samples < 1:
+            raise ConfigError("num_student_samples must be >= 1")
+        if self.limit < 0:
+            raise ConfigError("limit must be >= 0")
+
+
+@dataclass
+class DistillConfig:
+    """`plad distill`: continue training the student with one method of the table (`plad methods`)."""
+
+    method: str = opt("plad-rank", "distillation method (see `plad methods`)")
+    model: str = opt("", "student model folder (usually the SFT student)")
+    tokenizer: str = opt("", "tokenizer folder (default: the model's)")
+    pairs_file: str = opt("", "pairs.jsonl written by `plad pairs` (methods that learn from the teacher)")
+    train_file: str = opt("", "labeled data (method sft, or loss.regularizer=target)")
+    output_dir: str = opt("", "where the distilled model, checkpoints and logs go")
+    loss: LossConfig = opt(LossConfig(), "loss settings")
+    data: DataOptions = opt(DataOptions(), "data fields and length limits")
+    train: TrainConfig = opt(TrainConfig(lr=2e-4), "optimisation")
+    threads: int = opt(0, "torch CPU threads (0: torch's default)")
+    resume: bool = opt(False, "continue from the latest checkpoint in output_dir (same config required)")
+
+
+@dataclass
+class EvalConfig:
+    """`plad eval`: generate on test prompts, score, win rate over targets with a bootstrap interval."""
+
+    model: str = opt("", "model folder or hub id to evaluate")
+    tokenizer: str = opt("", "tokenizer folder or hub id (default: the model's)")
+    test_file: str = opt("", "test data with targets: JSONL file, saved dataset folder or hub dataset name")
+    output_dir: str = opt("", "where outputs.jsonl and results.json go")
+    name: str = opt("", "system name in tables (default: the output folder's name)")
+    scorer: str = opt("count-summary", "task scorer used as judge")
+    generation: SamplingConfig = opt(SamplingConfig(temperature=0.0), "decoding (temperature 0: greedy)")
+    compare_to: str = opt("", "another system's outputs.jsonl for a head-to-head win rate")
+    bootstrap_samples: int = opt(1000, "bootstrap resamples for the 95% intervals")
+    seed: int = opt(0, "seed of the bootstrap")
+    data: DataOptions = opt(DataOptions(split="test"), "data fields and length limits")
+    threads: int = opt(0, "torch CPU threads (0: torch's default)")
+
+    def __post_init__(self) -> None:
+        if self.bootstrap_samples < 100:
+            raise ConfigError("bootstrap_samples must be >= 100 for a meaningful interval")
+
+
+@dataclass
+class BenchmarkConfig:
+    task: str = opt("count-summary", "built-in task (see `plad tasks`)")
+    n_sft: int = opt(4000, "labeled training examples")
+    n_val: int = opt(200, "labeled validation examples")
+    n_distill: int = opt(1000, "unlabeled distillation prompts")
+    n_test: int = opt(300, "test examples")
+    corrupt_frac: float = opt(0.3, "fraction of sft/val/test references made imperfect (human-like errors)")
+    seed: int = opt(0, "seed of the generated data")
+    teacher_preset: str = opt("teacher", "built-in model preset of the teacher")
+    student_preset: str = opt("student", "built-in model preset of the student")
+    vocab_size: int = opt(320, "size of the locally trained byte-level BPE tokenizer")
+
+
+@dataclass
+class RunConfig:
+    """`plad run`: every stage in order; a finished stage with the same settings is skipped."""
+
+    output_dir: str = opt("runs/plad", "folder of the whole run (one subfolder per stage)")
+    seed: int = opt(0, "seed added to every stage's seed, so one number re-seeds the run")
+    threads: int = opt(0, "torch CPU threads for every stage (0: torch's default)")
+    task: str = opt("count-summary", "task scorer used by pairs (scores) and eval (judge)")
+    benchmark: BenchmarkConfig = opt(
+        BenchmarkConfig(), "built-in data and models (used when data files are empty)"
+    )
+    sft_file: str = opt("", "labeled data (empty: generate the built-in benchmark)")
+    distill_file: str = opt("", "unlabeled distillation prompts")
+    test_file: str = opt("", "test data with targets")
+    teacher: str = opt("", "teacher model folder or hub id (empty: the built-in preset)")
+    student: str = opt("", "student model folder or hub id (empty: the built-in preset)")
+    teacher_sft: TrainConfig = opt(
+        TrainConfig(max_steps=600, batch_size=32, lr=2e-3, warmup_steps=30),
+        "teacher SFT (max_steps=0: use as is)",
+    )
+    student_sft: TrainConfig = opt(
+        TrainConfig(max_steps=600, batch_size=32, lr=3e-3, warmup_steps=30),
+        "student SFT (max_steps=0: use as is)",
+    )
+    pairs: PairsConfig = opt(
+        PairsConfig(scorer="count-summary"),
+        "pair generation (models and files are filled in by the pipeline)",
+    )
+    methods: list = opt(["sft", "seqkd", "plad-rank", "plad-margin"], "distillation methods to compare")
+    distill: DistillConfig = opt(
+        DistillConfig(train=TrainConfig(max_steps=150, batch_size=16, lr=3e-4, warmup_steps=10)),
+        "distillation settings shared by all methods (method and paths are filled in by the pipeline)",
+    )
+    eval: EvalConfig = opt(EvalConfig(), "evaluation (model, files and scorer are filled in by the pipeline)")
+
+    def __post_init__(self) -> None:
+        from plad.methods import METHODS  # local: methods imports torch
+
+        for m in self.methods:
+            if m not in METHODS:
+                raise ConfigError(f"methods: unknown method {m!r}{_suggest(m, METHODS)}")
+        files = [self.sft_file, self.distill_file, self.test_file]
+        if any(files) and not all(files):
+            raise ConfigError(
+                "set all of sft_file, distill_file and test_file, or none (the built-in benchmark)"
+            )
+        for section, keys in (
+            ("pairs", ("prompts_file", "output_dir")),
+            ("distill", ("model", "pairs_file", "train_file", "output_dir")),
+            ("eval", ("model", "test_file", "output_dir")),
+        ):
+            for key in keys:
+                if getattr(getattr(self, section), key):
+                    raise ConfigError(f"{section}.{key} is set by the pipeline in `plad run`; remove it")
+        for side in ("teacher", "student"):
+            if getattr(self.pairs, side).model:
+                raise ConfigError(
+                    f"pairs.{side}.model is set by the pipeline; use the top-level `{side}` key"
+                )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading, overrides, fingerprints
+
+
+def _suggest(name: str, known: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
+    return f" (did you mean {', '.join(close)}?)" if close else f"; known: {', '.join(sorted(known))}"
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    origin = typing.get_origin(typ)
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of settings, got {value!r}")
+        return from_dict(typ, value, prefix=key + ".")
+    if typ is list or origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [str(v) for v in value]
+    if origin in (typing.Union, types.UnionType):
+        typ = next(t for t in typing.get_args(typ) if t is not type(None))
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        try:
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be an integer, got {value!r}") from None
+    if typ is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be a number, got {value!r}") from None
+    if typ is str:
+        if isinstance(value, dict | list):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return "" if value is None else str(value)
+    return value
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build `cls` from a plain dict, rejecting unknown keys (with close matches) and wrong types."""
+    types_ = _field_types(cls)
+    unknown = [k for k in data if k not in types_]
+    if unknown:
+        k = unknown[0]
+        raise ConfigError(f"unknown config key {prefix}{k!r}{_suggest(str(k), types_)}")
+    kwargs = {k: _coerce(v, types_[k], prefix + k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{prefix.rstrip('.')}: {e}" if prefix else str(e)) from None
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def set_dotted(data: dict, cls: type, dotted: str, raw: str) -> None:
+    """Apply one `--a.b.c VALUE` override to a nested dict, validating the key path against `cls`."""
+    parts = dotted.split(".")
+    node, typ = data, cls
+    for i, part in enumerate(parts):
+        types_ = _field_types(typ)
+        if part not in types_:
+            raise ConfigError(f"unknown config key {'.'.join(parts[: i + 1])!r}{_suggest(part, types_)}")
+        if i == len(parts) - 1:
+            node[part] = raw
+        else:
+            typ = types_[part]
+            if not dataclasses.is_dataclass(typ):
+                raise ConfigError(f"{'.'.join(parts[: i + 1])} is not a section")
+            node = node.setdefault(part, {})
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: list[tuple[str, str]] = ()) -> Any:
+    """YAML file (optional) + dotted overrides -> validated dataclass."""
+    data: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of settings at the top level")
+    for key, raw in overrides:
+        set_dotted(data, cls, key, raw)
+    where = f" (in {path})" if path else ""
+    try:
+        return from_dict(cls, data)
+    except ConfigError as e:
+        raise ConfigError(f"{e}{where}") from None
+
+
+def flat_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, Any, str]]:
+    """(dotted name, type, default, help) for every leaf field, for the generated CLI."""
+    out = []
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        typ = _field_types(cls)[f.name]
+        if dataclasses.is_dataclass(typ):
+            sub = flat_fields(typ, prefix + f.name + ".")
+            # Nested defaults may differ from the section class's own defaults.
+            value = getattr(defaults, f.name)
+            out += [(n, t, _get(value, n[len(prefix + f.name) + 1 :]), h) for n, t, _, h in sub]
+        else:
+            help_ = f.metadata.get("help", "")
+            if f.metadata.get("choices"):
+                help_ += f" [{'|'.join(f.metadata['choices'])}]"
+            out.append((prefix + f.name, typ, getattr(defaults, f.name), help_))
+    return out
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def fingerprint(obj: Any) -> str:
+    """Stable short hash of a config (or any JSON-able value)."""
+    data = to_dict(obj) if dataclasses.is_dataclass(obj) else obj
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def require(cfg: Any, *names: str) -> None:
+    """Stage-start check that the paths a stage needs are set."""
+    missing = [n for n in names if not _get(cfg, n)]
+    if missing:
+        flags = ", ".join(f"--{n}" for n in missing)
+        raise ConfigError(
+            f"{type(cfg).__name__}: missing {', '.join(missing)}; set it in the YAML or with {flags}"
+        )
+
+
+def save_yaml(cfg: Any, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

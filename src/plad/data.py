@@ -1,0 +1,289 @@
+"""Records, JSONL / Hugging Face datasets IO, prompt formatting, tokenisation and collation.
+
+Bad input is reported with the file, the line and the field before any expensive work starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from plad.config import DataOptions
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, the row and the field."""
+
+
+@dataclass
+class Example:
+    id: str
+    prompt: str | list  # raw text, or chat messages [{"role", "content"}]
+    target: str | None = None
+    meta: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# JSONL
+
+
+def read_jsonl(path: str | Path, tolerate_torn_tail: bool = False) -> list[dict]:
+    """Rows of a JSONL file. A malformed line is an error naming file and line, except (with
+    `tolerate_torn_tail`) an unterminated last line, which a killed writer can leave behind and which is dropped."""
+    path = Path(path)
+    rows = []
+    with path.open("rb") as f:
+        data = f.read()
+    lines = data.split(b"\n")
+    for i, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            if tolerate_torn_tail and i == len(lines):  # no newline after it: an interrupted append
+                break
+            raise DataError(f"{path}:{i}: not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{i}: each line must be a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows
+
+
+def repair_torn_tail(path: Path) -> int:
+    """Cut an unterminated last line (an interrupted append) so that the next append starts clean.
+    Returns the number of bytes dropped."""
+    if not path.exists():
+        return 0
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with path.open("rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return 0
+        f.seek(0)
+        data = f.read()
+        keep = data.rfind(b"\n") + 1
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    return size - keep
+
+
+def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    """Append whole rows, then flush and fsync: a crash loses at most the rows of this call."""
+    payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_jsonl_atomic(path: Path, rows: Iterable[dict]) -> None:
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temp file in the same folder, fsync, rename: readers see the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading examples
+
+
+def _load_rows(source: str, split: str) -> tuple[list[dict], str]:
+    """Rows and a human name of where they came from (for error messages)."""
+    p = Path(source)
+    if p.suffix in (".jsonl", ".json") or p.is_file():
+        if not p.is_file():
+            raise DataError(f"data file {p} does not exist")
+        return read_jsonl(p), str(p)
+    if p.is_dir():
+        import datasets
+
+        ds = datasets.load_from_disk(str(p))
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise DataError(f"{p}: no split {split!r} (has {', '.join(ds)}); set data.split")
+            ds = ds[split]
+        return [dict(r) for r in ds], f"{p}[{split}]"
+    import datasets  # a hub dataset name; only reachable with network access
+
+    try:
+        ds = datasets.load_dataset(source, split=split)
+    except Exception as e:  # noqa: BLE001 - datasets raises many kinds; the user needs the name and the cause
+        raise DataError(f"could not load dataset {source!r} (split {split!r}): {e}") from None
+    return [dict(r) for r in ds], f"{source}[{split}]"
+
+
+def load_examples(source: str, options: DataOptions, need_target: bool, what: str = "data") -> list[Example]:
+    """Examples from a JSONL file, a saved dataset folder or a hub dataset, with the column map of `options`."""
+    if not source:
+        raise DataError(f"no {what} given")
+    rows, where = _load_rows(source, options.split)
+    if not rows:
+        raise DataError(f"{where}: the {what} is empty")
+    examples, seen = [], set()
+    for i, row in enumerate(rows, start=1):
+        loc = f"{where}:{i}" if where.endswith((".jsonl", ".json")) else f"{where} row {i}"
+        prompt = row.get(options.prompt_field)
+        if prompt is None:
+            raise DataError(
+                f"{loc}: missing prompt field {options.prompt_field!r} (has {', '.join(row) or 'no fields'}); "
+                "set data.prompt_field to the right column"
+            )
+        if isinstance(prompt, list):
+            if not all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
+                raise DataError(
+                    f"{loc}: field {options.prompt_field!r} must be text or [{{role, content}}, ...]"
+                )
+        elif not isinstance(prompt, str) or not prompt.strip():
+            raise DataError(f"{loc}: field {options.prompt_field!r} must be non-empty text")
+        target = row.get(options.target_field)
+        if need_target and (not isinstance(target, str) or not target.strip()):
+            raise DataError(
+                f"{loc}: missing or empty target field {options.target_field!r}; this stage needs references"
+            )
+        ex_id = str(row.get(options.id_field, i - 1))
+        if ex_id in seen:
+            raise DataError(f"{loc}: duplicate id {ex_id!r} in field {options.id_field!r}")
+        seen.add(ex_id)
+        meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
+        examples.append(Example(ex_id, prompt, target if isinstance(target, str) else None, meta))
+    return examples
+
+
+def load_pairs(path: str, need_scores: bool = False) -> list[dict]:
+    """Pair rows of a pairs.jsonl (DESIGN section 6), validated."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"pairs file {p} does not exist; run `plad pairs` first")
+    rows = read_jsonl(p)
+    if not rows:
+        raise DataError(f"{p}: no pairs")
+    for i, row in enumerate(rows, start=1):
+        for key in ("id", "prompt", "chosen", "rejected"):
+            if key not in row:
+                raise DataError(f"{p}:{i}: missing field {key!r}")
+        if need_scores:
+            s = row.get("scores") or {}
+            if not all(isinstance(s.get(k), int | float) for k in ("chosen", "rejected")):
+                raise DataError(
+                    f"{p}:{i}: this method needs scores.chosen and scores.rejected; generate the pairs with "
+                    "--scorer TASK"
+                )
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Formatting and tokenisation
+
+
+def format_prompt(tokenizer: Any, prompt: str | list) -> str:
+    """Raw text as is; chat messages through the model's chat template with the generation prompt."""
+    if isinstance(prompt, str):
+        return prompt
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError(
+            "the prompts are chat messages but the tokenizer has no chat template; use text prompts"
+        )
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+
+@dataclass
+class Truncation:
+    """Counts of over-long prompts/targets, reported once per stage."""
+
+    prompts: int = 0
+    targets: int = 0
+
+    def report(self) -> str:
+        return f"truncated {self.prompts} prompts and {self.targets} outputs over the length limits"
+
+
+def encode_prompt(
+    tokenizer: Any, text: str, options: DataOptions, stats: Truncation, where: str = ""
+) -> list[int]:
+    ids = tokenizer(text, add_special_tokens=True).input_ids
+    if len(ids) > options.max_prompt_tokens:
+        if options.overlong == "error":
+            raise DataError(
+                f"{where}: prompt has {len(ids)} tokens, over data.max_prompt_tokens={options.max_prompt_tokens}; "
+                "raise the limit or set data.overlong=truncate"
+            )
+        stats.prompts += 1
+        ids = ids[-options.max_prompt_tokens :]  # keep the end: the instruction usually sits there
+    return ids
+
+
+def encode_output(
+    tokenizer: Any, text: str, options: DataOptions, stats: Truncation, where: str = "", add_eos: bool = True
+) -> list[int]:
+    """Output tokens + EOS (the model must learn to stop)."""
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    if add_eos:
+        ids = ids + [tokenizer.eos_token_id]
+    if len(ids) > options.max_target_tokens:
+        if options.overlong == "error":
+            raise DataError(
+                f"{where}: output has {len(ids)} tokens, over data.max_target_tokens={options.max_target_tokens}; "
+                "raise the limit or set data.overlong=truncate"
+            )
+        stats.targets += 1
+        ids = ids[: options.max_target_tokens]
+    return ids
+
+
+def collate_sequences(
+    prompts: Sequence[list[int]], outputs: Sequence[list[int]], pad_id: int
+) -> dict[str, torch.Tensor]:
+    """Right-padded prompt+output rows; labels hold the output tokens and -100 elsewhere.
+
+    Returns input_ids, attention_mask, labels (all (N, T)); labels are aligned with input_ids (the caller shifts).
+    """
+    rows = [p + o for p, o in zip(prompts, outputs, strict=True)]
+    T = max(len(r) for r in rows)
+    n = len(rows)
+    input_ids = torch.full((n, T), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, T), dtype=torch.long)
+    labels = torch.full((n, T), -100, dtype=torch.long)
+    for i, (p, o) in enumerate(zip(prompts, outputs, strict=True)):
+        L = len(p) + len(o)
+        input_ids[i, :L] = torch.tensor(p + o)
+        attention_mask[i, :L] = 1
+        labels[i, len(p) : L] = torch.tensor(o)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def left_pad(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompts for generation: (input_ids, attention_mask), both (N, T)."""
+    T = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, r in enumerate(rows):
+        input_ids[i, T - len(r) :] = torch.tensor(r)
+        attention_mask[i, T - len(r) :] = 1
+    return input_ids, attention_mask

@@ -1,0 +1,1 @@
+"""Evaluation: generation on test prompts, judges, win rates with bootstrap intervals."""

@@ -1,0 +1,1 @@
+"""Generation backends (local Hugging Face models now) and the resumable pairs job."""

@@ -1,0 +1,78 @@
+"""Batched sampling from a local Hugging Face causal LM (KV cache, left padding, stop at EOS)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from plad.config import SamplingConfig
+from plad.data import left_pad
+
+
+@dataclass
+class Sample:
+    text: str
+    n_tokens: int  # generated tokens, EOS included when it was produced
+    finish: str  # "eos" or "length"
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any key, so each batch has its own seed independent of what ran before it."""
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "big") >> 1
+
+
+def plan_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped by length (longest first, ties by index) so that padding is small; deterministic."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompt_ids: list[list[int]],
+    sampling: SamplingConfig,
+    num_samples: int = 1,
+    seed: int = 0,
+) -> list[list[Sample]]:
+    """`num_samples` outputs for each prompt (one batch); returns one list of Samples per prompt."""
+    from transformers import GenerationConfig
+
+    device = next(model.parameters()).device
+    input_ids, attention_mask = left_pad(prompt_ids, tokenizer.pad_token_id)
+    greedy = sampling.temperature == 0
+    gen_cfg = GenerationConfig(
+        do_sample=not greedy,
+        temperature=None if greedy else sampling.temperature,
+        top_p=None if greedy or sampling.top_p >= 1 else sampling.top_p,
+        top_k=None if greedy or sampling.top_k == 0 else sampling.top_k,
+        max_new_tokens=sampling.max_new_tokens,
+        num_return_sequences=num_samples,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        use_cache=True,
+    )
+    torch.manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    out = model.generate(
+        input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=gen_cfg
+    )
+    model.train(was_training)
+    new_tokens = out[:, input_ids.shape[1] :].tolist()
+    eos, results = tokenizer.eos_token_id, []
+    for i in range(len(prompt_ids)):
+        samples = []
+        for row in new_tokens[i * num_samples : (i + 1) * num_samples]:
+            if eos in row:
+                row, finish = row[: row.index(eos) + 1], "eos"
+            else:
+                finish = "length"
+            text = tokenizer.decode([t for t in row if t != eos], skip_special_tokens=True)
+            samples.append(Sample(text=text, n_tokens=len(row), finish=finish))
+        results.append(samples)
+    return results

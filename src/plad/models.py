@@ -1,0 +1,83 @@
+"""Loading a user's model and tokenizer through the Auto classes, with errors that say what to do."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger("plad")
+
+
+class ModelError(ValueError):
+    """A model or tokenizer that cannot be used; the message names the folder and the fix."""
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
+
+
+def load_tokenizer(name: str) -> Any:
+    from transformers import AutoTokenizer
+
+    if _looks_local(name) and not Path(name).expanduser().is_dir():
+        raise ModelError(f"tokenizer folder {name} does not exist")
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"could not load a tokenizer from {name}: {e}") from None
+    if tok.eos_token_id is None:
+        raise ModelError(
+            f"tokenizer {name} has no EOS token; outputs could never end. Set eos_token in its "
+            "tokenizer_config.json (or save the tokenizer with eos_token=...)"
+        )
+    if tok.pad_token_id is None:
+        # Padding positions are masked by the attention mask, never by id, so EOS is safe as pad.
+        log.warning(
+            "tokenizer %s has no pad token; using its EOS token (%r) for padding", name, tok.eos_token
+        )
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(name: str, dtype: torch.dtype | None = None) -> Any:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if _looks_local(name) and not Path(name).expanduser().is_dir():
+        raise ModelError(f"model folder {name} does not exist")
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{name} is not a model folder or hub id with a config.json: {e}") from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype or torch.float32)
+    except ValueError as e:
+        if "Unrecognized configuration class" in str(e) or "AutoModelForCausalLM" in str(e):
+            raise ModelError(
+                f"{name} holds a {type(config).__name__} ({config.model_type}) model, which is not a causal LM; "
+                "plad trains decoder-only models here"
+            ) from None
+        raise
+    except OSError as e:
+        raise ModelError(f"could not load model weights from {name}: {e}") from None
+    return model
+
+
+def load_model_and_tokenizer(model: str, tokenizer: str = "") -> tuple[Any, Any]:
+    tok = load_tokenizer(tokenizer or model)
+    lm = load_causal_lm(model)
+    if lm.get_input_embeddings().num_embeddings < len(tok):
+        raise ModelError(
+            f"tokenizer {tokenizer or model} has {len(tok)} tokens but model {model} embeds only "
+            f"{lm.get_input_embeddings().num_embeddings}; they do not belong together"
+        )
+    if lm.generation_config is not None:
+        lm.generation_config.pad_token_id = tok.pad_token_id
+    return lm, tok
+
+
+def set_threads(threads: int) -> None:
+    if threads > 0:
+        torch.set_num_threads(threads)

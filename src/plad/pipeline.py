@@ -1,0 +1,281 @@
+"""`plad run` / `plad demo`: every stage in order, each in its own folder under output_dir.
+
+Each stage folder holds stage.json with the fingerprint of the stage's settings and of its inputs' fingerprints.
+A finished stage with the same fingerprint is skipped; an unfinished one resumes; one made with other settings is
+refused (or, with --force, re-run), so stale results are never mixed in. A changed upstream stage changes every
+downstream fingerprint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from plad.config import (
+    ConfigError,
+    DistillConfig,
+    EvalConfig,
+    ModelSide,
+    RunConfig,
+    SFTConfig,
+    fingerprint,
+    save_yaml,
+    to_dict,
+)
+from plad.data import load_examples, write_json_atomic, write_jsonl_atomic
+
+log = logging.getLogger("plad")
+
+
+class StageDir:
+    """A stage's folder and its marker file."""
+
+    def __init__(self, root: Path, name: str, fp: str, force: bool):
+        self.name, self.dir, self.fp = name, root / name, fp
+        marker = self.dir / "stage.json"
+        self.state = json.loads(marker.read_text()) if marker.is_file() else None
+        if self.state and self.state["fingerprint"] != fp:
+            if not force:
+                raise ConfigError(
+                    f"stage {name!r} in {self.dir} was run with other settings (or other inputs); pass --force to "
+                    "re-run it and the stages after it, or choose another output_dir"
+                )
+            log.info("%s: settings changed, re-running (--force)", name)
+            shutil.rmtree(self.dir)
+            self.state = None
+        elif self.state is None and self.dir.exists() and any(self.dir.iterdir()):
+            if not force:
+                raise ConfigError(
+                    f"{self.dir} holds files that plad did not mark as a stage; move them or use --force"
+                )
+            shutil.rmtree(self.dir)
+
+    @property
+    def done(self) -> bool:
+        return bool(self.state and self.state.get("done"))
+
+    def start(self) -> None:
+        write_json_atomic(self.dir / "stage.json", {"fingerprint": self.fp, "done": False})
+
+    def finish(self, info: dict | None = None) -> None:
+        write_json_atomic(self.dir / "stage.json", {"fingerprint": self.fp, "done": True, **(info or {})})
+
+
+def _file_digest(path: str) -> str:
+    p = Path(path)
+    return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else path
+
+
+def _with_seed(train, seed: int):
+    return dataclasses.replace(train, seed=train.seed + seed)
+
+
+def _reseed_side(side: ModelSide, model: str, seed: int) -> ModelSide:
+    return dataclasses.replace(
+        side, model=model, sampling=dataclasses.replace(side.sampling, seed=side.sampling.seed + seed)
+    )
+
+
+def run_pipeline(cfg: RunConfig, force: bool = False) -> int:
+    from plad.models import set_threads
+
+    root = Path(cfg.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, root / "run_config.yaml")
+    set_threads(cfg.threads)
+    timings: dict[str, float] = {}
+    t_run = time.perf_counter()
+
+    def stage(name: str, fp_parts: dict, fn, *args) -> tuple[Path, str, Any]:
+        """Run `fn(stage_dir, *args)` unless done with the same fingerprint; returns (dir, fingerprint, info)."""
+        fp = fingerprint(fp_parts)
+        sd = StageDir(root, name, fp, force)
+        if sd.done:
+            log.info("%s: done with the same settings, skipped", name)
+            return sd.dir, fp, sd.state.get("info")
+        sd.dir.mkdir(parents=True, exist_ok=True)
+        sd.start()
+        log.info("%s: running", name)
+        t0 = time.perf_counter()
+        info = fn(sd.dir, *args)
+        timings[name] = round(time.perf_counter() - t0, 1)
+        sd.finish({"info": info, "seconds": timings[name]})
+        return sd.dir, fp, info
+
+    # 1. data ---------------------------------------------------------------------------------------------------
+    bench = cfg.benchmark
+    if cfg.sft_file:
+        files = {"sft": cfg.sft_file, "distill": cfg.distill_file, "test": cfg.test_file}
+        for what, path in files.items():  # validate before any training starts
+            load_examples(
+                path, cfg.eval.data if what == "test" else cfg.distill.data, what != "distill", what
+            )
+        data_fp = fingerprint({k: _file_digest(v) for k, v in files.items()})
+    else:
+
+        def make_data(d: Path) -> dict:
+            from plad.benchmark.tasks import generate_splits
+
+            sizes = {"sft": bench.n_sft, "val": bench.n_val, "distill": bench.n_distill, "test": bench.n_test}
+            splits = generate_splits(bench.task, sizes, bench.corrupt_frac, bench.seed + cfg.seed)
+            for split, rows in splits.items():
+                write_jsonl_atomic(d / f"{split}.jsonl", rows)
+            return {k: len(v) for k, v in splits.items()}
+
+        data_dir, data_fp, _ = stage("data", {"benchmark": to_dict(bench), "seed": cfg.seed}, make_data)
+        files = {k: str(data_dir / f"{k}.jsonl") for k in ("sft", "distill", "test")}
+
+    # 2. models (built-in presets when no model is given) ---------------------------------------------------------
+    teacher, student, models_fp = cfg.teacher, cfg.student, ""
+    if not teacher or not student:
+
+        def make_models(d: Path) -> dict:
+            from plad.benchmark.build import build_model, build_tokenizer
+            from plad.data import read_jsonl
+
+            rows = read_jsonl(files["sft"])
+            texts = [r["prompt"] + r["target"] for r in rows]
+            tok = build_tokenizer(texts, d / "tokenizer", bench.vocab_size)
+            t = build_model(bench.teacher_preset, tok, d / "teacher", seed=cfg.seed)
+            s = build_model(bench.student_preset, tok, d / "student", seed=cfg.seed + 1)
+            return {
+                "teacher_params": t.num_parameters(),
+                "student_params": s.num_parameters(),
+                "vocab": len(tok),
+            }
+
+        models_dir, models_fp, model_info = stage(
+            "models",
+            {
+                "presets": [bench.teacher_preset, bench.student_preset, bench.vocab_size],
+                "data": data_fp,
+                "seed": cfg.seed,
+            },
+            make_models,
+        )
+        teacher = teacher or str(models_dir / "teacher")
+        student = student or str(models_dir / "student")
+        log.info("models: %s", model_info)
+
+    # 3. SFT of teacher and student -----------------------------------------------------------------------------
+    from plad.stages import run_distill, run_sft
+
+    def sft(d: Path, model: str, train) -> dict:
+        sft_cfg = SFTConfig(model=model, train_file=files["sft"], output_dir=str(d), train=train, resume=True)
+        sft_cfg.data = cfg.distill.data
+        return run_sft(sft_cfg)
+
+    def sft_stage(name: str, model: str, train) -> tuple[str, str]:
+        if not train.max_steps:
+            return model, fingerprint({"model": model})
+        train = _with_seed(train, cfg.seed)
+        parts = {
+            "model": model,
+            "models": models_fp,
+            "data": data_fp,
+            "train": to_dict(train),
+            "opts": to_dict(cfg.distill.data),
+        }
+        d, fp, _ = stage(name, parts, sft, model, train)
+        return str(d), fp
+
+    teacher_sft, teacher_fp = sft_stage("teacher-sft", teacher, cfg.teacher_sft)
+    student_sft, student_fp = sft_stage("student-sft", student, cfg.student_sft)
+
+    # 4. pairs ----------------------------------------------------------------------------------------------------
+    from plad.generation.pairs import run_pairs
+
+    pairs_cfg = dataclasses.replace(
+        cfg.pairs,
+        prompts_file=files["distill"],
+        teacher=_reseed_side(cfg.pairs.teacher, teacher_sft, cfg.seed),
+        student=_reseed_side(cfg.pairs.student, student_sft, cfg.seed),
+        threads=cfg.threads,
+    )
+
+    def pairs(d: Path) -> dict:
+        return run_pairs(dataclasses.replace(pairs_cfg, output_dir=str(d)))
+
+    pairs_parts = {"cfg": to_dict(pairs_cfg), "teacher": teacher_fp, "student": student_fp, "data": data_fp}
+    pairs_dir, pairs_fp, pairs_info = stage("pairs", pairs_parts, pairs)
+
+    # 5. distillation, one folder per method ----------------------------------------------------------------------
+    systems: dict[str, str] = {"teacher": teacher_sft, "student-sft": student_sft}
+    for method in cfg.methods:
+        dcfg = dataclasses.replace(
+            cfg.distill,
+            method=method,
+            model=student_sft,
+            pairs_file=str(pairs_dir / "pairs.jsonl"),
+            train_file=files["sft"],
+            train=_with_seed(cfg.distill.train, cfg.seed),
+            threads=cfg.threads,
+            resume=True,
+        )
+
+        def distill(d: Path, dcfg: DistillConfig = dcfg) -> dict:
+            return run_distill(dataclasses.replace(dcfg, output_dir=str(d)))
+
+        parts = {"cfg": to_dict(dcfg), "student": student_fp, "pairs": pairs_fp, "data": data_fp}
+        d, _, _ = stage(f"distill/{method}", parts, distill)
+        systems[method] = str(d)
+
+    # 6. evaluation ----------------------------------------------------------------------------------------------
+    from plad.evaluation.evaluate import run_eval
+
+    results: dict[str, dict] = {}
+    baseline_outputs = str(root / "eval" / "student-sft" / "outputs.jsonl")
+    order = ["student-sft"] + [
+        n for n in systems if n != "student-sft"
+    ]  # its outputs are the head-to-head baseline
+    for name in order:
+        model = systems[name]
+        ecfg = dataclasses.replace(
+            cfg.eval,
+            model=model,
+            test_file=files["test"],
+            name=name,
+            scorer=cfg.task,
+            compare_to="" if name == "student-sft" else baseline_outputs,
+            seed=cfg.eval.seed + cfg.seed,
+            threads=cfg.threads,
+        )
+
+        def evaluate(d: Path, ecfg: EvalConfig = ecfg) -> dict:
+            return run_eval(dataclasses.replace(ecfg, output_dir=str(d)))
+
+        model_fp = _stage_fp(root, model) or fingerprint({"model": model})
+        _, _, res = stage(
+            f"eval/{name}", {"cfg": to_dict(ecfg), "model": model_fp, "data": data_fp}, evaluate
+        )
+        results[name] = res
+
+    # 7. report ---------------------------------------------------------------------------------------------------
+    from plad.report import print_table, write_report
+
+    total = round(time.perf_counter() - t_run, 1)
+    summary = {
+        "config": to_dict(cfg),
+        "results": results,
+        "pairs": pairs_info,
+        "stage_seconds": timings,
+        "total_seconds": total,
+    }
+    write_json_atomic(root / "results.json", summary)
+    write_report(root / "report.md", summary)
+    print_table(results)
+    log.info("report: %s (total %.1f s this invocation)", root / "report.md", total)
+    return 0
+
+
+def _stage_fp(root: Path, model_dir: str) -> str | None:
+    marker = Path(model_dir) / "stage.json"
+    if Path(model_dir).is_relative_to(root) and marker.is_file():
+        return json.loads(marker.read_text())["fingerprint"]
+    return None

@@ -1,0 +1,259 @@
+"""The one training loop, used by `plad sft` and every `plad distill` method. Read it top to bottom.
+
+- accelerate runs it on CPU, one GPU, or many processes (DDP/FSDP/DeepSpeed via `accelerate launch`).
+- Data order is a pure function of (seed, step), so a resumed run sees exactly the batches it would have seen.
+- Losses are normalised by the number of examples/tokens of the whole accumulation window (all processes).
+- Checkpoints (model, optimizer, scheduler, RNG) are written to a temp folder and renamed; `--resume` continues
+  from the newest one and refuses a changed config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from plad.config import ConfigError, LossConfig, TrainConfig
+from plad.data import append_jsonl, read_jsonl, write_json_atomic
+from plad.generation.hf import derive_seed
+from plad.methods import Item, Method, make_batch
+
+log = logging.getLogger("plad")
+
+STATE_FILE = "trainer_state.json"
+SUMMARY_FILE = "train_summary.json"
+
+
+def _lr_lambda(cfg: TrainConfig):
+    warmup = min(cfg.warmup_steps, cfg.max_steps)
+
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, cfg.max_steps - warmup)
+        progress = min(progress, 1.0)
+        if cfg.schedule == "linear":
+            return 1.0 - 0.9 * progress
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine down to 10% of the peak
+
+    return f
+
+
+class BatchStream:
+    """Micro-batch number g -> the items in it: epochs of seeded permutations, no state to save."""
+
+    def __init__(self, items: list[Item], batch_size: int, seed: int, name: str):
+        self.items, self.batch_size, self.seed, self.name = items, batch_size, seed, name
+        self.per_epoch = math.ceil(len(items) / batch_size)
+        self._perm_epoch, self._perm = -1, None
+
+    def __getitem__(self, g: int) -> list[Item]:
+        epoch, j = divmod(g, self.per_epoch)
+        if epoch != self._perm_epoch:
+            gen = torch.Generator().manual_seed(derive_seed(self.seed, self.name, epoch))
+            self._perm, self._perm_epoch = torch.randperm(len(self.items), generator=gen).tolist(), epoch
+        return [self.items[i] for i in self._perm[j * self.batch_size : (j + 1) * self.batch_size]]
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    root = output_dir / "checkpoints"
+    done = [p for p in root.glob("step-*") if (p / STATE_FILE).is_file()] if root.is_dir() else []
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def check_output_dir(output_dir: Path, resume: bool) -> None:
+    """Refuse to overwrite a previous run unless resuming; fail early when the folder is not writable."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".plad-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"output_dir {output_dir} is not writable: {e.strerror or e}") from None
+    if resume:
+        return
+    if (output_dir / SUMMARY_FILE).exists() or _checkpoints(output_dir):
+        raise ConfigError(
+            f"output_dir {output_dir} already holds a training run; pass --resume to continue it or choose another "
+            "output_dir (nothing was overwritten)"
+        )
+
+
+def train(
+    *,
+    model: Any,
+    tokenizer: Any,
+    method: Method,
+    items: list[Item],
+    reg_items: list[Item] | None,
+    loss_cfg: LossConfig,
+    cfg: TrainConfig,
+    output_dir: Path,
+    config_fingerprint: str,
+    resume: bool,
+) -> dict:
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from tqdm.auto import tqdm
+
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / "logs")
+        ),
+    )
+    set_seed(cfg.seed)
+    model.train()
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, cfg.adam_beta2)
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+
+    step = 0
+    metrics_path = output_dir / "metrics.jsonl"
+    if resume and (ckpts := _checkpoints(output_dir)):
+        state = json.loads((ckpts[-1] / STATE_FILE).read_text())
+        if state["fingerprint"] != config_fingerprint:
+            raise ConfigError(
+                f"--resume: the checkpoint in {ckpts[-1]} was made with a different config; resume with the same "
+                "settings, or start a new output_dir"
+            )
+        accelerator.load_state(str(ckpts[-1]))
+        step = state["step"]
+        if accelerator.is_main_process and metrics_path.exists():  # drop rows logged after the checkpoint
+            kept = [r for r in read_jsonl(metrics_path, tolerate_torn_tail=True) if r["step"] <= step]
+            metrics_path.unlink()
+            append_jsonl(metrics_path, kept)
+        log.info("resumed from %s (step %d of %d)", ckpts[-1], step, cfg.max_steps)
+    elif resume:
+        log.debug("--resume: no checkpoint in %s, starting from step 0", output_dir)
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    main_stream = BatchStream(items, cfg.batch_size, cfg.seed, "main")
+    reg_stream = BatchStream(reg_items, cfg.batch_size, cfg.seed, "reg") if reg_items else None
+    pad_id = tokenizer.pad_token_id
+    accelerator.init_trackers("plad")
+
+    bar = tqdm(
+        total=cfg.max_steps,
+        initial=step,
+        desc=f"{method.name}",
+        unit="step",
+        disable=not accelerator.is_local_main_process,
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
+    window_log: dict[str, list[float]] = {}
+    t_log, tokens_log, t_start = time.perf_counter(), 0, time.perf_counter()
+    last_loss = float("nan")
+    while step < cfg.max_steps:
+        # One optimizer step = grad_accum micro-batches; build them all first to know the window's normalisers.
+        micro = []
+        for a in range(cfg.grad_accum):
+            g = (step * cfg.grad_accum + a) * world + rank
+            reg = reg_stream[g] if reg_stream else None
+            micro.append(make_batch(main_stream[g], reg, pad_id, loss_cfg))
+        counts = torch.tensor(
+            [sum(b["n_examples"] for b in micro), sum(b["n_tokens"] for b in micro)],
+            dtype=torch.float64,
+            device=accelerator.device,
+        )
+        n_examples, n_tokens = accelerator.reduce(counts, reduction="sum").tolist()
+        step_loss = 0.0
+        for a, batch in enumerate(micro):
+            batch = _to_device(batch, accelerator.device)
+            sync = a == len(micro) - 1
+            ctx = accelerator.no_sync(model) if not sync and world > 1 else contextlib.nullcontext()
+            with ctx, accelerator.autocast():
+                parts = method.loss(model, batch, loss_cfg)
+                loss = torch.zeros((), device=accelerator.device)
+                if parts.seq_sum is not None:
+                    loss = loss + parts.seq_sum / max(n_examples, 1)
+                if parts.tok_sum is not None:
+                    loss = loss + parts.tok_weight * parts.tok_sum / max(n_tokens, 1)
+                # DDP averages gradients over processes; the normalisers above are global sums already.
+                accelerator.backward(loss * world)
+            step_loss += float(loss.detach())
+            for k, v in parts.metrics.items():
+                window_log.setdefault(k, []).append(v)
+            tokens_log += int(batch["main"]["attention_mask"].sum())
+        grad_norm = (
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
+        )
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        last_loss = step_loss
+        window_log.setdefault("loss", []).append(step_loss)
+        if grad_norm is not None:
+            window_log.setdefault("grad_norm", []).append(float(grad_norm))
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}", refresh=False)
+
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            elapsed = time.perf_counter() - t_log
+            row = {k: sum(v) / len(v) for k, v in window_log.items()}
+            row.update(
+                step=step, lr=scheduler.get_last_lr()[0], tokens_per_s=tokens_log * world / max(elapsed, 1e-9)
+            )
+            accelerator.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=step)
+            if accelerator.is_main_process:
+                append_jsonl(metrics_path, [row])
+            window_log, t_log, tokens_log = {}, time.perf_counter(), 0
+
+        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
+            _save_checkpoint(accelerator, output_dir, step, config_fingerprint, cfg.keep_checkpoints)
+    bar.close()
+    accelerator.end_training()
+
+    accelerator.wait_for_everyone()
+    summary = {
+        "method": method.name,
+        "steps": step,
+        "final_loss": last_loss,
+        "train_seconds": round(time.perf_counter() - t_start, 2),
+        "fingerprint": config_fingerprint,
+    }
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(output_dir, state_dict=accelerator.get_state_dict(model))
+        tokenizer.save_pretrained(output_dir)
+        write_json_atomic(output_dir / SUMMARY_FILE, summary)
+        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)  # the final model supersedes them
+    return summary
+
+
+def _save_checkpoint(accelerator: Any, output_dir: Path, step: int, fingerprint: str, keep: int) -> None:
+    """Write to checkpoints/.tmp-step-N, then rename: a kill mid-save leaves the previous checkpoint intact."""
+    root = output_dir / "checkpoints"
+    tmp, final = root / f".tmp-step-{step:07d}", root / f"step-{step:07d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        write_json_atomic(tmp / STATE_FILE, {"step": step, "fingerprint": fingerprint})
+        tmp.rename(final)
+        for old in _checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {
+        k: _to_device(v, device) if isinstance(v, dict) else v.to(device) if torch.is_tensor(v) else v
+        for k, v in batch.items()
+    }
