@@ -44,7 +44,7 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
         kwargs: dict[str, Any] = {
             "dest": name,
             "default": argparse.SUPPRESS,
-            "help": f"{help_} (default: {shown!r})",
+            "help": f"{help_} (default: {shown!r})".replace("%", "%%"),  # argparse %-formats help texts
         }
         if typ is bool:
             kwargs.update(nargs="?", const="true", metavar="BOOL")

@@ -219,7 +219,7 @@ class EvalConfig:
     test_file: str = opt("", "test data with targets: JSONL file, saved dataset folder or hub dataset name")
     output_dir: str = opt("", "where outputs.jsonl and results.json go")
     name: str = opt("", "system name in tables (default: the output folder's name)")
-    scorer: str = opt("count-summary", "task scorer used as judge")
+    scorer: str = opt("count-summary", "judge: a task scorer (`plad tasks`); empty: write outputs only")
     generation: SamplingConfig = opt(SamplingConfig(temperature=0.0), "decoding (temperature 0: greedy)")
     compare_to: str = opt("", "another system's outputs.jsonl for a head-to-head win rate")
     bootstrap_samples: int = opt(1000, "bootstrap resamples for the 95% intervals")
@@ -253,7 +253,7 @@ class RunConfig:
     output_dir: str = opt("runs/plad", "folder of the whole run (one subfolder per stage)")
     seed: int = opt(0, "seed added to every stage's seed, so one number re-seeds the run")
     threads: int = opt(0, "torch CPU threads for every stage (0: torch's default)")
-    task: str = opt("count-summary", "task scorer used by pairs (scores) and eval (judge)")
+    task: str = opt("count-summary", "task scorer of eval (the judge); empty: outputs only")
     benchmark: BenchmarkConfig = opt(
         BenchmarkConfig(), "built-in data and models (used when data files are empty)"
     )
@@ -312,7 +312,9 @@ class RunConfig:
 
 
 def _suggest(name: str, known: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
+    known = list(known)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    close += [k for k in known if k in name.split("_") and k not in close]  # lr_rate -> lr
     return f" (did you mean {', '.join(close)}?)" if close else f"; known: {', '.join(sorted(known))}"
 
 
@@ -321,12 +323,12 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _coerce(value: Any, typ: Any, key: str) -> Any:
+def _coerce(value: Any, typ: Any, key: str, default: Any = None) -> Any:
     origin = typing.get_origin(typ)
     if dataclasses.is_dataclass(typ):
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping of settings, got {value!r}")
-        return from_dict(typ, value, prefix=key + ".")
+        return from_dict(typ, value, prefix=key + ".", base=default)
     if typ is list or origin is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -362,14 +364,28 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     return value
 
 
-def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
-    """Build `cls` from a plain dict, rejecting unknown keys (with close matches) and wrong types."""
+def _field_default(cls: type, name: str) -> Any:
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def from_dict(cls: type, data: dict, prefix: str = "", base: Any = None) -> Any:
+    """Build `cls` from a plain dict, rejecting unknown keys (with close matches) and wrong types.
+
+    Fields absent from `data` keep the defaults of `base` (the parent's default value of this section, which may
+    differ from the section class's own defaults, e.g. RunConfig.distill.train.lr), or of `cls`.
+    """
     types_ = _field_types(cls)
     unknown = [k for k in data if k not in types_]
     if unknown:
         k = unknown[0]
-        raise ConfigError(f"unknown config key {prefix}{k!r}{_suggest(str(k), types_)}")
-    kwargs = {k: _coerce(v, types_[k], prefix + k) for k, v in data.items()}
+        raise ConfigError(f"unknown config key {prefix + str(k)!r}{_suggest(str(k), types_)}")
+    kwargs = {f.name: getattr(base, f.name) for f in dataclasses.fields(cls) if base is not None}
+    for k, v in data.items():
+        default = None
+        if dataclasses.is_dataclass(types_[k]):
+            default = getattr(base, k) if base is not None else _field_default(cls, k)
+        kwargs[k] = _coerce(v, types_[k], prefix + k, default)
     try:
         return cls(**kwargs)
     except ConfigError as e:

@@ -130,8 +130,10 @@ def _load_rows(source: str, split: str) -> tuple[list[dict], str]:
                 raise DataError(f"{p}: no split {split!r} (has {', '.join(ds)}); set data.split")
             ds = ds[split]
         return [dict(r) for r in ds], f"{p}[{split}]"
-    import datasets  # a hub dataset name; only reachable with network access
+    import datasets  # a hub dataset name ("name" or "name:split"); only reachable with network access
 
+    if ":" in source:
+        source, split = source.rsplit(":", 1)
     try:
         ds = datasets.load_dataset(source, split=split)
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds; the user needs the name and the cause
@@ -202,13 +204,14 @@ def load_pairs(path: str, need_scores: bool = False) -> list[dict]:
 # Formatting and tokenisation
 
 
-def format_prompt(tokenizer: Any, prompt: str | list) -> str:
+def format_prompt(tokenizer: Any, prompt: str | list, where: str = "") -> str:
     """Raw text as is; chat messages through the model's chat template with the generation prompt."""
     if isinstance(prompt, str):
         return prompt
     if not getattr(tokenizer, "chat_template", None):
         raise DataError(
-            "the prompts are chat messages but the tokenizer has no chat template; use text prompts"
+            f"{where or 'data'}: the prompt is chat messages but the tokenizer "
+            f"{getattr(tokenizer, 'name_or_path', '')} has no chat template; use text prompts or a chat model"
         )
     return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 

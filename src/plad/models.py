@@ -65,8 +65,10 @@ def load_causal_lm(name: str, dtype: torch.dtype | None = None) -> Any:
     return model
 
 
-def load_model_and_tokenizer(model: str, tokenizer: str = "") -> tuple[Any, Any]:
-    tok = load_tokenizer(tokenizer or model)
+def load_model_and_tokenizer(model: str, tokenizer: str = "", tok: Any = None) -> tuple[Any, Any]:
+    """Model and tokenizer, checked to belong together. Pass `tok` when it was loaded already (stages load the
+    tokenizer first, so that bad data fails before the weights are read)."""
+    tok = tok if tok is not None else load_tokenizer(tokenizer or model)
     lm = load_causal_lm(model)
     if lm.get_input_embeddings().num_embeddings < len(tok):
         raise ModelError(

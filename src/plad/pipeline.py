@@ -87,7 +87,8 @@ def run_pipeline(cfg: RunConfig, force: bool = False) -> int:
 
     root = Path(cfg.output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, root / "run_config.yaml")
+    if not (root / "run_config.yaml").exists():  # a run refused below must not relabel the folder's results
+        save_yaml(cfg, root / "run_config.yaml")
     set_threads(cfg.threads)
     timings: dict[str, float] = {}
     t_run = time.perf_counter()
@@ -267,6 +268,7 @@ def run_pipeline(cfg: RunConfig, force: bool = False) -> int:
         "stage_seconds": timings,
         "total_seconds": total,
     }
+    save_yaml(cfg, root / "run_config.yaml")  # every stage now matches this config
     write_json_atomic(root / "results.json", summary)
     write_report(root / "report.md", summary)
     print_table(results)

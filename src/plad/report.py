@@ -24,8 +24,8 @@ def table_rows(results: dict[str, dict]) -> list[list[str]]:
         rows.append(
             [
                 name,
-                _ci(r["mean_score"]),
-                _ci(r["win_rate_vs_target"]),
+                _ci(r.get("mean_score")),
+                _ci(r.get("win_rate_vs_target")),
                 _ci(r.get("head_to_head")),
                 f"{r['exact_match']['value']:.3f}",
                 f"{r['mean_output_tokens']:.1f}",
@@ -60,7 +60,7 @@ def write_report(path: Path, summary: dict[str, Any]) -> None:
         "# plad report",
         "",
         f"Test set: {any_result['test_file']} ({any_result['n']} prompts), judge: `{any_result['scorer']}` task "
-        "scorer. Win rate over targets: the output against the dataset reference, ties count 1/2. "
+        "scorer (none: outputs only, judge them elsewhere). Win rate over targets: the output against the dataset reference, ties count 1/2. "
         "`vs student-sft`: head-to-head win rate against the initial (SFT) student. Intervals: 95% bootstrap.",
         "",
         markdown_table(COLUMNS, table_rows(results)),

@@ -27,7 +27,7 @@ from plad.data import (
     load_pairs,
 )
 from plad.methods import METHODS, Item
-from plad.models import load_model_and_tokenizer, set_threads
+from plad.models import load_model_and_tokenizer, load_tokenizer, set_threads
 from plad.train import check_output_dir, train
 
 log = logging.getLogger("plad")
@@ -45,7 +45,7 @@ def encode_targets(examples: list[Example], tokenizer: object, cfg_data, where: 
     stats, items = Truncation(), []
     for ex in examples:
         loc = f"{where} id {ex.id}"
-        prompt = encode_prompt(tokenizer, format_prompt(tokenizer, ex.prompt), cfg_data, stats, loc)
+        prompt = encode_prompt(tokenizer, format_prompt(tokenizer, ex.prompt, loc), cfg_data, stats, loc)
         items.append(Item(prompt, encode_output(tokenizer, ex.target or "", cfg_data, stats, loc)))
     if stats.prompts or stats.targets:
         log.warning("%s: %s", where, stats.report())
@@ -58,8 +58,10 @@ def run_sft(cfg: SFTConfig) -> dict:
     out = Path(cfg.output_dir)
     examples = load_examples(cfg.train_file, cfg.data, need_target=True, what="training data")
     check_output_dir(out, cfg.resume)
-    model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer)
+    tok = load_tokenizer(cfg.tokenizer or cfg.model)
+    # Over-long input fails here, before the weights are read.
     items = encode_targets(examples, tok, cfg.data, cfg.train_file)
+    model, tok = load_model_and_tokenizer(cfg.model, tok=tok)
     save_yaml(cfg, out / "plad_config.yaml")
     log.info("sft: %d examples, %d steps", len(items), cfg.train.max_steps)
     return train(
@@ -86,7 +88,7 @@ def pair_items(pairs: list[dict], tokenizer: object, cfg_data, where: str, sourc
                 continue
             seen.add(key)
         loc = f"{where} id {row['id']}"
-        prompt = encode_prompt(tokenizer, format_prompt(tokenizer, row["prompt"]), cfg_data, stats, loc)
+        prompt = encode_prompt(tokenizer, format_prompt(tokenizer, row["prompt"], loc), cfg_data, stats, loc)
         chosen = encode_output(tokenizer, row["chosen"], cfg_data, stats, loc)
         if source == "teacher":
             items.append(Item(prompt, chosen))
@@ -125,7 +127,7 @@ def run_distill(cfg: DistillConfig) -> dict:
         else []
     )
     check_output_dir(out, cfg.resume)
-    model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer)
+    tok = load_tokenizer(cfg.tokenizer or cfg.model)
     if method.source == "targets":
         items, reg_items = encode_targets(examples, tok, cfg.data, cfg.train_file), None
     else:
@@ -133,6 +135,7 @@ def run_distill(cfg: DistillConfig) -> dict:
         reg_items = encode_targets(examples, tok, cfg.data, cfg.train_file) if examples else None
     if not items:
         raise DataError(f"method {cfg.method}: no training items")
+    model, tok = load_model_and_tokenizer(cfg.model, tok=tok)
     save_yaml(cfg, out / "plad_config.yaml")
     log.info("distill %s: %d items, %d steps", cfg.method, len(items), cfg.train.max_steps)
     return train(

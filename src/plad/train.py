@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from plad.config import ConfigError, LossConfig, TrainConfig
-from plad.data import append_jsonl, read_jsonl, write_json_atomic
+from plad.data import append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
 from plad.generation.hf import derive_seed
 from plad.methods import Item, Method, make_batch
 
@@ -134,11 +134,13 @@ def train(
         step = state["step"]
         if accelerator.is_main_process and metrics_path.exists():  # drop rows logged after the checkpoint
             kept = [r for r in read_jsonl(metrics_path, tolerate_torn_tail=True) if r["step"] <= step]
-            metrics_path.unlink()
-            append_jsonl(metrics_path, kept)
+            write_jsonl_atomic(metrics_path, kept)
         log.info("resumed from %s (step %d of %d)", ckpts[-1], step, cfg.max_steps)
-    elif resume:
-        log.debug("--resume: no checkpoint in %s, starting from step 0", output_dir)
+    else:
+        if resume:
+            log.debug("--resume: no checkpoint in %s, starting from step 0", output_dir)
+        if accelerator.is_main_process:  # rows of a run killed before its first checkpoint: it restarts
+            metrics_path.unlink(missing_ok=True)
 
     world, rank = accelerator.num_processes, accelerator.process_index
     main_stream = BatchStream(items, cfg.batch_size, cfg.seed, "main")
@@ -151,7 +153,8 @@ def train(
         initial=step,
         desc=f"{method.name}",
         unit="step",
-        disable=not accelerator.is_local_main_process,
+        # TQDM_DISABLE=1 is honoured on the main process: an explicit disable=False would override it.
+        **({} if accelerator.is_local_main_process else {"disable": True}),
         dynamic_ncols=True,
         mininterval=1.0,
     )

@@ -30,7 +30,7 @@ def _normalise(text: str) -> str:
     return " ".join(text.split())
 
 
-def _load_other(path: str, ids: list[str]) -> dict[str, dict]:
+def _load_other(path: str, ids: list[str], need_scores: bool) -> dict[str, dict]:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"compare_to: {p} does not exist; give another system's outputs.jsonl")
@@ -42,7 +42,7 @@ def _load_other(path: str, ids: list[str]) -> dict[str, dict]:
             f"compare_to: {p} was made on other prompts ({len(missing)} test ids missing, e.g. "
             f"{missing[:3]}; {len(extra)} unknown ids, e.g. {extra[:3]}); compare systems on the same test set"
         )
-    for i in ids:
+    for i in ids if need_scores else []:
         if "score" not in rows[i]:
             raise DataError(
                 f"compare_to: {p} row id {i} has no 'score'; it must be a plad eval outputs.jsonl"
@@ -52,13 +52,17 @@ def _load_other(path: str, ids: list[str]) -> dict[str, dict]:
 
 def run_eval(cfg: EvalConfig) -> dict:
     require(cfg, "model", "test_file", "output_dir")
-    scorer = get_scorer(cfg.scorer)
+    scorer = get_scorer(cfg.scorer) if cfg.scorer else None
     set_threads(cfg.threads)
     examples = load_examples(cfg.test_file, cfg.data, need_target=True, what="test data")
-    for ex in examples:
+    for ex in examples if scorer else []:
         if not isinstance(ex.prompt, str):
             raise DataError(f"{cfg.test_file} id {ex.id}: task scorers need text prompts, not chat messages")
-    other = _load_other(cfg.compare_to, [ex.id for ex in examples]) if cfg.compare_to else None
+    other = (
+        _load_other(cfg.compare_to, [ex.id for ex in examples], scorer is not None)
+        if cfg.compare_to
+        else None
+    )
     out = Path(cfg.output_dir)
     check_output_dir(out, resume=True)
     name = cfg.name or out.name
@@ -66,7 +70,13 @@ def run_eval(cfg: EvalConfig) -> dict:
     model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer)
     stats = Truncation()
     prompt_ids = [
-        encode_prompt(tok, format_prompt(tok, ex.prompt), cfg.data, stats, f"{cfg.test_file} id {ex.id}")
+        encode_prompt(
+            tok,
+            format_prompt(tok, ex.prompt, f"{cfg.test_file} id {ex.id}"),
+            cfg.data,
+            stats,
+            f"{cfg.test_file} id {ex.id}",
+        )
         for ex in examples
     ]
     t0 = time.perf_counter()
@@ -78,44 +88,38 @@ def run_eval(cfg: EvalConfig) -> dict:
             outputs[i] = samples[0]
     gen_seconds = time.perf_counter() - t0
 
-    rows, scores, target_scores, exact, perfect = [], [], [], [], []
+    rows, scores, target_scores, exact = [], [], [], []
     for ex, s in zip(examples, outputs, strict=True):
-        score, target_score = scorer.score(ex.prompt, s.text), scorer.score(ex.prompt, ex.target)
-        scores.append(score)
-        target_scores.append(target_score)
         exact.append(float(_normalise(s.text) == _normalise(ex.target)))
-        perfect.append(float(score == 1.0))
-        rows.append(
-            {
-                "id": ex.id,
-                "prompt": ex.prompt,
-                "output": s.text,
-                "target": ex.target,
-                "score": score,
-                "target_score": target_score,
-                "n_tokens": s.n_tokens,
-                "finish": s.finish,
-            }
-        )
+        row = {"id": ex.id, "prompt": ex.prompt, "output": s.text, "target": ex.target}
+        if scorer:
+            row["score"], row["target_score"] = (
+                scorer.score(ex.prompt, s.text),
+                scorer.score(ex.prompt, ex.target),
+            )
+            scores.append(row["score"])
+            target_scores.append(row["target_score"])
+        rows.append({**row, "n_tokens": s.n_tokens, "finish": s.finish})
     write_jsonl_atomic(out / "outputs.jsonl", rows)
     n, seed = cfg.bootstrap_samples, cfg.seed
     results = {
         "name": name,
         "model": cfg.model,
         "test_file": cfg.test_file,
-        "scorer": scorer.name,
+        "scorer": scorer.name if scorer else None,
         "n": len(rows),
-        "mean_score": mean_with_ci(scores, n, seed),
         "exact_match": mean_with_ci(exact, n, seed),
-        "perfect_rate": mean_with_ci(perfect, n, seed),
-        "target_mean_score": mean_with_ci(target_scores, n, seed),
-        "win_rate_vs_target": win_rate(scores, target_scores, n, seed),
         "mean_output_tokens": sum(s.n_tokens for s in outputs) / len(outputs),
         "truncated_prompts": stats.prompts,
         "generation": to_dict(cfg.generation),
         "generation_seconds": round(gen_seconds, 2),
     }
-    if other is not None:
+    if scorer:
+        results["mean_score"] = mean_with_ci(scores, n, seed)
+        results["perfect_rate"] = mean_with_ci([float(x == 1.0) for x in scores], n, seed)
+        results["target_mean_score"] = mean_with_ci(target_scores, n, seed)
+        results["win_rate_vs_target"] = win_rate(scores, target_scores, n, seed)
+    if other is not None and scorer:
         other_scores = [other[ex.id]["score"] for ex in examples]
         results["head_to_head"] = {"against": cfg.compare_to, **win_rate(scores, other_scores, n, seed)}
     write_json_atomic(out / "results.json", results)

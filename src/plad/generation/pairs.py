@@ -109,7 +109,11 @@ def run_pairs(cfg: PairsConfig) -> dict:
         stats = Truncation()
         prompt_ids = [
             encode_prompt(
-                tok, format_prompt(tok, ex.prompt), cfg.data, stats, f"{cfg.prompts_file} id {ex.id}"
+                tok,
+                format_prompt(tok, ex.prompt, f"{cfg.prompts_file} id {ex.id}"),
+                cfg.data,
+                stats,
+                f"{cfg.prompts_file} id {ex.id}",
             )
             for ex in examples
         ]

@@ -1,0 +1,87 @@
+"""Win rates (ties count 1/2) and seeded percentile-bootstrap intervals."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from plad.evaluation.winrate import bootstrap_ci, mean_with_ci, outcomes, win_rate
+
+
+def test_outcomes_ties_count_half():
+    a = [1.0, 0.5, 0.2, 0.7, 0.0]
+    b = [0.5, 0.5, 0.9, 0.7, 0.1]
+    # a>b: win 1; equal: 1/2; a<b: 0  ->  [1, 0.5, 0, 0.5, 0]
+    assert outcomes(a, b).tolist() == [1.0, 0.5, 0.0, 0.5, 0.0]
+
+
+def test_win_rate_hand_value():
+    a = [1.0, 0.5, 0.2, 0.7, 0.0, 0.9]
+    b = [0.5, 0.5, 0.9, 0.7, 0.1, 0.3]
+    # outcomes [1, 0.5, 0, 0.5, 0, 1]: 2 wins, 2 ties, 2 losses -> (2 + 2 * 0.5) / 6 = 3 / 6 = 0.5
+    r = win_rate(a, b, n_resamples=200, seed=0)
+    assert r["value"] == pytest.approx(0.5)
+    assert (r["wins"], r["ties"], r["losses"], r["n"]) == (2, 2, 2, 6)
+    # swapping the systems gives the complement
+    assert win_rate(b, a, n_resamples=200)["value"] == pytest.approx(1 - 0.5)
+    # all ties: exactly one half
+    assert win_rate([0.3] * 4, [0.3] * 4)["value"] == 0.5
+
+
+def test_outcomes_shape_mismatch():
+    with pytest.raises(ValueError, match="cannot compare 2 scores with 3"):
+        outcomes([1, 2], [1, 2, 3])
+
+
+def _bernoulli(n: int, p: float, seed: int) -> np.ndarray:
+    return (np.random.default_rng(seed).random(n) < p).astype(float)
+
+
+def test_bootstrap_interval_is_seeded():
+    # Continuous values: every resample mean is distinct, so two seeds cannot give the same interval by chance.
+    values = np.random.default_rng(0).normal(size=100)
+    interval = bootstrap_ci(values, n_resamples=500, seed=7)
+    assert bootstrap_ci(values, n_resamples=500, seed=7) == interval  # same seed, same interval
+    assert bootstrap_ci(values, n_resamples=500, seed=8) != interval  # the seed is used
+    assert mean_with_ci(values, 500, seed=7)["ci95"] == list(interval)
+
+
+def test_bootstrap_interval_contains_mean():
+    values = _bernoulli(200, 0.3, seed=1)
+    low, high = bootstrap_ci(values, n_resamples=1000, seed=7)
+    assert low < values.mean() < high
+    assert 0.0 <= low and high <= 1.0
+    # Sanity against the normal approximation: half-width ~ 1.96 * sqrt(p (1 - p) / n) = 0.063 for p=0.3, n=200.
+    half = 1.96 * math.sqrt(values.mean() * (1 - values.mean()) / values.size)
+    assert (high - low) / 2 == pytest.approx(half, rel=0.2)
+
+
+def test_bootstrap_interval_narrows_with_more_data():
+    small = bootstrap_ci(_bernoulli(50, 0.5, seed=2), n_resamples=1000, seed=0)
+    large = bootstrap_ci(_bernoulli(5000, 0.5, seed=2), n_resamples=1000, seed=0)
+    assert (large[1] - large[0]) < (small[1] - small[0]) / 5  # ~ 1 / sqrt(100) = 1/10 of the width
+
+
+def test_bootstrap_level():
+    values = _bernoulli(300, 0.6, seed=3)
+    lo95, hi95 = bootstrap_ci(values, seed=0, level=0.95)
+    lo50, hi50 = bootstrap_ci(values, seed=0, level=0.5)
+    assert lo95 < lo50 < hi50 < hi95
+
+
+def test_bootstrap_degenerate_and_empty():
+    assert bootstrap_ci(np.full(30, 0.5), n_resamples=200) == (0.5, 0.5)
+    assert bootstrap_ci(np.ones(1), n_resamples=200) == (1.0, 1.0)
+    low, high = bootstrap_ci(np.array([]))
+    assert math.isnan(low) and math.isnan(high)
+    r = mean_with_ci([], n_resamples=200)
+    assert math.isnan(r["value"]) and r["n"] == 0
+
+
+def test_mean_with_ci_fields():
+    r = mean_with_ci([0.0, 1.0, 1.0, 1.0], n_resamples=500, seed=0)
+    assert r["value"] == 0.75 and r["n"] == 4
+    low, high = r["ci95"]
+    assert 0.0 <= low <= 0.75 <= high <= 1.0
