@@ -62,7 +62,17 @@ def main() -> int:
     per_seed, walls = {}, {}
     for seed in args.seeds:
         out = Path(args.out) / f"seed-{seed}"
-        cmd = [plad, "demo", "--seed", str(seed), "--output_dir", str(out), "--threads", str(args.threads), "--force"]
+        cmd = [
+            plad,
+            "demo",
+            "--seed",
+            str(seed),
+            "--output_dir",
+            str(out),
+            "--threads",
+            str(args.threads),
+            "--force",
+        ]
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, env={**os.environ, "TQDM_DISABLE": "1"})
         walls[seed] = round(time.perf_counter() - t0, 1)

@@ -264,12 +264,14 @@ class RunConfig:
     student: str = opt("", "student model folder or hub id (empty: the built-in preset)")
     teacher_sft: TrainConfig = opt(
         TrainConfig(max_steps=600, batch_size=32, lr=2e-3, warmup_steps=30),
-        "teacher SFT (max_steps=0: use as is)",
+        "teacher SFT settings",
     )
     student_sft: TrainConfig = opt(
         TrainConfig(max_steps=600, batch_size=32, lr=3e-3, warmup_steps=30),
-        "student SFT (max_steps=0: use as is)",
+        "student SFT settings",
     )
+    skip_teacher_sft: bool = opt(False, "the teacher is already fine-tuned on the task: use it as it is")
+    skip_student_sft: bool = opt(False, "the student is already fine-tuned on the task: use it as it is")
     pairs: PairsConfig = opt(
         PairsConfig(scorer="count-summary"),
         "pair generation (models and files are filled in by the pipeline)",

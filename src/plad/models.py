@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,23 @@ def load_model_and_tokenizer(model: str, tokenizer: str = "", tok: Any = None) -
     if lm.generation_config is not None:
         lm.generation_config.pad_token_id = tok.pad_token_id
     return lm, tok
+
+
+def model_identity(name: str) -> str:
+    """What identifies a model's weights: for a local folder its config and a digest of each weight file's size
+    and ends (cheap even for large models); for a hub id, the id."""
+    p = Path(name)
+    if not p.is_dir():
+        return name
+    h = hashlib.sha256((p / "config.json").read_bytes() if (p / "config.json").exists() else b"")
+    for f in sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")):
+        size = f.stat().st_size
+        with f.open("rb") as fh:
+            head = fh.read(1 << 20)
+            fh.seek(max(0, size - (1 << 20)))
+            tail = fh.read()
+        h.update(f"{f.name}:{size}".encode() + head + tail)
+    return h.hexdigest()[:16]
 
 
 def set_threads(threads: int) -> None:

@@ -83,7 +83,7 @@ def _reseed_side(side: ModelSide, model: str, seed: int) -> ModelSide:
 
 
 def run_pipeline(cfg: RunConfig, force: bool = False) -> int:
-    from plad.models import set_threads
+    from plad.models import model_identity, set_threads
 
     root = Path(cfg.output_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -172,9 +172,9 @@ def run_pipeline(cfg: RunConfig, force: bool = False) -> int:
         sft_cfg.data = cfg.distill.data
         return run_sft(sft_cfg)
 
-    def sft_stage(name: str, model: str, train) -> tuple[str, str]:
-        if not train.max_steps:
-            return model, fingerprint({"model": model})
+    def sft_stage(name: str, model: str, train, skip: bool) -> tuple[str, str]:
+        if skip:
+            return model, _stage_fp(root, model) or fingerprint({"model": model_identity(model)})
         train = _with_seed(train, cfg.seed)
         parts = {
             "model": model,
@@ -186,8 +186,8 @@ def run_pipeline(cfg: RunConfig, force: bool = False) -> int:
         d, fp, _ = stage(name, parts, sft, model, train)
         return str(d), fp
 
-    teacher_sft, teacher_fp = sft_stage("teacher-sft", teacher, cfg.teacher_sft)
-    student_sft, student_fp = sft_stage("student-sft", student, cfg.student_sft)
+    teacher_sft, teacher_fp = sft_stage("teacher-sft", teacher, cfg.teacher_sft, cfg.skip_teacher_sft)
+    student_sft, student_fp = sft_stage("student-sft", student, cfg.student_sft, cfg.skip_student_sft)
 
     # 4. pairs ----------------------------------------------------------------------------------------------------
     from plad.generation.pairs import run_pairs
@@ -251,7 +251,7 @@ def run_pipeline(cfg: RunConfig, force: bool = False) -> int:
         def evaluate(d: Path, ecfg: EvalConfig = ecfg) -> dict:
             return run_eval(dataclasses.replace(ecfg, output_dir=str(d)))
 
-        model_fp = _stage_fp(root, model) or fingerprint({"model": model})
+        model_fp = _stage_fp(root, model) or fingerprint({"model": model_identity(model)})
         _, _, res = stage(
             f"eval/{name}", {"cfg": to_dict(ecfg), "model": model_fp, "data": data_fp}, evaluate
         )

@@ -57,7 +57,7 @@ def run_sft(cfg: SFTConfig) -> dict:
     set_threads(cfg.threads)
     out = Path(cfg.output_dir)
     examples = load_examples(cfg.train_file, cfg.data, need_target=True, what="training data")
-    check_output_dir(out, cfg.resume)
+    check_output_dir(out, cfg.resume, _resume_fingerprint(cfg))
     tok = load_tokenizer(cfg.tokenizer or cfg.model)
     # Over-long input fails here, before the weights are read.
     items = encode_targets(examples, tok, cfg.data, cfg.train_file)
@@ -126,7 +126,7 @@ def run_distill(cfg: DistillConfig) -> dict:
         if needs_targets
         else []
     )
-    check_output_dir(out, cfg.resume)
+    check_output_dir(out, cfg.resume, _resume_fingerprint(cfg))
     tok = load_tokenizer(cfg.tokenizer or cfg.model)
     if method.source == "targets":
         items, reg_items = encode_targets(examples, tok, cfg.data, cfg.train_file), None

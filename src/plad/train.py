@@ -70,8 +70,9 @@ def _checkpoints(output_dir: Path) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name.split("-")[1]))
 
 
-def check_output_dir(output_dir: Path, resume: bool) -> None:
-    """Refuse to overwrite a previous run unless resuming; fail early when the folder is not writable."""
+def check_output_dir(output_dir: Path, resume: bool, fingerprint: str | None = None) -> None:
+    """Refuse to overwrite a previous run unless resuming (with the same config when `fingerprint` is given);
+    fail early, before any model is loaded or file written, also when the folder is not writable."""
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         probe = output_dir / ".plad-write-test"
@@ -80,6 +81,15 @@ def check_output_dir(output_dir: Path, resume: bool) -> None:
     except OSError as e:
         raise ConfigError(f"output_dir {output_dir} is not writable: {e.strerror or e}") from None
     if resume:
+        if fingerprint is None:
+            return
+        made_with = [p / STATE_FILE for p in _checkpoints(output_dir)[-1:]] + [output_dir / SUMMARY_FILE]
+        for marker in made_with:
+            if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") != fingerprint:
+                raise ConfigError(
+                    f"--resume: the run in {output_dir} ({marker.name}) was made with a different config; resume "
+                    "with the same settings, or start a new output_dir (nothing was changed)"
+                )
         return
     if (output_dir / SUMMARY_FILE).exists() or _checkpoints(output_dir):
         raise ConfigError(
@@ -104,6 +114,13 @@ def train(
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
     from tqdm.auto import tqdm
+
+    summary_path = output_dir / SUMMARY_FILE
+    if resume and not _checkpoints(output_dir) and summary_path.is_file():
+        finished = json.loads(summary_path.read_text())
+        if finished.get("fingerprint") == config_fingerprint:  # --resume of a finished run: nothing to redo
+            log.info("%s: training already finished with the same settings", output_dir)
+            return finished
 
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,

@@ -14,7 +14,6 @@ missing batch exactly as an uninterrupted run would have: the final store is ide
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from pathlib import Path
@@ -33,29 +32,12 @@ from plad.data import (
     write_jsonl_atomic,
 )
 from plad.generation.hf import derive_seed, generate, plan_batches
-from plad.models import load_model_and_tokenizer, set_threads
+from plad.models import load_model_and_tokenizer, model_identity, set_threads
 from plad.train import check_output_dir
 
 log = logging.getLogger("plad")
 
 SAMPLES, PAIRS, SUMMARY = "samples.jsonl", "pairs.jsonl", "summary.json"
-
-
-def model_identity(name: str) -> str:
-    """What identifies a model's weights: for a local folder its config and a digest of each weight file's size
-    and ends (cheap even for large models); for a hub id, the id."""
-    p = Path(name)
-    if not p.is_dir():
-        return name
-    h = hashlib.sha256((p / "config.json").read_bytes() if (p / "config.json").exists() else b"")
-    for f in sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")):
-        size = f.stat().st_size
-        with f.open("rb") as fh:
-            head = fh.read(1 << 20)
-            fh.seek(max(0, size - (1 << 20)))
-            tail = fh.read()
-        h.update(f"{f.name}:{size}".encode() + head + tail)
-    return h.hexdigest()[:16]
 
 
 def side_fingerprint(side: ModelSide, num_samples: int, cfg: PairsConfig) -> str:

@@ -1,0 +1,209 @@
+"""Kill -9 at a random moment, resume, and get exactly what an uninterrupted run gets (DESIGN section 10).
+
+The killed runs are real `plad` subprocesses; the uninterrupted references and the resumed runs go through the
+same `plad.cli.main` in this process (one torch thread everywhere, so results can be compared bit for bit).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import Bench, load_safetensors, main_inprocess, popen_plad, read_jsonl
+
+pytestmark = pytest.mark.slow
+
+N_PROMPTS = 48  # the bench's distill split
+SIDE_BATCH = 2  # prompts per generation batch: many small appends, so a kill lands mid-job
+
+
+def _complete_lines(path: Path) -> int:
+    """Rows fully written (newline-terminated) so far; 0 while the file does not exist."""
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def _kill_when(proc: subprocess.Popen, ready, log: Path, timeout: float = 60.0) -> None:
+    """Poll `ready()` every few ms; SIGKILL the process as soon as it holds. Fails if the process ends first."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(
+                f"process ended (rc {proc.returncode}) before the kill point:\n{log.read_text()[-3000:]}"
+            )
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"kill point not reached in {timeout} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+
+
+# --------------------------------------------------------------------------------------------------------------
+# plad pairs
+
+
+def _pairs_args(bench: Bench, out: Path) -> list[object]:
+    return [
+        "pairs",
+        "--prompts_file", bench.distill,
+        "--teacher.model", bench.teacher,
+        "--student.model", bench.student,
+        "--output_dir", out,
+        "--teacher.sampling.batch_size", SIDE_BATCH,
+        "--student.sampling.batch_size", SIDE_BATCH,
+        "--teacher.sampling.max_new_tokens", 32,
+        "--student.sampling.max_new_tokens", 32,
+        "--scorer", "count-summary",
+        "--threads", 1,
+    ]  # fmt: skip
+
+
+def _sample_key(row: dict) -> tuple:
+    return (row["id"], row["side"], row["index"], row["fingerprint"])
+
+
+def test_pairs_killed_mid_job_resumes_to_identical_store(bench: Bench, tmp_path: Path) -> None:
+    a, b = tmp_path / "A", tmp_path / "B"
+    assert main_inprocess(*_pairs_args(bench, a)) == 0  # uninterrupted reference
+
+    log = tmp_path / "killed.log"
+    proc = popen_plad(*_pairs_args(bench, b), log=log)
+    samples_b = b / "samples.jsonl"
+    # Kill a few batches in (the teacher side, unless polling lags): the resumed run finishes the job.
+    _kill_when(proc, lambda: _complete_lines(samples_b) >= 8, log)
+    assert not (b / "pairs.jsonl").exists()
+    kept = _complete_lines(samples_b)
+    assert 0 < kept < 2 * N_PROMPTS
+    # A kill in the middle of a write leaves a torn last line; make sure there is one.
+    with samples_b.open("ab") as f:
+        f.write(b'{"id": "count-summary-distill-00047", "side": "teacher", "ind')
+
+    assert main_inprocess(*_pairs_args(bench, b)) == 0
+
+    assert (b / "pairs.jsonl").read_bytes() == (a / "pairs.jsonl").read_bytes()
+    rows_a, rows_b = read_jsonl(a / "samples.jsonl"), read_jsonl(b / "samples.jsonl")
+    keys_b = Counter(_sample_key(r) for r in rows_b)
+    assert max(keys_b.values()) == 1, [k for k, n in keys_b.items() if n > 1][:5]
+    assert len(rows_b) == len(rows_a) == 2 * N_PROMPTS
+
+    def canon(rows: list[dict]) -> list[str]:
+        return sorted(json.dumps(r, sort_keys=True) for r in rows)
+
+    assert canon(rows_b) == canon(rows_a)
+    summary = json.loads((b / "summary.json").read_text())
+    # Nothing paid twice: the resumed run generated exactly the rows the killed one had not stored.
+    assert summary["generated_rows_this_run"] == 2 * N_PROMPTS - kept
+
+
+# --------------------------------------------------------------------------------------------------------------
+# plad sft (the same loop as every distill method)
+
+STEPS = 300
+
+
+def _sft_args(bench: Bench, out: Path, *extra: object) -> list[object]:
+    return [
+        "sft",
+        "--model", bench.student,
+        "--train_file", bench.sft,
+        "--output_dir", out,
+        "--train.max_steps", STEPS,
+        "--train.batch_size", 8,
+        "--train.warmup_steps", 10,
+        "--train.log_every", 1,
+        "--threads", 1,
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sft_reference(bench: Bench, tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+    out = tmp_path_factory.mktemp("sft-reference")
+    assert main_inprocess(*_sft_args(bench, out, "--train.save_every", 5)) == 0
+    return load_safetensors(out / "model.safetensors")
+
+
+def _metric_steps(out: Path) -> list[int]:
+    return [r["step"] for r in read_jsonl(out / "metrics.jsonl")]
+
+
+def _assert_same_weights(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == want.keys()
+    diffs = {k: float((got[k] - want[k]).abs().max()) for k in want}
+    # Bit-exact: same data order (a function of seed and step), optimizer/scheduler/RNG state restored, one thread.
+    assert all(torch.equal(got[k], want[k]) for k in want), {k: d for k, d in diffs.items() if d}
+
+
+def _checkpoint_dirs(out: Path) -> list[Path]:
+    root = out / "checkpoints"
+    return sorted(root.glob("step-*")) if root.is_dir() else []
+
+
+def test_sft_killed_after_checkpoint_resumes_exactly(
+    bench: Bench, tmp_path: Path, sft_reference: dict, capsys: pytest.CaptureFixture, caplog
+) -> None:
+    out, log = tmp_path / "run", tmp_path / "killed.log"
+    proc = popen_plad(*_sft_args(bench, out, "--train.save_every", 5), log=log)
+    _kill_when(proc, lambda: bool(_checkpoint_dirs(out)), log)
+    assert not (out / "train_summary.json").exists(), "the run finished before the kill; make it longer"
+    ckpt_step = int(_checkpoint_dirs(out)[-1].name.split("-")[1])
+    assert ckpt_step < STEPS
+
+    # A changed setting is refused before anything is loaded or written: nothing is mixed into the run.
+    capsys.readouterr()
+    files_before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    changed = _sft_args(bench, out, "--train.save_every", 5, "--train.lr", 5e-3, "--resume")
+    assert main_inprocess(*changed) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "different config" in err and str(out) in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files_before
+
+    caplog.set_level("INFO", logger="plad")
+    assert main_inprocess(*_sft_args(bench, out, "--train.save_every", 5, "--resume")) == 0
+    resumed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resumed from")]
+    assert resumed and f"(step {ckpt_step} of {STEPS})" in resumed[0]  # continued, not restarted
+
+    _assert_same_weights(load_safetensors(out / "model.safetensors"), sft_reference)
+    assert _metric_steps(out) == list(range(1, STEPS + 1))  # no duplicate or missing step rows
+    assert not (out / "checkpoints").exists()  # the final model supersedes them
+
+    # --resume of the finished run: nothing is redone (plad_config.yaml is rewritten, with the same text);
+    # with other settings it is refused.
+    def files() -> dict[Path, tuple[int, bytes]]:
+        return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
+
+    finished = files()
+    assert main_inprocess(*_sft_args(bench, out, "--train.save_every", 5, "--resume")) == 0
+    again = files()
+    assert again.keys() == finished.keys()
+    assert all(again[p][1] == finished[p][1] for p in finished)
+    assert all(again[p] == finished[p] for p in finished if p.name != "plad_config.yaml")
+    capsys.readouterr()
+    assert main_inprocess(*changed) == 2
+    assert "different config" in capsys.readouterr().err
+
+
+def test_sft_killed_before_first_checkpoint_restarts_cleanly(
+    bench: Bench, tmp_path: Path, sft_reference: dict
+) -> None:
+    out, log = tmp_path / "run", tmp_path / "killed.log"
+    args = _sft_args(bench, out, "--train.save_every", STEPS - 10)
+    proc = popen_plad(*args, log=log)
+    _kill_when(proc, lambda: _complete_lines(out / "metrics.jsonl") >= 3, log)
+    assert not _checkpoint_dirs(out) and not (out / "train_summary.json").exists()
+    logged_before_kill = _complete_lines(out / "metrics.jsonl")
+    assert logged_before_kill >= 3
+
+    assert main_inprocess(*args, "--resume") == 0
+    # save_every does not change the numbers: same weights as the uninterrupted reference.
+    _assert_same_weights(load_safetensors(out / "model.safetensors"), sft_reference)
+    assert _metric_steps(out) == list(range(1, STEPS + 1))  # the killed run's rows are not kept twice
