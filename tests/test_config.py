@@ -194,7 +194,7 @@ def test_nested_defaults_preserved_when_a_sibling_is_overridden():
     assert cfg.distill.train.max_steps == base.distill.train.max_steps
     cfg = load_config(RunConfig, None, [("pairs.limit", "5"), ("teacher_sft.lr", "0.01")])
     assert cfg.pairs.scorer == base.pairs.scorer == "count-summary"
-    assert cfg.teacher_sft.max_steps == base.teacher_sft.max_steps == 600
+    assert cfg.teacher_sft.max_steps == base.teacher_sft.max_steps != TrainConfig().max_steps
     # Stage configs too: pairs sample at temperature 0.5 unless told otherwise, eval reads the test split.
     cfg = load_config(PairsConfig, None, [("teacher.model", "t"), ("student.sampling.top_k", "5")])
     assert cfg.teacher.sampling.temperature == 0.5
@@ -333,3 +333,14 @@ def test_cli_help_lists_every_field(command, capsys):
     for name, _typ, _default, help_ in flat_fields(STAGES[command][0]):
         assert f"--{name}" in out, name
         assert "".join(help_.split()) in squashed, name
+
+
+def test_shipped_demo_config_is_the_demo_defaults():
+    """configs/demo.yaml documents what `plad demo` runs; it must not drift from RunConfig's defaults."""
+    from pathlib import Path
+
+    from plad.config import RunConfig, load_config, to_dict
+
+    shipped = load_config(RunConfig, Path(__file__).parents[1] / "configs" / "demo.yaml")
+    expected = RunConfig(output_dir="runs/demo")
+    assert to_dict(shipped) == to_dict(expected)

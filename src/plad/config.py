@@ -263,11 +263,11 @@ class RunConfig:
     teacher: str = opt("", "teacher model folder or hub id (empty: the built-in preset)")
     student: str = opt("", "student model folder or hub id (empty: the built-in preset)")
     teacher_sft: TrainConfig = opt(
-        TrainConfig(max_steps=600, batch_size=32, lr=2e-3, warmup_steps=30),
+        TrainConfig(max_steps=2000, batch_size=32, lr=2e-3, warmup_steps=50),
         "teacher SFT settings",
     )
     student_sft: TrainConfig = opt(
-        TrainConfig(max_steps=600, batch_size=32, lr=3e-3, warmup_steps=30),
+        TrainConfig(max_steps=3000, batch_size=32, lr=3e-3, warmup_steps=50),
         "student SFT settings",
     )
     skip_teacher_sft: bool = opt(False, "the teacher is already fine-tuned on the task: use it as it is")
@@ -278,7 +278,7 @@ class RunConfig:
     )
     methods: list = opt(["sft", "seqkd", "plad-rank", "plad-margin"], "distillation methods to compare")
     distill: DistillConfig = opt(
-        DistillConfig(train=TrainConfig(max_steps=150, batch_size=16, lr=3e-4, warmup_steps=10)),
+        DistillConfig(train=TrainConfig(max_steps=150, batch_size=16, lr=1e-4, warmup_steps=10)),
         "distillation settings shared by all methods (method and paths are filled in by the pipeline)",
     )
     eval: EvalConfig = opt(EvalConfig(), "evaluation (model, files and scorer are filled in by the pipeline)")
