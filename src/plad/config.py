@@ -263,7 +263,7 @@ class RunConfig:
     teacher: str = opt("", "teacher model folder or hub id (empty: the built-in preset)")
     student: str = opt("", "student model folder or hub id (empty: the built-in preset)")
     teacher_sft: TrainConfig = opt(
-        TrainConfig(max_steps=2000, batch_size=32, lr=2e-3, warmup_steps=50),
+        TrainConfig(max_steps=4000, batch_size=32, lr=2e-3, warmup_steps=50),
         "teacher SFT settings",
     )
     student_sft: TrainConfig = opt(

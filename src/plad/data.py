@@ -6,6 +6,7 @@ Bad input is reported with the file, the line and the field before any expensive
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -239,6 +240,26 @@ def encode_prompt(
             )
         stats.prompts += 1
         ids = ids[-options.max_prompt_tokens :]  # keep the end: the instruction usually sits there
+    return ids
+
+
+def encode_prompts(
+    tokenizer: Any, examples: list[Example], options: DataOptions, source: str
+) -> list[list[int]]:
+    """Formatted, tokenised prompts of `examples` (generation input); truncations are counted and reported."""
+    stats = Truncation()
+    ids = [
+        encode_prompt(
+            tokenizer,
+            format_prompt(tokenizer, ex.prompt, f"{source} id {ex.id}"),
+            options,
+            stats,
+            f"{source} id {ex.id}",
+        )
+        for ex in examples
+    ]
+    if stats.prompts:
+        logging.getLogger("plad").warning("%s: %s", source, stats.report())
     return ids
 
 

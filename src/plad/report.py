@@ -59,8 +59,9 @@ def write_report(path: Path, summary: dict[str, Any]) -> None:
     parts = [
         "# plad report",
         "",
-        f"Test set: {any_result['test_file']} ({any_result['n']} prompts), judge: `{any_result['scorer']}` task "
-        "scorer (none: outputs only, judge them elsewhere). Win rate over targets: the output against the dataset reference, ties count 1/2. "
+        f"Test set: {any_result['test_file']} ({any_result['n']} prompts), judge: "
+        + (f"`{any_result['scorer']}` task scorer." if any_result["scorer"] else "none (outputs only).")
+        + " Win rate over targets: the output against the dataset reference, ties count 1/2. "
         "`vs student-sft`: head-to-head win rate against the initial (SFT) student. Intervals: 95% bootstrap.",
         "",
         markdown_table(COLUMNS, table_rows(results)),

@@ -14,9 +14,11 @@ import torch
 
 EOS, PAD = "<|endoftext|>", "<|pad|>"
 
-# Llama-architecture presets. The teacher is ~20x the student; both train on CPU in minutes.
+# Llama-architecture presets: the teacher has ~13x the student's parameters. On count-summary the demo's
+# training is step-limited, not size-limited (a 1.8M teacher at 2000 steps was weaker than this 0.9M one at
+# 4000 in the same time), and the student is small enough to plateau well below the teacher.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
-    "teacher": dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=6),
+    "teacher": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4),
     "student": dict(hidden_size=48, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
     "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
 }

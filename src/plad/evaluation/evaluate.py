@@ -9,9 +9,7 @@ from pathlib import Path
 from plad.config import EvalConfig, require, to_dict
 from plad.data import (
     DataError,
-    Truncation,
-    encode_prompt,
-    format_prompt,
+    encode_prompts,
     load_examples,
     read_jsonl,
     write_json_atomic,
@@ -68,17 +66,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     name = cfg.name or out.name
 
     model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer)
-    stats = Truncation()
-    prompt_ids = [
-        encode_prompt(
-            tok,
-            format_prompt(tok, ex.prompt, f"{cfg.test_file} id {ex.id}"),
-            cfg.data,
-            stats,
-            f"{cfg.test_file} id {ex.id}",
-        )
-        for ex in examples
-    ]
+    prompt_ids = encode_prompts(tok, examples, cfg.data, cfg.test_file)
     t0 = time.perf_counter()
     outputs: list = [None] * len(examples)
     for batch in plan_batches([len(p) for p in prompt_ids], cfg.generation.batch_size):
@@ -110,7 +98,6 @@ def run_eval(cfg: EvalConfig) -> dict:
         "n": len(rows),
         "exact_match": mean_with_ci(exact, n, seed),
         "mean_output_tokens": sum(s.n_tokens for s in outputs) / len(outputs),
-        "truncated_prompts": stats.prompts,
         "generation": to_dict(cfg.generation),
         "generation_seconds": round(gen_seconds, 2),
     }

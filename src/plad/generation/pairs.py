@@ -21,10 +21,8 @@ from typing import Any
 
 from plad.config import ConfigError, ModelSide, PairsConfig, fingerprint, require, to_dict
 from plad.data import (
-    Truncation,
     append_jsonl,
-    encode_prompt,
-    format_prompt,
+    encode_prompts,
     load_examples,
     read_jsonl,
     repair_torn_tail,
@@ -88,19 +86,7 @@ def run_pairs(cfg: PairsConfig) -> dict:
             log.info("pairs: %s samples all stored (%d prompts x %d)", name, len(examples), k)
             continue
         model, tok = load_model_and_tokenizer(side.model, side.tokenizer)
-        stats = Truncation()
-        prompt_ids = [
-            encode_prompt(
-                tok,
-                format_prompt(tok, ex.prompt, f"{cfg.prompts_file} id {ex.id}"),
-                cfg.data,
-                stats,
-                f"{cfg.prompts_file} id {ex.id}",
-            )
-            for ex in examples
-        ]
-        if stats.prompts:
-            log.warning("pairs: %s", stats.report())
+        prompt_ids = encode_prompts(tok, examples, cfg.data, cfg.prompts_file)
         batches = plan_batches([len(p) for p in prompt_ids], side.sampling.batch_size)
         todo = [
             b for b in batches if any((examples[i].id, name, j, fp) not in done for i in b for j in range(k))
