@@ -555,3 +555,36 @@ def test_micro_batch_times_accumulation_invariance(
     naive = _naive_grads(bench, method_name, loss_cfg, items, reg_items, 2)
     gap = max(float((naive[n] - grads_2[n]).abs().max()) for n in naive)
     assert gap > 100 * worst and gap > 1e-4, f"naive normalisation differs by only {gap:.2e}"
+
+
+def test_models_stage_fingerprint_follows_preset_contents(tmp_path, monkeypatch):
+    """Changing a preset's architecture (same name) must not reuse models built from the old one."""
+    from plad.benchmark import build
+    from plad.config import ConfigError, RunConfig, from_dict
+    from plad.pipeline import run_pipeline
+
+    cfg = {
+        "output_dir": str(tmp_path / "run"),
+        "threads": 1,
+        "methods": ["sft"],
+        "benchmark": {
+            "n_sft": 60,
+            "n_val": 4,
+            "n_distill": 8,
+            "n_test": 6,
+            "teacher_preset": "tiny",
+            "student_preset": "tiny",
+        },
+        "teacher_sft": {"max_steps": 2, "batch_size": 8},
+        "student_sft": {"max_steps": 2, "batch_size": 8},
+        "distill": {"train": {"max_steps": 1, "batch_size": 4}},
+        "eval": {"bootstrap_samples": 100},
+    }
+    assert run_pipeline(from_dict(RunConfig, cfg)) == 0
+    monkeypatch.setitem(build.MODEL_PRESETS, "tiny", {**build.MODEL_PRESETS["tiny"], "num_hidden_layers": 2})
+    with pytest.raises(ConfigError, match="stage 'models'"):
+        run_pipeline(from_dict(RunConfig, cfg))
+    with pytest.raises(ConfigError, match="unknown model preset 'tiyn'.*tiny"):
+        run_pipeline(
+            from_dict(RunConfig, {**cfg, "benchmark": {**cfg["benchmark"], "teacher_preset": "tiyn"}})
+        )

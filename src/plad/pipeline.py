@@ -83,8 +83,16 @@ def _reseed_side(side: ModelSide, model: str, seed: int) -> ModelSide:
 
 
 def run_pipeline(cfg: RunConfig, force: bool = False) -> int:
+    from plad.benchmark.build import MODEL_PRESETS
+    from plad.config import _suggest
     from plad.models import model_identity, set_threads
 
+    for key in ("teacher_preset", "student_preset"):  # checked before any stage runs
+        name = getattr(cfg.benchmark, key)
+        if name not in MODEL_PRESETS:
+            raise ConfigError(
+                f"benchmark.{key}: unknown model preset {name!r}{_suggest(name, MODEL_PRESETS)}"
+            )
     root = Path(cfg.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     if not (root / "run_config.yaml").exists():  # a run refused below must not relabel the folder's results
@@ -154,7 +162,9 @@ def run_pipeline(cfg: RunConfig, force: bool = False) -> int:
         models_dir, models_fp, model_info = stage(
             "models",
             {
-                "presets": [bench.teacher_preset, bench.student_preset, bench.vocab_size],
+                # The presets' contents, not only their names: a changed architecture must rebuild the models.
+                "presets": [MODEL_PRESETS[bench.teacher_preset], MODEL_PRESETS[bench.student_preset]],
+                "vocab_size": bench.vocab_size,
                 "data": data_fp,
                 "seed": cfg.seed,
             },
