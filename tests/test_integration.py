@@ -420,9 +420,20 @@ def _items(kind: str, vocab: int) -> list:
     if kind == "single":
         return [Item(ids(p), ids(c)) for p, c in zip(prompt_lens, chosen_lens, strict=True)]
     return [
-        Item(ids(p), ids(c), ids(r), float(i % 3) / 2, float(i % 2) / 3)
+        Item(ids(p), ids(c), ids(r), float(i % 3) / 2, float(i % 2) / 3, -1.5 * c - i, -2.0 * r + i)
         for i, (p, c, r) in enumerate(zip(prompt_lens, chosen_lens, rejected_lens, strict=True))
     ]
+
+
+def _sharp_teacher(bench: Bench):
+    """The tiny teacher with its logits scaled up x30: random tiny models are near-uniform, so token-level losses
+    between two of them have gradients too small for a 1e-5 comparison to mean anything."""
+    from plad.models import load_model_and_tokenizer
+
+    teacher = load_model_and_tokenizer(str(bench.teacher))[0].eval()
+    with torch.no_grad():
+        teacher.lm_head.weight.mul_(30.0)  # tied: the embeddings scale too, which only changes the teacher
+    return teacher
 
 
 class _RecordingSGD(torch.optim.SGD):
@@ -443,12 +454,13 @@ def _one_step(
     bench: Bench, out: Path, method_name: str, loss_cfg, items, reg_items, batch_size: int, accum: int
 ):
     from plad.config import TrainConfig
-    from plad.methods import METHODS
+    from plad.methods import METHODS, Frozen
     from plad.models import load_model_and_tokenizer
     from plad.train import train
 
     model, tok = load_model_and_tokenizer(str(bench.student))
     names = [n for n, _ in model.named_parameters()]
+    teacher = _sharp_teacher(bench) if METHODS[method_name].needs_teacher_model else None
     cfg = TrainConfig(
         max_steps=1, batch_size=batch_size, grad_accum=accum, lr=1.0, schedule="constant", warmup_steps=0,
         max_grad_norm=0.0, log_every=1, seed=3,
@@ -456,53 +468,90 @@ def _one_step(
     train(
         model=model, tokenizer=tok, method=METHODS[method_name], items=items, reg_items=reg_items,
         loss_cfg=loss_cfg, cfg=cfg, output_dir=out, config_fingerprint="x", resume=False,
+        frozen=Frozen(teacher=teacher, vocab=len(tok)),
     )  # fmt: skip
     return dict(zip(names, _RecordingSGD.last, strict=True)), load_safetensors(out / "model.safetensors")
 
 
 def _reference_grads(bench: Bench, method_name: str, loss_cfg, items, reg_items) -> dict:
-    """The window's loss written out by hand, one unpadded forward per sequence (no plad.methods code):
-    mean over pairs of the hinge + weight * (sum of token NLLs) / (number of those tokens in the window)."""
+    """The window's loss written out by hand, one unpadded forward per sequence (no plad.methods or plad.losses
+    code): mean over examples of the sequence term + weight * (sum of token terms) / (tokens in the window)."""
     from plad.models import load_model_and_tokenizer
 
     model, _ = load_model_and_tokenizer(str(bench.student))
+    teacher = _sharp_teacher(bench)
+
+    def logits_of(m, prompt: list[int], output: list[int]) -> torch.Tensor:  # (len(output), V)
+        return m(input_ids=torch.tensor([prompt + output])).logits[0, len(prompt) - 1 : -1].float()
 
     def output_nll(prompt: list[int], output: list[int]) -> torch.Tensor:  # (len(output),)
-        logits = model(input_ids=torch.tensor([prompt + output])).logits[0, len(prompt) - 1 : -1]
-        return -torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(output)[:, None])[:, 0]
+        logq = torch.log_softmax(logits_of(model, prompt, output), -1)
+        return -logq.gather(-1, torch.tensor(output)[:, None])[:, 0]
+
+    def token_terms(prompt: list[int], output: list[int]) -> torch.Tensor:  # (len(output),)
+        logq = torch.log_softmax(logits_of(model, prompt, output), -1)
+        with torch.no_grad():
+            logp = torch.log_softmax(logits_of(teacher, prompt, output), -1)
+        p, q = logp.exp(), logq.exp()
+        if method_name == "kd":
+            return (p * (logp - logq)).sum(-1)
+        if method_name == "gkd":  # beta = 0.5: Jensen-Shannon with M = (p + q) / 2
+            m = (p + q) / 2
+            return 0.5 * (p * (logp - m.log())).sum(-1) + 0.5 * (q * (logq - m.log())).sum(-1)
+        # dpkd-token: a = teacher argmax, b = student argmax; (1 - r) * CE + r * -log sigmoid(beta * h)
+        a, b = logp.argmax(-1, keepdim=True), logq.argmax(-1, keepdim=True)
+        h = (logq.gather(-1, a) - logq.gather(-1, b) - logp.gather(-1, a) + logp.gather(-1, b))[:, 0]
+        nll = -logq.gather(-1, torch.tensor(output)[:, None])[:, 0]
+        r, beta = loss_cfg.dpkd_token_ratio, loss_cfg.dpkd_token_beta
+        return (1 - r) * nll + r * -torch.log(torch.sigmoid(beta * h))
 
     if method_name == "sft":
         nlls = [output_nll(it.prompt, it.chosen) for it in items]
         loss = torch.cat(nlls).sum() / sum(len(n) for n in nlls)
+    elif method_name in ("kd", "gkd", "dpkd-token"):
+        terms = [token_terms(it.prompt, it.chosen) for it in items]
+        loss = torch.cat(terms).sum() / sum(len(t) for t in terms)
     else:
         chosen = [output_nll(it.prompt, it.chosen) for it in items]
         rejected = [output_nll(it.prompt, it.rejected) for it in items]
-        hinge = [
-            torch.clamp(loss_cfg.beta + c.mean() - r.mean(), min=0)
-            for c, r in zip(chosen, rejected, strict=True)
-        ]
+        if method_name == "dpkd":  # summed log-probs, length-normalised log-ratios to the teacher
+            seq = [
+                -torch.log(
+                    torch.sigmoid(
+                        loss_cfg.beta / len(c) * (-c.sum() - it.teacher_chosen_logp)
+                        - loss_cfg.beta / len(r) * (-r.sum() - it.teacher_rejected_logp)
+                    )
+                )
+                for c, r, it in zip(chosen, rejected, items, strict=True)
+            ]
+        else:
+            seq = [
+                torch.clamp(loss_cfg.beta + c.mean() - r.mean(), min=0)
+                for c, r in zip(chosen, rejected, strict=True)
+            ]
         reg = (
             chosen
             if loss_cfg.regularizer == "chosen"
             else [output_nll(it.prompt, it.chosen) for it in reg_items]
         )
-        loss = sum(hinge) / len(items) + loss_cfg.reg_weight * torch.cat(reg).sum() / sum(len(n) for n in reg)
+        loss = sum(seq) / len(items) + loss_cfg.reg_weight * torch.cat(reg).sum() / sum(len(n) for n in reg)
     loss.backward()
     return {n: p.grad.detach().clone() for n, p in model.named_parameters()}
 
 
 def _naive_grads(bench: Bench, method_name: str, loss_cfg, items, reg_items, batch_size: int) -> dict:
     """The bug the loop avoids: each micro-batch normalised by its own token count, then averaged."""
-    from plad.methods import METHODS, make_batch
+    from plad.methods import METHODS, Frozen, make_batch
     from plad.models import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(str(bench.student))
+    frozen = Frozen(teacher=_sharp_teacher(bench), vocab=len(tok))
     method = METHODS[method_name]
     n_micro = len(items) // batch_size
     for a in range(n_micro):
         sl = slice(a * batch_size, (a + 1) * batch_size)
         batch = make_batch(items[sl], reg_items[sl] if reg_items else None, tok.pad_token_id, loss_cfg)
-        parts = method.loss(model, batch, loss_cfg)
+        parts = method.loss(model, batch, loss_cfg, frozen)
         loss = parts.tok_weight * parts.tok_sum / batch["n_tokens"]
         if parts.seq_sum is not None:
             loss = loss + parts.seq_sum / batch["n_examples"]
@@ -512,20 +561,29 @@ def _naive_grads(bench: Bench, method_name: str, loss_cfg, items, reg_items, bat
 
 @pytest.mark.parametrize(
     ("method_name", "regularizer"),
-    [("sft", "none"), ("plad-rank", "chosen"), ("plad-rank", "target")],
+    [
+        ("sft", "none"),
+        ("plad-rank", "chosen"),
+        ("plad-rank", "target"),
+        ("dpkd", "chosen"),
+        ("kd", "none"),
+        ("gkd", "none"),
+        ("dpkd-token", "none"),
+    ],
 )
 def test_micro_batch_times_accumulation_invariance(
     bench: Bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method_name: str, regularizer: str
 ) -> None:
     from plad.config import LossConfig
+    from plad.methods import METHODS as TABLE
     from plad.models import load_model_and_tokenizer
 
     monkeypatch.setattr(torch.optim, "AdamW", _RecordingSGD)
     start, tok = load_model_and_tokenizer(str(bench.student))
     start_params = {n: p.detach().clone() for n, p in start.named_parameters()}
     vocab = len(tok)
-    loss_cfg = LossConfig(beta=1.0, reg_weight=0.7, regularizer=regularizer, logp="mean")
-    items = _items("single" if method_name == "sft" else "pairs", vocab)
+    loss_cfg = LossConfig(beta=1.0, reg_weight=0.7, regularizer=regularizer, logp="mean", on_policy_frac=0.0)
+    items = _items("pairs" if TABLE[method_name].source == "pairs" else "single", vocab)
     reg_items = _items("reg", vocab) if regularizer == "target" else None
 
     run = {}

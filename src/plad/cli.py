@@ -116,10 +116,16 @@ def _dispatch(ns: argparse.Namespace) -> int:
         from plad.methods import METHODS
 
         for m in METHODS.values():
-            needs = {"targets": "labeled data", "teacher": "teacher text", "pairs": "teacher + student text"}[
-                m.source
-            ]
-            print(f"{m.name:14s} {m.summary} [needs: {needs}{' + scores' if m.needs_scores else ''}]")
+            needs = {
+                "targets": ["labeled data"],
+                "teacher": ["teacher text"],
+                "pairs": ["teacher + student text"],
+                "lists": ["teacher text + k student samples"],
+                "tokens": ["labeled data or teacher text", "a local teacher with the student's vocabulary"],
+            }[m.source]
+            needs += ["scores"] * m.needs_scores + ["teacher log-probs in the pairs"] * m.needs_teacher_logps
+            needs += ["student samples during training"] * m.on_policy
+            print(f"{m.name:16s} {m.summary} [needs: {'; '.join(needs)}]")
         return 0
     if ns.command == "tasks":
         from plad.benchmark.tasks import TASKS

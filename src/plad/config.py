@@ -123,24 +123,57 @@ class SamplingConfig:
 
 @dataclass
 class LossConfig:
-    beta: float = opt(0.2, "calibration margin beta (PLaD); scale of score differences for plad-margin")
-    reg_weight: float = opt(1.0, "lambda: weight of the regulariser (CE on `regularizer` outputs)")
+    beta: float = opt(
+        0.2,
+        "beta of the sequence-level methods: calibration margin (plad-rank, plad-list), score-gap scale "
+        "(plad-margin), DPKD's inverse temperature (dpkd)",
+    )
+    reg_weight: float = opt(1.0, "lambda: weight of the regulariser (see `regularizer`)")
     regularizer: str = opt(
         "chosen",
-        "regulariser of the calibration methods: CE on the teacher output (chosen), on the dataset target "
-        "(target; needs train_file) or none",
-        ("chosen", "target", "none"),
+        "regulariser of the sequence-level methods: CE on the preferred output (chosen: the teacher output of a "
+        "pseudo pair), CE on the dataset target (target; needs train_file), token KL(initial student || student) "
+        "on the chosen output (kl-init, SLiC's; holds a frozen copy of the initial student) or none",
+        ("chosen", "target", "kl-init", "none"),
     )
     logp: str = opt(
         "mean",
-        "sequence log-prob: sum over output tokens, or mean (length-normalised); EOS included",
+        "sequence log-prob of the calibration methods: sum over output tokens, or mean (length-normalised); "
+        "EOS included",
         ("mean", "sum"),
+    )
+    divergence_window: int = opt(
+        0,
+        "plad-rank-div / plad-margin-div: count log-probs over at most this many tokens from the first token where "
+        "the two outputs differ (0: to the end)",
+    )
+    dpkd_length_norm: bool = opt(
+        True, "dpkd: divide each log-ratio by the output's length in student tokens (the paper's beta/|y|)"
+    )
+    token_data: str = opt(
+        "target",
+        "outputs the token-level methods (kd, rkl, skew-*, jsd, tvd, dpkd-token, gkd) learn on: dataset "
+        "targets (needs train_file) or teacher outputs from the pairs store",
+        ("target", "teacher"),
+    )
+    skew_alpha: float = opt(0.1, "skew-fkl / skew-rkl: weight alpha of the skewed mixture (DistiLLM)")
+    dpkd_token_beta: float = opt(0.1, "dpkd-token: beta of -log sigmoid(beta * h) (released code: 0.1)")
+    dpkd_token_ratio: float = opt(0.5, "dpkd-token: r in (1 - r) * CE + r * loss (released code: 0.5)")
+    gkd_beta: float = opt(
+        0.5, "gkd: beta of the generalized JSD (0: KL(teacher||student), 1: KL(student||teacher))"
+    )
+    on_policy_frac: float = opt(
+        0.5, "gkd: lambda, the probability that a micro-batch uses fresh student samples (on-policy)"
     )
 
     def __post_init__(self) -> None:
         _check_choices(self)
-        if self.beta < 0 or self.reg_weight < 0:
-            raise ConfigError("beta and reg_weight must be >= 0")
+        for name in ("beta", "reg_weight", "dpkd_token_beta", "divergence_window"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (got {getattr(self, name)})")
+        for name in ("skew_alpha", "dpkd_token_ratio", "gkd_beta", "on_policy_frac"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must be in [0, 1] (got {getattr(self, name)})")
 
 
 @dataclass
@@ -182,6 +215,16 @@ class PairsConfig:
     )
     num_student_samples: int = opt(1, "k: student samples per prompt (one pair per sample)")
     scorer: str = opt("", "task scorer that scores every sample (needed by plad-margin); empty: no scores")
+    rank_by: str = opt(
+        "",
+        "real preference pairs: order each pair by this scorer's scores (higher = chosen; ties dropped and "
+        "counted) instead of assuming the teacher is better; empty: pseudo pairs",
+    )
+    teacher_logprobs: bool = opt(
+        False,
+        "also store the teacher's summed log-probs of every teacher and student sample (needed by dpkd); local "
+        "teacher",
+    )
     data: DataOptions = opt(DataOptions(), "data fields and length limits")
     limit: int = opt(0, "use only the first N prompts (0: all)")
     threads: int = opt(0, "torch CPU threads (0: torch's default)")
@@ -191,6 +234,13 @@ class PairsConfig:
             raise ConfigError("num_student_samples must be >= 1")
         if self.limit < 0:
             raise ConfigError("limit must be >= 0")
+        if self.rank_by and self.scorer and self.rank_by != self.scorer:
+            raise ConfigError(
+                f"rank_by = {self.rank_by!r} but scorer = {self.scorer!r}: pairs are ranked by their scores, so "
+                "set both to the same scorer (or leave scorer empty)"
+            )
+        if self.rank_by and not self.scorer:
+            self.scorer = self.rank_by
 
 
 @dataclass
@@ -200,10 +250,22 @@ class DistillConfig:
     method: str = opt("plad-rank", "distillation method (see `plad methods`)")
     model: str = opt("", "student model folder (usually the SFT student)")
     tokenizer: str = opt("", "tokenizer folder (default: the model's)")
+    teacher: str = opt(
+        "",
+        "teacher model folder or hub id, held frozen in memory by the token-level methods (kd, rkl, skew-*, jsd, "
+        "tvd, dpkd-token, gkd); it must share the student's vocabulary",
+    )
+    teacher_tokenizer: str = opt("", "teacher tokenizer folder (default: the teacher's)")
     pairs_file: str = opt("", "pairs.jsonl written by `plad pairs` (methods that learn from the teacher)")
-    train_file: str = opt("", "labeled data (method sft, or loss.regularizer=target)")
+    train_file: str = opt(
+        "", "labeled data (method sft, loss.regularizer=target, token-level methods on targets)"
+    )
     output_dir: str = opt("", "where the distilled model, checkpoints and logs go")
     loss: LossConfig = opt(LossConfig(), "loss settings")
+    on_policy: SamplingConfig = opt(
+        SamplingConfig(temperature=1.0, batch_size=16),
+        "gkd: sampling of the on-policy student outputs (each micro-batch derives its seed from `seed`)",
+    )
     data: DataOptions = opt(DataOptions(), "data fields and length limits")
     train: TrainConfig = opt(TrainConfig(lr=2e-4), "optimisation")
     threads: int = opt(0, "torch CPU threads (0: torch's default)")
@@ -296,7 +358,7 @@ class RunConfig:
             )
         for section, keys in (
             ("pairs", ("prompts_file", "output_dir")),
-            ("distill", ("model", "pairs_file", "train_file", "output_dir")),
+            ("distill", ("model", "teacher", "pairs_file", "train_file", "output_dir")),
             ("eval", ("model", "test_file", "output_dir")),
         ):
             for key in keys:

@@ -179,7 +179,7 @@ def load_examples(source: str, options: DataOptions, need_target: bool, what: st
     return examples
 
 
-def load_pairs(path: str, need_scores: bool = False) -> list[dict]:
+def load_pairs(path: str, need_scores: bool = False, need_teacher_logps: bool = False) -> list[dict]:
     """Pair rows of a pairs.jsonl (DESIGN section 6), validated."""
     p = Path(path)
     if not p.is_file():
@@ -197,6 +197,13 @@ def load_pairs(path: str, need_scores: bool = False) -> list[dict]:
                 raise DataError(
                     f"{p}:{i}: this method needs scores.chosen and scores.rejected; generate the pairs with "
                     "--scorer TASK"
+                )
+        if need_teacher_logps:
+            t = row.get("teacher_logps") or {}
+            if not all(isinstance(t.get(k), int | float) for k in ("chosen", "rejected")):
+                raise DataError(
+                    f"{p}:{i}: this method needs the teacher's log-probs of both outputs (teacher_logps.chosen and "
+                    "teacher_logps.rejected); generate the pairs with --teacher_logprobs true"
                 )
     return rows
 

@@ -9,26 +9,69 @@ import torch
 from plad.losses import token_nll
 
 
+def forward_logits(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels aligned for the loss: position t of the logits scores label t (the shift is done here).
+
+    batch: input_ids, attention_mask, labels, all (N, T) with labels aligned to input_ids.
+    Returns logits (N, T-1, V) and labels (N, T-1), -100 where there is no label.
+    """
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (N, T, V)
+    return logits[:, :-1], batch["labels"][:, 1:]
+
+
 def forward_token_nll(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Per-token NLL of `labels` under `model`, shifted so that position t predicts token t+1.
 
-    batch: input_ids, attention_mask, labels, all (N, T) with labels aligned to input_ids.
     Returns (N, T-1), 0 where there is no label.
     """
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (N, T, V)
-    return token_nll(logits[:, :-1], batch["labels"][:, 1:])
+    logits, labels = forward_logits(model, batch)
+    return token_nll(logits, labels)
 
 
 def sequence_logps(
-    model: Any, batch: dict[str, torch.Tensor], reduction: str = "sum"
+    model: Any,
+    batch: dict[str, torch.Tensor],
+    reduction: str = "sum",
+    count_labels: torch.Tensor | None = None,
+    return_logits: bool = False,
 ) -> dict[str, torch.Tensor]:
     """log P(output | prompt) for every row: sum over output tokens (EOS included) or their mean.
 
-    Returns logps (N,), token_nll (N, T-1) and n_tokens (N,).
+    count_labels: (N, T) labels that say which tokens the sequence log-prob counts (default: batch["labels"]); the
+    divergence-aware calibration counts only the tokens from the first difference between two outputs.
+    Returns logps (N,), token_nll (N, T-1) over all of batch["labels"], n_tokens (N,) counted tokens, and with
+    return_logits the logits (N, T-1, V).
     """
-    nll = forward_token_nll(model, batch)  # (N, T-1)
-    n_tokens = (batch["labels"][:, 1:] != -100).sum(-1)  # (N,)
-    logps = -nll.sum(-1)
+    logits, labels = forward_logits(model, batch)
+    nll = token_nll(logits, labels)  # (N, T-1)
+    counted = (labels if count_labels is None else count_labels[:, 1:]) != -100  # (N, T-1)
+    n_tokens = counted.sum(-1)  # (N,)
+    logps = -(nll * counted).sum(-1)
     if reduction == "mean":
         logps = logps / n_tokens.clamp(min=1)
-    return {"logps": logps, "token_nll": nll, "n_tokens": n_tokens}
+    out = {"logps": logps, "token_nll": nll, "n_tokens": n_tokens}
+    if return_logits:
+        out["logits"] = logits
+    return out
+
+
+@torch.no_grad()
+def score_outputs(
+    model: Any, pad_id: int, prompts: list[list[int]], outputs: list[list[int]], batch_size: int = 32
+) -> list[tuple[float, int]]:
+    """(summed log P(output | prompt), output length) of each row, in batches grouped by length (no gradient)."""
+    from plad.data import collate_sequences
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: -(len(prompts[i]) + len(outputs[i])))
+    result: list[tuple[float, int]] = [(0.0, 0)] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = collate_sequences([prompts[i] for i in idx], [outputs[i] for i in idx], pad_id)
+        out = sequence_logps(model, {k: v.to(device) for k, v in batch.items()}, reduction="sum")
+        for i, lp, n in zip(idx, out["logps"].tolist(), out["n_tokens"].tolist(), strict=True):
+            result[i] = (lp, n)
+    model.train(was_training)
+    return result

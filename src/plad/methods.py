@@ -1,8 +1,9 @@
 """The distillation methods: each a row of one table (what a batch needs, how the loss is computed).
 
-A method's loss function gets the model and a micro-batch and returns *sums*: `seq_sum` over examples (sequence-level
-terms) and `tok_sum` over tokens (token-level terms). The training loop divides them by the number of examples and
-tokens in the whole accumulation window, so results do not depend on micro-batch x accumulation.
+A method's loss function gets the model, a micro-batch and the frozen models it needs, and returns *sums*:
+`seq_sum` over examples (sequence-level terms) and `tok_sum` over tokens (token-level terms). The training loop
+divides them by the number of examples and tokens in the whole accumulation window, so results do not depend on
+micro-batch x accumulation.
 """
 
 from __future__ import annotations
@@ -15,19 +16,48 @@ import torch
 
 from plad.config import LossConfig
 from plad.data import collate_sequences
-from plad.logprobs import forward_token_nll, sequence_logps
-from plad.losses import margin_calibration_loss, rank_calibration_loss, ranking_accuracy
+from plad.logprobs import forward_logits, forward_token_nll, sequence_logps
+from plad.losses import (
+    dpkd_sequence_loss,
+    dpkd_token_loss,
+    generalized_jsd,
+    listwise_rank_loss,
+    margin_calibration_loss,
+    rank_calibration_loss,
+    ranking_accuracy,
+    token_divergence,
+    token_kl_to_reference,
+    token_nll,
+)
 
 
 @dataclass
 class Item:
-    """One training example in token ids: a prompt with one output (sft, seqkd) or a pair (calibration)."""
+    """One training example in token ids: a prompt with one output (sft, seqkd, token-level methods), a pair
+    (calibration, dpkd) or a ranked list of outputs (plad-list)."""
 
     prompt: list[int]
     chosen: list[int]  # the target, the teacher output, or y+
     rejected: list[int] | None = None  # y- (pair methods)
     chosen_score: float = 0.0
     rejected_score: float = 0.0
+    teacher_chosen_logp: float = 0.0  # dpkd: summed teacher log-probs, in the teacher's tokenizer
+    teacher_rejected_logp: float = 0.0
+    outputs: list[list[int]] | None = None  # plad-list: every output of the prompt, outputs[0] == chosen
+    ranks: list[int] | None = None  # plad-list: rank of each output, 0 = best, equal ranks = tie
+
+
+@dataclass
+class Frozen:
+    """Models held fixed during training: the teacher of the token-level methods, the initial student of the
+    kl-init regulariser. `vocab` is the shared vocabulary size (logits beyond it are embedding padding)."""
+
+    teacher: Any = None
+    reference: Any = None
+    vocab: int = 0
+
+
+NO_FROZEN = Frozen()
 
 
 @dataclass
@@ -35,17 +65,35 @@ class LossParts:
     seq_sum: torch.Tensor | None = None  # sum over examples of sequence-level losses
     tok_sum: torch.Tensor | None = None  # sum over tokens of token-level losses
     tok_weight: float = 1.0
-    metrics: dict[str, float] = field(
-        default_factory=dict
-    )  # detached diagnostics, means over the micro-batch
+    metrics: dict[str, float] = field(default_factory=dict)  # detached diagnostics, micro-batch means
+
+
+def divergence_labels(labels: torch.Tensor, prompt_len: int, a: list[int], b: list[int], window: int) -> None:
+    """In place: keep only the labels of output `a` from the first token where it differs from `b` (and at most
+    `window` tokens of it when window > 0). Identical outputs keep nothing."""
+    d = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    end = len(a) if window == 0 else min(len(a), d + window)
+    labels[: prompt_len + d] = -100
+    labels[prompt_len + end :] = -100
 
 
 def make_batch(
     items: list[Item], reg_items: list[Item] | None, pad_id: int, loss: LossConfig
 ) -> dict[str, Any]:
-    """A micro-batch: single outputs, or chosen and rejected stacked for one concatenated forward."""
+    """A micro-batch: single outputs; a pair stacked for one concatenated forward; or a list of K outputs."""
     prompts = [it.prompt for it in items]
-    if items[0].rejected is None:
+    B = len(items)
+    if items[0].outputs is not None:
+        # rows [kB, (k+1)B) hold output k of every prompt (a 1-token stand-in where a prompt has fewer outputs).
+        K = max(len(it.outputs) for it in items)
+        outs = [it.outputs[k] if k < len(it.outputs) else [pad_id] for k in range(K) for it in items]
+        main = collate_sequences(prompts * K, outs, pad_id)
+        main["list_mask"] = torch.tensor([[k < len(it.outputs) for k in range(K)] for it in items])  # (B, K)
+        main["list_ranks"] = torch.tensor(
+            [[it.ranks[k] if k < len(it.outputs) else 0 for k in range(K)] for it in items]
+        )  # (B, K)
+        n_tokens = sum(len(it.chosen) for it in items)
+    elif items[0].rejected is None:
         main = collate_sequences(prompts, [it.chosen for it in items], pad_id)
         n_tokens = int((main["labels"] != -100).sum())
     else:
@@ -55,8 +103,18 @@ def make_batch(
         )
         main["chosen_scores"] = torch.tensor([it.chosen_score for it in items])
         main["rejected_scores"] = torch.tensor([it.rejected_score for it in items])
+        main["teacher_logps"] = torch.tensor(
+            [it.teacher_chosen_logp for it in items] + [it.teacher_rejected_logp for it in items],
+            dtype=torch.float32,
+        )
+        # Divergence-aware calibration: each output counts from the first token where the two differ.
+        div = main["labels"].clone()
+        for i, it in enumerate(items):
+            divergence_labels(div[i], len(it.prompt), it.chosen, it.rejected, loss.divergence_window)
+            divergence_labels(div[B + i], len(it.prompt), it.rejected, it.chosen, loss.divergence_window)
+        main["divergence_labels"] = div
         n_tokens = sum(len(it.chosen) for it in items)
-    batch: dict[str, Any] = {"main": main, "n_examples": len(items), "n_tokens": n_tokens}
+    batch: dict[str, Any] = {"main": main, "n_examples": B, "n_tokens": n_tokens}
     if reg_items:
         batch["reg"] = collate_sequences(
             [it.prompt for it in reg_items], [it.chosen for it in reg_items], pad_id
@@ -65,17 +123,73 @@ def make_batch(
     return batch
 
 
-def cross_entropy(model: Any, batch: dict[str, Any], loss: LossConfig) -> LossParts:
+# --------------------------------------------------------------------------------------------------------------
+# Loss functions: (model, batch, loss settings, frozen models) -> LossParts
+
+
+def cross_entropy(
+    model: Any, batch: dict[str, Any], loss: LossConfig, frozen: Frozen = NO_FROZEN
+) -> LossParts:
     """CE on the output tokens (targets for sft, teacher outputs for seqkd), EOS included."""
     nll = forward_token_nll(model, batch["main"])  # (B, T-1)
     n = max(batch["n_tokens"], 1)
     return LossParts(tok_sum=nll.sum(), metrics={"ce": float(nll.sum().detach()) / n})
 
 
-def _calibration(kind: str) -> Callable[[Any, dict[str, Any], LossConfig], LossParts]:
-    def loss_fn(model: Any, batch: dict[str, Any], loss: LossConfig) -> LossParts:
+def _regulariser(
+    model: Any, batch: dict[str, Any], loss: LossConfig, frozen: Frozen, chosen: dict[str, torch.Tensor]
+) -> torch.Tensor | None:
+    """lambda's term, as a sum over tokens: CE on the chosen outputs or the targets, or SLiC's token KL to the
+    initial student on the chosen outputs. `chosen` holds token_nll (and logits for kl-init) of the chosen rows."""
+    if loss.regularizer == "chosen":
+        return chosen["token_nll"].sum()
+    if loss.regularizer == "target":
+        return forward_token_nll(model, batch["reg"]).sum()
+    if loss.regularizer == "kl-init":
+        rows = {k: v[: len(chosen["token_nll"])] for k, v in batch["main"].items() if k in _SEQ_KEYS}
+        with torch.no_grad():
+            ref_logits, labels = forward_logits(frozen.reference, rows)
+        return token_kl_to_reference(chosen["logits"], ref_logits, labels).sum()
+    return None
+
+
+_SEQ_KEYS = ("input_ids", "attention_mask", "labels")
+
+
+def _pair_metrics(
+    chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, per_example: torch.Tensor
+) -> dict:
+    return {
+        "calibration": float(per_example.detach().mean()),
+        "chosen_logps": float(chosen_logps.detach().mean()),
+        "rejected_logps": float(rejected_logps.detach().mean()),
+        "margin": float((chosen_logps - rejected_logps).detach().mean()),
+        "rank_acc": float(ranking_accuracy(chosen_logps, rejected_logps)),
+    }
+
+
+def _with_regulariser(
+    model: Any, batch: dict[str, Any], loss: LossConfig, frozen: Frozen, chosen: dict, per_example, metrics
+) -> LossParts:
+    tok_sum = _regulariser(model, batch, loss, frozen, chosen)
+    if tok_sum is not None:
+        key = "reg_kl" if loss.regularizer == "kl-init" else "reg_ce"  # per regularised token
+        metrics[key] = float(tok_sum.detach()) / max(batch["n_tokens"], 1)
+    return LossParts(seq_sum=per_example.sum(), tok_sum=tok_sum, tok_weight=loss.reg_weight, metrics=metrics)
+
+
+def _calibration(kind: str, from_divergence: bool = False) -> Callable[..., LossParts]:
+    """PLaD ranking (eq. 3) or margin (eq. 4) calibration over (y+, y-) pairs + lambda * regulariser."""
+
+    def loss_fn(model: Any, batch: dict[str, Any], loss: LossConfig, frozen: Frozen = NO_FROZEN) -> LossParts:
         main, B = batch["main"], batch["n_examples"]
-        out = sequence_logps(model, main, reduction=loss.logp)
+        out = sequence_logps(
+            model,
+            main,
+            reduction=loss.logp,
+            count_labels=main["divergence_labels"] if from_divergence else None,
+            return_logits=loss.regularizer == "kl-init",
+        )
         chosen_logps, rejected_logps = out["logps"][:B], out["logps"][B:]  # (B,), (B,)
         if kind == "rank":
             per_example = rank_calibration_loss(chosen_logps, rejected_logps, loss.beta)
@@ -83,63 +197,178 @@ def _calibration(kind: str) -> Callable[[Any, dict[str, Any], LossConfig], LossP
             per_example = margin_calibration_loss(
                 chosen_logps, rejected_logps, main["chosen_scores"], main["rejected_scores"], loss.beta
             )
-        tok_sum = None
-        if loss.regularizer == "chosen":
-            tok_sum = out["token_nll"][:B].sum()
-        elif loss.regularizer == "target":
-            tok_sum = forward_token_nll(model, batch["reg"]).sum()
-        metrics = {
-            "calibration": float(per_example.detach().mean()),
-            "chosen_logps": float(chosen_logps.detach().mean()),
-            "rejected_logps": float(rejected_logps.detach().mean()),
-            "margin": float((chosen_logps - rejected_logps).detach().mean()),
-            "rank_acc": float(ranking_accuracy(chosen_logps, rejected_logps)),
-        }
-        if tok_sum is not None:
-            metrics["reg_ce"] = float(tok_sum.detach()) / max(batch["n_tokens"], 1)
-        return LossParts(
-            seq_sum=per_example.sum(), tok_sum=tok_sum, tok_weight=loss.reg_weight, metrics=metrics
+        chosen = {k: v[:B] for k, v in out.items() if k in ("token_nll", "logits")}
+        return _with_regulariser(
+            model,
+            batch,
+            loss,
+            frozen,
+            chosen,
+            per_example,
+            _pair_metrics(chosen_logps, rejected_logps, per_example),
         )
 
     return loss_fn
+
+
+def plad_list(model: Any, batch: dict[str, Any], loss: LossConfig, frozen: Frozen = NO_FROZEN) -> LossParts:
+    """SLiC list-wise rank over the teacher output and k student samples + lambda * regulariser."""
+    main, B = batch["main"], batch["n_examples"]
+    out = sequence_logps(model, main, reduction=loss.logp, return_logits=loss.regularizer == "kl-init")
+    K = main["list_mask"].shape[1]
+    logps = out["logps"].view(K, B).T  # (B, K)
+    per_example = listwise_rank_loss(logps, main["list_ranks"], main["list_mask"], loss.beta)
+    chosen = {k: v[:B] for k, v in out.items() if k in ("token_nll", "logits")}
+    others = logps[:, 1:].masked_fill(~main["list_mask"][:, 1:], float("nan"))
+    metrics = {
+        "calibration": float(per_example.detach().mean()),
+        "chosen_logps": float(logps[:, 0].detach().mean()),
+        "rejected_logps": float(others.detach().nanmean()),
+        "rank_acc": float((logps[:, :1] > others).float()[main["list_mask"][:, 1:]].mean()),
+    }
+    return _with_regulariser(model, batch, loss, frozen, chosen, per_example, metrics)
+
+
+def dpkd(model: Any, batch: dict[str, Any], loss: LossConfig, frozen: Frozen = NO_FROZEN) -> LossParts:
+    """DPKD's sequence form with the teacher as reference (Li et al. 2024, eq. 12) + lambda * regulariser."""
+    main, B = batch["main"], batch["n_examples"]
+    out = sequence_logps(model, main, reduction="sum", return_logits=loss.regularizer == "kl-init")
+    lengths = out["n_tokens"].float() if loss.dpkd_length_norm else torch.ones_like(out["logps"])
+    teacher = main["teacher_logps"]
+    per_example = dpkd_sequence_loss(
+        out["logps"][:B], out["logps"][B:], teacher[:B], teacher[B:], lengths[:B], lengths[B:], loss.beta
+    )
+    chosen = {k: v[:B] for k, v in out.items() if k in ("token_nll", "logits")}
+    metrics = _pair_metrics(out["logps"][:B], out["logps"][B:], per_example)
+    ratio_c, ratio_r = out["logps"][:B] - teacher[:B], out["logps"][B:] - teacher[B:]
+    metrics["reward_margin"] = float(
+        (ratio_c / lengths[:B] - ratio_r / lengths[B:]).detach().mean() * loss.beta
+    )
+    return _with_regulariser(model, batch, loss, frozen, chosen, per_example, metrics)
+
+
+def _token_level(kind: str) -> Callable[..., LossParts]:
+    """A token-level loss between the student's and the frozen teacher's next-token distributions, on every
+    output token of the batch (targets or teacher outputs; on-policy student samples for gkd)."""
+
+    def loss_fn(model: Any, batch: dict[str, Any], loss: LossConfig, frozen: Frozen = NO_FROZEN) -> LossParts:
+        main = batch["main"]
+        logits, labels = forward_logits(model, main)  # (B, T-1, V), (B, T-1)
+        with torch.no_grad():
+            teacher_logits, _ = forward_logits(frozen.teacher, main)
+        V = frozen.vocab or logits.shape[-1]
+        logits, teacher_logits = logits[..., :V], teacher_logits[..., :V]  # drop embedding padding rows
+        nll = token_nll(logits, labels)
+        if kind == "dpkd-token":  # released code: (1 - r) * CE + r * per-token preference loss
+            pref = dpkd_token_loss(logits, teacher_logits, labels, loss.dpkd_token_beta)
+            per_token = (1 - loss.dpkd_token_ratio) * nll + loss.dpkd_token_ratio * pref
+        elif kind == "gkd":
+            per_token = generalized_jsd(logits, teacher_logits, labels, loss.gkd_beta)
+        else:
+            per_token = token_divergence(logits, teacher_logits, labels, kind, loss.skew_alpha)
+        n = max(int((labels != -100).sum()), 1)
+        metrics = {"divergence": float(per_token.detach().sum()) / n, "ce": float(nll.detach().sum()) / n}
+        return LossParts(tok_sum=per_token.sum(), metrics=metrics)
+
+    return loss_fn
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The table
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
     summary: str
-    source: str  # "targets": labeled data; "teacher": teacher outputs of the pairs; "pairs": (y+, y-) pairs
-    needs_scores: bool
-    loss: Callable[[Any, dict[str, Any], LossConfig], LossParts]
+    # What it learns on: "targets" (labeled data), "teacher" (teacher outputs of the pairs store), "pairs"
+    # ((y+, y-) pairs), "lists" (teacher + k student samples per prompt), "tokens" (loss.token_data decides).
+    source: str
+    loss: Callable[..., LossParts]
+    needs_scores: bool = False
     uses_regularizer: bool = False
+    needs_teacher_model: bool = False  # a frozen local teacher with the student's vocabulary
+    needs_teacher_logps: bool = False  # teacher log-probs stored with the pairs
+    on_policy: bool = False  # student samples generated during training
+
+    def data_source(self, loss: LossConfig) -> str:
+        if self.source == "tokens":
+            return "targets" if loss.token_data == "target" else "teacher"
+        return self.source
+
+
+def _token_method(name: str, summary: str) -> Method:
+    return Method(name, summary, "tokens", _token_level(name), needs_teacher_model=True)
 
 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in [
-        Method("sft", "CE on dataset targets (the equal-compute control)", "targets", False, cross_entropy),
+        Method("sft", "CE on dataset targets (the equal-compute control)", "targets", cross_entropy),
         Method(
-            "seqkd",
-            "CE on teacher outputs (sequence-level KD, Kim & Rush 2016)",
-            "teacher",
-            False,
-            cross_entropy,
+            "seqkd", "CE on teacher outputs (sequence-level KD, Kim & Rush 2016)", "teacher", cross_entropy
         ),
         Method(
             "plad-rank",
-            "PLaD ranking calibration on (teacher, student) pairs + lambda * CE regulariser",
+            "PLaD ranking calibration on (teacher, student) pairs + lambda * regulariser",
             "pairs",
-            False,
             _calibration("rank"),
             uses_regularizer=True,
         ),
         Method(
             "plad-margin",
-            "PLaD margin calibration (margin = beta * score gap) + lambda * CE regulariser",
+            "PLaD margin calibration (margin = beta * score gap) + lambda * regulariser",
             "pairs",
-            True,
             _calibration("margin"),
+            needs_scores=True,
             uses_regularizer=True,
+        ),
+        Method(
+            "plad-list",
+            "SLiC list-wise rank over the teacher output and k student samples (ordered by score when scored)",
+            "lists",
+            plad_list,
+            uses_regularizer=True,
+        ),
+        Method(
+            "plad-rank-div",
+            "plad-rank with log-probs counted from the first token where y+ and y- differ (divergence-aware)",
+            "pairs",
+            _calibration("rank", from_divergence=True),
+            uses_regularizer=True,
+        ),
+        Method(
+            "plad-margin-div",
+            "plad-margin with log-probs counted from the first token where y+ and y- differ (divergence-aware)",
+            "pairs",
+            _calibration("margin", from_divergence=True),
+            needs_scores=True,
+            uses_regularizer=True,
+        ),
+        Method(
+            "dpkd",
+            "DPKD sequence form, teacher as reference model (needs teacher log-probs in the pairs) + lambda * CE",
+            "pairs",
+            dpkd,
+            uses_regularizer=True,
+            needs_teacher_logps=True,
+        ),
+        _token_method(
+            "dpkd-token", "DPKD released-code per-token form (teacher vs student argmax), mixed with CE"
+        ),
+        _token_method("kd", "token-level forward KL(teacher || student) (Hinton et al.; DistiLLM's KD)"),
+        _token_method("rkl", "token-level reverse KL(student || teacher) (MiniLLM's objective, token form)"),
+        _token_method("skew-fkl", "skew forward KL(teacher || a*teacher + (1-a)*student) (DistiLLM)"),
+        _token_method("skew-rkl", "skew reverse KL(student || (1-a)*teacher + a*student) (DistiLLM)"),
+        _token_method("jsd", "token-level Jensen-Shannon divergence"),
+        _token_method("tvd", "token-level total variation distance"),
+        Method(
+            "gkd",
+            "generalized JSD(beta) on data and on-policy student samples (probability lambda) (Agarwal et al.)",
+            "tokens",
+            _token_level("gkd"),
+            needs_teacher_model=True,
+            on_policy=True,
         ),
     ]
 }

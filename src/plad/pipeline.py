@@ -201,10 +201,13 @@ def run_pipeline(cfg: RunConfig, force: bool = False) -> int:
 
     # 4. pairs ----------------------------------------------------------------------------------------------------
     from plad.generation.pairs import run_pairs
+    from plad.methods import METHODS
 
     pairs_cfg = dataclasses.replace(
         cfg.pairs,
         prompts_file=files["distill"],
+        teacher_logprobs=cfg.pairs.teacher_logprobs
+        or any(METHODS[m].needs_teacher_logps for m in cfg.methods),
         teacher=_reseed_side(cfg.pairs.teacher, teacher_sft, cfg.seed),
         student=_reseed_side(cfg.pairs.student, student_sft, cfg.seed),
         threads=cfg.threads,
@@ -223,6 +226,7 @@ def run_pipeline(cfg: RunConfig, force: bool = False) -> int:
             cfg.distill,
             method=method,
             model=student_sft,
+            teacher=teacher_sft if METHODS[method].needs_teacher_model else "",
             pairs_file=str(pairs_dir / "pairs.jsonl"),
             train_file=files["sft"],
             train=_with_seed(cfg.distill.train, cfg.seed),

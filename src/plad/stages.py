@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from plad.config import (
     ConfigError,
@@ -26,7 +30,7 @@ from plad.data import (
     load_examples,
     load_pairs,
 )
-from plad.methods import METHODS, Item
+from plad.methods import METHODS, Frozen, Item
 from plad.models import load_model_and_tokenizer, load_tokenizer, set_threads
 from plad.train import check_output_dir, train
 
@@ -79,7 +83,8 @@ def run_sft(cfg: SFTConfig) -> dict:
 
 
 def pair_items(pairs: list[dict], tokenizer: object, cfg_data, where: str, source: str) -> list[Item]:
-    """Pairs -> Items: one per pair (calibration), or one per prompt with the teacher output (seqkd)."""
+    """Pairs -> Items: one per pair (calibration, dpkd), or one per prompt with the teacher output (seqkd and the
+    token-level methods on teacher outputs)."""
     stats, items, seen = Truncation(), [], set()
     for row in pairs:
         key = row.get("prompt_id", row["id"])
@@ -89,18 +94,20 @@ def pair_items(pairs: list[dict], tokenizer: object, cfg_data, where: str, sourc
             seen.add(key)
         loc = f"{where} id {row['id']}"
         prompt = encode_prompt(tokenizer, format_prompt(tokenizer, row["prompt"], loc), cfg_data, stats, loc)
-        chosen = encode_output(tokenizer, row["chosen"], cfg_data, stats, loc)
         if source == "teacher":
-            items.append(Item(prompt, chosen))
+            items.append(Item(prompt, encode_output(tokenizer, _teacher_text(row), cfg_data, stats, loc)))
             continue
         scores = row.get("scores") or {}
+        teacher = row.get("teacher_logps") or {}
         items.append(
             Item(
                 prompt,
-                chosen,
+                encode_output(tokenizer, row["chosen"], cfg_data, stats, loc),
                 encode_output(tokenizer, row["rejected"], cfg_data, stats, loc),
                 float(scores.get("chosen", 0.0)),
                 float(scores.get("rejected", 0.0)),
+                float(teacher.get("chosen", 0.0)),
+                float(teacher.get("rejected", 0.0)),
             )
         )
     if stats.prompts or stats.targets:
@@ -108,19 +115,120 @@ def pair_items(pairs: list[dict], tokenizer: object, cfg_data, where: str, sourc
     return items
 
 
+def _teacher_text(row: dict) -> str:
+    """The teacher's output of a pair row: `chosen`, unless a real-preference ranking put it on the other side."""
+    return row["rejected"] if (row.get("meta") or {}).get("chosen_side") == "student" else row["chosen"]
+
+
+def list_items(pairs: list[dict], tokenizer: object, cfg_data, where: str) -> list[Item]:
+    """Pairs grouped by prompt -> one ranked list per prompt: the teacher output first (rank 0), then the student
+    samples ordered by score (equal scores tie; without scores all students tie). Real preference pairs (ranked
+    by a scorer) order every output, the teacher's included, by score."""
+    groups: dict[str, list[dict]] = {}
+    for row in pairs:
+        groups.setdefault(str(row.get("prompt_id", row["id"])), []).append(row)
+    stats, items = Truncation(), []
+    for rows in groups.values():
+        loc = f"{where} id {rows[0]['id']}"
+        scored = all(r.get("scores") for r in rows)
+        ranked = (rows[0].get("meta") or {}).get("ranked_by")
+        teacher_text, teacher_score, students = _teacher_text(rows[0]), None, []
+        for r in rows:
+            student_side = "chosen" if (r.get("meta") or {}).get("chosen_side") == "student" else "rejected"
+            teacher_side = "rejected" if student_side == "chosen" else "chosen"
+            if scored:
+                teacher_score = r["scores"][teacher_side]
+            students.append((r[student_side], r["scores"][student_side] if scored else 0.0))
+        outputs = [(teacher_text, teacher_score if scored else 1.0)] + students
+        if ranked and scored:
+            outputs.sort(key=lambda o: -o[1])
+            levels = sorted({o[1] for o in outputs}, reverse=True)
+            ranks = [levels.index(o[1]) for o in outputs]
+        else:
+            head, tail = outputs[:1], sorted(outputs[1:], key=lambda o: -o[1])
+            outputs = head + tail
+            levels = sorted({o[1] for o in tail}, reverse=True)
+            ranks = [0] + [1 + levels.index(o[1]) for o in tail]
+        prompt = encode_prompt(
+            tokenizer, format_prompt(tokenizer, rows[0]["prompt"], loc), cfg_data, stats, loc
+        )
+        ids = [encode_output(tokenizer, text, cfg_data, stats, loc) for text, _ in outputs]
+        items.append(Item(prompt, ids[0], outputs=ids, ranks=ranks))
+    if stats.prompts or stats.targets:
+        log.warning("%s: %s", where, stats.report())
+    if all(len(it.outputs) <= 2 for it in items):
+        log.warning(
+            "plad-list: one student sample per prompt, so the list loss is plad-rank's; generate the pairs "
+            "with num_student_samples > 1"
+        )
+    return items
+
+
+def load_frozen_teacher(cfg: DistillConfig, student_tok: object) -> Any:
+    """The frozen teacher of the token-level methods, after checking (before reading weights) that it shares the
+    student's vocabulary: token-level losses compare distributions over the same token ids."""
+    teacher_tok = load_tokenizer(cfg.teacher_tokenizer or cfg.teacher)
+    if teacher_tok.get_vocab() != student_tok.get_vocab():
+        same_size = len(teacher_tok) == len(student_tok)
+        raise ConfigError(
+            f"method {cfg.method} compares teacher and student next-token distributions, so both must use one "
+            f"vocabulary: the student tokenizer ({cfg.tokenizer or cfg.model}) has {len(student_tok)} tokens, the "
+            f"teacher tokenizer ({cfg.teacher_tokenizer or cfg.teacher}) has {len(teacher_tok)}"
+            + (" with other token ids" if same_size else "")
+            + "; use a text-only method (seqkd, plad-rank, plad-margin, plad-list, dpkd) for this pair"
+        )
+    teacher, _ = load_model_and_tokenizer(cfg.teacher, tok=teacher_tok)
+    return teacher
+
+
+def make_on_policy(cfg: DistillConfig, tokenizer: Any) -> Any:
+    """gkd's on-policy data: with probability lambda a micro-batch's outputs are replaced by samples of the current
+    student. The coin and the sampling seed derive from (seed, micro-batch number): a resumed run repeats them."""
+    from plad.generation.hf import derive_seed, generate
+
+    frac, seed = cfg.loss.on_policy_frac, cfg.train.seed
+
+    def on_policy(model: Any, items: list[Item], g: int) -> list[Item]:
+        coin = torch.Generator().manual_seed(derive_seed(seed, "on-policy", g))
+        if float(torch.rand((), generator=coin)) >= frac:
+            return items
+        samples = generate(
+            model,
+            tokenizer,
+            [it.prompt for it in items],
+            cfg.on_policy,
+            1,
+            derive_seed(seed, "on-policy-sample", g),
+        )
+        return [
+            Item(it.prompt, s[0].ids or [tokenizer.eos_token_id])
+            for it, s in zip(items, samples, strict=True)
+        ]
+
+    return on_policy
+
+
 def run_distill(cfg: DistillConfig) -> dict:
     if cfg.method not in METHODS:
         raise ConfigError(f"unknown method {cfg.method!r}{suggest(cfg.method, METHODS)}")
     method = METHODS[cfg.method]
-    needs_targets = method.source == "targets" or (
-        method.uses_regularizer and cfg.loss.regularizer == "target"
-    )
+    source = method.data_source(cfg.loss)
+    regularizer = cfg.loss.regularizer if method.uses_regularizer else "none"
+    needs_targets = source == "targets" or regularizer == "target"
     require(cfg, "model", "output_dir", *(["train_file"] if needs_targets else []))
-    if method.source != "targets":
+    if source != "targets":
         require(cfg, "pairs_file")
+    if method.needs_teacher_model:
+        require(cfg, "teacher")
     set_threads(cfg.threads)
     out = Path(cfg.output_dir)
-    pairs = load_pairs(cfg.pairs_file, need_scores=method.needs_scores) if method.source != "targets" else []
+    pairs = (
+        load_pairs(
+            cfg.pairs_file, need_scores=method.needs_scores, need_teacher_logps=method.needs_teacher_logps
+        )
+        if source != "targets"
+        else []
+    )
     examples = (
         load_examples(cfg.train_file, cfg.data, need_target=True, what="training data")
         if needs_targets
@@ -128,14 +236,20 @@ def run_distill(cfg: DistillConfig) -> dict:
     )
     check_output_dir(out, cfg.resume, _resume_fingerprint(cfg))
     tok = load_tokenizer(cfg.tokenizer or cfg.model)
-    if method.source == "targets":
-        items, reg_items = encode_targets(examples, tok, cfg.data, cfg.train_file), None
+    if source == "targets":
+        items = encode_targets(examples, tok, cfg.data, cfg.train_file)
+    elif source == "lists":
+        items = list_items(pairs, tok, cfg.data, cfg.pairs_file)
     else:
-        items = pair_items(pairs, tok, cfg.data, cfg.pairs_file, method.source)
-        reg_items = encode_targets(examples, tok, cfg.data, cfg.train_file) if examples else None
+        items = pair_items(pairs, tok, cfg.data, cfg.pairs_file, source)
+    reg_items = encode_targets(examples, tok, cfg.data, cfg.train_file) if regularizer == "target" else None
     if not items:
         raise DataError(f"method {cfg.method}: no training items")
+    teacher = load_frozen_teacher(cfg, tok) if method.needs_teacher_model else None
     model, tok = load_model_and_tokenizer(cfg.model, tok=tok)
+    reference = copy.deepcopy(model) if regularizer == "kl-init" else None  # the initial student, frozen
+    frozen = Frozen(teacher=teacher, reference=reference, vocab=len(tok))
+    on_policy = make_on_policy(cfg, tok) if method.on_policy and cfg.loss.on_policy_frac > 0 else None
     save_yaml(cfg, out / "plad_config.yaml")
     log.info("distill %s: %d items, %d steps", cfg.method, len(items), cfg.train.max_steps)
     return train(
@@ -149,4 +263,6 @@ def run_distill(cfg: DistillConfig) -> dict:
         output_dir=out,
         config_fingerprint=_resume_fingerprint(cfg),
         resume=cfg.resume,
+        frozen=frozen,
+        on_policy=on_policy,
     )

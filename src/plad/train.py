@@ -15,6 +15,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch
 from plad.config import ConfigError, LossConfig, TrainConfig
 from plad.data import append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
 from plad.generation.hf import derive_seed
-from plad.methods import Item, Method, make_batch
+from plad.methods import NO_FROZEN, Frozen, Item, Method, make_batch
 
 log = logging.getLogger("plad")
 
@@ -110,7 +111,15 @@ def train(
     output_dir: Path,
     config_fingerprint: str,
     resume: bool,
+    frozen: Frozen = NO_FROZEN,
+    on_policy: Callable[[Any, list[Item], int], list[Item]] | None = None,
 ) -> dict:
+    """Train `model` with `method` for cfg.max_steps optimizer steps and save it to output_dir.
+
+    frozen: models held fixed (teacher logits, the initial student of kl-init), moved to the training device.
+    on_policy: (model, items, micro-batch number) -> items whose outputs may be replaced by fresh samples of the
+    current model (gkd); it must be deterministic in the micro-batch number for resumed runs to repeat.
+    """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
     from tqdm.auto import tqdm
@@ -137,6 +146,9 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
+    for fixed in (frozen.teacher, frozen.reference):
+        if fixed is not None:
+            fixed.to(accelerator.device).eval().requires_grad_(False)
 
     step = 0
     metrics_path = output_dir / "metrics.jsonl"
@@ -184,7 +196,10 @@ def train(
         for a in range(cfg.grad_accum):
             g = (step * cfg.grad_accum + a) * world + rank
             reg = reg_stream[g] if reg_stream else None
-            micro.append(make_batch(main_stream[g], reg, pad_id, loss_cfg))
+            batch_items = main_stream[g]
+            if on_policy is not None:
+                batch_items = on_policy(accelerator.unwrap_model(model), batch_items, g)
+            micro.append(make_batch(batch_items, reg, pad_id, loss_cfg))
         counts = torch.tensor(
             [sum(b["n_examples"] for b in micro), sum(b["n_tokens"] for b in micro)],
             dtype=torch.float64,
@@ -197,7 +212,7 @@ def train(
             sync = a == len(micro) - 1
             ctx = accelerator.no_sync(model) if not sync and world > 1 else contextlib.nullcontext()
             with ctx, accelerator.autocast():
-                parts = method.loss(model, batch, loss_cfg)
+                parts = method.loss(model, batch, loss_cfg, frozen)
                 loss = torch.zeros((), device=accelerator.device)
                 if parts.seq_sum is not None:
                     loss = loss + parts.seq_sum / max(n_examples, 1)

@@ -17,6 +17,7 @@ class Sample:
     text: str
     n_tokens: int  # generated tokens, EOS included when it was produced
     finish: str  # "eos" or "length"
+    ids: list[int] | None = None  # the generated token ids (EOS included when produced)
 
 
 def derive_seed(*parts: object) -> int:
@@ -73,6 +74,6 @@ def generate(
             else:
                 finish = "length"
             text = tokenizer.decode([t for t in row if t != eos], skip_special_tokens=True)
-            samples.append(Sample(text=text, n_tokens=len(row), finish=finish))
+            samples.append(Sample(text=text, n_tokens=len(row), finish=finish, ids=row))
         results.append(samples)
     return results

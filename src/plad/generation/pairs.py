@@ -4,8 +4,11 @@ Store layout (one folder):
 - samples.jsonl: append-only, one row per generated sample, keyed by (id, side, index, fingerprint), with the
   model, the sampling settings and the seed that made it. Written a whole batch at a time with flush + fsync; a
   torn last line left by a kill is cut before appending again. Rows of other fingerprints are kept, never deleted.
-- pairs.jsonl: the pseudo-preference pairs (teacher sample = chosen, each student sample = rejected), rebuilt from
-  samples.jsonl at the end of every run (write-temp-then-rename).
+- teacher_logps.jsonl (with `teacher_logprobs`): append-only, the teacher's summed log-prob of every sample in its
+  own tokenizer, keyed by (id, side, index, sample fingerprint, teacher fingerprint); resumable the same way.
+- pairs.jsonl: the pseudo-preference pairs (teacher sample = chosen, each student sample = rejected), or with
+  `rank_by` real preference pairs ordered by score (ties dropped), rebuilt from the files above at the end of every
+  run (write-temp-then-rename).
 - summary.json: counts, scores, pair agreement with the scorer, timing.
 
 Batches are planned over the whole prompt set and each batch has its own seed, so a resumed run regenerates a
@@ -21,7 +24,9 @@ from typing import Any
 
 from plad.config import ConfigError, ModelSide, PairsConfig, fingerprint, require, to_dict
 from plad.data import (
+    Truncation,
     append_jsonl,
+    encode_output,
     encode_prompts,
     load_examples,
     read_jsonl,
@@ -35,7 +40,7 @@ from plad.train import check_output_dir
 
 log = logging.getLogger("plad")
 
-SAMPLES, PAIRS, SUMMARY = "samples.jsonl", "pairs.jsonl", "summary.json"
+SAMPLES, PAIRS, SUMMARY, TEACHER_LOGPS = "samples.jsonl", "pairs.jsonl", "summary.json", "teacher_logps.jsonl"
 
 
 def side_fingerprint(side: ModelSide, num_samples: int, cfg: PairsConfig) -> str:
@@ -126,7 +131,10 @@ def run_pairs(cfg: PairsConfig) -> dict:
         bar.close()
         del model
 
-    pairs, scores = _materialize(examples, done, fps, cfg, scorer)
+    teacher_logps: dict = {}
+    if cfg.teacher_logprobs:
+        teacher_logps = _teacher_logprobs(cfg, examples, done, fps, out)
+    pairs, scores = _materialize(examples, done, fps, cfg, scorer, teacher_logps)
     write_jsonl_atomic(out / PAIRS, pairs)
     summary = {
         "prompts": len(examples),
@@ -144,38 +152,137 @@ def run_pairs(cfg: PairsConfig) -> dict:
     return summary
 
 
+def _teacher_logprobs(cfg: PairsConfig, examples: list, done: dict, fps: dict, out: Path) -> dict:
+    """The teacher's summed log-prob (and token count) of every sample, in the teacher's own tokenizer, so that a
+    teacher with another vocabulary works. Stored append-only; a resumed run scores only what is missing."""
+    from plad.logprobs import score_outputs
+
+    path = out / TEACHER_LOGPS
+    if dropped := repair_torn_tail(path):
+        log.warning("%s: dropped an interrupted last line (%d bytes)", path, dropped)
+    scorer_fp = fingerprint(
+        {
+            "model": model_identity(cfg.teacher.model),
+            "tokenizer": model_identity(cfg.teacher.tokenizer) if cfg.teacher.tokenizer else "",
+            "data": to_dict(cfg.data),
+        }
+    )
+    stored = {
+        (r["id"], r["side"], r["index"], r["sample_fingerprint"]): r
+        for r in (read_jsonl(path) if path.exists() else [])
+        if r["teacher_fingerprint"] == scorer_fp
+    }
+    wanted = [(ex, "teacher", 0) for ex in examples] + [
+        (ex, "student", j) for ex in examples for j in range(cfg.num_student_samples)
+    ]
+    todo = [(ex, side, j) for ex, side, j in wanted if (ex.id, side, j, fps[side]) not in stored]
+    if todo:
+        model, tok = load_model_and_tokenizer(cfg.teacher.model, cfg.teacher.tokenizer)
+        stats = Truncation()
+        prompts = dict(
+            zip(
+                [ex.id for ex in examples],
+                encode_prompts(tok, examples, cfg.data, cfg.prompts_file),
+                strict=True,
+            )
+        )
+        bar = _progress("pairs teacher log-probs", len(todo))
+        chunk = max(cfg.teacher.sampling.batch_size, 1) * 4
+        for start in range(0, len(todo), chunk):
+            part = todo[start : start + chunk]
+            outputs = [
+                encode_output(tok, done[(ex.id, side, j, fps[side])]["text"], cfg.data, stats, f"{ex.id}")
+                for ex, side, j in part
+            ]
+            scored = score_outputs(
+                model,
+                tok.pad_token_id,
+                [prompts[ex.id] for ex, _, _ in part],
+                outputs,
+                cfg.teacher.sampling.batch_size,
+            )
+            rows = []
+            for (ex, side, j), (logp, n) in zip(part, scored, strict=True):
+                row = {
+                    "id": ex.id,
+                    "side": side,
+                    "index": j,
+                    "sample_fingerprint": fps[side],
+                    "teacher_fingerprint": scorer_fp,
+                    "logp": logp,
+                    "n_tokens": n,
+                }
+                rows.append(row)
+                stored[(ex.id, side, j, fps[side])] = row
+            append_jsonl(path, rows)
+            bar.update(len(rows))
+        bar.close()
+        del model
+    return {(k[0], k[1], k[2]): v for k, v in stored.items() if v["sample_fingerprint"] == fps[k[1]]}
+
+
 def _materialize(
-    examples: list, done: dict, fps: dict, cfg: PairsConfig, scorer: Any
+    examples: list, done: dict, fps: dict, cfg: PairsConfig, scorer: Any, teacher_logps: dict
 ) -> tuple[list[dict], dict[str, Any]]:
-    pairs, chosen_scores, rejected_scores, agree, ties = [], [], [], 0, 0
+    pairs, chosen_scores, rejected_scores, agree, ties, swapped = [], [], [], 0, 0, 0
     for ex in examples:
-        chosen = done[(ex.id, "teacher", 0, fps["teacher"])]
+        teacher_row = done[(ex.id, "teacher", 0, fps["teacher"])]
         for j in range(cfg.num_student_samples):
-            rejected = done[(ex.id, "student", j, fps["student"])]
-            row: dict[str, Any] = {
-                "id": ex.id if cfg.num_student_samples == 1 else f"{ex.id}#{j}",
-                "prompt_id": ex.id,
-                "prompt": ex.prompt,
-                "chosen": chosen["text"],
-                "rejected": rejected["text"],
-                "chosen_from": cfg.teacher.model,
-                "rejected_from": cfg.student.model,
-                "meta": {
-                    "sample_index": j,
-                    "chosen_finish": chosen["finish"],
-                    "rejected_finish": rejected["finish"],
-                    "chosen_seed": chosen["seed"],
-                    "rejected_seed": rejected["seed"],
-                    "fingerprints": fps,
-                },
-            }
+            student_row = done[(ex.id, "student", j, fps["student"])]
+            # (side, sample row, model) of the preferred and the other output
+            chosen, rejected = (
+                ("teacher", teacher_row, cfg.teacher.model),
+                ("student", student_row, cfg.student.model),
+            )
+            scores = None
             if scorer is not None and isinstance(ex.prompt, str):
-                sc, sr = scorer.score(ex.prompt, chosen["text"]), scorer.score(ex.prompt, rejected["text"])
-                row["scores"] = {"chosen": sc, "rejected": sr, "scorer": scorer.name}
+                sc, sr = (
+                    scorer.score(ex.prompt, teacher_row["text"]),
+                    scorer.score(ex.prompt, student_row["text"]),
+                )
                 chosen_scores.append(sc)
                 rejected_scores.append(sr)
                 agree += sc > sr
                 ties += sc == sr
+                if cfg.rank_by:
+                    if sc == sr:
+                        continue  # real preference pairs: a tie says nothing about which is better
+                    if sr > sc:
+                        chosen, rejected, sc, sr = rejected, chosen, sr, sc
+                        swapped += 1
+                scores = {"chosen": sc, "rejected": sr, "scorer": scorer.name}
+            row: dict[str, Any] = {
+                "id": ex.id if cfg.num_student_samples == 1 else f"{ex.id}#{j}",
+                "prompt_id": ex.id,
+                "prompt": ex.prompt,
+                "chosen": chosen[1]["text"],
+                "rejected": rejected[1]["text"],
+                "chosen_from": chosen[2],
+                "rejected_from": rejected[2],
+                "meta": {
+                    "sample_index": j,
+                    "chosen_side": chosen[0],
+                    "rejected_side": rejected[0],
+                    "chosen_finish": chosen[1]["finish"],
+                    "rejected_finish": rejected[1]["finish"],
+                    "chosen_seed": chosen[1]["seed"],
+                    "rejected_seed": rejected[1]["seed"],
+                    "ranked_by": cfg.rank_by or None,
+                    "fingerprints": fps,
+                },
+            }
+            if scores is not None:
+                row["scores"] = scores
+            if teacher_logps:
+                tc = teacher_logps[(ex.id, chosen[0], chosen[1]["index"])]
+                tr = teacher_logps[(ex.id, rejected[0], rejected[1]["index"])]
+                row["teacher_logps"] = {
+                    "chosen": tc["logp"],
+                    "rejected": tr["logp"],
+                    "chosen_tokens": tc["n_tokens"],
+                    "rejected_tokens": tr["n_tokens"],
+                    "model": cfg.teacher.model,
+                }
             pairs.append(row)
     stats: dict[str, Any] = {}
     if chosen_scores:
@@ -188,8 +295,15 @@ def _materialize(
             "pairs_tied": ties / n,
             "pairs_inverted": (n - agree - ties) / n,
         }
+        if cfg.rank_by:
+            stats.update(ranked_by=cfg.rank_by, pairs_dropped_ties=ties, pairs_swapped=swapped)
     elif cfg.scorer:
         raise ConfigError("scorer is set but the prompts are chat messages; task scorers need text prompts")
+    if not pairs:
+        raise ConfigError(
+            f"rank_by={cfg.rank_by}: every pair was a tie, no preference pair is left; use pseudo pairs (rank_by "
+            "empty) or another scorer"
+        )
     return pairs, stats
 
 

@@ -1,0 +1,370 @@
+"""Every method of the table through the real `plad distill`, the pairs-store features they need (teacher log-probs,
+real preference ranking), teacher/student with different tokenizers, and the batch-building helpers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import Bench, main_inprocess, read_jsonl
+
+from plad.methods import METHODS
+
+# --------------------------------------------------------------------------------------------------------------
+# A scored pairs store with k = 2 student samples and the teacher's log-probs
+
+
+def _pairs(bench: Bench, out: Path, *extra: object, teacher: Path | None = None) -> Path:
+    rc = main_inprocess(
+        "pairs",
+        "--prompts_file", bench.distill,
+        "--teacher.model", teacher or bench.teacher,
+        "--student.model", bench.student,
+        "--output_dir", out,
+        "--num_student_samples", 2,
+        "--scorer", "count-summary",
+        "--limit", 6,
+        "--teacher.sampling.max_new_tokens", 12,
+        "--student.sampling.max_new_tokens", 12,
+        "--threads", 1,
+        *extra,
+    )  # fmt: skip
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def store(bench: Bench, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _pairs(bench, tmp_path_factory.mktemp("methods") / "pairs", "--teacher_logprobs", "true")
+
+
+def test_teacher_logprobs_stored_with_every_pair(bench: Bench, store: Path) -> None:
+    from plad.models import load_model_and_tokenizer
+
+    pairs = read_jsonl(store / "pairs.jsonl")
+    assert len(pairs) == 12
+    teacher, tok = load_model_and_tokenizer(str(bench.teacher))
+    teacher.eval()
+    for p in pairs[:4]:
+        prompt = tok(p["prompt"]).input_ids
+        for side in ("chosen", "rejected"):
+            out = tok(p[side], add_special_tokens=False).input_ids + [tok.eos_token_id]
+            with torch.no_grad():
+                logits = teacher(input_ids=torch.tensor([prompt + out])).logits[0, len(prompt) - 1 : -1]
+            expected = float(torch.log_softmax(logits, -1).gather(-1, torch.tensor(out)[:, None]).sum())
+            assert p["teacher_logps"][side] == pytest.approx(expected, abs=1e-4)
+            assert p["teacher_logps"][f"{side}_tokens"] == len(out)
+    # the k student samples of a prompt share the teacher output, hence its log-prob
+    by_prompt = {}
+    for p in pairs:
+        by_prompt.setdefault(p["prompt_id"], set()).add(p["teacher_logps"]["chosen"])
+    assert all(len(v) == 1 for v in by_prompt.values())
+
+
+def test_teacher_logprobs_resume_scores_only_what_is_missing(
+    bench: Bench, store: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    copy = tmp_path / "pairs"
+    shutil.copytree(store, copy)
+    path = copy / "teacher_logps.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:7]) + lines[7][:10])  # killed while writing row 8
+    _pairs(bench, copy, "--teacher_logprobs", "true")
+    rows = read_jsonl(path)
+    keys = [(r["id"], r["side"], r["index"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 18  # 6 prompts x (1 teacher + 2 student samples), none twice
+    assert (copy / "pairs.jsonl").read_text() == (store / "pairs.jsonl").read_text()
+
+
+class _LengthScorer:
+    """A stand-in judge: longer output = better (scores 0.1 per character, capped at 1)."""
+
+    name = "length"
+
+    def score(self, prompt: str, output: str) -> float:
+        return min(1.0, 0.1 * len(output))
+
+
+def test_rank_by_orders_pairs_by_score_and_drops_ties() -> None:
+    from plad.config import ModelSide, PairsConfig
+    from plad.data import Example
+    from plad.generation.pairs import _materialize
+
+    cfg = PairsConfig(
+        teacher=ModelSide(model="T"), student=ModelSide(model="S"), num_student_samples=2, rank_by="length"
+    )
+    assert cfg.scorer == "length"  # rank_by alone sets the scorer
+    fps = {"teacher": "ft", "student": "fs"}
+    texts = {("a", "teacher", 0): "xxx", ("a", "student", 0): "x", ("a", "student", 1): "xxxxx",
+             ("b", "teacher", 0): "yy", ("b", "student", 0): "zz", ("b", "student", 1): "z"}  # fmt: skip
+    done = {
+        (i, side, j, fps[side]): {"text": t, "finish": "eos", "seed": 7, "index": j}
+        for (i, side, j), t in texts.items()
+    }
+    logps = {(i, side, j): {"logp": -float(len(t)), "n_tokens": len(t)} for (i, side, j), t in texts.items()}
+    examples = [Example("a", "pa"), Example("b", "pb")]
+    pairs, stats = _materialize(examples, done, fps, cfg, _LengthScorer(), logps)
+    got = {p["id"]: (p["chosen"], p["rejected"], p["meta"]["chosen_side"]) for p in pairs}
+    # a#0: teacher longer -> kept; a#1: student longer -> swapped; b#0: tie -> dropped; b#1: teacher longer
+    assert got == {
+        "a#0": ("xxx", "x", "teacher"),
+        "a#1": ("xxxxx", "xxx", "student"),
+        "b#1": ("yy", "z", "teacher"),
+    }
+    swapped = next(p for p in pairs if p["id"] == "a#1")
+    assert swapped["chosen_from"] == "S" and swapped["rejected_from"] == "T"
+    assert swapped["scores"]["chosen"] > swapped["scores"]["rejected"]
+    # teacher log-probs follow their texts
+    assert swapped["teacher_logps"]["chosen"] == -5.0 and swapped["teacher_logps"]["rejected"] == -3.0
+    assert stats["pairs_dropped_ties"] == 1 and stats["pairs_swapped"] == 1 and stats["ranked_by"] == "length"
+    # pseudo pairs keep every pair, teacher first
+    cfg.rank_by = ""
+    pairs, stats = _materialize(examples, done, fps, cfg, _LengthScorer(), logps)
+    assert len(pairs) == 4 and all(p["meta"]["chosen_side"] == "teacher" for p in pairs)
+    assert "pairs_dropped_ties" not in stats
+
+
+def test_rank_by_with_only_ties_fails_clearly(bench: Bench, tmp_path: Path, capsys) -> None:
+    # untrained tiny models write junk that scores 0 on both sides: no real preference pair is left
+    rc = main_inprocess(
+        "pairs", "--prompts_file", bench.distill, "--teacher.model", bench.teacher, "--student.model",
+        bench.student, "--output_dir", tmp_path / "p", "--rank_by", "count-summary", "--limit", 3,
+        "--teacher.sampling.max_new_tokens", 8, "--student.sampling.max_new_tokens", 8,
+    )  # fmt: skip
+    assert rc == 2 and "every pair was a tie" in capsys.readouterr().err
+    assert not (tmp_path / "p" / "pairs.jsonl").exists()
+
+
+def test_rank_by_must_match_scorer(bench: Bench, tmp_path: Path, capsys) -> None:
+    rc = main_inprocess(
+        "pairs", "--prompts_file", bench.distill, "--teacher.model", bench.teacher, "--student.model",
+        bench.student, "--output_dir", tmp_path / "p", "--scorer", "count-summary", "--rank_by", "sort-numbers",
+    )  # fmt: skip
+    assert rc == 2 and "rank_by" in capsys.readouterr().err and not (tmp_path / "p").exists()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Every method through `plad distill`
+
+
+def _distill(bench: Bench, store: Path, out: Path, method: str, *extra: object) -> int:
+    return main_inprocess(
+        "distill",
+        "--method", method,
+        "--model", bench.student,
+        "--teacher", bench.teacher,
+        "--pairs_file", store / "pairs.jsonl",
+        "--train_file", bench.sft,
+        "--output_dir", out,
+        "--train.max_steps", 2,
+        "--train.batch_size", 4,
+        "--train.log_every", 1,
+        "--on_policy.max_new_tokens", 8,
+        "--threads", 1,
+        *extra,
+    )  # fmt: skip
+
+
+EXPECTED_METRICS = {
+    "sft": {"ce"},
+    "seqkd": {"ce"},
+    "plad-rank": {"calibration", "margin", "rank_acc", "reg_ce"},
+    "plad-margin": {"calibration", "margin", "rank_acc", "reg_ce"},
+    "plad-rank-div": {"calibration", "margin", "rank_acc", "reg_ce"},
+    "plad-margin-div": {"calibration", "margin", "rank_acc", "reg_ce"},
+    "plad-list": {"calibration", "rank_acc", "reg_ce"},
+    "dpkd": {"calibration", "reward_margin", "rank_acc", "reg_ce"},
+}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_trains_and_saves(bench: Bench, store: Path, tmp_path: Path, method: str) -> None:
+    from conftest import load_safetensors
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / method
+    assert _distill(bench, store, out, method) == 0
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["method"] == method and summary["steps"] == 2
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    expected = EXPECTED_METRICS.get(method, {"divergence", "ce"})
+    for r in rows:
+        assert expected | {"loss", "grad_norm"} <= r.keys(), r.keys()
+        assert all(v == v for v in r.values()), r  # no NaN
+    before, after = (
+        load_safetensors(bench.student / "model.safetensors"),
+        load_safetensors(out / "model.safetensors"),
+    )
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_kl_init_regulariser(bench: Bench, store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "kl"
+    assert _distill(bench, store, out, "plad-rank", "--loss.regularizer", "kl-init") == 0
+    rows = read_jsonl(out / "metrics.jsonl")
+    # step 1 runs on the initial weights: the KL to the initial student is exactly 0 there, then it grows
+    assert rows[0]["reg_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert rows[1]["reg_kl"] > 0
+
+
+def test_dpkd_needs_teacher_logprobs(bench: Bench, tmp_path: Path, capsys) -> None:
+    plain = _pairs(bench, tmp_path / "plain")
+    rc = _distill(bench, plain, tmp_path / "out", "dpkd")
+    err = capsys.readouterr().err
+    assert rc == 2 and "teacher_logprobs" in err and f"{plain / 'pairs.jsonl'}:1" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_token_method_needs_teacher(bench: Bench, store: Path, tmp_path: Path, capsys) -> None:
+    rc = main_inprocess(
+        "distill", "--method", "kd", "--model", bench.student, "--train_file", bench.sft,
+        "--output_dir", tmp_path / "out",
+    )  # fmt: skip
+    assert rc == 2 and "teacher" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A teacher with another tokenizer: every text-only method works, token-level methods are refused clearly
+
+
+@pytest.fixture(scope="module")
+def other_vocab_teacher(bench: Bench, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from plad.benchmark.build import build_model, build_tokenizer
+
+    root = tmp_path_factory.mktemp("other-vocab")
+    texts = [r["prompt"] + r["target"] for r in read_jsonl(bench.sft)]
+    tok = build_tokenizer(texts, root / "tokenizer", 268)  # fewer merges than the student's
+    build_model("tiny", tok, root / "teacher", seed=5)
+    return root / "teacher"
+
+
+def test_different_tokenizers(bench: Bench, other_vocab_teacher: Path, tmp_path: Path, capsys) -> None:
+    from transformers import AutoTokenizer
+
+    t_tok, s_tok = (
+        AutoTokenizer.from_pretrained(other_vocab_teacher),
+        AutoTokenizer.from_pretrained(bench.student),
+    )
+    assert len(t_tok) != len(s_tok)
+    store = _pairs(bench, tmp_path / "pairs", "--teacher_logprobs", "true", teacher=other_vocab_teacher)
+    pairs = read_jsonl(store / "pairs.jsonl")
+    # teacher log-probs are counted in the teacher's tokens
+    p = pairs[0]
+    assert (
+        p["teacher_logps"]["chosen_tokens"] == len(t_tok(p["chosen"], add_special_tokens=False).input_ids) + 1
+    )
+    for method in ("seqkd", "plad-rank", "plad-margin", "plad-list", "plad-rank-div", "dpkd"):
+        assert _distill(bench, store, tmp_path / method, method) == 0, method
+    capsys.readouterr()
+    rc = main_inprocess(
+        "distill", "--method", "kd", "--model", bench.student, "--teacher", other_vocab_teacher,
+        "--train_file", bench.sft, "--output_dir", tmp_path / "kd",
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{len(s_tok)} tokens" in err and f"has {len(t_tok)}" in err
+    assert not (tmp_path / "kd" / "train_summary.json").exists()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Batch building
+
+
+def test_divergence_labels() -> None:
+    from plad.methods import divergence_labels
+
+    prompt_len = 2
+    a, b = [5, 6, 7, 8, 2], [5, 6, 9, 2]
+    labels = torch.tensor([-100, -100] + a)
+    divergence_labels(labels, prompt_len, a, b, window=0)
+    assert labels.tolist() == [-100, -100, -100, -100, 7, 8, 2]
+    labels = torch.tensor([-100, -100] + a)
+    divergence_labels(labels, prompt_len, a, b, window=2)
+    assert labels.tolist() == [-100, -100, -100, -100, 7, 8, -100]
+    labels = torch.tensor([-100, -100] + a)
+    divergence_labels(labels, prompt_len, a, list(a), window=0)  # identical outputs count nothing
+    assert labels.tolist() == [-100] * 7
+    labels = torch.tensor([-100] + b)
+    divergence_labels(labels, 1, b, [1, 2], window=0)  # differ at the first token: everything counts
+    assert labels.tolist() == [-100] + b
+
+
+def test_list_items_ranks(bench: Bench) -> None:
+    from transformers import AutoTokenizer
+
+    from plad.config import DataOptions
+    from plad.stages import list_items
+
+    tok = AutoTokenizer.from_pretrained(bench.student)
+
+    def row(j: int, student: str, s_score: float, meta: dict | None = None) -> dict:
+        return {
+            "id": f"p#{j}", "prompt_id": "p", "prompt": "abc", "chosen": "T", "rejected": student,
+            "scores": {"chosen": 0.9, "rejected": s_score}, "meta": meta or {},
+        }  # fmt: skip
+
+    rows = [row(0, "a", 0.2), row(1, "b", 0.5), row(2, "c", 0.2)]
+    (item,) = list_items(rows, tok, DataOptions(), "f")
+    enc = lambda t: tok(t, add_special_tokens=False).input_ids + [tok.eos_token_id]  # noqa: E731
+    assert item.outputs == [enc("T"), enc("b"), enc("a"), enc("c")] and item.ranks == [0, 1, 2, 2]
+    assert item.chosen == enc("T")
+    unscored = [{k: v for k, v in r.items() if k != "scores"} for r in rows]
+    (item,) = list_items(unscored, tok, DataOptions(), "f")
+    assert item.ranks == [0, 1, 1, 1]  # without scores the students tie
+    # real preference pairs: every output by score, the teacher's included
+    real = [
+        {**row(0, "a", 0.2), "meta": {"ranked_by": "s", "chosen_side": "teacher"}},
+        {
+            **row(1, "b", 0.5), "chosen": "b", "rejected": "T", "scores": {"chosen": 0.95, "rejected": 0.9},
+            "meta": {"ranked_by": "s", "chosen_side": "student"},
+        },
+    ]  # fmt: skip
+    (item,) = list_items(real, tok, DataOptions(), "f")
+    assert item.outputs == [enc("b"), enc("T"), enc("a")] and item.ranks == [0, 1, 2]
+
+
+def test_list_batch_layout() -> None:
+    from plad.config import LossConfig
+    from plad.methods import Item, make_batch
+
+    items = [
+        Item([1, 2], [3, 9], outputs=[[3, 9], [4, 9], [5, 9]], ranks=[0, 1, 1]),
+        Item([6], [7, 9], outputs=[[7, 9], [8, 9]], ranks=[0, 1]),
+    ]
+    batch = make_batch(items, None, 0, LossConfig())
+    main = batch["main"]
+    assert main["list_mask"].tolist() == [[True, True, True], [True, True, False]]
+    assert main["list_ranks"].tolist() == [[0, 1, 1], [0, 1, 0]]
+    # row k*B + b holds output k of prompt b
+    assert main["input_ids"][1, :3].tolist() == [6, 7, 9] and main["input_ids"][2, :4].tolist() == [
+        1,
+        2,
+        4,
+        9,
+    ]
+    assert batch["n_tokens"] == 4 and batch["n_examples"] == 2
+
+
+def test_on_policy_is_deterministic_per_micro_batch(bench: Bench) -> None:
+    from plad.config import DistillConfig, LossConfig, SamplingConfig
+    from plad.methods import Item
+    from plad.models import load_model_and_tokenizer
+    from plad.stages import make_on_policy
+
+    model, tok = load_model_and_tokenizer(str(bench.student))
+    items = [Item(tok("abc").input_ids, [5, tok.eos_token_id]) for _ in range(3)]
+    cfg = DistillConfig(
+        loss=LossConfig(on_policy_frac=0.5), on_policy=SamplingConfig(temperature=1.0, max_new_tokens=6)
+    )
+    fn = make_on_policy(cfg, tok)
+    runs = [[fn(model, items, g) for g in range(12)] for _ in range(2)]
+    assert [[it.chosen for it in b] for b in runs[0]] == [[it.chosen for it in b] for b in runs[1]]
+    replaced = sum(b[0].chosen != items[0].chosen for b in runs[0])
+    assert 2 <= replaced <= 10  # about half of the micro-batches are on-policy
+    never = make_on_policy(DistillConfig(loss=LossConfig(on_policy_frac=0.0)), tok)
+    assert all(never(model, items, g) is items for g in range(5))
