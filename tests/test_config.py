@@ -9,6 +9,7 @@ import typing
 from pathlib import Path
 
 import pytest
+import yaml
 
 from plad.config import (
     ConfigError,
@@ -342,6 +343,9 @@ def test_shipped_demo_config_is_the_demo_defaults():
 
     from plad.config import RunConfig, load_config, to_dict
 
-    shipped = load_config(RunConfig, Path(__file__).parents[1] / "configs" / "demo.yaml")
+    path = Path(__file__).parents[1] / "configs" / "demo.yaml"
+    shipped = load_config(RunConfig, path)
     expected = RunConfig(output_dir="runs/demo")
     assert to_dict(shipped) == to_dict(expected)
+    # ... and spells out every setting (a key missing from the file would silently take the default)
+    assert yaml.safe_load(path.read_text()) == to_dict(expected)
