@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.plad-installed
 
-.PHONY: demo test lint install clean bench
+.PHONY: demo test lint install clean bench bench-methods
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test: lint
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/demo_seeds.py
+
+# Every method, same budget, 3 seeds (about an hour on 2 CPU cores); results copied next to the other benchmarks.
+bench-methods: $(STAMP)
+	$(BIN)/plad bench --output_dir runs/bench
+	cp runs/bench/bench.md runs/bench/bench.json benchmarks/results/
 
 clean:
 	rm -rf runs .pytest_cache

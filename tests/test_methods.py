@@ -368,3 +368,38 @@ def test_on_policy_is_deterministic_per_micro_batch(bench: Bench) -> None:
     assert 2 <= replaced <= 10  # about half of the micro-batches are on-policy
     never = make_on_policy(DistillConfig(loss=LossConfig(on_policy_frac=0.0)), tok)
     assert all(never(model, items, g) is items for g in range(5))
+
+
+def test_config_method_list_is_the_table() -> None:
+    """config.ALL_METHODS (config.py cannot import torch) must list exactly the methods of the table."""
+    from plad.config import ALL_METHODS
+
+    assert ALL_METHODS == list(METHODS)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Iterated PLaD
+
+
+@pytest.mark.parametrize("method", ["plad-rank", "plad-list"])
+def test_rounds_regenerate_student_samples(bench: Bench, store: Path, tmp_path: Path, method: str) -> None:
+    out = tmp_path / method
+    args = ["--rounds", 2, "--scorer", "count-summary", "--train.max_steps", 4, "--train.save_every", 1]
+    assert _distill(bench, store, out, method, *args) == 0
+    rows = read_jsonl(out / "rounds" / "round-1.jsonl")
+    pairs = read_jsonl(store / "pairs.jsonl")
+    n_items = len(pairs) if method == "plad-rank" else len({p["prompt_id"] for p in pairs})
+    per_item = 1 if method == "plad-rank" else 2  # plad-list: k = 2 fresh samples per prompt
+    assert [r["item"] for r in rows] == list(range(n_items))
+    assert all(len(r["samples"]) == per_item and r["samples"][0]["ids"] for r in rows)
+    assert all(isinstance(s["score"], float) for r in rows for s in r["samples"])
+    assert not (out / "rounds" / "round-0.jsonl").exists()  # round 0 trains on the stored pairs
+    assert json.loads((out / "train_summary.json").read_text())["steps"] == 4
+
+
+def test_rounds_need_a_pair_method_and_a_scorer(bench: Bench, store: Path, tmp_path: Path, capsys) -> None:
+    assert _distill(bench, store, tmp_path / "a", "dpkd", "--rounds", 2) == 2
+    assert "plad-* methods" in capsys.readouterr().err
+    assert _distill(bench, store, tmp_path / "b", "plad-margin", "--rounds", 2) == 2
+    assert "set scorer" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -207,3 +207,39 @@ def test_sft_killed_before_first_checkpoint_restarts_cleanly(
     # save_every does not change the numbers: same weights as the uninterrupted reference.
     _assert_same_weights(load_safetensors(out / "model.safetensors"), sft_reference)
     assert _metric_steps(out) == list(range(1, STEPS + 1))  # the killed run's rows are not kept twice
+
+
+def test_iterated_plad_killed_after_a_round_resumes_exactly(bench: Bench, tmp_path: Path) -> None:
+    """Iterated PLaD samples fresh negatives at each round start; a resumed run must reuse the round's stored
+    samples (the model that made them is gone), so the result is bit-exact with an uninterrupted run."""
+    pairs = tmp_path / "pairs"
+    rc = main_inprocess(
+        "pairs", "--prompts_file", bench.distill, "--teacher.model", bench.teacher, "--student.model",
+        bench.student, "--output_dir", pairs, "--limit", 16, "--teacher.sampling.max_new_tokens", 10,
+        "--student.sampling.max_new_tokens", 10, "--threads", 1,
+    )  # fmt: skip
+    assert rc == 0
+
+    def args(out: Path) -> list[object]:
+        return [
+            "distill", "--method", "plad-rank", "--model", bench.student, "--pairs_file", pairs / "pairs.jsonl",
+            "--output_dir", out, "--rounds", 2, "--train.max_steps", 60, "--train.batch_size", 4,
+            "--train.save_every", 5, "--train.log_every", 1, "--on_policy.max_new_tokens", 10, "--threads", 1,
+        ]  # fmt: skip
+
+    reference = tmp_path / "reference"
+    assert main_inprocess(*args(reference)) == 0
+    out, log = tmp_path / "run", tmp_path / "killed.log"
+    proc = popen_plad(*args(out), log=log)
+    # killed after the round-2 samples were stored and a checkpoint of round 2 was written
+    _kill_when(proc, lambda: any(int(p.name.split("-")[1]) >= 35 for p in _checkpoint_dirs(out)), log)
+    assert not (out / "train_summary.json").exists(), "the run finished before the kill; make it longer"
+    round_file = out / "rounds" / "round-1.jsonl"
+    stored = round_file.read_bytes()
+    assert main_inprocess(*[*args(out), "--resume"]) == 0
+    assert round_file.read_bytes() == stored  # reused, not regenerated
+    assert stored == (reference / "rounds" / "round-1.jsonl").read_bytes()
+    _assert_same_weights(
+        load_safetensors(out / "model.safetensors"), load_safetensors(reference / "model.safetensors")
+    )
+    assert _metric_steps(out) == list(range(1, 61))

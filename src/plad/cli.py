@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from plad.config import (
+    BenchConfig,
     ConfigError,
     DistillConfig,
     EvalConfig,
@@ -34,6 +35,10 @@ STAGES: dict[str, tuple[type, str]] = {
     ),
     "run": (RunConfig, "every stage in order; finished stages with the same settings are skipped"),
     "demo": (RunConfig, "the whole pipeline on the built-in offline benchmark (tiny models, CPU, minutes)"),
+    "bench": (
+        BenchConfig,
+        "every method with the same budget and learning-rate grid over seeds: one comparison table + ablations",
+    ),
 }
 
 
@@ -70,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--config", dest="config_file", metavar="FILE", help="YAML config (fields below override it)"
             )
-        if name in ("run", "demo"):
+        if name in ("run", "demo", "bench"):
             p.add_argument("--force", action="store_true", help="re-run stages whose settings changed")
         _add_fields(p, cls)
     sub.add_parser("methods", help="list the distillation methods")
@@ -142,6 +147,10 @@ def _dispatch(ns: argparse.Namespace) -> int:
         if ns.command == "demo" and not hasattr(ns, "output_dir"):
             cfg.output_dir = "runs/demo"
         return run_pipeline(cfg, force=ns.force)
+    if ns.command == "bench":
+        from plad.bench import run_bench
+
+        return run_bench(cfg, force=ns.force)
     if ns.command == "sft":
         from plad.stages import run_sft as runner
     elif ns.command == "distill":

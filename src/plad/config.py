@@ -46,6 +46,13 @@ def _check_choices(obj: Any) -> None:
             raise ConfigError(f"{f.name} = {value!r} is not allowed; choose one of {', '.join(choices)}")
 
 
+# The rows of plad.methods.METHODS (this module does not import torch; a test keeps the two equal).
+ALL_METHODS = [
+    "sft", "seqkd", "plad-rank", "plad-margin", "plad-list", "plad-rank-div", "plad-margin-div", "dpkd",
+    "dpkd-token", "kd", "rkl", "skew-fkl", "skew-rkl", "jsd", "tvd", "gkd",
+]  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Shared sections
 
@@ -262,14 +269,34 @@ class DistillConfig:
     )
     output_dir: str = opt("", "where the distilled model, checkpoints and logs go")
     loss: LossConfig = opt(LossConfig(), "loss settings")
+    data_fraction: float = opt(
+        1.0,
+        "train on the first fraction of the training prompts (file order; all pairs of a prompt stay together): "
+        "the data-scaling analysis",
+    )
     on_policy: SamplingConfig = opt(
         SamplingConfig(temperature=1.0, batch_size=16),
-        "gkd: sampling of the on-policy student outputs (each micro-batch derives its seed from `seed`)",
+        "student sampling during training: gkd's on-policy outputs and iterated PLaD's fresh negatives (seeds "
+        "derive from train.seed)",
+    )
+    rounds: int = opt(
+        1,
+        "iterated PLaD (plad-* methods): split the steps into N rounds; each round after the first replaces the "
+        "student samples (y-) with fresh ones from the current student (on_policy.* sampling)",
+    )
+    scorer: str = opt(
+        "", "task scorer of the fresh samples of iterated PLaD (needed by plad-margin and plad-list)"
     )
     data: DataOptions = opt(DataOptions(), "data fields and length limits")
     train: TrainConfig = opt(TrainConfig(lr=2e-4), "optimisation")
     threads: int = opt(0, "torch CPU threads (0: torch's default)")
     resume: bool = opt(False, "continue from the latest checkpoint in output_dir (same config required)")
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ConfigError(f"rounds must be >= 1 (got {self.rounds})")
+        if not 0 < self.data_fraction <= 1:
+            raise ConfigError(f"data_fraction must be in (0, 1] (got {self.data_fraction})")
 
 
 @dataclass
@@ -322,6 +349,9 @@ class RunConfig:
     sft_file: str = opt("", "labeled data (empty: generate the built-in benchmark)")
     distill_file: str = opt("", "unlabeled distillation prompts")
     test_file: str = opt("", "test data with targets")
+    val_file: str = opt(
+        "", "validation data with targets (`plad bench` tunes on it; optional for `plad run`)"
+    )
     teacher: str = opt("", "teacher model folder or hub id (empty: the built-in preset)")
     student: str = opt("", "student model folder or hub id (empty: the built-in preset)")
     teacher_sft: TrainConfig = opt(
@@ -346,12 +376,14 @@ class RunConfig:
     eval: EvalConfig = opt(EvalConfig(), "evaluation (model, files and scorer are filled in by the pipeline)")
 
     def __post_init__(self) -> None:
-        from plad.methods import METHODS  # local: methods imports torch
-
         for m in self.methods:
-            if m not in METHODS:
-                raise ConfigError(f"methods: unknown method {m!r}{_suggest(m, METHODS)}")
+            if m not in ALL_METHODS:
+                raise ConfigError(f"methods: unknown method {m!r}{_suggest(m, ALL_METHODS)}")
         files = [self.sft_file, self.distill_file, self.test_file]
+        if self.val_file and not all(files):
+            raise ConfigError(
+                "val_file goes with sft_file, distill_file and test_file (the built-in data has its own)"
+            )
         if any(files) and not all(files):
             raise ConfigError(
                 "set all of sft_file, distill_file and test_file, or none (the built-in benchmark)"
@@ -369,6 +401,64 @@ class RunConfig:
                 raise ConfigError(
                     f"pairs.{side}.model is set by the pipeline; use the top-level `{side}` key"
                 )
+
+
+@dataclass
+class BenchConfig:
+    """`plad bench`: every method trained the same way (same SFT student, steps, seeds and learning-rate grid,
+    chosen on the validation split) on one benchmark; one comparison table with 95% intervals across seeds, plus
+    the real-vs-pseudo pairs ablation, win rate by target-length bucket and data scaling."""
+
+    output_dir: str = opt("runs/bench", "folder of the comparison (one run folder per seed)")
+    seeds: list = opt(
+        ["0", "1", "2"], "seeds; each re-seeds the whole run (data, models, SFT, pairs, training)"
+    )
+    methods: list = opt(list(ALL_METHODS), "methods to compare (`plad methods`)")
+    grid_lr: list = opt(
+        ["3e-5", "1e-4", "3e-4"],
+        "learning rates tried for every method (the same budget for all); the best on the validation split wins",
+    )
+    real_pairs: bool = opt(True, "ablation: plad-rank on real preference pairs (ranked by the task scorer)")
+    fractions: list = opt(
+        ["0.1", "0.25", "0.5"], "data scaling: fractions of the training data (1.0 is the main run)"
+    )
+    fraction_methods: list = opt(
+        ["sft", "seqkd", "kd", "dpkd", "plad-rank"],
+        "methods of the data-scaling analysis (at their chosen lr)",
+    )
+    length_buckets: int = opt(3, "win rate by target length: number of quantile buckets of the test targets")
+    run: RunConfig = opt(
+        RunConfig(output_dir=""),
+        "pipeline settings shared by every seed: data, models, SFT, pairs, distillation defaults, eval "
+        "(run.output_dir, run.seed and run.methods are set by the bench)",
+    )
+
+    def __post_init__(self) -> None:
+        for m in self.methods + self.fraction_methods:
+            if m not in ALL_METHODS:
+                raise ConfigError(f"unknown method {m!r}{_suggest(m, ALL_METHODS)}")
+        for name, conv, ok in (
+            ("seeds", int, lambda v: True),
+            ("grid_lr", float, lambda v: v > 0),
+            ("fractions", float, lambda v: 0 < v < 1),
+        ):
+            for v in getattr(self, name):
+                try:
+                    good = ok(conv(v))
+                except ValueError:
+                    good = False
+                if not good:
+                    raise ConfigError(f"{name}: {v!r} is not a valid value")
+        if not self.seeds or not self.grid_lr or not self.methods:
+            raise ConfigError("seeds, grid_lr and methods must not be empty")
+        if self.length_buckets < 1:
+            raise ConfigError("length_buckets must be >= 1")
+        if self.run.output_dir or self.run.seed:
+            raise ConfigError("run.output_dir and run.seed are set by the bench; use output_dir and seeds")
+        if self.run.sft_file and not self.run.val_file:
+            raise ConfigError(
+                "plad bench chooses each method's learning rate on a validation split: set run.val_file"
+            )
 
 
 # --------------------------------------------------------------------------------------------------------------

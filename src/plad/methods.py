@@ -45,6 +45,7 @@ class Item:
     teacher_rejected_logp: float = 0.0
     outputs: list[list[int]] | None = None  # plad-list: every output of the prompt, outputs[0] == chosen
     ranks: list[int] | None = None  # plad-list: rank of each output, 0 = best, equal ranks = tie
+    prompt_text: str = ""  # the formatted prompt (iterated PLaD scores fresh samples with it)
 
 
 @dataclass

@@ -14,13 +14,13 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from plad.config import (
     ConfigError,
     DistillConfig,
-    EvalConfig,
     ModelSide,
     RunConfig,
     SFTConfig,
@@ -82,29 +82,29 @@ def _reseed_side(side: ModelSide, model: str, seed: int) -> ModelSide:
     )
 
 
-def run_pipeline(cfg: RunConfig, force: bool = False) -> int:
-    from plad.benchmark.build import MODEL_PRESETS
-    from plad.config import _suggest
-    from plad.models import model_identity, set_threads
+@dataclass
+class Run:
+    """A run folder's stages: runs each unless done with the same fingerprint, and remembers what it made."""
 
-    for key in ("teacher_preset", "student_preset"):  # checked before any stage runs
-        name = getattr(cfg.benchmark, key)
-        if name not in MODEL_PRESETS:
-            raise ConfigError(
-                f"benchmark.{key}: unknown model preset {name!r}{_suggest(name, MODEL_PRESETS)}"
-            )
-    root = Path(cfg.output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    if not (root / "run_config.yaml").exists():  # a run refused below must not relabel the folder's results
-        save_yaml(cfg, root / "run_config.yaml")
-    set_threads(cfg.threads)
-    timings: dict[str, float] = {}
-    t_run = time.perf_counter()
+    cfg: RunConfig
+    root: Path
+    force: bool
+    timings: dict[str, float] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # sft, distill, test (and val for the built-in data)
+    data_fp: str = ""
+    teacher_sft: str = ""
+    teacher_fp: str = ""
+    student_sft: str = ""
+    student_fp: str = ""
+    pairs_cfg: Any = None
+    pairs_dir: Path | None = None
+    pairs_fp: str = ""
+    pairs_info: dict | None = None
 
-    def stage(name: str, fp_parts: dict, fn, *args) -> tuple[Path, str, Any]:
+    def stage(self, name: str, fp_parts: dict, fn, *args) -> tuple[Path, str, Any]:
         """Run `fn(stage_dir, *args)` unless done with the same fingerprint; returns (dir, fingerprint, info)."""
         fp = fingerprint(fp_parts)
-        sd = StageDir(root, name, fp, force)
+        sd = StageDir(self.root, name, fp, self.force)
         if sd.done:
             log.info("%s: done with the same settings, skipped", name)
             return sd.dir, fp, sd.state.get("info")
@@ -113,19 +113,53 @@ def run_pipeline(cfg: RunConfig, force: bool = False) -> int:
         log.info("%s: running", name)
         t0 = time.perf_counter()
         info = fn(sd.dir, *args)
-        timings[name] = round(time.perf_counter() - t0, 1)
-        sd.finish({"info": info, "seconds": timings[name]})
+        self.timings[name] = round(time.perf_counter() - t0, 1)
+        sd.finish({"info": info, "seconds": self.timings[name]})
         return sd.dir, fp, info
+
+    def model_fp(self, model: str) -> str:
+        from plad.models import model_identity
+
+        return _stage_fp(self.root, model) or fingerprint({"model": model_identity(model)})
+
+
+def check_presets(cfg: RunConfig) -> None:
+    from plad.benchmark.build import MODEL_PRESETS
+    from plad.config import _suggest
+
+    for key in ("teacher_preset", "student_preset"):  # checked before any stage runs
+        name = getattr(cfg.benchmark, key)
+        if name not in MODEL_PRESETS:
+            raise ConfigError(
+                f"benchmark.{key}: unknown model preset {name!r}{_suggest(name, MODEL_PRESETS)}"
+            )
+
+
+def prepare(cfg: RunConfig, force: bool = False) -> Run:
+    """Stages 1-4 of a run: data, models, SFT of teacher and student, pairs."""
+    from plad.benchmark.build import MODEL_PRESETS
+    from plad.methods import METHODS
+    from plad.models import model_identity, set_threads
+
+    check_presets(cfg)
+    root = Path(cfg.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    if not (root / "run_config.yaml").exists():  # a run refused below must not relabel the folder's results
+        save_yaml(cfg, root / "run_config.yaml")
+    set_threads(cfg.threads)
+    run = Run(cfg=cfg, root=root, force=force)
 
     # 1. data ---------------------------------------------------------------------------------------------------
     bench = cfg.benchmark
     if cfg.sft_file:
         files = {"sft": cfg.sft_file, "distill": cfg.distill_file, "test": cfg.test_file}
+        if cfg.val_file:
+            files["val"] = cfg.val_file
         for what, path in files.items():  # validate before any training starts
             load_examples(
-                path, cfg.eval.data if what == "test" else cfg.distill.data, what != "distill", what
+                path, cfg.eval.data if what in ("test", "val") else cfg.distill.data, what != "distill", what
             )
-        data_fp = fingerprint({k: _file_digest(v) for k, v in files.items()})
+        run.data_fp = fingerprint({k: _file_digest(v) for k, v in files.items()})
     else:
 
         def make_data(d: Path) -> dict:
@@ -137,8 +171,11 @@ def run_pipeline(cfg: RunConfig, force: bool = False) -> int:
                 write_jsonl_atomic(d / f"{split}.jsonl", rows)
             return {k: len(v) for k, v in splits.items()}
 
-        data_dir, data_fp, _ = stage("data", {"benchmark": to_dict(bench), "seed": cfg.seed}, make_data)
-        files = {k: str(data_dir / f"{k}.jsonl") for k in ("sft", "distill", "test")}
+        data_dir, run.data_fp, _ = run.stage(
+            "data", {"benchmark": to_dict(bench), "seed": cfg.seed}, make_data
+        )
+        files = {k: str(data_dir / f"{k}.jsonl") for k in ("sft", "val", "distill", "test")}
+    run.files = files
 
     # 2. models (built-in presets when no model is given) ---------------------------------------------------------
     teacher, student, models_fp = cfg.teacher, cfg.student, ""
@@ -159,13 +196,13 @@ def run_pipeline(cfg: RunConfig, force: bool = False) -> int:
                 "vocab": len(tok),
             }
 
-        models_dir, models_fp, model_info = stage(
+        models_dir, models_fp, model_info = run.stage(
             "models",
             {
                 # The presets' contents, not only their names: a changed architecture must rebuild the models.
                 "presets": [MODEL_PRESETS[bench.teacher_preset], MODEL_PRESETS[bench.student_preset]],
                 "vocab_size": bench.vocab_size,
-                "data": data_fp,
+                "data": run.data_fp,
                 "seed": cfg.seed,
             },
             make_models,
@@ -175,7 +212,7 @@ def run_pipeline(cfg: RunConfig, force: bool = False) -> int:
         log.info("models: %s", model_info)
 
     # 3. SFT of teacher and student -----------------------------------------------------------------------------
-    from plad.stages import run_distill, run_sft
+    from plad.stages import run_sft
 
     def sft(d: Path, model: str, train) -> dict:
         sft_cfg = SFTConfig(model=model, train_file=files["sft"], output_dir=str(d), train=train, resume=True)
@@ -189,87 +226,132 @@ def run_pipeline(cfg: RunConfig, force: bool = False) -> int:
         parts = {
             "model": model,
             "models": models_fp,
-            "data": data_fp,
+            "data": run.data_fp,
             "train": to_dict(train),
             "opts": to_dict(cfg.distill.data),
         }
-        d, fp, _ = stage(name, parts, sft, model, train)
+        d, fp, _ = run.stage(name, parts, sft, model, train)
         return str(d), fp
 
-    teacher_sft, teacher_fp = sft_stage("teacher-sft", teacher, cfg.teacher_sft, cfg.skip_teacher_sft)
-    student_sft, student_fp = sft_stage("student-sft", student, cfg.student_sft, cfg.skip_student_sft)
+    run.teacher_sft, run.teacher_fp = sft_stage("teacher-sft", teacher, cfg.teacher_sft, cfg.skip_teacher_sft)
+    run.student_sft, run.student_fp = sft_stage("student-sft", student, cfg.student_sft, cfg.skip_student_sft)
 
     # 4. pairs ----------------------------------------------------------------------------------------------------
-    from plad.generation.pairs import run_pairs
-    from plad.methods import METHODS
-
-    pairs_cfg = dataclasses.replace(
+    run.pairs_cfg = dataclasses.replace(
         cfg.pairs,
         prompts_file=files["distill"],
         teacher_logprobs=cfg.pairs.teacher_logprobs
         or any(METHODS[m].needs_teacher_logps for m in cfg.methods),
-        teacher=_reseed_side(cfg.pairs.teacher, teacher_sft, cfg.seed),
-        student=_reseed_side(cfg.pairs.student, student_sft, cfg.seed),
+        teacher=_reseed_side(cfg.pairs.teacher, run.teacher_sft, cfg.seed),
+        student=_reseed_side(cfg.pairs.student, run.student_sft, cfg.seed),
+        threads=cfg.threads,
+    )
+    run.pairs_dir, run.pairs_fp, run.pairs_info = pairs_stage(run, "pairs", run.pairs_cfg)
+    return run
+
+
+def pairs_stage(
+    run: Run, name: str, pairs_cfg: Any, reuse_from: Path | None = None
+) -> tuple[Path, str, dict]:
+    """A pairs stage. `reuse_from`: another pairs folder whose stored samples (and teacher log-probs) are copied
+    in first; the store is keyed by generation settings, so only what differs is generated."""
+    from plad.generation.pairs import SAMPLES, TEACHER_LOGPS, run_pairs
+
+    def pairs(d: Path) -> dict:
+        for f in (SAMPLES, TEACHER_LOGPS) if reuse_from else ():
+            if (reuse_from / f).is_file() and not (d / f).exists():
+                shutil.copyfile(reuse_from / f, d / f)
+        return run_pairs(dataclasses.replace(pairs_cfg, output_dir=str(d)))
+
+    parts = {
+        "cfg": to_dict(pairs_cfg),
+        "teacher": run.teacher_fp,
+        "student": run.student_fp,
+        "data": run.data_fp,
+    }
+    return run.stage(name, parts, pairs)
+
+
+def distill_stage(
+    run: Run,
+    method: str,
+    name: str | None = None,
+    dcfg: DistillConfig | None = None,
+    pairs: tuple[Path, str] | None = None,
+) -> str:
+    """Distil the SFT student with `method` (settings `dcfg`, default the run's) into stage `name`."""
+    from plad.methods import METHODS
+    from plad.stages import run_distill
+
+    pairs_dir, pairs_fp = pairs or (run.pairs_dir, run.pairs_fp)
+    base = dcfg or run.cfg.distill
+    dcfg = dataclasses.replace(
+        base,
+        method=method,
+        model=run.student_sft,
+        teacher=run.teacher_sft if METHODS[method].needs_teacher_model else "",
+        pairs_file=str(pairs_dir / "pairs.jsonl"),
+        train_file=run.files["sft"],
+        train=_with_seed(base.train, run.cfg.seed),
+        threads=run.cfg.threads,
+        resume=True,
+    )
+
+    def distill(d: Path) -> dict:
+        return run_distill(dataclasses.replace(dcfg, output_dir=str(d)))
+
+    parts = {"cfg": to_dict(dcfg), "student": run.student_fp, "pairs": pairs_fp, "data": run.data_fp}
+    d, _, _ = run.stage(name or f"distill/{method}", parts, distill)
+    return str(d)
+
+
+def eval_stage(
+    run: Run, name: str, model: str, split: str = "test", compare_to: str = "", stage: str = ""
+) -> dict:
+    """Evaluate `model` on a split of the run's data into stage `stage` (default eval/NAME)."""
+    from plad.evaluation.evaluate import run_eval
+
+    cfg = run.cfg
+    ecfg = dataclasses.replace(
+        cfg.eval,
+        model=model,
+        test_file=run.files[split],
+        name=name,
+        scorer=cfg.task,
+        compare_to=compare_to,
+        seed=cfg.eval.seed + cfg.seed,
         threads=cfg.threads,
     )
 
-    def pairs(d: Path) -> dict:
-        return run_pairs(dataclasses.replace(pairs_cfg, output_dir=str(d)))
+    def evaluate(d: Path) -> dict:
+        return run_eval(dataclasses.replace(ecfg, output_dir=str(d)))
 
-    pairs_parts = {"cfg": to_dict(pairs_cfg), "teacher": teacher_fp, "student": student_fp, "data": data_fp}
-    pairs_dir, pairs_fp, pairs_info = stage("pairs", pairs_parts, pairs)
+    _, _, res = run.stage(
+        stage or f"eval/{name}",
+        {"cfg": to_dict(ecfg), "model": run.model_fp(model), "data": run.data_fp},
+        evaluate,
+    )
+    return res
+
+
+def run_pipeline(cfg: RunConfig, force: bool = False) -> int:
+    t_run = time.perf_counter()
+    run = prepare(cfg, force)
 
     # 5. distillation, one folder per method ----------------------------------------------------------------------
-    systems: dict[str, str] = {"teacher": teacher_sft, "student-sft": student_sft}
+    systems: dict[str, str] = {"teacher": run.teacher_sft, "student-sft": run.student_sft}
     for method in cfg.methods:
-        dcfg = dataclasses.replace(
-            cfg.distill,
-            method=method,
-            model=student_sft,
-            teacher=teacher_sft if METHODS[method].needs_teacher_model else "",
-            pairs_file=str(pairs_dir / "pairs.jsonl"),
-            train_file=files["sft"],
-            train=_with_seed(cfg.distill.train, cfg.seed),
-            threads=cfg.threads,
-            resume=True,
-        )
-
-        def distill(d: Path, dcfg: DistillConfig = dcfg) -> dict:
-            return run_distill(dataclasses.replace(dcfg, output_dir=str(d)))
-
-        parts = {"cfg": to_dict(dcfg), "student": student_fp, "pairs": pairs_fp, "data": data_fp}
-        d, _, _ = stage(f"distill/{method}", parts, distill)
-        systems[method] = str(d)
+        systems[method] = distill_stage(run, method)
 
     # 6. evaluation ----------------------------------------------------------------------------------------------
-    from plad.evaluation.evaluate import run_eval
-
     results: dict[str, dict] = {}
-    baseline_outputs = str(root / "eval" / "student-sft" / "outputs.jsonl")
+    baseline_outputs = str(run.root / "eval" / "student-sft" / "outputs.jsonl")
     order = ["student-sft"] + [
         n for n in systems if n != "student-sft"
-    ]  # its outputs are the head-to-head baseline
+    ]  # its outputs: the head-to-head baseline
     for name in order:
-        model = systems[name]
-        ecfg = dataclasses.replace(
-            cfg.eval,
-            model=model,
-            test_file=files["test"],
-            name=name,
-            scorer=cfg.task,
-            compare_to="" if name == "student-sft" else baseline_outputs,
-            seed=cfg.eval.seed + cfg.seed,
-            threads=cfg.threads,
-        )
-
-        def evaluate(d: Path, ecfg: EvalConfig = ecfg) -> dict:
-            return run_eval(dataclasses.replace(ecfg, output_dir=str(d)))
-
-        model_fp = _stage_fp(root, model) or fingerprint({"model": model_identity(model)})
-        _, _, res = stage(
-            f"eval/{name}", {"cfg": to_dict(ecfg), "model": model_fp, "data": data_fp}, evaluate
-        )
-        results[name] = res
+        compare_to = "" if name == "student-sft" else baseline_outputs
+        results[name] = eval_stage(run, name, systems[name], compare_to=compare_to)
 
     # 7. report ---------------------------------------------------------------------------------------------------
     from plad.report import print_table, write_report
@@ -278,15 +360,15 @@ def run_pipeline(cfg: RunConfig, force: bool = False) -> int:
     summary = {
         "config": to_dict(cfg),
         "results": results,
-        "pairs": pairs_info,
-        "stage_seconds": timings,
+        "pairs": run.pairs_info,
+        "stage_seconds": run.timings,
         "total_seconds": total,
     }
-    save_yaml(cfg, root / "run_config.yaml")  # every stage now matches this config
-    write_json_atomic(root / "results.json", summary)
-    write_report(root / "report.md", summary)
+    save_yaml(cfg, run.root / "run_config.yaml")  # every stage now matches this config
+    write_json_atomic(run.root / "results.json", summary)
+    write_report(run.root / "report.md", summary)
     print_table(results)
-    log.info("report: %s (total %.1f s this invocation)", root / "report.md", total)
+    log.info("report: %s (total %.1f s this invocation)", run.root / "report.md", total)
     return 0
 
 

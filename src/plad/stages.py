@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +110,7 @@ def pair_items(pairs: list[dict], tokenizer: object, cfg_data, where: str, sourc
                 float(scores.get("rejected", 0.0)),
                 float(teacher.get("chosen", 0.0)),
                 float(teacher.get("rejected", 0.0)),
+                prompt_text=row["prompt"] if isinstance(row["prompt"], str) else "",
             )
         )
     if stats.prompts or stats.targets:
@@ -153,7 +156,8 @@ def list_items(pairs: list[dict], tokenizer: object, cfg_data, where: str) -> li
             tokenizer, format_prompt(tokenizer, rows[0]["prompt"], loc), cfg_data, stats, loc
         )
         ids = [encode_output(tokenizer, text, cfg_data, stats, loc) for text, _ in outputs]
-        items.append(Item(prompt, ids[0], outputs=ids, ranks=ranks))
+        text = rows[0]["prompt"] if isinstance(rows[0]["prompt"], str) else ""
+        items.append(Item(prompt, ids[0], outputs=ids, ranks=ranks, prompt_text=text))
     if stats.prompts or stats.targets:
         log.warning("%s: %s", where, stats.report())
     if all(len(it.outputs) <= 2 for it in items):
@@ -208,6 +212,82 @@ def make_on_policy(cfg: DistillConfig, tokenizer: Any) -> Any:
     return on_policy
 
 
+def make_rounds(cfg: DistillConfig, tokenizer: Any, items: list[Item], output_dir: Path) -> Any:
+    """Iterated PLaD: the steps split into cfg.rounds rounds; at the start of round r > 0 every item's student
+    samples are replaced by fresh ones from the current student (scored when a scorer is set). A round's samples
+    are written to output_dir/rounds/round-R.jsonl before its first step, so a resumed run reuses them."""
+    from plad.data import read_jsonl, write_jsonl_atomic
+    from plad.generation.hf import derive_seed, generate, plan_batches
+    from plad.scorers import get_scorer
+
+    scorer = get_scorer(cfg.scorer) if cfg.scorer else None
+    per_round = math.ceil(cfg.train.max_steps / cfg.rounds)
+    state = {"round": 0}
+
+    def sample_round(model: Any, r: int) -> list[dict]:
+        k = [len(it.outputs) - 1 if it.outputs is not None else 1 for it in items]
+        rows: list[dict] = [{} for _ in items]
+        for batch in plan_batches([len(it.prompt) for it in items], cfg.on_policy.batch_size):
+            for j in range(max(k[i] for i in batch)):
+                seed = derive_seed(cfg.train.seed, "round", r, batch[0], j)
+                samples = generate(model, tokenizer, [items[i].prompt for i in batch], cfg.on_policy, 1, seed)
+                for i, (sample,) in zip(batch, samples, strict=True):
+                    if j < k[i]:
+                        score = scorer.score(items[i].prompt_text, sample.text) if scorer else 0.0
+                        rows[i].setdefault("samples", []).append(
+                            {
+                                "text": sample.text,
+                                "ids": sample.ids or [tokenizer.eos_token_id],
+                                "score": score,
+                            }
+                        )
+        return [{"item": i, **row} for i, row in enumerate(rows)]
+
+    def with_samples(it: Item, samples: list[dict]) -> Item:
+        if it.outputs is None:
+            s = samples[0]
+            return dataclasses.replace(it, rejected=s["ids"], rejected_score=s["score"])
+        students = sorted(samples, key=lambda s: -s["score"])
+        levels = sorted({s["score"] for s in students}, reverse=True)
+        return dataclasses.replace(
+            it,
+            outputs=[it.chosen] + [s["ids"] for s in students],
+            ranks=[0] + [1 + levels.index(s["score"]) for s in students],
+        )
+
+    def refresh(accelerator: Any, model: Any, step: int) -> list[Item] | None:
+        r = min(step // per_round, cfg.rounds - 1)
+        if r == state["round"]:
+            return None
+        state["round"] = r
+        path = output_dir / "rounds" / f"round-{r}.jsonl"
+        if not path.is_file():
+            if accelerator.is_main_process:
+                log.info(
+                    "iterated PLaD: round %d of %d, sampling %d prompts from the student",
+                    r + 1,
+                    cfg.rounds,
+                    len(items),
+                )
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_jsonl_atomic(path, sample_round(model, r))
+            accelerator.wait_for_everyone()
+        rows = read_jsonl(path)
+        return [with_samples(it, row["samples"]) for it, row in zip(items, rows, strict=True)]
+
+    return refresh
+
+
+def _fraction(rows: list, fraction: float) -> list:
+    """The rows of the first ceil(fraction * prompts) prompts, in file order (pairs: grouped by prompt_id)."""
+    if not rows:
+        return rows
+    key = (lambda r: str(r.get("prompt_id", r["id"]))) if isinstance(rows[0], dict) else (lambda r: r.id)
+    prompts = list(dict.fromkeys(key(r) for r in rows))
+    keep = set(prompts[: math.ceil(fraction * len(prompts))])
+    return [r for r in rows if key(r) in keep]
+
+
 def run_distill(cfg: DistillConfig) -> dict:
     if cfg.method not in METHODS:
         raise ConfigError(f"unknown method {cfg.method!r}{suggest(cfg.method, METHODS)}")
@@ -220,6 +300,16 @@ def run_distill(cfg: DistillConfig) -> dict:
         require(cfg, "pairs_file")
     if method.needs_teacher_model:
         require(cfg, "teacher")
+    if cfg.rounds > 1:
+        if source not in ("pairs", "lists") or method.needs_teacher_logps:
+            raise ConfigError(
+                f"rounds = {cfg.rounds}: iterated PLaD regenerates the student samples of (teacher, student) pairs; "
+                f"it works with the plad-* methods, not {cfg.method}"
+            )
+        if (method.needs_scores or source == "lists") and not cfg.scorer:
+            raise ConfigError(
+                f"rounds = {cfg.rounds} with {cfg.method}: set scorer to score the fresh samples"
+            )
     set_threads(cfg.threads)
     out = Path(cfg.output_dir)
     pairs = (
@@ -234,6 +324,8 @@ def run_distill(cfg: DistillConfig) -> dict:
         if needs_targets
         else []
     )
+    if cfg.data_fraction < 1:
+        pairs, examples = _fraction(pairs, cfg.data_fraction), _fraction(examples, cfg.data_fraction)
     check_output_dir(out, cfg.resume, _resume_fingerprint(cfg))
     tok = load_tokenizer(cfg.tokenizer or cfg.model)
     if source == "targets":
@@ -250,6 +342,11 @@ def run_distill(cfg: DistillConfig) -> dict:
     reference = copy.deepcopy(model) if regularizer == "kl-init" else None  # the initial student, frozen
     frozen = Frozen(teacher=teacher, reference=reference, vocab=len(tok))
     on_policy = make_on_policy(cfg, tok) if method.on_policy and cfg.loss.on_policy_frac > 0 else None
+    if cfg.rounds > 1 and any((p.get("meta") or {}).get("ranked_by") for p in pairs):
+        raise ConfigError(
+            "rounds > 1 needs pseudo pairs (teacher first); these pairs were ranked by a scorer"
+        )
+    refresh = make_rounds(cfg, tok, items, out) if cfg.rounds > 1 else None
     save_yaml(cfg, out / "plad_config.yaml")
     log.info("distill %s: %d items, %d steps", cfg.method, len(items), cfg.train.max_steps)
     return train(
@@ -265,4 +362,5 @@ def run_distill(cfg: DistillConfig) -> dict:
         resume=cfg.resume,
         frozen=frozen,
         on_policy=on_policy,
+        refresh=refresh,
     )

@@ -113,12 +113,15 @@ def train(
     resume: bool,
     frozen: Frozen = NO_FROZEN,
     on_policy: Callable[[Any, list[Item], int], list[Item]] | None = None,
+    refresh: Callable[[Any, Any, int], list[Item] | None] | None = None,
 ) -> dict:
     """Train `model` with `method` for cfg.max_steps optimizer steps and save it to output_dir.
 
     frozen: models held fixed (teacher logits, the initial student of kl-init), moved to the training device.
     on_policy: (model, items, micro-batch number) -> items whose outputs may be replaced by fresh samples of the
     current model (gkd); it must be deterministic in the micro-batch number for resumed runs to repeat.
+    refresh: (accelerator, model, step) -> new training items or None, called before every step (iterated PLaD's
+    rounds); a resumed run must get the same items for the same step (store them in output_dir).
     """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
@@ -191,6 +194,8 @@ def train(
     t_log, tokens_log, t_start = time.perf_counter(), 0, time.perf_counter()
     last_loss = float("nan")
     while step < cfg.max_steps:
+        if refresh is not None and (fresh := refresh(accelerator, accelerator.unwrap_model(model), step)):
+            main_stream = BatchStream(fresh, cfg.batch_size, cfg.seed, "main")
         # One optimizer step = grad_accum micro-batches; build them all first to know the window's normalisers.
         micro = []
         for a in range(cfg.grad_accum):

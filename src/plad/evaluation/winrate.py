@@ -44,3 +44,28 @@ def win_rate(a_scores, b_scores, n_resamples: int = 1000, seed: int = 0) -> dict
         "ties": int((o == 0.5).sum()),
         "losses": int((o == 0).sum()),
     }
+
+
+# Two-sided 97.5% quantiles of Student's t by degrees of freedom (n - 1); 1.96 beyond the table.
+_T_975 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+}
+
+
+def across_seeds(values: list[float]) -> dict:
+    """Mean over seeds with a 95% t-interval (seeds are few: a bootstrap over 3 values says nothing)."""
+    v = np.asarray(values, dtype=float)
+    mean = float(v.mean()) if v.size else float("nan")
+    if v.size < 2:
+        return {"mean": mean, "ci95": [mean, mean], "values": v.tolist()}
+    half = _T_975.get(v.size - 1, 1.96) * float(v.std(ddof=1)) / v.size**0.5
+    return {"mean": mean, "ci95": [mean - half, mean + half], "values": v.tolist()}

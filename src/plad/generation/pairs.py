@@ -40,6 +40,11 @@ from plad.train import check_output_dir
 
 log = logging.getLogger("plad")
 
+
+class NoPairsError(ConfigError):
+    """Real preference ranking left no pair (every pair a tie)."""
+
+
 SAMPLES, PAIRS, SUMMARY, TEACHER_LOGPS = "samples.jsonl", "pairs.jsonl", "summary.json", "teacher_logps.jsonl"
 
 
@@ -300,7 +305,7 @@ def _materialize(
     elif cfg.scorer:
         raise ConfigError("scorer is set but the prompts are chat messages; task scorers need text prompts")
     if not pairs:
-        raise ConfigError(
+        raise NoPairsError(
             f"rank_by={cfg.rank_by}: every pair was a tie, no preference pair is left; use pseudo pairs (rank_by "
             "empty) or another scorer"
         )

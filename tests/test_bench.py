@@ -1,0 +1,92 @@
+"""`plad bench` end to end on tiny models: every stage of the comparison, the tables, resumability."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import main_inprocess
+from test_integration import RUN_CONFIG
+
+METHODS = ["sft", "plad-rank", "dpkd", "kd"]
+GRID = ["1e-4", "1e-3"]
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("bench")
+    run = {k: v for k, v in RUN_CONFIG.items() if k not in ("seed", "methods")}
+    cfg = {
+        "output_dir": str(root / "out"),
+        "seeds": [0, 1],
+        "methods": METHODS,
+        "grid_lr": GRID,
+        "fractions": [0.5],
+        "fraction_methods": ["sft", "plad-rank"],
+        "length_buckets": 2,
+        "run": {
+            **run,
+            # sort-numbers gives partial credit to the barely trained tiny models' outputs, so that scores differ
+            # and real preference pairs exist (on count-summary they all score 0 at this size)
+            "task": "sort-numbers",
+            "benchmark": {**run["benchmark"], "task": "sort-numbers"},
+            "pairs": {**run["pairs"], "scorer": "sort-numbers"},
+            "distill": {**run["distill"], "train": {**run["distill"]["train"], "max_steps": 3}},
+        },
+    }
+    (root / "bench.yaml").write_text(yaml.safe_dump(cfg))
+    assert main_inprocess("bench", "--config", root / "bench.yaml") == 0
+    return root / "out"
+
+
+@pytest.mark.slow
+def test_bench_writes_the_comparison(bench_dir: Path) -> None:
+    summary = json.loads((bench_dir / "bench.json").read_text())
+    assert summary["seeds"] == [0, 1] and summary["grid_lr"] == GRID and summary["steps"] == 3
+    assert list(summary["table"]) == ["student-sft", "teacher", *METHODS, "plad-rank-real"]
+    for name in [*METHODS, "plad-rank-real"]:
+        row = summary["table"][name]
+        assert len(row["lr"]) == 2 and set(row["lr"]) <= set(GRID)
+        for metric in ("mean_score", "win_rate_vs_target", "head_to_head"):
+            cell = row[metric]
+            assert len(cell["values"]) == 2 and cell["ci95"][0] <= cell["mean"] <= cell["ci95"][1]
+    for seed in (0, 1):
+        per_seed = json.loads((bench_dir / f"seed-{seed}" / "bench_seed.json").read_text())
+        for m in METHODS:
+            # every method tried every learning rate of the grid on the validation split, and kept the best
+            val = per_seed["methods"][m]["val"]
+            assert set(val) == set(GRID) and per_seed["methods"][m]["lr"] == max(GRID, key=lambda lr: val[lr])
+            assert (bench_dir / f"seed-{seed}" / "eval" / m / "outputs.jsonl").is_file()
+            for lr in GRID:
+                assert (
+                    bench_dir / f"seed-{seed}" / "tune" / m / f"lr-{float(lr):g}" / "model.safetensors"
+                ).is_file()
+        assert set(per_seed["scaling"]) == {"sft", "plad-rank"}
+        assert set(per_seed["scaling"]["sft"]) == {"1.0", "0.5"}
+        buckets = per_seed["length_buckets"]
+        assert sum(buckets["sizes"]) == 12 and len(buckets["win_rate"]["plad-rank"]) == 2
+    md = (bench_dir / "bench.md").read_text()
+    for text in ("plad-rank-real", "by target length", "Data scaling", "Command:", "cores"):
+        assert text in md
+
+
+@pytest.mark.slow
+def test_bench_rerun_skips_every_stage(bench_dir: Path, capsys) -> None:
+    before = {p: p.stat().st_mtime_ns for p in bench_dir.rglob("*.safetensors")}
+    assert main_inprocess("bench", "--config", bench_dir.parent / "bench.yaml") == 0
+    after = {p: p.stat().st_mtime_ns for p in bench_dir.rglob("*.safetensors")}
+    assert before == after  # nothing retrained
+
+
+def test_bench_config_errors(tmp_path: Path, capsys) -> None:
+    assert main_inprocess("bench", "--methods", "sft,plad-rnak", "--output_dir", tmp_path / "b") == 2
+    assert "plad-rank" in capsys.readouterr().err
+    assert main_inprocess("bench", "--fractions", "1.5", "--output_dir", tmp_path / "b") == 2
+    assert "fractions" in capsys.readouterr().err
+    assert (
+        main_inprocess("bench", "--run.sft_file", "a", "--run.distill_file", "b", "--run.test_file", "c") == 2
+    )
+    assert "val_file" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
