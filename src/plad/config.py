@@ -324,7 +324,7 @@ class EvalConfig:
 @dataclass
 class BenchmarkConfig:
     task: str = opt("count-summary", "built-in task (see `plad tasks`)")
-    n_sft: int = opt(4000, "labeled training examples")
+    n_sft: int = opt(16000, "labeled training examples")
     n_val: int = opt(200, "labeled validation examples")
     n_distill: int = opt(1000, "unlabeled distillation prompts")
     n_test: int = opt(300, "test examples")
