@@ -11,43 +11,12 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
-def machine() -> dict:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-    }
-
-
-def across_seeds(values: list[float]) -> dict:
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return {"mean": mean, "ci95": [mean, mean], "values": values}
-    half = T_975.get(len(values) - 1, 1.96) * statistics.stdev(values) / len(values) ** 0.5
-    return {"mean": mean, "ci95": [mean - half, mean + half], "values": values}
 
 
 def main() -> int:
@@ -57,6 +26,11 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--results", default=str(HERE / "results"))
     args = ap.parse_args()
+    import torch
+
+    from plad.bench import machine
+    from plad.evaluation.winrate import across_seeds
+
     plad = str(Path(sys.executable).with_name("plad"))
 
     per_seed, walls = {}, {}
@@ -90,7 +64,7 @@ def main() -> int:
     pairs = {s: r["pairs"] for s, r in per_seed.items()}
     report = {
         "date": datetime.date.today().isoformat(),
-        "machine": machine(),
+        "machine": {**machine(), "torch_threads": args.threads or torch.get_num_threads()},
         "command": " ".join([Path(sys.executable).name, "benchmarks/demo_seeds.py", *sys.argv[1:]]),
         "seeds": args.seeds,
         "wall_seconds_per_seed": walls,

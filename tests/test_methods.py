@@ -403,3 +403,15 @@ def test_rounds_need_a_pair_method_and_a_scorer(bench: Bench, store: Path, tmp_p
     assert _distill(bench, store, tmp_path / "b", "plad-margin", "--rounds", 2) == 2
     assert "set scorer" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_data_fraction_keeps_whole_prompts_in_file_order() -> None:
+    from plad.data import Example
+    from plad.stages import _fraction
+
+    pairs = [{"id": f"{p}#{j}", "prompt_id": p} for p in "abcde" for j in range(2)]
+    assert [r["id"] for r in _fraction(pairs, 0.4)] == ["a#0", "a#1", "b#0", "b#1"]
+    assert [r["id"] for r in _fraction(pairs, 0.5)] == ["a#0", "a#1", "b#0", "b#1", "c#0", "c#1"]  # ceil
+    examples = [Example(str(i), "p") for i in range(10)]
+    assert [e.id for e in _fraction(examples, 0.25)] == ["0", "1", "2"]
+    assert _fraction(examples, 1.0) == examples
