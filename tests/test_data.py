@@ -396,7 +396,7 @@ def test_load_causal_lm_rejects_non_causal_model(tmp_path):
         vocab_size=32, dim=16, hidden_dim=32, n_layers=1, n_heads=2, max_position_embeddings=16
     )
     DistilBertModel(cfg).save_pretrained(tmp_path / "bert")
-    with pytest.raises(ModelError, match=r"distilbert.*not a causal LM"):
+    with pytest.raises(ModelError, match=r"distilbert.*not a language model that generates text"):
         load_causal_lm(str(tmp_path / "bert"))
 
 

@@ -451,14 +451,22 @@ class _RecordingSGD(torch.optim.SGD):
 
 
 def _one_step(
-    bench: Bench, out: Path, method_name: str, loss_cfg, items, reg_items, batch_size: int, accum: int
+    bench: Bench,
+    out: Path,
+    method_name: str,
+    loss_cfg,
+    items,
+    reg_items,
+    batch_size: int,
+    accum: int,
+    student: Path | None = None,
 ):
     from plad.config import TrainConfig
     from plad.methods import METHODS, Frozen
     from plad.models import load_model_and_tokenizer
     from plad.train import train
 
-    model, tok = load_model_and_tokenizer(str(bench.student))
+    model, tok = load_model_and_tokenizer(str(student or bench.student))
     names = [n for n, _ in model.named_parameters()]
     teacher = _sharp_teacher(bench) if METHODS[method_name].needs_teacher_model else None
     cfg = TrainConfig(
@@ -646,3 +654,28 @@ def test_models_stage_fingerprint_follows_preset_contents(tmp_path, monkeypatch)
         run_pipeline(
             from_dict(RunConfig, {**cfg, "benchmark": {**cfg["benchmark"], "teacher_preset": "tiyn"}})
         )
+
+
+@pytest.mark.parametrize("method_name", ["sft", "plad-rank"])
+def test_micro_batch_times_accumulation_invariance_encoder_decoder(
+    bench: Bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method_name: str
+) -> None:
+    """The same window normalisation for a T5 student (encoder-decoder batch layout)."""
+    from transformers import AutoTokenizer
+
+    from plad.benchmark.build import build_family_model
+    from plad.config import LossConfig
+
+    monkeypatch.setattr(torch.optim, "AdamW", _RecordingSGD)
+    tok = AutoTokenizer.from_pretrained(bench.tokenizer)
+    student = tmp_path / "t5"
+    build_family_model("t5", tok, student, seed=2)
+    loss_cfg = LossConfig(beta=1.0, reg_weight=0.7, regularizer="chosen", logp="mean")
+    items = _items("single" if method_name == "sft" else "pairs", len(tok))
+    grads = {}
+    for bs, accum in ((8, 1), (2, 4)):
+        out = tmp_path / f"b{bs}x{accum}"
+        grads[bs], _ = _one_step(bench, out, method_name, loss_cfg, items, None, bs, accum, student=student)
+    scale = max(float(g.abs().max()) for g in grads[8].values())
+    worst = max(float((grads[8][n] - grads[2][n]).abs().max()) for n in grads[8])
+    assert scale > 1e-3 and worst < 1e-5, (scale, worst)

@@ -289,15 +289,42 @@ def encode_output(
 
 
 def collate_sequences(
-    prompts: Sequence[list[int]], outputs: Sequence[list[int]], pad_id: int
+    prompts: Sequence[list[int]],
+    outputs: Sequence[list[int]],
+    pad_id: int,
+    decoder_start_id: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Right-padded prompt+output rows; labels hold the output tokens and -100 elsewhere.
+    """A padded batch of (prompt, output) rows for one forward pass.
 
-    Returns input_ids, attention_mask, labels (all (N, T)); labels are aligned with input_ids (the caller shifts).
+    Decoder-only (decoder_start_id None): right-padded prompt+output rows; input_ids, attention_mask and labels
+    (the output tokens, -100 elsewhere) are all (N, T) and aligned (the caller shifts).
+    Encoder-decoder: input_ids/attention_mask (N, Tp) hold the prompts; labels (N, To) the outputs (-100 padding);
+    decoder_input_ids/decoder_attention_mask (N, To) are the outputs shifted right behind decoder_start_id, so
+    logits[:, t] already score labels[:, t].
     """
+    n = len(prompts)
+    if decoder_start_id is not None:
+        Tp, To = max(len(p) for p in prompts), max(len(o) for o in outputs)
+        input_ids = torch.full((n, Tp), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((n, Tp), dtype=torch.long)
+        labels = torch.full((n, To), -100, dtype=torch.long)
+        decoder_input_ids = torch.full((n, To), pad_id, dtype=torch.long)
+        decoder_attention_mask = torch.zeros((n, To), dtype=torch.long)
+        for i, (p, o) in enumerate(zip(prompts, outputs, strict=True)):
+            input_ids[i, : len(p)] = torch.tensor(p)
+            attention_mask[i, : len(p)] = 1
+            labels[i, : len(o)] = torch.tensor(o)
+            decoder_input_ids[i, : len(o)] = torch.tensor([decoder_start_id] + o[:-1])
+            decoder_attention_mask[i, : len(o)] = 1
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "decoder_input_ids": decoder_input_ids,
+            "decoder_attention_mask": decoder_attention_mask,
+        }
     rows = [p + o for p, o in zip(prompts, outputs, strict=True)]
     T = max(len(r) for r in rows)
-    n = len(rows)
     input_ids = torch.full((n, T), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((n, T), dtype=torch.long)
     labels = torch.full((n, T), -100, dtype=torch.long)

@@ -9,12 +9,29 @@ import torch
 from plad.losses import token_nll
 
 
-def forward_logits(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels aligned for the loss: position t of the logits scores label t (the shift is done here).
+def decoder_start_id(model: Any) -> int | None:
+    """The decoder start token of an encoder-decoder model (which decides the batch layout), None otherwise."""
+    cfg = model.config
+    if not getattr(cfg, "is_encoder_decoder", False):
+        return None
+    start = cfg.decoder_start_token_id
+    return cfg.pad_token_id if start is None else start
 
-    batch: input_ids, attention_mask, labels, all (N, T) with labels aligned to input_ids.
-    Returns logits (N, T-1, V) and labels (N, T-1), -100 where there is no label.
+
+def forward_logits(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels aligned for the loss: position t of the logits scores label t.
+
+    Decoder-only batch (input_ids, attention_mask, labels all (N, T)): the shift is done here, giving
+    (N, T-1, V) and (N, T-1). Encoder-decoder batch (with decoder_input_ids): already aligned, (N, To, V), (N, To).
     """
+    if "decoder_input_ids" in batch:
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            decoder_input_ids=batch["decoder_input_ids"],
+            decoder_attention_mask=batch["decoder_attention_mask"],
+        ).logits
+        return logits, batch["labels"]
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (N, T, V)
     return logits[:, :-1], batch["labels"][:, 1:]
 
@@ -44,7 +61,9 @@ def sequence_logps(
     """
     logits, labels = forward_logits(model, batch)
     nll = token_nll(logits, labels)  # (N, T-1)
-    counted = (labels if count_labels is None else count_labels[:, 1:]) != -100  # (N, T-1)
+    if count_labels is not None and "decoder_input_ids" not in batch:
+        count_labels = count_labels[:, 1:]  # decoder-only: shifted like the labels
+    counted = (labels if count_labels is None else count_labels) != -100  # (N, T-1)
     n_tokens = counted.sum(-1)  # (N,)
     logps = -(nll * counted).sum(-1)
     if reduction == "mean":
@@ -69,7 +88,9 @@ def score_outputs(
     result: list[tuple[float, int]] = [(0.0, 0)] * len(prompts)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        batch = collate_sequences([prompts[i] for i in idx], [outputs[i] for i in idx], pad_id)
+        batch = collate_sequences(
+            [prompts[i] for i in idx], [outputs[i] for i in idx], pad_id, decoder_start_id(model)
+        )
         out = sequence_logps(model, {k: v.to(device) for k, v in batch.items()}, reduction="sum")
         for i, lp, n in zip(idx, out["logps"].tolist(), out["n_tokens"].tolist(), strict=True):
             result[i] = (lp, n)

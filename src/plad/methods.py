@@ -79,28 +79,36 @@ def divergence_labels(labels: torch.Tensor, prompt_len: int, a: list[int], b: li
 
 
 def make_batch(
-    items: list[Item], reg_items: list[Item] | None, pad_id: int, loss: LossConfig
+    items: list[Item],
+    reg_items: list[Item] | None,
+    pad_id: int,
+    loss: LossConfig,
+    decoder_start_id: int | None = None,
 ) -> dict[str, Any]:
-    """A micro-batch: single outputs; a pair stacked for one concatenated forward; or a list of K outputs."""
+    """A micro-batch: single outputs; a pair stacked for one concatenated forward; or a list of K outputs.
+    decoder_start_id: the encoder-decoder layout (prompts to the encoder, outputs to the decoder)."""
     prompts = [it.prompt for it in items]
     B = len(items)
     if items[0].outputs is not None:
         # rows [kB, (k+1)B) hold output k of every prompt (a 1-token stand-in where a prompt has fewer outputs).
         K = max(len(it.outputs) for it in items)
         outs = [it.outputs[k] if k < len(it.outputs) else [pad_id] for k in range(K) for it in items]
-        main = collate_sequences(prompts * K, outs, pad_id)
+        main = collate_sequences(prompts * K, outs, pad_id, decoder_start_id)
         main["list_mask"] = torch.tensor([[k < len(it.outputs) for k in range(K)] for it in items])  # (B, K)
         main["list_ranks"] = torch.tensor(
             [[it.ranks[k] if k < len(it.outputs) else 0 for k in range(K)] for it in items]
         )  # (B, K)
         n_tokens = sum(len(it.chosen) for it in items)
     elif items[0].rejected is None:
-        main = collate_sequences(prompts, [it.chosen for it in items], pad_id)
+        main = collate_sequences(prompts, [it.chosen for it in items], pad_id, decoder_start_id)
         n_tokens = int((main["labels"] != -100).sum())
     else:
         # rows [0, B) are prompt+chosen, rows [B, 2B) prompt+rejected: one forward for both.
         main = collate_sequences(
-            prompts + prompts, [it.chosen for it in items] + [it.rejected for it in items], pad_id
+            prompts + prompts,
+            [it.chosen for it in items] + [it.rejected for it in items],
+            pad_id,
+            decoder_start_id,
         )
         main["chosen_scores"] = torch.tensor([it.chosen_score for it in items])
         main["rejected_scores"] = torch.tensor([it.rejected_score for it in items])
@@ -111,14 +119,17 @@ def make_batch(
         # Divergence-aware calibration: each output counts from the first token where the two differ.
         div = main["labels"].clone()
         for i, it in enumerate(items):
-            divergence_labels(div[i], len(it.prompt), it.chosen, it.rejected, loss.divergence_window)
-            divergence_labels(div[B + i], len(it.prompt), it.rejected, it.chosen, loss.divergence_window)
+            offset = (
+                0 if decoder_start_id is not None else len(it.prompt)
+            )  # where the output starts in labels
+            divergence_labels(div[i], offset, it.chosen, it.rejected, loss.divergence_window)
+            divergence_labels(div[B + i], offset, it.rejected, it.chosen, loss.divergence_window)
         main["divergence_labels"] = div
         n_tokens = sum(len(it.chosen) for it in items)
     batch: dict[str, Any] = {"main": main, "n_examples": B, "n_tokens": n_tokens}
     if reg_items:
         batch["reg"] = collate_sequences(
-            [it.prompt for it in reg_items], [it.chosen for it in reg_items], pad_id
+            [it.prompt for it in reg_items], [it.chosen for it in reg_items], pad_id, decoder_start_id
         )
         batch["n_tokens"] = int((batch["reg"]["labels"] != -100).sum())
     return batch
@@ -154,7 +165,7 @@ def _regulariser(
     return None
 
 
-_SEQ_KEYS = ("input_ids", "attention_mask", "labels")
+_SEQ_KEYS = ("input_ids", "attention_mask", "labels", "decoder_input_ids", "decoder_attention_mask")
 
 
 def _pair_metrics(

@@ -44,7 +44,9 @@ def load_tokenizer(name: str) -> Any:
 
 
 def load_causal_lm(name: str, dtype: torch.dtype | None = None) -> Any:
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """A decoder-only LM (AutoModelForCausalLM) or an encoder-decoder one (AutoModelForSeq2SeqLM, e.g. T5),
+    chosen by the folder's config."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     if _looks_local(name) and not Path(name).expanduser().is_dir():
         raise ModelError(f"model folder {name} does not exist")
@@ -52,13 +54,14 @@ def load_causal_lm(name: str, dtype: torch.dtype | None = None) -> Any:
         config = AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as e:
         raise ModelError(f"{name} is not a model folder or hub id with a config.json: {e}") from None
+    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype or torch.float32)
+        model = auto.from_pretrained(name, dtype=dtype or torch.float32)
     except ValueError as e:
-        if "Unrecognized configuration class" in str(e) or "AutoModelForCausalLM" in str(e):
+        if "Unrecognized configuration class" in str(e) or auto.__name__ in str(e):
             raise ModelError(
-                f"{name} holds a {type(config).__name__} ({config.model_type}) model, which is not a causal LM; "
-                "plad trains decoder-only models here"
+                f"{name} holds a {type(config).__name__} ({config.model_type}) model, which is not a language model "
+                "that generates text; plad trains causal LMs (Llama, Qwen2, GPT-2...) and encoder-decoders (T5)"
             ) from None
         raise
     except OSError as e:

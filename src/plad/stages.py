@@ -288,6 +288,10 @@ def _fraction(rows: list, fraction: float) -> list:
     return [r for r in rows if key(r) in keep]
 
 
+def _is_seq2seq(model: Any) -> bool:
+    return bool(getattr(model.config, "is_encoder_decoder", False))
+
+
 def run_distill(cfg: DistillConfig) -> dict:
     if cfg.method not in METHODS:
         raise ConfigError(f"unknown method {cfg.method!r}{suggest(cfg.method, METHODS)}")
@@ -339,6 +343,12 @@ def run_distill(cfg: DistillConfig) -> dict:
         raise DataError(f"method {cfg.method}: no training items")
     teacher = load_frozen_teacher(cfg, tok) if method.needs_teacher_model else None
     model, tok = load_model_and_tokenizer(cfg.model, tok=tok)
+    if teacher is not None and _is_seq2seq(teacher) != _is_seq2seq(model):
+        raise ConfigError(
+            f"method {cfg.method} compares teacher and student token by token, so both must be decoder-only or both "
+            f"encoder-decoder: teacher {cfg.teacher} is {teacher.config.model_type}, student {cfg.model} is "
+            f"{model.config.model_type}; use a text-only method for this pair"
+        )
     reference = copy.deepcopy(model) if regularizer == "kl-init" else None  # the initial student, frozen
     frozen = Frozen(teacher=teacher, reference=reference, vocab=len(tok))
     on_policy = make_on_policy(cfg, tok) if method.on_policy and cfg.loss.on_policy_frac > 0 else None

@@ -24,6 +24,7 @@ import torch
 from plad.config import ConfigError, LossConfig, TrainConfig
 from plad.data import append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
 from plad.generation.hf import derive_seed
+from plad.logprobs import decoder_start_id
 from plad.methods import NO_FROZEN, Frozen, Item, Method, make_batch
 
 log = logging.getLogger("plad")
@@ -178,6 +179,7 @@ def train(
     main_stream = BatchStream(items, cfg.batch_size, cfg.seed, "main")
     reg_stream = BatchStream(reg_items, cfg.batch_size, cfg.seed, "reg") if reg_items else None
     pad_id = tokenizer.pad_token_id
+    start_id = decoder_start_id(accelerator.unwrap_model(model))  # None for decoder-only models
     accelerator.init_trackers("plad")
 
     bar = tqdm(
@@ -204,7 +206,7 @@ def train(
             batch_items = main_stream[g]
             if on_policy is not None:
                 batch_items = on_policy(accelerator.unwrap_model(model), batch_items, g)
-            micro.append(make_batch(batch_items, reg, pad_id, loss_cfg))
+            micro.append(make_batch(batch_items, reg, pad_id, loss_cfg, start_id))
         counts = torch.tensor(
             [sum(b["n_examples"] for b in micro), sum(b["n_tokens"] for b in micro)],
             dtype=torch.float64,
@@ -229,6 +231,7 @@ def train(
             for k, v in parts.metrics.items():
                 window_log.setdefault(k, []).append(v)
             tokens_log += int(batch["main"]["attention_mask"].sum())
+            tokens_log += int(batch["main"].get("decoder_attention_mask", torch.zeros(())).sum())
         grad_norm = (
             accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
         )

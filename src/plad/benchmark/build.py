@@ -70,7 +70,8 @@ def build_model(
 
 
 def family_config(family: str, tokenizer: Any, max_positions: int = 256) -> Any:
-    """A tiny config of one decoder-only family (for tests that every family trains, samples and saves)."""
+    """A tiny config of one model family, decoder-only or encoder-decoder (T5), for tests that every family trains,
+    samples and saves."""
     import transformers as tf
 
     common = dict(
@@ -93,17 +94,24 @@ def family_config(family: str, tokenizer: Any, max_positions: int = 256) -> Any:
             max_position_embeddings=max_positions, hidden_size=32, ffn_dim=64, num_hidden_layers=1,
             num_attention_heads=2, word_embed_proj_dim=32, **common,
         )  # fmt: skip
+    if family == "t5":  # dropout off like the other tiny configs: same data order, same gradients
+        return tf.T5Config(
+            d_model=32, d_kv=16, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2, dropout_rate=0.0,
+            decoder_start_token_id=tokenizer.pad_token_id, **{k: v for k, v in common.items() if k != "bos_token_id"},
+        )  # fmt: skip
     raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
 
 
-FAMILIES = ("llama", "qwen2", "gpt-neox", "gpt2", "opt")
+FAMILIES = ("llama", "qwen2", "gpt-neox", "gpt2", "opt", "t5")
 
 
 def build_family_model(family: str, tokenizer: Any, out_dir: str | Path, seed: int = 0) -> Any:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(family_config(family, tokenizer))
+    config = family_config(family, tokenizer)
+    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    model = auto.from_config(config)
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     return model

@@ -1,4 +1,4 @@
-"""Batched sampling from a local Hugging Face causal LM (KV cache, left padding, stop at EOS)."""
+"""Batched sampling from a local Hugging Face causal LM or encoder-decoder (KV cache, left padding, stop at EOS)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,9 @@ def generate(
         input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=gen_cfg
     )
     model.train(was_training)
-    new_tokens = out[:, input_ids.shape[1] :].tolist()
+    # decoder-only: the prompt comes back in front of the output; encoder-decoder: the decoder start token
+    skip = 1 if getattr(model.config, "is_encoder_decoder", False) else input_ids.shape[1]
+    new_tokens = out[:, skip:].tolist()
     eos, results = tokenizer.eos_token_id, []
     for i in range(len(prompt_ids)):
         samples = []
