@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import main_inprocess
+from conftest import main_inprocess, read_jsonl
 from test_integration import RUN_CONFIG
 
-METHODS = ["sft", "plad-rank", "dpkd", "kd"]
+METHODS = ["sft", "plad-rank", "plad-list", "dpkd", "kd"]
+VARIANTS = ["plad-list-k2", "plad-rank-rounds2"]
 GRID = ["1e-4", "1e-3"]
 
 
@@ -26,6 +27,8 @@ def bench_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "fractions": [0.5],
         "fraction_methods": ["sft", "plad-rank"],
         "length_buckets": 2,
+        "list_k": 2,
+        "rounds": 2,
         "run": {
             **run,
             # sort-numbers gives partial credit to the barely trained tiny models' outputs, so that scores differ
@@ -45,8 +48,8 @@ def bench_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_bench_writes_the_comparison(bench_dir: Path) -> None:
     summary = json.loads((bench_dir / "bench.json").read_text())
     assert summary["seeds"] == [0, 1] and summary["grid_lr"] == GRID and summary["steps"] == 3
-    assert list(summary["table"]) == ["student-sft", "teacher", *METHODS, "plad-rank-real"]
-    for name in [*METHODS, "plad-rank-real"]:
+    assert list(summary["table"]) == ["student-sft", "teacher", *METHODS, "plad-rank-real", *VARIANTS]
+    for name in [*METHODS, "plad-rank-real", *VARIANTS]:
         row = summary["table"][name]
         assert len(row["lr"]) == 2 and set(row["lr"]) <= set(GRID)
         for metric in ("mean_score", "win_rate_vs_target", "head_to_head"):
@@ -63,6 +66,12 @@ def test_bench_writes_the_comparison(bench_dir: Path) -> None:
                 assert (
                     bench_dir / f"seed-{seed}" / "tune" / m / f"lr-{float(lr):g}" / "model.safetensors"
                 ).is_file()
+        # the variants: k = 2 student samples per prompt, fresh samples stored for round 2
+        seed_dir = bench_dir / f"seed-{seed}"
+        assert len(read_jsonl(seed_dir / "pairs-k2" / "pairs.jsonl")) == 2 * len(
+            read_jsonl(seed_dir / "pairs" / "pairs.jsonl")
+        )
+        assert list((seed_dir / "tune" / "plad-rank-rounds2").glob("lr-*/rounds/round-1.jsonl"))
         assert set(per_seed["scaling"]) == {"sft", "plad-rank"}
         assert set(per_seed["scaling"]["sft"]) == {"1.0", "0.5"}
         buckets = per_seed["length_buckets"]

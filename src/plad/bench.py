@@ -39,9 +39,12 @@ def _lr_name(lr: str) -> str:
     return f"lr-{float(lr):g}"
 
 
-def _tune(run: Run, method: str, label: str, grid: list[str], pairs=None) -> dict:
-    """Every learning rate of the grid, scored on the validation split; returns the trials and the winner."""
-    trials, base = {}, run.cfg.distill
+def _tune(
+    run: Run, method: str, label: str, grid: list[str], pairs=None, changes: dict | None = None
+) -> dict:
+    """Every learning rate of the grid, scored on the validation split; returns the trials and the winner.
+    changes: distill settings that define the variant (e.g. rounds)."""
+    trials, base = {}, dataclasses.replace(run.cfg.distill, **(changes or {}))
     for lr in grid:
         dcfg = dataclasses.replace(base, train=dataclasses.replace(base.train, lr=float(lr)))
         model = distill_stage(run, method, name=f"tune/{label}/{_lr_name(lr)}", dcfg=dcfg, pairs=pairs)
@@ -127,6 +130,27 @@ def bench_seed(cfg: BenchConfig, seed: int, force: bool) -> dict:
                 **_metrics(res),
             }
 
+    # Variants measured like every method: plad-list with k > 1 student samples, iterated PLaD.
+    variants: dict[str, tuple[str, tuple | None, dict | None]] = {}
+    if cfg.list_k > 1 and "plad-list" in cfg.methods:
+        k_cfg = dataclasses.replace(run.pairs_cfg, num_student_samples=cfg.list_k, teacher_logprobs=False)
+        k_dir, k_fp, _ = pairs_stage(run, f"pairs-k{cfg.list_k}", k_cfg, reuse_from=run.pairs_dir)
+        variants[f"plad-list-k{cfg.list_k}"] = ("plad-list", (k_dir, k_fp), None)
+    if cfg.rounds > 1 and "plad-rank" in cfg.methods:
+        # fresh negatives sampled like the stored ones
+        sampling = dataclasses.replace(run.pairs_cfg.student.sampling, seed=0)
+        variants[f"plad-rank-rounds{cfg.rounds}"] = (
+            "plad-rank",
+            None,
+            {"rounds": cfg.rounds, "on_policy": sampling},
+        )
+    result["variants"] = {}
+    for label, (method, pairs, changes) in variants.items():
+        tuned = _tune(run, method, label, cfg.grid_lr, pairs=pairs, changes=changes)
+        res = eval_stage(run, label, tuned["model"], compare_to=baseline)
+        systems[label] = tuned["model"]
+        result["variants"][label] = {"lr": tuned["lr"], **_metrics(res)}
+
     result["length_buckets"] = _length_buckets(run, systems, cfg.length_buckets)
 
     scaling: dict[str, dict] = {}
@@ -197,6 +221,10 @@ def aggregate(cfg: BenchConfig, per_seed: list[dict]) -> dict:
     if cfg.real_pairs and all("lr" in r.get("real_pairs", {}) for r in per_seed):
         table["plad-rank-real"] = {m: over(lambda r, m=m: r["real_pairs"].get(m)) for m in METRICS}
         table["plad-rank-real"]["lr"] = [r["real_pairs"]["lr"] for r in per_seed]
+    for label in per_seed[0].get("variants", {}):
+        if all(label in r.get("variants", {}) for r in per_seed):
+            table[label] = {m: over(lambda r, n=label, m=m: r["variants"][n].get(m)) for m in METRICS}
+            table[label]["lr"] = [r["variants"][label]["lr"] for r in per_seed]
     buckets = {
         name: [
             over(lambda r, n=name, b=b: r["length_buckets"]["win_rate"][n][b])
@@ -272,7 +300,9 @@ def to_markdown(summary: dict) -> str:
         "",
         "Test split, task scorer as judge. Mean over seeds with a 95% t-interval across seeds. `vs student-sft`: "
         "head-to-head win rate against the initial (SFT) student; ties count 1/2. `plad-rank-real`: plad-rank on "
-        "real preference pairs (the same samples ordered by the scorer, ties dropped) instead of pseudo pairs.",
+        "real preference pairs (the same samples ordered by the scorer, ties dropped) instead of pseudo pairs. "
+        "`plad-list-kK`: plad-list over K student samples per prompt; `plad-rank-roundsN`: iterated PLaD, N rounds "
+        "of fresh student samples.",
         "",
         markdown_table(head, rows),
         "",

@@ -419,6 +419,8 @@ class BenchConfig:
         "learning rates tried for every method (the same budget for all); the best on the validation split wins",
     )
     real_pairs: bool = opt(True, "ablation: plad-rank on real preference pairs (ranked by the task scorer)")
+    list_k: int = opt(4, "variant row: plad-list over this many student samples per prompt (<= 1: no row)")
+    rounds: int = opt(3, "variant row: iterated plad-rank with this many rounds of fresh samples (1: no row)")
     fractions: list = opt(
         ["0.1", "0.25", "0.5"], "data scaling: fractions of the training data (1.0 is the main run)"
     )
@@ -453,6 +455,8 @@ class BenchConfig:
             raise ConfigError("seeds, grid_lr and methods must not be empty")
         if self.length_buckets < 1:
             raise ConfigError("length_buckets must be >= 1")
+        if self.list_k < 0 or self.rounds < 1:
+            raise ConfigError("list_k must be >= 0 and rounds >= 1")
         if self.run.output_dir or self.run.seed:
             raise ConfigError("run.output_dir and run.seed are set by the bench; use output_dir and seeds")
         if self.run.sft_file and not self.run.val_file:
