@@ -328,6 +328,10 @@ def run_distill(cfg: DistillConfig) -> dict:
         if needs_targets
         else []
     )
+    if cfg.rounds > 1 and any((p.get("meta") or {}).get("ranked_by") for p in pairs):
+        raise ConfigError(
+            "rounds > 1 needs pseudo pairs (teacher first); these pairs were ranked by a scorer"
+        )
     if cfg.data_fraction < 1:
         pairs, examples = _fraction(pairs, cfg.data_fraction), _fraction(examples, cfg.data_fraction)
     check_output_dir(out, cfg.resume, _resume_fingerprint(cfg))
@@ -352,10 +356,6 @@ def run_distill(cfg: DistillConfig) -> dict:
     reference = copy.deepcopy(model) if regularizer == "kl-init" else None  # the initial student, frozen
     frozen = Frozen(teacher=teacher, reference=reference, vocab=len(tok))
     on_policy = make_on_policy(cfg, tok) if method.on_policy and cfg.loss.on_policy_frac > 0 else None
-    if cfg.rounds > 1 and any((p.get("meta") or {}).get("ranked_by") for p in pairs):
-        raise ConfigError(
-            "rounds > 1 needs pseudo pairs (teacher first); these pairs were ranked by a scorer"
-        )
     refresh = make_rounds(cfg, tok, items, out) if cfg.rounds > 1 else None
     save_yaml(cfg, out / "plad_config.yaml")
     log.info("distill %s: %d items, %d steps", cfg.method, len(items), cfg.train.max_steps)

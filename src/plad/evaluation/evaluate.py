@@ -17,7 +17,7 @@ from plad.data import (
 )
 from plad.evaluation.winrate import mean_with_ci, win_rate
 from plad.generation.hf import derive_seed, generate, plan_batches
-from plad.models import load_model_and_tokenizer, set_threads
+from plad.models import for_inference, load_model_and_tokenizer, set_threads
 from plad.scorers import get_scorer
 from plad.train import check_output_dir
 
@@ -66,6 +66,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     name = cfg.name or out.name
 
     model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer)
+    model = for_inference(model)
     prompt_ids = encode_prompts(tok, examples, cfg.data, cfg.test_file)
     t0 = time.perf_counter()
     outputs: list = [None] * len(examples)

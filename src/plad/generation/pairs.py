@@ -35,7 +35,7 @@ from plad.data import (
     write_jsonl_atomic,
 )
 from plad.generation.hf import derive_seed, generate, plan_batches
-from plad.models import load_model_and_tokenizer, model_identity, set_threads
+from plad.models import for_inference, load_model_and_tokenizer, model_identity, set_threads
 from plad.train import check_output_dir
 
 log = logging.getLogger("plad")
@@ -96,6 +96,7 @@ def run_pairs(cfg: PairsConfig) -> dict:
             log.info("pairs: %s samples all stored (%d prompts x %d)", name, len(examples), k)
             continue
         model, tok = load_model_and_tokenizer(side.model, side.tokenizer)
+        model = for_inference(model)
         prompt_ids = encode_prompts(tok, examples, cfg.data, cfg.prompts_file)
         batches = plan_batches([len(p) for p in prompt_ids], side.sampling.batch_size)
         todo = [
@@ -183,6 +184,7 @@ def _teacher_logprobs(cfg: PairsConfig, examples: list, done: dict, fps: dict, o
     todo = [(ex, side, j) for ex, side, j in wanted if (ex.id, side, j, fps[side]) not in stored]
     if todo:
         model, tok = load_model_and_tokenizer(cfg.teacher.model, cfg.teacher.tokenizer)
+        model = for_inference(model)
         stats = Truncation()
         prompts = dict(
             zip(
