@@ -259,7 +259,15 @@ def test_different_tokenizers(bench: Bench, other_vocab_teacher: Path, tmp_path:
     assert (
         p["teacher_logps"]["chosen_tokens"] == len(t_tok(p["chosen"], add_special_tokens=False).input_ids) + 1
     )
-    for method in ("seqkd", "plad-rank", "plad-margin", "plad-list", "plad-rank-div", "dpkd"):
+    for method in (
+        "seqkd",
+        "plad-rank",
+        "plad-margin",
+        "plad-list",
+        "plad-rank-div",
+        "plad-margin-div",
+        "dpkd",
+    ):
         assert _distill(bench, store, tmp_path / method, method) == 0, method
     capsys.readouterr()
     rc = main_inprocess(
