@@ -99,3 +99,9 @@ def test_bench_config_errors(tmp_path: Path, capsys) -> None:
     )
     assert "val_file" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def test_bench_needs_a_judge_before_any_work(tmp_path: Path, capsys) -> None:
+    assert main_inprocess("bench", "--run.task", "", "--output_dir", tmp_path / "b") == 2
+    assert "run.task" in capsys.readouterr().err
+    assert not (tmp_path / "b" / "seed-0").exists()

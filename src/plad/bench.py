@@ -90,11 +90,9 @@ def bench_seed(cfg: BenchConfig, seed: int, force: bool) -> dict:
     rcfg = dataclasses.replace(
         cfg.run, output_dir=str(Path(cfg.output_dir) / f"seed-{seed}"), seed=seed, methods=list(cfg.methods)
     )
-    run = prepare(rcfg, force)
-    if "val" not in run.files:
-        raise ConfigError("plad bench chooses learning rates on a validation split: set run.val_file")
-    if not rcfg.task:
+    if not rcfg.task:  # checked before any training (run.val_file is checked by BenchConfig)
         raise ConfigError("plad bench needs a judge: set run.task to a task scorer (`plad tasks`)")
+    run = prepare(rcfg, force)
     baseline = str(run.root / "eval" / "student-sft" / "outputs.jsonl")
     result: dict[str, Any] = {"seed": seed, "methods": {}, "systems": {}}
     result["systems"]["student-sft"] = _metrics(eval_stage(run, "student-sft", run.student_sft))
