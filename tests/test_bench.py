@@ -105,3 +105,34 @@ def test_bench_needs_a_judge_before_any_work(tmp_path: Path, capsys) -> None:
     assert main_inprocess("bench", "--run.task", "", "--output_dir", tmp_path / "b") == 2
     assert "run.task" in capsys.readouterr().err
     assert not (tmp_path / "b" / "seed-0").exists()
+
+
+@pytest.mark.slow
+def test_report_from_bench_results(bench_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    assert main_inprocess("report", bench_dir / "bench.json", "--output_dir", out) == 0
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    for png in ("win_rates.png", "length_buckets.png", "scaling.png", "training_curves.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, png
+        assert f"]({png})" in md
+    assert page.count("data:image/png;base64,") == 4 and "<table" in page  # self-contained
+    assert "plad-rank-rounds2" in md and "[" in md  # every system, with intervals
+    # a folder without a bench.json or results.json is refused
+    assert (
+        main_inprocess("report", bench_dir / "seed-0", "--output_dir", tmp_path / "r2") == 2
+    )  # no results.json
+
+
+def test_report_rejects_bad_results(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert main_inprocess("report", bad, "--output_dir", tmp_path / "out") == 2
+    assert "bad.json is not valid JSON" in capsys.readouterr().err
+    other = tmp_path / "other.json"
+    other.write_text('{"a": 1}')
+    assert main_inprocess("report", other, "--output_dir", tmp_path / "out") == 2
+    assert "neither plad bench results" in capsys.readouterr().err
+    assert main_inprocess("report", tmp_path / "missing.json", "--output_dir", tmp_path / "out") == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing written when an input is bad

@@ -208,6 +208,16 @@ def test_distilled_checkpoints_load_and_every_parameter_changed(run: SimpleNames
 
 
 @pytest.mark.slow
+def test_report_from_run_results(run: SimpleNamespace, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    assert main_inprocess("report", run.root, "--output_dir", out) == 0  # the folder: its results.json
+    md = (out / "report.md").read_text()
+    assert "](win_rates.png)" in md and "](training_curves.png)" in md
+    assert all(name in md for name in SYSTEMS)
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 2
+
+
+@pytest.mark.slow
 def test_second_run_skips_every_stage(run: SimpleNamespace) -> None:
     before = _snapshot(run.root)
     results_before = json.loads((run.root / "results.json").read_text())

@@ -78,6 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("run", "demo", "bench"):
             p.add_argument("--force", action="store_true", help="re-run stages whose settings changed")
         _add_fields(p, cls)
+    rep = sub.add_parser(
+        "report",
+        help="Markdown + self-contained HTML report with PNG plots from bench.json / results.json files",
+        description="Tables and plots (win rates with 95%% intervals, win rate by length, data scaling, training "
+        "curves) from the results of `plad bench` or `plad run`.",
+    )
+    rep.add_argument(
+        "results", nargs="+", metavar="RESULTS", help="bench.json, results.json, or their folders"
+    )
+    rep.add_argument(
+        "--output_dir", "--output-dir", default="runs/report", help="where report.md/.html and PNGs go"
+    )
+    rep.add_argument("--title", default="plad report", help="report title")
     sub.add_parser("methods", help="list the distillation methods")
     sub.add_parser("tasks", help="list the built-in benchmark tasks")
     return parser
@@ -131,6 +144,11 @@ def _dispatch(ns: argparse.Namespace) -> int:
             needs += ["scores"] * m.needs_scores + ["teacher log-probs in the pairs"] * m.needs_teacher_logps
             needs += ["student samples during training"] * m.on_policy
             print(f"{m.name:16s} {m.summary} [needs: {'; '.join(needs)}]")
+        return 0
+    if ns.command == "report":
+        from plad.plots import write_report
+
+        _print_json(write_report(ns.results, ns.output_dir, ns.title))
         return 0
     if ns.command == "tasks":
         from plad.benchmark.tasks import TASKS

@@ -1,0 +1,325 @@
+"""`plad report`: Markdown + self-contained HTML report with PNG plots from `plad bench` or `plad run` results.
+
+Plots (matplotlib, Agg backend, 150 dpi): win rate over targets and head-to-head per system with 95% intervals;
+win rate by target-length bucket; data scaling; training curves (loss per step) of the distillation runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from plad.config import ConfigError
+from plad.data import read_jsonl, write_text_atomic
+
+log = logging.getLogger("plad")
+
+
+def load_results(path: str | Path) -> dict:
+    """A bench.json or a run's results.json, recognised by its fields; errors name the file and what is wrong."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("bench.json", "results.json"):
+            if (p / name).is_file():
+                p = p / name
+                break
+    if not p.is_file():
+        raise ConfigError(
+            f"results file {p} does not exist; give a bench.json (plad bench) or results.json (plad run)"
+        )
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{p} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    if isinstance(data, dict) and "table" in data and "seeds" in data:
+        return {"kind": "bench", "path": p, "data": data}
+    if isinstance(data, dict) and isinstance(data.get("results"), dict):
+        return {"kind": "run", "path": p, "data": data}
+    raise ConfigError(f"{p} holds neither plad bench results (table, seeds) nor plad run results (results)")
+
+
+def _interval(cell: dict | None) -> tuple[float, float, float] | None:
+    """(value, low, high) from a bench cell (mean, ci95) or a run cell (value, ci95)."""
+    if not cell:
+        return None
+    value = cell.get("mean", cell.get("value"))
+    lo, hi = cell["ci95"]
+    return value, lo, hi
+
+
+def _rows(res: dict) -> dict[str, dict]:
+    """system -> {metric: (value, low, high)} for either kind of results."""
+    table = res["data"]["table"] if res["kind"] == "bench" else res["data"]["results"]
+    return {
+        name: {m: _interval(row.get(m)) for m in ("mean_score", "win_rate_vs_target", "head_to_head")}
+        for name, row in table.items()
+    }
+
+
+def _color(i: int) -> Any:
+    import matplotlib.pyplot as plt
+
+    return plt.get_cmap("tab20")(i % 20)
+
+
+def _style(i: int, name: str) -> dict:
+    """20 distinguishable colours, dashed after them; the baselines drawn thick."""
+    style = {"color": _color(i), "linestyle": "-" if i < 20 else "--"}
+    if name in ("sft", "teacher", "student-sft"):
+        style["linewidth"] = 2.5
+    return style
+
+
+def plot_win_rates(rows: dict[str, dict], out: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.35 * len(names) + 1.8), sharey=True)
+    for ax, metric, label in (
+        (axes[0], "win_rate_vs_target", "win rate over targets"),
+        (axes[1], "head_to_head", "head-to-head vs student-sft"),
+    ):
+        ys, vals, errs = [], [], [[], []]
+        for i, name in enumerate(names):
+            cell = rows[name][metric]
+            if cell is None:
+                continue
+            v, lo, hi = cell
+            ys.append(i)
+            vals.append(v)
+            errs[0].append(max(v - lo, 0))
+            errs[1].append(max(hi - v, 0))
+        ax.barh(ys, vals, xerr=errs, color="#4C72B0", ecolor="black", capsize=3, height=0.6)
+        ref = rows.get("sft", {}).get(metric)
+        if ref is not None:
+            ax.axvline(ref[0], color="#C44E52", linestyle="--", linewidth=1, label="sft control")
+            ax.legend(loc="lower right", fontsize=8)
+        if metric == "head_to_head":
+            ax.axvline(0.5, color="grey", linewidth=0.8)
+        ax.set_xlabel(f"{label} (ties = 1/2), 95% interval")
+        ax.set_xlim(0, 1)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(names)), names)
+    axes[0].invert_yaxis()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = out / "win_rates.png"
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+def plot_length_buckets(bench: dict, out: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    buckets = bench.get("length_buckets", {}).get("win_rate")
+    if not buckets:
+        return None
+    edges = bench["length_buckets"]["edges_tokens_per_seed"][0]
+    n = len(next(iter(buckets.values())))
+    bounds = [0, *edges, None]
+    labels = [
+        f"<= {bounds[b + 1]:g}"
+        if b == 0
+        else (f"> {bounds[b]:g}" if b == n - 1 else f"{bounds[b]:g}-{bounds[b + 1]:g}")
+        for b in range(n)
+    ]
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    for i, (name, cells) in enumerate(buckets.items()):
+        vals = [c["mean"] if c else float("nan") for c in cells]
+        ax.plot(range(n), vals, marker="o", label=name, **_style(i, name))
+    ax.set_xticks(range(n), labels)
+    ax.set_xlabel("target length (student tokens), quantile buckets of seed 0")
+    ax.set_ylabel("win rate over targets (mean over seeds)")
+    ax.set_title("Win rate by target length")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    path = out / "length_buckets.png"
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+def plot_scaling(bench: dict, out: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scaling = bench.get("scaling")
+    if not scaling:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    k = len(scaling)
+    for i, (name, by_frac) in enumerate(scaling.items()):
+        fracs = sorted(by_frac, key=float)
+        shift = 1 + 0.04 * (i - (k - 1) / 2)  # side by side on the log axis, so the bars do not overlap
+        xs = [100 * float(f) * shift for f in fracs]
+        cells = [by_frac[f] for f in fracs]
+        ys = [c["mean"] for c in cells]
+        low = [y - c["ci95"][0] for y, c in zip(ys, cells, strict=True)]
+        high = [c["ci95"][1] - y for y, c in zip(ys, cells, strict=True)]
+        ax.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3, label=name, color=_color(i), alpha=0.85)
+    ax.set_xscale("log")
+    ax.set_xticks([10, 25, 50, 100], ["10%", "25%", "50%", "100%"])
+    ax.set_xlabel("fraction of the training data (log scale)")
+    ax.set_ylabel("win rate over targets\n(mean over seeds, 95% interval)")
+    ax.set_title("Data scaling")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "scaling.png"
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+def _curves(res: dict) -> dict[str, list[dict]]:
+    """method -> metrics.jsonl rows of its distillation run (bench: seed 0 at the chosen lr)."""
+    root = res["path"].parent
+    found: dict[str, list[dict]] = {}
+    if res["kind"] == "bench":
+        seed = res["data"]["seeds"][0]
+        for name, row in res["data"]["table"].items():
+            lrs = row.get("lr")
+            if not lrs:
+                continue
+            label = "plad-rank-real" if name == "plad-rank-real" else name
+            path = root / f"seed-{seed}" / "tune" / label / f"lr-{float(lrs[0]):g}" / "metrics.jsonl"
+            if path.is_file():
+                found[name] = read_jsonl(path)
+    else:
+        for name in res["data"]["results"]:
+            path = root / "distill" / name / "metrics.jsonl"
+            if path.is_file():
+                found[name] = read_jsonl(path)
+    return found
+
+
+def plot_training(res: dict, out: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = _curves(res)
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    for i, (name, rows) in enumerate(curves.items()):
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=name, **_style(i, name))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (window-normalised, log scale)")
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_title("Training curves" + (" (seed 0, chosen lr)" if res["kind"] == "bench" else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    path = out / "training_curves.png"
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+def _table_md(rows: dict[str, dict]) -> str:
+    def cell(c) -> str:
+        return "-" if c is None else f"{c[0]:.3f} [{c[1]:.3f}, {c[2]:.3f}]"
+
+    lines = ["| system | mean score | win rate vs target | vs student-sft |", "|---|---|---|---|"]
+    lines += [
+        f"| {n} | {cell(r['mean_score'])} | {cell(r['win_rate_vs_target'])} | {cell(r['head_to_head'])} |"
+        for n, r in rows.items()
+    ]
+    return "\n".join(lines)
+
+
+def write_report(paths: list[str], output_dir: str, title: str = "plad report") -> dict:
+    """Markdown and self-contained HTML (plots embedded) from one or more results files."""
+    if not paths:
+        raise ConfigError("plad report: give at least one results file (bench.json or results.json)")
+    results = [load_results(p) for p in paths]  # every input checked before anything is written
+    out = Path(output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"output_dir {out} cannot be created: {e.strerror}") from None
+    md, figures = [f"# {title}", ""], []
+    for i, res in enumerate(results):
+        sub = out if len(results) == 1 else out / f"{i}-{res['path'].parent.name}"
+        sub.mkdir(parents=True, exist_ok=True)
+        rows = _rows(res)
+        data = res["data"]
+        md += [f"## {res['path']}", ""]
+        if res["kind"] == "bench":
+            m = data["machine"]
+            md += [
+                f"`{data['command']}` on {data['date']}; {m['cpu']}, {m['cores']} cores; seeds {data['seeds']}. "
+                "Mean over seeds with 95% t-intervals.",
+                "",
+            ]
+        md += [_table_md(rows), ""]
+        made = [plot_win_rates(rows, sub, f"{title}: {res['path'].parent.name}")]
+        if res["kind"] == "bench":
+            made += [plot_length_buckets(data, sub), plot_scaling(data, sub)]
+        made.append(plot_training(res, sub))
+        for png in [p for p in made if p is not None]:
+            rel = png.relative_to(out)
+            md += [f"![{png.stem}]({rel})", ""]
+            figures.append((png, rel))
+    text = "\n".join(md)
+    write_text_atomic(out / "report.md", text)
+    write_text_atomic(out / "report.html", _html(text, out))
+    log.info("report: %s, %s", out / "report.md", out / "report.html")
+    return {
+        "report": str(out / "report.md"),
+        "html": str(out / "report.html"),
+        "plots": [str(p) for p, _ in figures],
+    }
+
+
+def _html(markdown_text: str, root: Path) -> str:
+    """A minimal self-contained rendering: headings, paragraphs, tables, and images inlined as base64."""
+    body: list[str] = []
+    lines = markdown_text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
+        elif line.startswith("!["):
+            src = line[line.index("(") + 1 : -1]
+            data = base64.b64encode((root / src).read_bytes()).decode()
+            body.append(
+                f'<p><img alt="{html.escape(src)}" src="data:image/png;base64,{data}" style="max-width:100%"></p>'
+            )
+        elif line.startswith("|"):
+            table = []
+            while i < len(lines) and lines[i].startswith("|"):
+                table.append([c.strip() for c in lines[i].strip("|").split("|")])
+                i += 1
+            head, rows = table[0], [r for r in table[2:]]
+            body.append("<table border=1 cellspacing=0 cellpadding=4>")
+            body.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>")
+            body += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows]
+            body.append("</table>")
+            continue
+        elif line.strip():
+            body.append(f"<p>{html.escape(line)}</p>")
+        i += 1
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>plad report</title></head><body>"
+        + "\n".join(body)
+        + "</body></html>\n"
+    )
