@@ -396,12 +396,16 @@ def test_stage_eval_with_compare_to(bench: Bench, stage_distilled: Path, tmp_pat
     assert rc == 0
     res = json.loads((dist / "results.json").read_text())
     assert res["name"] == "distilled" and res["n"] == N_TEST and res["scorer"] == "count-summary"
-    for key in ("mean_score", "win_rate_vs_target"):
+    for key in ("mean_score", "win_rate_vs_target", "rouge_l", "exact_match_squad"):
         _ci(res[key])
     assert res["head_to_head"]["against"] == str(baseline)
     _ci(res["head_to_head"])
     outputs = read_jsonl(dist / "outputs.jsonl")
     assert [o["id"] for o in outputs] == [r["id"] for r in read_jsonl(bench.test)]
+    from plad.evaluation.metrics import rouge_l
+
+    assert all(o["rouge_l"] == rouge_l(o["output"], o["target"]) for o in outputs)
+    assert res["rouge_l"]["value"] == pytest.approx(sum(o["rouge_l"] for o in outputs) / len(outputs))
     assert "head_to_head" not in json.loads((base / "results.json").read_text())
 
 

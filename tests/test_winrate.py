@@ -85,3 +85,24 @@ def test_mean_with_ci_fields():
     assert r["value"] == 0.75 and r["n"] == 4
     low, high = r["ci95"]
     assert 0.0 <= low <= 0.75 <= high <= 1.0
+
+
+def test_squad_exact_match_normalisation() -> None:
+    from plad.evaluation.metrics import squad_exact_match, squad_normalise
+
+    assert squad_normalise("  The Cat, sat!  ") == "cat sat"
+    assert squad_exact_match("the cat sat.", "Cat sat") == 1.0
+    assert squad_exact_match("a:3 b:2", "a3 b2") == 1.0  # punctuation is dropped entirely
+    assert squad_exact_match("cat sat", "cat sits") == 0.0
+
+
+def test_rouge_l_against_hand_values() -> None:
+    from plad.evaluation.metrics import rouge_l
+
+    # LCS("the cat on the mat", "the cat sat on the mat") = 5 tokens: P = 5/5, R = 5/6, F = 2PR/(P+R) = 10/11
+    assert rouge_l("the cat on the mat", "the cat sat on the mat") == pytest.approx(10 / 11)
+    assert rouge_l("the cats are running", "the cat runs") == pytest.approx(
+        6 / 7
+    )  # stemming: cats->cat, running->run
+    assert rouge_l("same words", "same words") == 1.0
+    assert rouge_l("", "something") == 0.0

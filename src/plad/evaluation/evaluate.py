@@ -15,6 +15,7 @@ from plad.data import (
     write_json_atomic,
     write_jsonl_atomic,
 )
+from plad.evaluation.metrics import rouge_l, squad_exact_match
 from plad.evaluation.winrate import mean_with_ci, win_rate
 from plad.generation.hf import derive_seed, generate, plan_batches
 from plad.models import for_inference, load_model_and_tokenizer, set_threads
@@ -77,10 +78,19 @@ def run_eval(cfg: EvalConfig) -> dict:
             outputs[i] = samples[0]
     gen_seconds = time.perf_counter() - t0
 
-    rows, scores, target_scores, exact = [], [], [], []
+    rows, scores, target_scores, exact, rouge, squad_em = [], [], [], [], [], []
     for ex, s in zip(examples, outputs, strict=True):
         exact.append(float(_normalise(s.text) == _normalise(ex.target)))
-        row = {"id": ex.id, "prompt": ex.prompt, "output": s.text, "target": ex.target}
+        rouge.append(rouge_l(s.text, ex.target))
+        squad_em.append(squad_exact_match(s.text, ex.target))
+        row = {
+            "id": ex.id,
+            "prompt": ex.prompt,
+            "output": s.text,
+            "target": ex.target,
+            "rouge_l": rouge[-1],
+            "exact_match_squad": squad_em[-1],
+        }
         if scorer:
             row["score"], row["target_score"] = (
                 scorer.score(ex.prompt, s.text),
@@ -98,6 +108,8 @@ def run_eval(cfg: EvalConfig) -> dict:
         "scorer": scorer.name if scorer else None,
         "n": len(rows),
         "exact_match": mean_with_ci(exact, n, seed),
+        "exact_match_squad": mean_with_ci(squad_em, n, seed),
+        "rouge_l": mean_with_ci(rouge, n, seed),
         "mean_output_tokens": sum(s.n_tokens for s in outputs) / len(outputs),
         "generation": to_dict(cfg.generation),
         "generation_seconds": round(gen_seconds, 2),
