@@ -105,6 +105,26 @@ def main_inprocess(*args: object) -> int:
     return main([str(a) for a in args])
 
 
+def make_pairs(bench: Bench, out: Path, *extra: object, teacher: Path | None = None) -> Path:
+    """`plad pairs` on the bench's first 6 distill prompts, k = 2 student samples, scored (in this process)."""
+    rc = main_inprocess(
+        "pairs",
+        "--prompts_file", bench.distill,
+        "--teacher.model", teacher or bench.teacher,
+        "--student.model", bench.student,
+        "--output_dir", out,
+        "--num_student_samples", 2,
+        "--scorer", "count-summary",
+        "--limit", 6,
+        "--teacher.sampling.max_new_tokens", 12,
+        "--student.sampling.max_new_tokens", 12,
+        "--threads", 1,
+        *extra,
+    )  # fmt: skip
+    assert rc == 0
+    return out
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from conftest import Bench, load_safetensors, main_inprocess, read_jsonl, run_plad
+from conftest import Bench, load_safetensors, main_inprocess, make_pairs, read_jsonl, run_plad
 
 METHODS = ["sft", "seqkd", "plad-rank", "plad-margin"]
 SYSTEMS = ["student-sft", "teacher", *METHODS]
@@ -269,22 +269,7 @@ def test_changed_setting_refused_then_forced(run: SimpleNamespace) -> None:
 
 @pytest.fixture(scope="module")
 def stage_pairs(bench: Bench, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("stage") / "pairs"
-    rc = main_inprocess(
-        "pairs",
-        "--prompts_file", bench.distill,
-        "--teacher.model", bench.teacher,
-        "--student.model", bench.student,
-        "--output_dir", out,
-        "--num_student_samples", 2,
-        "--scorer", "count-summary",
-        "--limit", 6,
-        "--teacher.sampling.max_new_tokens", 12,
-        "--student.sampling.max_new_tokens", 12,
-        "--threads", 1,
-    )  # fmt: skip
-    assert rc == 0
-    return out
+    return make_pairs(bench, tmp_path_factory.mktemp("stage") / "pairs")
 
 
 def test_stage_sft(bench: Bench, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Bench, main_inprocess, read_jsonl
+from conftest import Bench, main_inprocess, make_pairs, read_jsonl
 
 from plad.methods import METHODS
 
@@ -16,23 +16,7 @@ from plad.methods import METHODS
 # A scored pairs store with k = 2 student samples and the teacher's log-probs
 
 
-def _pairs(bench: Bench, out: Path, *extra: object, teacher: Path | None = None) -> Path:
-    rc = main_inprocess(
-        "pairs",
-        "--prompts_file", bench.distill,
-        "--teacher.model", teacher or bench.teacher,
-        "--student.model", bench.student,
-        "--output_dir", out,
-        "--num_student_samples", 2,
-        "--scorer", "count-summary",
-        "--limit", 6,
-        "--teacher.sampling.max_new_tokens", 12,
-        "--student.sampling.max_new_tokens", 12,
-        "--threads", 1,
-        *extra,
-    )  # fmt: skip
-    assert rc == 0
-    return out
+_pairs = make_pairs
 
 
 @pytest.fixture(scope="module")

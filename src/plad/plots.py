@@ -60,10 +60,25 @@ def _rows(res: dict) -> dict[str, dict]:
     }
 
 
-def _color(i: int) -> Any:
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.get_cmap("tab20")(i % 20)
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    _pyplot().close(fig)
+    return path
+
+
+def _color(i: int) -> Any:
+    return _pyplot().get_cmap("tab20")(i % 20)
 
 
 def _style(i: int, name: str) -> dict:
@@ -75,10 +90,7 @@ def _style(i: int, name: str) -> dict:
 
 
 def plot_win_rates(rows: dict[str, dict], out: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     names = list(rows)
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.35 * len(names) + 1.8), sharey=True)
@@ -109,18 +121,11 @@ def plot_win_rates(rows: dict[str, dict], out: Path, title: str) -> Path:
     axes[0].set_yticks(range(len(names)), names)
     axes[0].invert_yaxis()
     fig.suptitle(title)
-    fig.tight_layout()
-    path = out / "win_rates.png"
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "win_rates.png")
 
 
 def plot_length_buckets(bench: dict, out: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     buckets = bench.get("length_buckets", {}).get("win_rate")
     if not buckets:
@@ -144,18 +149,11 @@ def plot_length_buckets(bench: dict, out: Path) -> Path | None:
     ax.set_title("Win rate by target length")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
-    fig.tight_layout()
-    path = out / "length_buckets.png"
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "length_buckets.png")
 
 
 def plot_scaling(bench: dict, out: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     scaling = bench.get("scaling")
     if not scaling:
@@ -178,11 +176,7 @@ def plot_scaling(bench: dict, out: Path) -> Path | None:
     ax.set_title("Data scaling")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "scaling.png"
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "scaling.png")
 
 
 def _curves(res: dict) -> dict[str, list[dict]]:
@@ -195,8 +189,7 @@ def _curves(res: dict) -> dict[str, list[dict]]:
             lrs = row.get("lr")
             if not lrs:
                 continue
-            label = "plad-rank-real" if name == "plad-rank-real" else name
-            path = root / f"seed-{seed}" / "tune" / label / f"lr-{float(lrs[0]):g}" / "metrics.jsonl"
+            path = root / f"seed-{seed}" / "tune" / name / f"lr-{float(lrs[0]):g}" / "metrics.jsonl"
             if path.is_file():
                 found[name] = read_jsonl(path)
     else:
@@ -208,10 +201,7 @@ def _curves(res: dict) -> dict[str, list[dict]]:
 
 
 def plot_training(res: dict, out: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     curves = _curves(res)
     if not curves:
@@ -225,11 +215,7 @@ def plot_training(res: dict, out: Path) -> Path | None:
     ax.set_title("Training curves" + (" (seed 0, chosen lr)" if res["kind"] == "bench" else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
-    fig.tight_layout()
-    path = out / "training_curves.png"
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "training_curves.png")
 
 
 def _table_md(rows: dict[str, dict]) -> str:
@@ -309,7 +295,7 @@ def _html(markdown_text: str, root: Path) -> str:
             while i < len(lines) and lines[i].startswith("|"):
                 table.append([c.strip() for c in lines[i].strip("|").split("|")])
                 i += 1
-            head, rows = table[0], [r for r in table[2:]]
+            head, rows = table[0], table[2:]
             body.append("<table border=1 cellspacing=0 cellpadding=4>")
             body.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>")
             body += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows]
