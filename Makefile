@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.plad-installed
 
-.PHONY: demo test lint install clean bench bench-methods
+.PHONY: demo test test-servers lint install clean bench bench-methods bench-api
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,16 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# The API tests again, plus those against llama.cpp's server (builds llama-cpp-python: 10-17 min the first time).
+test-servers: $(STAMP)
+	$(BIN)/python -m pip install --quiet -r requirements-servers.txt
+	$(BIN)/python -m pytest -q tests/test_api.py tests/test_api_unit.py tests/test_llamacpp.py
+
+# rows/s vs concurrency through llama.cpp's server (needs `make test-servers` first)
+bench-api: $(STAMP)
+	$(BIN)/python benchmarks/api_throughput.py --server llamacpp
+	$(BIN)/python benchmarks/api_throughput.py --server llamacpp --preset teacher --max_new_tokens 64 --prompts 96
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/demo_seeds.py

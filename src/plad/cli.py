@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if name in ("run", "demo", "bench"):
             p.add_argument("--force", action="store_true", help="re-run stages whose settings changed")
+        if name == "pairs":
+            p.add_argument(
+                "--status",
+                action="store_true",
+                help="generate nothing: print done / pending / failed rows per side of this config's store",
+            )
         _add_fields(p, cls)
     rep = sub.add_parser(
         "report",
@@ -118,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # plad shows its own progress; weight-loading bars are noise
+    from plad.api import ApiError, ApiStopped
     from plad.data import DataError
     from plad.models import ModelError
     from plad.scorers import UnknownScorer
@@ -127,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, ModelError, UnknownScorer) as e:
         print(f"plad {ns.command}: error: {e}", file=sys.stderr)
         return 2
+    except (ApiError, ApiStopped) as e:
+        print(f"plad {ns.command}: endpoint error: {e}", file=sys.stderr)
+        return 3
 
 
 def _dispatch(ns: argparse.Namespace) -> int:
@@ -173,6 +183,8 @@ def _dispatch(ns: argparse.Namespace) -> int:
         from plad.stages import run_sft as runner
     elif ns.command == "distill":
         from plad.stages import run_distill as runner
+    elif ns.command == "pairs" and ns.status:
+        from plad.generation.pairs import pairs_status as runner
     elif ns.command == "pairs":
         from plad.generation.pairs import run_pairs as runner
     else:

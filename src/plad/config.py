@@ -118,8 +118,15 @@ class SamplingConfig:
     max_new_tokens: int = opt(64, "longest output; generation also stops at EOS")
     seed: int = opt(0, "sampling seed; each batch derives its own from it, so resumed runs repeat exactly")
     batch_size: int = opt(64, "prompts per generation batch (batches are grouped by prompt length)")
+    max_batch_tokens: int = opt(
+        0,
+        "hf backend: also cap a batch at this many tokens, counted as rows x (longest prompt + max_new_tokens) x "
+        "samples per prompt, so that long prompts get smaller batches (0: only batch_size)",
+    )
 
     def __post_init__(self) -> None:
+        if self.max_batch_tokens < 0:
+            raise ConfigError(f"max_batch_tokens must be >= 0 (got {self.max_batch_tokens})")
         if self.temperature < 0:
             raise ConfigError(f"temperature must be >= 0 (got {self.temperature})")
         if not 0 < self.top_p <= 1:
@@ -184,10 +191,94 @@ class LossConfig:
 
 
 @dataclass
+class ApiConfig:
+    """An OpenAI-compatible endpoint (OpenAI, vLLM's server, llama.cpp's server, `transformers serve`, ...)."""
+
+    base_url: str = opt("", "endpoint base URL, e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1")
+    api_key_env: str = opt(
+        "OPENAI_API_KEY",
+        "name of the environment variable holding the API key (the key itself is never read from a config, "
+        "written or logged); empty: the server needs no key",
+    )
+    mode: str = opt(
+        "completions",
+        "completions: the prompt text is sent as it is (as a local model sees it); chat: the prompt becomes a user "
+        "message (chat-message prompts are sent as they are) and the server applies its chat template",
+        ("completions", "chat"),
+    )
+    system_prompt: str = opt("", "chat mode: a system message put before every conversation")
+    prompt_template: str = opt(
+        "{prompt}", "text sent for a text prompt, with {prompt} replaced by it (completions and chat mode)"
+    )
+    stop: list = opt([], "stop sequences (cut from the output too, for servers that keep them)")
+    n: str = opt(
+        "auto",
+        "k samples per prompt: auto (ask with n=k once; if the server returns fewer choices, it ignores n, so "
+        "switch to one request per sample), native (always n=k) or repeat (always one request per sample)",
+        ("auto", "native", "repeat"),
+    )
+    send_seed: bool = opt(True, "send a per-request seed derived from sampling.seed (servers may ignore it)")
+    extra_body: str = opt("", "JSON object merged into every request body (server-specific settings)")
+    concurrency: int = opt(8, "requests in flight at once")
+    max_retries: int = opt(
+        8,
+        "retries of one request (429, 5xx, timeouts, dropped connections, malformed replies) before the run stops",
+    )
+    timeout: float = opt(120.0, "seconds before a request counts as timed out (and is retried)")
+    backoff_base: float = opt(
+        0.5, "first retry waits up to this many seconds; doubles per retry (full jitter)"
+    )
+    backoff_max: float = opt(30.0, "longest wait between retries, in seconds")
+    max_retry_after: float = opt(
+        300.0,
+        "longest server-requested wait (Retry-After) honoured, in seconds; longer requests stop the run",
+    )
+    price_input_per_mtok: float = opt(0.0, "price per million prompt tokens, for the cost in the run summary")
+    price_output_per_mtok: float = opt(
+        0.0, "price per million completion tokens, for the cost in the summary"
+    )
+
+    def __post_init__(self) -> None:
+        _check_choices(self)
+        if self.concurrency < 1 or self.max_retries < 0 or self.timeout <= 0:
+            raise ConfigError("concurrency must be >= 1, max_retries >= 0 and timeout > 0")
+        if "{prompt}" not in self.prompt_template:
+            raise ConfigError(f"prompt_template must contain {{prompt}} (got {self.prompt_template!r})")
+        if self.extra_body:
+            try:
+                body = json.loads(self.extra_body)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"extra_body is not valid JSON: {e}") from None
+            if not isinstance(body, dict):
+                raise ConfigError("extra_body must be a JSON object")
+
+
+@dataclass
+class VllmOptions:
+    tensor_parallel_size: int = opt(1, "GPUs per model (vLLM tensor parallelism)")
+    gpu_memory_utilization: float = opt(0.85, "fraction of GPU memory vLLM may take")
+    dtype: str = opt("auto", "weights dtype for vLLM (auto, bfloat16, float16, float32)")
+    max_model_len: int = opt(0, "context length vLLM reserves (0: the model's)")
+
+
+@dataclass
 class ModelSide:
-    model: str = opt("", "model folder or Hugging Face hub id (a causal LM)")
+    backend: str = opt(
+        "hf",
+        "hf: local transformers model; vllm: vLLM offline engine (pip install 'plad[vllm]'); openai: an "
+        "OpenAI-compatible endpoint (settings under api.*)",
+        ("hf", "vllm", "openai"),
+    )
+    model: str = opt(
+        "", "model folder or Hugging Face hub id; with backend openai: the endpoint's model name"
+    )
     tokenizer: str = opt("", "tokenizer folder or hub id (default: the model's)")
     sampling: SamplingConfig = opt(SamplingConfig(), "sampling settings of this side")
+    api: ApiConfig = opt(ApiConfig(), "endpoint settings (backend openai)")
+    vllm: VllmOptions = opt(VllmOptions(), "engine settings (backend vllm)")
+
+    def __post_init__(self) -> None:
+        _check_choices(self)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -229,8 +320,8 @@ class PairsConfig:
     )
     teacher_logprobs: bool = opt(
         False,
-        "also store the teacher's summed log-probs of every teacher and student sample (needed by dpkd); local "
-        "teacher",
+        "also store the teacher's summed log-probs of every teacher and student sample (needed by dpkd): a local "
+        "teacher, or an openai teacher in completions mode whose server returns prompt log-probs (echo + logprobs)",
     )
     data: DataOptions = opt(DataOptions(), "data fields and length limits")
     limit: int = opt(0, "use only the first N prompts (0: all)")

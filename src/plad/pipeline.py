@@ -77,6 +77,9 @@ def _with_seed(train, seed: int):
 
 
 def _reseed_side(side: ModelSide, model: str, seed: int) -> ModelSide:
+    """The side with the run's model folder (an endpoint side keeps its own model name) and the run's seed."""
+    if side.backend == "openai" and side.model:
+        model = side.model
     return dataclasses.replace(
         side, model=model, sampling=dataclasses.replace(side.sampling, seed=side.sampling.seed + seed)
     )

@@ -71,7 +71,12 @@ def run_eval(cfg: EvalConfig) -> dict:
     prompt_ids = encode_prompts(tok, examples, cfg.data, cfg.test_file)
     t0 = time.perf_counter()
     outputs: list = [None] * len(examples)
-    for batch in plan_batches([len(p) for p in prompt_ids], cfg.generation.batch_size):
+    for batch in plan_batches(
+        [len(p) for p in prompt_ids],
+        cfg.generation.batch_size,
+        cfg.generation.max_batch_tokens,
+        cfg.generation.max_new_tokens,
+    ):
         seed = derive_seed(cfg.generation.seed, examples[batch[0]].id, len(batch))
         results = generate(model, tok, [prompt_ids[i] for i in batch], cfg.generation, 1, seed)
         for i, samples in zip(batch, results, strict=True):

@@ -25,10 +25,30 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "big") >> 1
 
 
-def plan_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped by length (longest first, ties by index) so that padding is small; deterministic."""
+def plan_batches(
+    lengths: list[int], batch_size: int, max_batch_tokens: int = 0, max_new_tokens: int = 0, samples: int = 1
+) -> list[list[int]]:
+    """Indices grouped by length (longest first, ties by index) so that padding is small; deterministic.
+
+    With `max_batch_tokens`, a batch also stays under rows x (its longest prompt + max_new_tokens) x samples
+    tokens (the padded size of the generation), so batches of long prompts are smaller; a prompt over the budget
+    on its own gets a batch of one."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if not max_batch_tokens:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    for i in order:
+        if batches:
+            b = batches[-1]
+            longest = lengths[b[0]]  # longest first: the batch's first prompt is its longest
+            if (
+                len(b) < batch_size
+                and (len(b) + 1) * (longest + max_new_tokens) * samples <= max_batch_tokens
+            ):
+                b.append(i)
+                continue
+        batches.append([i])
+    return batches
 
 
 @torch.no_grad()

@@ -9,7 +9,12 @@ Store layout (one folder):
 - pairs.jsonl: the pseudo-preference pairs (teacher sample = chosen, each student sample = rejected), or with
   `rank_by` real preference pairs ordered by score (ties dropped), rebuilt from the files above at the end of every
   run (write-temp-then-rename).
-- summary.json: counts, scores, pair agreement with the scorer, timing.
+- summary.json: counts, scores, pair agreement with the scorer, timing; for endpoint sides the requests, retries,
+  tokens and cost of this run and of everything stored.
+- failures.jsonl: requests that ran out of retries (endpoint sides); `plad pairs --status` counts them.
+
+Each side samples with its backend: hf (local transformers, batched here), vllm (generation/vllm.py) or openai
+(an OpenAI-compatible endpoint, generation/api.py: concurrent requests, each stored as soon as it is paid for).
 
 Batches are planned over the whole prompt set and each batch has its own seed, so a resumed run regenerates a
 missing batch exactly as an uninterrupted run would have: the final store is identical.
@@ -34,6 +39,7 @@ from plad.data import (
     write_json_atomic,
     write_jsonl_atomic,
 )
+from plad.generation.api import FAILURES, endpoint_identity, usage_from_rows
 from plad.generation.hf import derive_seed, generate, plan_batches
 from plad.models import for_inference, load_model_and_tokenizer, model_identity, set_threads
 from plad.train import check_output_dir
@@ -50,17 +56,27 @@ SAMPLES, PAIRS, SUMMARY, TEACHER_LOGPS = "samples.jsonl", "pairs.jsonl", "summar
 
 def side_fingerprint(side: ModelSide, num_samples: int, cfg: PairsConfig) -> str:
     """Everything that changes what a side generates. The batch size is part of it: batch composition changes
-    padding, and padding can change sampled text."""
-    return fingerprint(
-        {
-            "model": model_identity(side.model),
-            "tokenizer": model_identity(side.tokenizer) if side.tokenizer else "",
-            "sampling": to_dict(side.sampling),
-            "num_samples": num_samples,
-            "max_prompt_tokens": cfg.data.max_prompt_tokens,
-            "overlong": cfg.data.overlong,
+    padding, and padding can change sampled text. For an endpoint: its address, model and request settings (not
+    concurrency, retries or prices), and no batch settings (each prompt is its own request)."""
+    if side.backend == "openai":
+        sampling = {
+            k: v for k, v in to_dict(side.sampling).items() if k not in ("batch_size", "max_batch_tokens")
         }
-    )
+        return fingerprint({**endpoint_identity(side), "sampling": sampling, "num_samples": num_samples})
+    ident = {
+        "model": model_identity(side.model),
+        "tokenizer": model_identity(side.tokenizer) if side.tokenizer else "",
+        "sampling": to_dict(side.sampling),
+        "num_samples": num_samples,
+        "max_prompt_tokens": cfg.data.max_prompt_tokens,
+        "overlong": cfg.data.overlong,
+    }
+    if side.backend == "vllm":  # vLLM batches by itself: batch settings do not change its samples
+        ident["sampling"] = {
+            k: v for k, v in ident["sampling"].items() if k not in ("batch_size", "max_batch_tokens")
+        }
+        ident.update(backend="vllm", dtype=side.vllm.dtype)
+    return fingerprint(ident)
 
 
 def run_pairs(cfg: PairsConfig) -> dict:
@@ -89,57 +105,31 @@ def run_pairs(cfg: PairsConfig) -> dict:
     done = {(r["id"], r["side"], r["index"], r["fingerprint"]): r for r in stored}
     t0, generated_tokens, generated_rows = time.perf_counter(), 0, 0
 
+    usage: dict[str, Any] = {}
     for name, (side, k) in sides.items():
         fp = fps[name]
         pending = [ex for ex in examples if any((ex.id, name, j, fp) not in done for j in range(k))]
         if not pending:
             log.info("pairs: %s samples all stored (%d prompts x %d)", name, len(examples), k)
             continue
-        model, tok = load_model_and_tokenizer(side.model, side.tokenizer)
-        model = for_inference(model)
-        prompt_ids = encode_prompts(tok, examples, cfg.data, cfg.prompts_file)
-        batches = plan_batches([len(p) for p in prompt_ids], side.sampling.batch_size)
-        todo = [
-            b for b in batches if any((examples[i].id, name, j, fp) not in done for i in b for j in range(k))
-        ]
-        rows_total = sum(len(b) for b in todo) * k
-        bar = _progress(f"pairs {name}", rows_total)
-        for batch in todo:
-            seed = derive_seed(side.sampling.seed, fp, examples[batch[0]].id, len(batch))
-            results = generate(model, tok, [prompt_ids[i] for i in batch], side.sampling, k, seed)
-            rows = []
-            for i, samples in zip(batch, results, strict=True):
-                for j, s in enumerate(samples):
-                    key = (examples[i].id, name, j, fp)
-                    if key in done:
-                        continue
-                    row = {
-                        "id": examples[i].id,
-                        "side": name,
-                        "index": j,
-                        "fingerprint": fp,
-                        "text": s.text,
-                        "n_tokens": s.n_tokens,
-                        "finish": s.finish,
-                        "model": side.model,
-                        "sampling": to_dict(side.sampling),
-                        "seed": seed,
-                    }
-                    rows.append(row)
-                    done[key] = row
-                    generated_tokens += s.n_tokens
-            append_jsonl(samples_path, rows)
-            generated_rows += len(rows)
-            bar.update(len(rows))
-            bar.set_postfix(
-                tok_s=f"{generated_tokens / max(time.perf_counter() - t0, 1e-9):.0f}", refresh=False
-            )
-        bar.close()
-        del model
+        before = len(done)
+        if side.backend == "openai":
+            from plad.generation.api import generate_side
+
+            usage[name] = generate_side(side, name, examples, k, fp, done, samples_path, _progress)
+        elif side.backend == "vllm":
+            from plad.generation.vllm import generate_side as vllm_generate_side
+
+            vllm_generate_side(side, name, examples, k, fp, done, samples_path, cfg, _progress)
+        else:
+            _generate_hf(side, name, examples, k, fp, done, samples_path, cfg)
+        new_rows = [r for r in list(done.values())[before:]]
+        generated_rows += len(new_rows)
+        generated_tokens += sum(r.get("n_tokens") or 0 for r in new_rows)
 
     teacher_logps: dict = {}
     if cfg.teacher_logprobs:
-        teacher_logps = _teacher_logprobs(cfg, examples, done, fps, out)
+        teacher_logps = _teacher_logprobs(cfg, examples, done, fps, out, usage)
     pairs, scores = _materialize(examples, done, fps, cfg, scorer, teacher_logps)
     write_jsonl_atomic(out / PAIRS, pairs)
     summary = {
@@ -154,25 +144,151 @@ def run_pairs(cfg: PairsConfig) -> dict:
         "student": {"model": cfg.student.model, "sampling": to_dict(cfg.student.sampling)},
         **scores,
     }
+    if any(side.backend == "openai" for side, _ in sides.values()):
+        summary["api_usage_this_run"] = usage
+        summary["api_usage_stored"] = _stored_usage(cfg, done, fps, out)
     write_json_atomic(out / SUMMARY, summary)
     return summary
 
 
-def _teacher_logprobs(cfg: PairsConfig, examples: list, done: dict, fps: dict, out: Path) -> dict:
-    """The teacher's summed log-prob (and token count) of every sample, in the teacher's own tokenizer, so that a
-    teacher with another vocabulary works. Stored append-only; a resumed run scores only what is missing."""
-    from plad.logprobs import score_outputs
+def pairs_status(cfg: PairsConfig) -> dict[str, Any]:
+    """Done / pending / failed rows per side for this config's store, without loading a model or calling an
+    endpoint. `failed`: pending rows of prompts whose last request ran out of retries (see failures.jsonl)."""
+    require(cfg, "prompts_file", "output_dir", "teacher.model", "student.model")
+    examples = load_examples(cfg.prompts_file, cfg.data, need_target=False, what="distillation prompts")
+    if cfg.limit:
+        examples = examples[: cfg.limit]
+    out = Path(cfg.output_dir)
+    samples_path = out / SAMPLES
+    stored = read_jsonl(samples_path, tolerate_torn_tail=True) if samples_path.exists() else []
+    failures = read_jsonl(out / FAILURES, tolerate_torn_tail=True) if (out / FAILURES).exists() else []
+    sides = {"teacher": (cfg.teacher, 1), "student": (cfg.student, cfg.num_student_samples)}
+    fps = {name: side_fingerprint(side, k, cfg) for name, (side, k) in sides.items()}
+    done = {(r["id"], r["side"], r["index"], r["fingerprint"]): r for r in stored}
+    status: dict[str, Any] = {"store": str(out), "prompts": len(examples)}
+    for name, (side, k) in sides.items():
+        fp = fps[name]
+        failed_ids = {f["id"] for f in failures if f.get("side") == name and f.get("fingerprint") == fp}
+        n_done = sum((ex.id, name, j, fp) in done for ex in examples for j in range(k))
+        n_failed = sum(
+            (ex.id, name, j, fp) not in done for ex in examples if ex.id in failed_ids for j in range(k)
+        )
+        other = sum(1 for key in done if key[1] == name and key[3] != fp)
+        status[name] = {
+            "backend": side.backend,
+            "model": side.model,
+            "fingerprint": fp,
+            "rows": len(examples) * k,
+            "done": n_done,
+            "pending": len(examples) * k - n_done,
+            "failed": n_failed,
+            "rows_of_other_settings": other,
+        }
+        if side.backend == "openai":
+            u = usage_from_rows([r for key, r in done.items() if key[1] == name and key[3] == fp])
+            from plad.api import cost
 
+            status[name]["usage"] = {**u, "cost": cost(side.api, u["prompt_tokens"], u["completion_tokens"])}
+    if cfg.teacher_logprobs:
+        path = out / TEACHER_LOGPS
+        rows = read_jsonl(path, tolerate_torn_tail=True) if path.exists() else []
+        have = {(r["id"], r["side"], r["index"]) for r in rows if r["sample_fingerprint"] == fps[r["side"]]}
+        total = len(examples) * (1 + cfg.num_student_samples)
+        status["teacher_logprobs"] = {"rows": total, "done": len(have), "pending": total - len(have)}
+    status["pairs_file"] = str(out / PAIRS) if (out / PAIRS).exists() else None
+    return status
+
+
+def _stored_usage(cfg: PairsConfig, done: dict, fps: dict, out: Path) -> dict[str, Any]:
+    """Requests, tokens and cost behind the stored rows of each endpoint side (all runs together)."""
+    from plad.api import cost
+
+    result: dict[str, Any] = {}
+    for name, side in (("teacher", cfg.teacher), ("student", cfg.student)):
+        if side.backend != "openai":
+            continue
+        rows = [r for k, r in done.items() if k[1] == name and k[3] == fps[name]]
+        u = usage_from_rows(rows)
+        result[name] = {**u, "cost": cost(side.api, u["prompt_tokens"], u["completion_tokens"])}
+    return result
+
+
+def _generate_hf(
+    side: ModelSide, name: str, examples: list, k: int, fp: str, done: dict, path: Path, cfg: PairsConfig
+) -> None:
+    """Local transformers sampling: length-sorted batches (capped by batch_size and max_batch_tokens), k samples
+    per prompt with num_return_sequences, one append + fsync per batch."""
+    model, tok = load_model_and_tokenizer(side.model, side.tokenizer)
+    model = for_inference(model)
+    prompt_ids = encode_prompts(tok, examples, cfg.data, cfg.prompts_file)
+    batches = plan_batches(
+        [len(p) for p in prompt_ids],
+        side.sampling.batch_size,
+        side.sampling.max_batch_tokens,
+        side.sampling.max_new_tokens,
+        k,
+    )
+    todo = [b for b in batches if any((examples[i].id, name, j, fp) not in done for i in b for j in range(k))]
+    bar = _progress(f"pairs {name}", sum(len(b) for b in todo) * k)
+    t0, tokens = time.perf_counter(), 0
+    for batch in todo:
+        seed = derive_seed(side.sampling.seed, fp, examples[batch[0]].id, len(batch))
+        results = generate(model, tok, [prompt_ids[i] for i in batch], side.sampling, k, seed)
+        rows = []
+        for i, samples in zip(batch, results, strict=True):
+            for j, s in enumerate(samples):
+                key = (examples[i].id, name, j, fp)
+                if key in done:
+                    continue
+                rows.append(
+                    {
+                        "id": examples[i].id,
+                        "side": name,
+                        "index": j,
+                        "fingerprint": fp,
+                        "text": s.text,
+                        "n_tokens": s.n_tokens,
+                        "finish": s.finish,
+                        "model": side.model,
+                        "sampling": to_dict(side.sampling),
+                        "seed": seed,
+                    }
+                )
+                tokens += s.n_tokens
+        store_rows(path, rows, done, bar, tokens / max(time.perf_counter() - t0, 1e-9))
+    bar.close()
+    del model
+
+
+def store_rows(path: Path, rows: list[dict], done: dict, bar: Any, tokens_per_s: float) -> None:
+    """Append a batch's rows (flush + fsync), then count them as done and show them on the progress bar."""
+    append_jsonl(path, rows)
+    for r in rows:
+        done[(r["id"], r["side"], r["index"], r["fingerprint"])] = r
+    bar.update(len(rows))
+    bar.set_postfix(tok_s=f"{tokens_per_s:.0f}", refresh=False)
+
+
+def _teacher_logprobs(
+    cfg: PairsConfig, examples: list, done: dict, fps: dict, out: Path, usage: dict[str, Any]
+) -> dict:
+    """The teacher's summed log-prob (and token count) of every sample, in the teacher's own tokenizer, so that a
+    teacher with another vocabulary works. Stored append-only; a resumed run scores only what is missing.
+
+    An endpoint teacher scores through completions with echo + logprobs: the tokens of the sample text are summed
+    (the end-of-text token is not part of a text, so it is not counted, unlike a local teacher's score)."""
     path = out / TEACHER_LOGPS
     if dropped := repair_torn_tail(path):
         log.warning("%s: dropped an interrupted last line (%d bytes)", path, dropped)
-    scorer_fp = fingerprint(
-        {
+    if cfg.teacher.backend == "openai":
+        scorer_ident: dict[str, Any] = {**endpoint_identity(cfg.teacher), "what": "echo-logprobs"}
+    else:
+        scorer_ident = {
             "model": model_identity(cfg.teacher.model),
             "tokenizer": model_identity(cfg.teacher.tokenizer) if cfg.teacher.tokenizer else "",
             "data": to_dict(cfg.data),
         }
-    )
+    scorer_fp = fingerprint(scorer_ident)
     stored = {
         (r["id"], r["side"], r["index"], r["sample_fingerprint"]): r
         for r in (read_jsonl(path) if path.exists() else [])
@@ -182,7 +298,36 @@ def _teacher_logprobs(cfg: PairsConfig, examples: list, done: dict, fps: dict, o
         (ex, "student", j) for ex in examples for j in range(cfg.num_student_samples)
     ]
     todo = [(ex, side, j) for ex, side, j in wanted if (ex.id, side, j, fps[side]) not in stored]
-    if todo:
+
+    def row_of(ex: Any, side: str, j: int, logp: float, n: int) -> dict:
+        row = {
+            "id": ex.id,
+            "side": side,
+            "index": j,
+            "sample_fingerprint": fps[side],
+            "teacher_fingerprint": scorer_fp,
+            "logp": logp,
+            "n_tokens": n,
+        }
+        stored[(ex.id, side, j, fps[side])] = row
+        return row
+
+    if todo and cfg.teacher.backend == "openai":
+        from plad.generation.api import teacher_logprobs_api
+
+        usage["teacher_logprobs"] = teacher_logprobs_api(
+            cfg.teacher,
+            todo,
+            lambda ex, side, j: done[(ex.id, side, j, fps[side])]["text"],
+            row_of,
+            path,
+            _progress,
+        )
+    elif todo:
+        from plad.logprobs import score_outputs
+
+        if cfg.teacher.backend == "vllm":
+            log.info("teacher log-probs of a vllm teacher: scored with transformers (same weights)")
         model, tok = load_model_and_tokenizer(cfg.teacher.model, cfg.teacher.tokenizer)
         model = for_inference(model)
         stats = Truncation()
@@ -208,19 +353,9 @@ def _teacher_logprobs(cfg: PairsConfig, examples: list, done: dict, fps: dict, o
                 outputs,
                 cfg.teacher.sampling.batch_size,
             )
-            rows = []
-            for (ex, side, j), (logp, n) in zip(part, scored, strict=True):
-                row = {
-                    "id": ex.id,
-                    "side": side,
-                    "index": j,
-                    "sample_fingerprint": fps[side],
-                    "teacher_fingerprint": scorer_fp,
-                    "logp": logp,
-                    "n_tokens": n,
-                }
-                rows.append(row)
-                stored[(ex.id, side, j, fps[side])] = row
+            rows = [
+                row_of(ex, side, j, logp, n) for (ex, side, j), (logp, n) in zip(part, scored, strict=True)
+            ]
             append_jsonl(path, rows)
             bar.update(len(rows))
         bar.close()
