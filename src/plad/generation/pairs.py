@@ -146,7 +146,7 @@ def run_pairs(cfg: PairsConfig) -> dict:
     }
     if any(side.backend == "openai" for side, _ in sides.values()):
         summary["api_usage_this_run"] = usage
-        summary["api_usage_stored"] = _stored_usage(cfg, done, fps, out)
+        summary["api_usage_stored"] = _stored_usage(cfg, done, fps)
     write_json_atomic(out / SUMMARY, summary)
     return summary
 
@@ -166,6 +166,7 @@ def pairs_status(cfg: PairsConfig) -> dict[str, Any]:
     fps = {name: side_fingerprint(side, k, cfg) for name, (side, k) in sides.items()}
     done = {(r["id"], r["side"], r["index"], r["fingerprint"]): r for r in stored}
     status: dict[str, Any] = {"store": str(out), "prompts": len(examples)}
+    usage = _stored_usage(cfg, done, fps)
     for name, (side, k) in sides.items():
         fp = fps[name]
         failed_ids = {f["id"] for f in failures if f.get("side") == name and f.get("fingerprint") == fp}
@@ -184,11 +185,8 @@ def pairs_status(cfg: PairsConfig) -> dict[str, Any]:
             "failed": n_failed,
             "rows_of_other_settings": other,
         }
-        if side.backend == "openai":
-            u = usage_from_rows([r for key, r in done.items() if key[1] == name and key[3] == fp])
-            from plad.api import cost
-
-            status[name]["usage"] = {**u, "cost": cost(side.api, u["prompt_tokens"], u["completion_tokens"])}
+        if name in usage:
+            status[name]["usage"] = usage[name]
     if cfg.teacher_logprobs:
         path = out / TEACHER_LOGPS
         rows = read_jsonl(path, tolerate_torn_tail=True) if path.exists() else []
@@ -199,7 +197,7 @@ def pairs_status(cfg: PairsConfig) -> dict[str, Any]:
     return status
 
 
-def _stored_usage(cfg: PairsConfig, done: dict, fps: dict, out: Path) -> dict[str, Any]:
+def _stored_usage(cfg: PairsConfig, done: dict, fps: dict) -> dict[str, Any]:
     """Requests, tokens and cost behind the stored rows of each endpoint side (all runs together)."""
     from plad.api import cost
 
