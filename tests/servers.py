@@ -7,6 +7,7 @@
 - `FaultProxy`: a loopback HTTP proxy that answers a set fraction of requests with 429 + Retry-After, 500, 503,
   a stall past the client's timeout, a connection reset, or a truncated JSON body (after the upstream did the
   work), and records every request by a hash of its body, so the tests can count what was paid for.
+- `RuleJudgeServer`: an OpenAI-compatible chat server whose verdicts come from a rule (the LLM judge's tests).
 """
 
 from __future__ import annotations
@@ -255,6 +256,85 @@ class FaultProxy:
             return
         h._reply(status, payload, headers.get("Content-Type", "application/json"))
         record("ok" if status == 200 else f"upstream-{status}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A scripted judge: an OpenAI-compatible chat server whose "model" is a rule
+
+
+class RuleJudgeServer:
+    """A loopback OpenAI-compatible server (GET /v1/models, POST /v1/chat/completions) that judges like a rule: it
+    splits the request's user message with `split(text) -> (prompt, a, b)` and answers `reply(prompt, a, b)` (a
+    str). A stand-in for a strong judge model, whose verdicts a test can predict exactly; the client side (the
+    official openai client, retries, cache, parsing) is the real one. `fail_after`: answer 503 to every request
+    after that many; `requests` counts the chat requests answered 200."""
+
+    def __init__(self, split: Any, reply: Any, fail_after: int | None = None):
+        self.split, self.reply, self.fail_after = split, reply, fail_after
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.refused = 0
+        judge = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _send(self, status: int, obj: dict) -> None:
+                body = json.dumps(obj).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                self._send(200, {"object": "list", "data": [{"id": "rule-judge", "object": "model"}]})
+
+            def do_POST(self) -> None:
+                req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                with judge.lock:
+                    if judge.fail_after is not None and judge.requests >= judge.fail_after:
+                        judge.refused += 1
+                        self._send(503, {"error": {"message": "judge overloaded", "type": "server_error"}})
+                        return
+                    judge.requests += 1
+                text = req["messages"][-1]["content"]
+                answer = judge.reply(*judge.split(text))
+                self._send(
+                    200,
+                    {
+                        "id": "x",
+                        "object": "chat.completion",
+                        "model": req["model"],
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": answer},
+                                "finish_reason": "stop",
+                            }
+                        ],
+                        "usage": {
+                            "prompt_tokens": len(text.split()),
+                            "completion_tokens": len(answer.split()),
+                        },
+                    },
+                )
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> RuleJudgeServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ RUN_CONFIG = {
 
 ALL_STAGES = ["data", "models", "teacher-sft", "student-sft", "pairs"]
 ALL_STAGES += [f"distill/{m}" for m in METHODS] + [f"eval/{s}" for s in SYSTEMS]
+ALL_STAGES += [f"calibration/{s}" for s in SYSTEMS if s != "teacher"]
 # Top-level files every invocation rewrites (they describe the invocation: timings); checked separately.
 PER_INVOCATION = {"results.json", "report.md", "run_config.yaml"}
 
@@ -157,9 +158,23 @@ def test_run_writes_every_artifact(run: SimpleNamespace) -> None:
     results = json.loads((root / "results.json").read_text())
     assert list(results["results"]) == SYSTEMS
     test_ids = [r["id"] for r in read_jsonl(root / "data" / "test.jsonl")]
+    # calibration: held-out pairs from the teacher's and the SFT student's test outputs and the targets
+    held_out = read_jsonl(root / "eval" / "calibration_pairs.jsonl")
+    for pair in held_out:
+        assert pair["scores"]["chosen"] > pair["scores"]["rejected"] and pair["id"] in test_ids
+        assert {pair["chosen_from"], pair["rejected_from"]} < {"teacher", "student-sft", "target"}
     for system in SYSTEMS:
         res = json.loads((root / "eval" / system / "results.json").read_text())
-        assert res == results["results"][system]
+        in_summary = dict(results["results"][system])
+        calibration = in_summary.pop("calibration", None)
+        assert res == in_summary
+        if system == "teacher":  # it made the chosen half of the held-out pairs: not measured
+            assert calibration is None
+        else:
+            cal = json.loads((root / "calibration" / system / "calibration.json").read_text())
+            assert calibration == cal and cal["pairs"] == len(held_out) > 0
+            for key in ("summed", "per_token"):
+                _ci(cal[key])
         assert res["name"] == system and res["n"] == N_TEST and res["scorer"] == "count-summary"
         for key in ("mean_score", "exact_match", "win_rate_vs_target", "target_mean_score"):
             _ci(res[key])
@@ -212,9 +227,11 @@ def test_report_from_run_results(run: SimpleNamespace, tmp_path: Path) -> None:
     out = tmp_path / "report"
     assert main_inprocess("report", run.root, "--output_dir", out) == 0  # the folder: its results.json
     md = (out / "report.md").read_text()
-    assert "](win_rates.png)" in md and "](training_curves.png)" in md
+    pngs = ("win_rates", "length_buckets", "calibration", "training_curves")
+    assert all(f"]({p}.png)" in md for p in pngs)
     assert all(name in md for name in SYSTEMS)
-    assert (out / "report.html").read_text().count("data:image/png;base64,") == 2
+    assert "| system | task | rouge | exact-match |" in md  # the judge table
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == len(pngs)
 
 
 @pytest.mark.slow

@@ -130,9 +130,7 @@ class Endpoint:
         self.usage = Usage()
         self._rng = random.Random(seed)
         self._openai = openai
-        self.client = openai.AsyncOpenAI(
-            base_url=cfg.base_url, api_key=self._key or "none", max_retries=0, timeout=cfg.timeout
-        )
+        self.client = self._new_client()
         self.n_supported: bool | None = {"native": True, "repeat": False}.get(cfg.n)
 
     def scrub(self, text: str) -> str:
@@ -141,8 +139,40 @@ class Endpoint:
     def describe(self) -> str:
         return f"{self.what} endpoint {self.cfg.base_url} (model {self.model})"
 
+    def _new_client(self) -> Any:
+        return self._openai.AsyncOpenAI(
+            base_url=self.cfg.base_url, api_key=self._key or "none", max_retries=0, timeout=self.cfg.timeout
+        )
+
     async def close(self) -> None:
+        """Close the connections of this event loop; a later asyncio.run gets a fresh client."""
         await self.client.close()
+        self.client = self._new_client()
+
+    def check_reachable(self) -> None:
+        """Fail before any work when the server cannot be reached or refuses the key (GET /models; a server
+        without that route, answering 404 or 405, still counts as reachable)."""
+        import urllib.error
+        import urllib.request
+
+        url = self.cfg.base_url.rstrip("/") + "/models"
+        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
+        try:
+            with urllib.request.urlopen(
+                urllib.request.Request(url, headers=headers), timeout=min(self.cfg.timeout, 30.0)
+            ):
+                return
+        except urllib.error.HTTPError as e:
+            if e.code in (401, 403):
+                raise ApiError(
+                    f"{self.describe()}: HTTP {e.code}, the key was refused; nothing was asked yet"
+                ) from None
+        except (OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)
+            raise ApiError(
+                f"{self.describe()} cannot be reached ({self.scrub(str(reason))[:120]}); is the server running and "
+                "base_url right? Nothing was asked yet"
+            ) from None
 
     # ---------------------------------------------------------------------------------------------------------
     # The retry loop

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -390,18 +391,110 @@ class DistillConfig:
             raise ConfigError(f"data_fraction must be in (0, 1] (got {self.data_fraction})")
 
 
+JUDGES = ("task", "reward-model", "llm", "rouge", "exact-match")
+
+
+@dataclass
+class RewardModelOptions:
+    model: str = opt(
+        "", "reward model: a folder or hub id of a sequence classifier with one output (num_labels = 1)"
+    )
+    tokenizer: str = opt("", "its tokenizer (default: the reward model's)")
+    chat: str = opt(
+        "auto",
+        "auto: score [user: prompt, assistant: output] through the tokenizer's chat template when it has one, "
+        "else the text `template`; true / false force one way",
+        ("auto", "true", "false"),
+    )
+    template: str = opt("{prompt}{output}", "text scored when the chat template is not used")
+    batch_size: int = opt(16, "texts per forward pass")
+    max_length: int = opt(
+        1024, "longest scored text in tokens; longer ones lose their start (counted in results)"
+    )
+
+    def __post_init__(self) -> None:
+        _check_choices(self)
+        if "{output}" not in self.template:
+            raise ConfigError(f"reward_model.template must contain {{output}} (got {self.template!r})")
+        if self.batch_size < 1 or self.max_length < 2:
+            raise ConfigError("reward_model.batch_size must be >= 1 and max_length >= 2")
+
+
+@dataclass
+class LlmJudgeConfig:
+    model: str = opt("", "the judge's model name at the endpoint (llm_judge.api.base_url)")
+    template: str = opt(
+        "tldr",
+        "pairwise prompt: tldr (summaries of a post), hh (helpful dialogue answers), or a text file with "
+        "{prompt}, {a} and {b}, asking for a verdict that verdict_regex finds",
+    )
+    verdict_regex: str = opt(
+        "",
+        "regular expression whose first group captures the verdict A, B or tie in the judge's reply (last match "
+        "wins, case ignored); empty: lines like 'Preferred: A' / 'More helpful: B' / 'Verdict: tie', or a reply "
+        "that is only A or B",
+    )
+    max_tokens: int = opt(256, "longest judge reply")
+    temperature: float = opt(0.0, "judge sampling temperature (0: greedy)")
+    cache: str = opt(
+        "",
+        "JSONL verdict cache shared by runs (a request asked before is never paid twice; replies are stored raw "
+        "and parsed on reading); default: llm_verdicts.jsonl in output_dir",
+    )
+    api: ApiConfig = opt(
+        ApiConfig(mode="chat"), "the endpoint (base URL, key variable, concurrency, retries)"
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1 or self.temperature < 0:
+            raise ConfigError("llm_judge.max_tokens must be >= 1 and temperature >= 0")
+        if self.verdict_regex:
+            try:
+                groups = re.compile(self.verdict_regex).groups
+            except re.error as e:
+                raise ConfigError(f"llm_judge.verdict_regex is not a regular expression: {e}") from None
+            if groups < 1:
+                raise ConfigError(
+                    "llm_judge.verdict_regex needs a group that captures the verdict (A, B or tie)"
+                )
+
+
 @dataclass
 class EvalConfig:
-    """`plad eval`: generate on test prompts, score, win rate over targets with a bootstrap interval."""
+    """`plad eval`: generate on test prompts (or take a file of outputs), judge them, win rates over targets with
+    bootstrap intervals, by target-length bucket, head-to-head against another system, and calibration."""
 
-    model: str = opt("", "model folder or hub id to evaluate")
+    model: str = opt("", "model folder or hub id to evaluate (not needed with outputs_file)")
     tokenizer: str = opt("", "tokenizer folder or hub id (default: the model's)")
     test_file: str = opt("", "test data with targets: JSONL file, saved dataset folder or hub dataset name")
+    outputs_file: str = opt(
+        "",
+        "judge these outputs instead of generating: a JSONL with id and output per test prompt (another "
+        "system's outputs.jsonl, an API model's answers); model then only serves calibration",
+    )
     output_dir: str = opt("", "where outputs.jsonl and results.json go")
     name: str = opt("", "system name in tables (default: the output folder's name)")
-    scorer: str = opt("count-summary", "judge: a task scorer (`plad tasks`); empty: write outputs only")
+    scorer: str = opt("count-summary", "the task judge's scorer (`plad tasks`); empty: no task judge")
+    judge: list = opt(
+        [],
+        "judges, each a row of the results table: task, reward-model (settings reward_model.*), llm (settings "
+        "llm_judge.*), rouge, exact-match; empty: task (when scorer is set), rouge and exact-match",
+    )
+    reward_model: RewardModelOptions = opt(RewardModelOptions(), "the reward-model judge")
+    llm_judge: LlmJudgeConfig = opt(LlmJudgeConfig(), "the LLM judge (pairwise, asked in both orders)")
     generation: SamplingConfig = opt(SamplingConfig(temperature=0.0), "decoding (temperature 0: greedy)")
     compare_to: str = opt("", "another system's outputs.jsonl for a head-to-head win rate")
+    length_buckets: int = opt(
+        3, "win rate by target length: this many quantile buckets of the targets' length (tokens)"
+    )
+    length_edges: list = opt(
+        [], "explicit inner bucket edges in target tokens instead of quantiles, e.g. 16,32,64"
+    )
+    calibration_file: str = opt(
+        "",
+        "held-out pairs (JSONL: prompt, chosen, rejected; chosen is the better output): how often the model's "
+        "sequence log-prob ranks chosen first, summed and per token",
+    )
     bootstrap_samples: int = opt(1000, "bootstrap resamples for the 95% intervals")
     seed: int = opt(0, "seed of the bootstrap")
     data: DataOptions = opt(DataOptions(split="test"), "data fields and length limits")
@@ -410,6 +503,25 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.bootstrap_samples < 100:
             raise ConfigError("bootstrap_samples must be >= 100 for a meaningful interval")
+        for j in self.judge:
+            if j not in JUDGES:
+                raise ConfigError(f"unknown judge {j!r}{_suggest(j, JUDGES)}; judges: {', '.join(JUDGES)}")
+        if len(set(self.judge)) != len(self.judge):
+            raise ConfigError(f"judge lists a judge twice: {self.judge}")
+        if self.length_buckets < 1:
+            raise ConfigError("length_buckets must be >= 1")
+        try:
+            edges = [float(e) for e in self.length_edges]
+        except ValueError:
+            raise ConfigError(f"length_edges must be numbers (got {self.length_edges})") from None
+        if edges != sorted(set(edges)):
+            raise ConfigError(f"length_edges must increase (got {self.length_edges})")
+
+    def judges(self) -> list[str]:
+        """The judges to run, in table order."""
+        if self.judge:
+            return list(self.judge)
+        return (["task"] if self.scorer else []) + ["rouge", "exact-match"]
 
 
 @dataclass

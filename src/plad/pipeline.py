@@ -28,7 +28,7 @@ from plad.config import (
     save_yaml,
     to_dict,
 )
-from plad.data import load_examples, write_json_atomic, write_jsonl_atomic
+from plad.data import load_examples, read_jsonl, write_json_atomic, write_jsonl_atomic
 
 log = logging.getLogger("plad")
 
@@ -337,6 +337,61 @@ def eval_stage(
     return res
 
 
+def calibration_pairs(run: Run) -> Path | None:
+    """Held-out pairs for the calibration analysis, one per test prompt: of the teacher's output, the SFT student's
+    output and the reference, the best by the task scorer is chosen and the worst rejected (first in that order on
+    equal scores); prompts where all three score the same are left out. None without a scorer or pairs."""
+    if not run.cfg.task:
+        return None
+    teacher = read_jsonl(run.root / "eval" / "teacher" / "outputs.jsonl")
+    student = read_jsonl(run.root / "eval" / "student-sft" / "outputs.jsonl")
+    rows = []
+    for t, s in zip(teacher, student, strict=True):
+        candidates = [
+            ("teacher", t["output"], t["score"]),
+            ("student-sft", s["output"], s["score"]),
+            ("target", t["target"], t["target_score"]),
+        ]
+        best = max(candidates, key=lambda c: c[2])
+        worst = min(candidates, key=lambda c: c[2])
+        if best[2] == worst[2]:
+            continue
+        rows.append(
+            {
+                "id": t["id"],
+                "prompt": t["prompt"],
+                "chosen": best[1],
+                "rejected": worst[1],
+                "chosen_from": best[0],
+                "rejected_from": worst[0],
+                "scores": {"chosen": best[2], "rejected": worst[2], "scorer": run.cfg.task},
+            }
+        )
+    path = run.root / "eval" / "calibration_pairs.jsonl"
+    if not path.is_file() or read_jsonl(path) != rows:  # unchanged: left as it is (a re-run touches nothing)
+        write_jsonl_atomic(path, rows)
+    return path if rows else None
+
+
+def calibration_stage(run: Run, name: str, model: str, pairs: Path) -> dict:
+    """How often `model`'s sequence log-prob ranks the better output of each held-out pair first."""
+    from plad.evaluation.calibration import calibration, load_calibration_pairs
+    from plad.models import for_inference, load_model_and_tokenizer
+
+    def measure(d: Path) -> dict:
+        m, tok = load_model_and_tokenizer(model)
+        res = calibration(
+            for_inference(m), tok, load_calibration_pairs(str(pairs)), run.cfg.eval.data, str(pairs),
+            run.cfg.eval.generation.batch_size, run.cfg.eval.bootstrap_samples, run.cfg.eval.seed + run.cfg.seed,
+        )  # fmt: skip
+        write_json_atomic(d / "calibration.json", res)
+        return res
+
+    parts = {"model": run.model_fp(model), "pairs": _file_digest(str(pairs)), "eval": to_dict(run.cfg.eval)}
+    _, _, res = run.stage(f"calibration/{name}", parts, measure)
+    return res
+
+
 def run_pipeline(cfg: RunConfig, force: bool = False) -> int:
     t_run = time.perf_counter()
     run = prepare(cfg, force)
@@ -355,6 +410,9 @@ def run_pipeline(cfg: RunConfig, force: bool = False) -> int:
     for name in order:
         compare_to = "" if name == "student-sft" else baseline_outputs
         results[name] = eval_stage(run, name, systems[name], compare_to=compare_to)
+    pairs = calibration_pairs(run)
+    for name in [n for n in order if n != "teacher"] if pairs else []:
+        results[name]["calibration"] = calibration_stage(run, name, systems[name], pairs)
 
     # 7. report ---------------------------------------------------------------------------------------------------
     from plad.report import print_table, write_report

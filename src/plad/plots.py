@@ -39,7 +39,40 @@ def load_results(path: str | Path) -> dict:
         return {"kind": "bench", "path": p, "data": data}
     if isinstance(data, dict) and isinstance(data.get("results"), dict):
         return {"kind": "run", "path": p, "data": data}
-    raise ConfigError(f"{p} holds neither plad bench results (table, seeds) nor plad run results (results)")
+    if isinstance(data, dict) and isinstance(data.get("judges"), dict) and "name" in data:
+        return {"kind": "eval", "path": p, "data": {"results": {data["name"]: data}}}
+    raise ConfigError(
+        f"{p} holds neither plad bench results (table, seeds), plad run results (results) nor plad eval results "
+        "(name, judges)"
+    )
+
+
+def merge_evals(results: list[dict]) -> list[dict]:
+    """Several `plad eval` results.json files become one table (systems in the order given)."""
+    evals = [r for r in results if r["kind"] == "eval"]
+    if len(evals) < 2:
+        return results
+    merged: dict[str, dict] = {}
+    for r in evals:
+        for name, res in r["data"]["results"].items():
+            if name in merged:
+                raise ConfigError(
+                    f"two eval results are both named {name!r} ({r['path']}); name systems apart"
+                )
+            merged[name] = res
+    tests = {(res["test_file"], res["n"]) for res in merged.values()}
+    if len(tests) > 1:
+        raise ConfigError(
+            "the eval results were made on different test sets: "
+            + "; ".join(f"{n}: {res['test_file']} ({res['n']} prompts)" for n, res in merged.items())
+        )
+    first = results.index(evals[0])
+    rest = [r for r in results if r["kind"] != "eval"]
+    return [
+        *rest[:first],
+        {"kind": "eval", "path": evals[0]["path"], "data": {"results": merged}},
+        *rest[first:],
+    ]
 
 
 def _interval(cell: dict | None) -> tuple[float, float, float] | None:
@@ -179,6 +212,104 @@ def plot_scaling(bench: dict, out: Path) -> Path | None:
     return _save(fig, out / "scaling.png")
 
 
+def judges_table(results: dict[str, dict]) -> str | None:
+    """Markdown: one row per system, one column per judge (win rate over targets, or the metric's mean)."""
+    judges: list[str] = []
+    for r in results.values():
+        judges += [j for j in r.get("judges", {}) if j not in judges]
+    if not judges:
+        return None
+
+    def cell(entry: dict | None) -> str:
+        if not entry:
+            return "-"
+        m = entry.get("win_rate_vs_target") or entry.get("mean")
+        lo, hi = m["ci95"]
+        text = f"{m['value']:.3f} [{lo:.3f}, {hi:.3f}]"
+        if entry["kind"] == "pairwise":
+            text += f" (consistency {m['position_consistency']:.2f}, no verdict {m['no_verdict']})"
+        return text
+
+    lines = ["| system | " + " | ".join(judges) + " |", "|---|" + "---|" * len(judges)]
+    lines += [
+        f"| {name} | " + " | ".join(cell(r.get("judges", {}).get(j)) for j in judges) + " |"
+        for name, r in results.items()
+    ]
+    return "\n".join(lines)
+
+
+def plot_eval_length_buckets(results: dict[str, dict], out: Path) -> Path | None:
+    """Win rate over targets per target-length bucket (the headline judge of each eval), with 95% intervals."""
+    plt = _pyplot()
+
+    have = {n: r for n, r in results.items() if r.get("judge") and r.get("length_buckets")}
+    if not have:
+        return None
+    first = next(iter(have.values()))
+    labels, unit = first["length_buckets"]["labels"], first["length_buckets"]["unit"]
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    k = len(have)
+    for i, (name, r) in enumerate(have.items()):
+        cells = r["judges"][r["judge"]]["by_length"]
+        if [c["bucket"] for c in cells] != labels:
+            log.warning(
+                "report: %s has other length buckets than %s; left out of the plot", name, next(iter(have))
+            )
+            continue
+        xs = [b + 0.6 * (i - (k - 1) / 2) / max(k, 1) for b in range(len(labels))]
+        ys = [c["value"] for c in cells]
+        err = [
+            [max(y - c["ci95"][0], 0) if c["n"] else 0 for y, c in zip(ys, cells, strict=True)],
+            [max(c["ci95"][1] - y, 0) if c["n"] else 0 for y, c in zip(ys, cells, strict=True)],
+        ]
+        ax.errorbar(
+            xs, ys, yerr=err, marker="o", capsize=3, label=f"{name} ({r['judge']})", **_style(i, name)
+        )
+    sizes = first["length_buckets"]["sizes"]
+    ax.set_xticks(range(len(labels)), [f"{lab}\n(n={n})" for lab, n in zip(labels, sizes, strict=True)])
+    ax.set_xlabel(f"target length ({unit}), buckets")
+    ax.set_ylabel("win rate over targets (ties = 1/2)\n95% bootstrap interval")
+    ax.set_ylim(-0.02, 1.02)
+    ax.axhline(0.5, color="grey", linewidth=0.8)
+    ax.set_title("Win rate by target length")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    return _save(fig, out / "length_buckets.png")
+
+
+def plot_calibration(results: dict[str, dict], out: Path) -> Path | None:
+    """Ranking accuracy of each system's likelihood on the held-out pairs, summed and per token."""
+    plt = _pyplot()
+
+    have = {n: r["calibration"] for n, r in results.items() if r.get("calibration")}
+    if not have:
+        return None
+    names = list(have)
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(names) + 2))
+    for j, (key, label, color) in enumerate(
+        (("summed", "summed log-prob", "#4C72B0"), ("per_token", "per-token log-prob", "#DD8452"))
+    ):
+        ys = [i + (j - 0.5) * 0.38 for i in range(len(names))]
+        vals = [have[n][key]["value"] for n in names]
+        err = [
+            [max(v - have[n][key]["ci95"][0], 0) for v, n in zip(vals, names, strict=True)],
+            [max(have[n][key]["ci95"][1] - v, 0) for v, n in zip(vals, names, strict=True)],
+        ]
+        ax.barh(ys, vals, xerr=err, height=0.36, color=color, ecolor="black", capsize=3, label=label)
+    ax.axvline(0.5, color="grey", linewidth=0.8, linestyle="--", label="chance")
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    n_pairs = next(iter(have.values()))["pairs"]
+    ax.set_xlabel(
+        f"fraction of {n_pairs} held-out pairs where the better output has the higher likelihood (95% interval)"
+    )
+    ax.set_title("Calibration: does the likelihood rank the better output first?")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, out / "calibration.png")
+
+
 def _curves(res: dict) -> dict[str, list[dict]]:
     """method -> metrics.jsonl rows of its distillation run (bench: seed 0 at the chosen lr)."""
     root = res["path"].parent
@@ -218,11 +349,11 @@ def plot_training(res: dict, out: Path) -> Path | None:
     return _save(fig, out / "training_curves.png")
 
 
-def _table_md(rows: dict[str, dict]) -> str:
+def _table_md(rows: dict[str, dict], against: str = "vs student-sft") -> str:
     def cell(c) -> str:
         return "-" if c is None else f"{c[0]:.3f} [{c[1]:.3f}, {c[2]:.3f}]"
 
-    lines = ["| system | mean score | win rate vs target | vs student-sft |", "|---|---|---|---|"]
+    lines = [f"| system | mean score | win rate vs target | {against} |", "|---|---|---|---|"]
     lines += [
         f"| {n} | {cell(r['mean_score'])} | {cell(r['win_rate_vs_target'])} | {cell(r['head_to_head'])} |"
         for n, r in rows.items()
@@ -234,7 +365,7 @@ def write_report(paths: list[str], output_dir: str, title: str = "plad report") 
     """Markdown and self-contained HTML (plots embedded) from one or more results files."""
     if not paths:
         raise ConfigError("plad report: give at least one results file (bench.json or results.json)")
-    results = [load_results(p) for p in paths]  # every input checked before anything is written
+    results = merge_evals([load_results(p) for p in paths])  # every input checked before anything is written
     out = Path(output_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -246,7 +377,14 @@ def write_report(paths: list[str], output_dir: str, title: str = "plad report") 
         sub.mkdir(parents=True, exist_ok=True)
         rows = _rows(res)
         data = res["data"]
-        md += [f"## {res['path']}", ""]
+        if res["kind"] == "eval":
+            evals = data["results"]
+            first = next(iter(evals.values()))
+            md += [f"## plad eval: {', '.join(evals)}", ""]
+            md += [f"Test set {first['test_file']} ({first['n']} prompts); headline judge per system: "
+                   + ", ".join(f"{n} `{r.get('judge') or '-'}`" for n, r in evals.items()) + ".", ""]  # fmt: skip
+        else:
+            md += [f"## {res['path']}", ""]
         if res["kind"] == "bench":
             m = data["machine"]
             md += [
@@ -254,11 +392,18 @@ def write_report(paths: list[str], output_dir: str, title: str = "plad report") 
                 "Mean over seeds with 95% t-intervals.",
                 "",
             ]
-        md += [_table_md(rows), ""]
+        md += [_table_md(rows, "head-to-head" if res["kind"] == "eval" else "vs student-sft"), ""]
         made = [plot_win_rates(rows, sub, f"{title}: {res['path'].parent.name}")]
         if res["kind"] == "bench":
             made += [plot_length_buckets(data, sub), plot_scaling(data, sub)]
-        made.append(plot_training(res, sub))
+        else:
+            judged = judges_table(data["results"])
+            if judged:
+                md += ["Every judge: win rate over targets (pairwise LLM judge: both orders, disagreement = tie) or "
+                       "the metric's mean, with 95% bootstrap intervals.", "", judged, ""]  # fmt: skip
+            made += [plot_eval_length_buckets(data["results"], sub), plot_calibration(data["results"], sub)]
+        if res["kind"] != "eval":
+            made.append(plot_training(res, sub))
         for png in [p for p in made if p is not None]:
             rel = png.relative_to(out)
             md += [f"![{png.stem}]({rel})", ""]

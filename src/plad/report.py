@@ -15,12 +15,28 @@ def _ci(m: dict | None) -> str:
     return f"{m['value']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-COLUMNS = ("system", "mean score", "win rate vs target", "vs student-sft", "exact match", "out tokens")
+COLUMNS = (
+    "system",
+    "mean score",
+    "win rate vs target",
+    "vs student-sft",
+    "exact match",
+    "out tokens",
+    "calibration (sum / per token)",
+)
+
+
+def _calibration(r: dict) -> str:
+    c = r.get("calibration")
+    if not c:
+        return "-"
+    return f"{c['summed']['value']:.3f} / {c['per_token']['value']:.3f}"
 
 
 def table_rows(results: dict[str, dict]) -> list[list[str]]:
     rows = []
     for name, r in results.items():
+        tokens = r.get("mean_output_tokens")
         rows.append(
             [
                 name,
@@ -28,7 +44,8 @@ def table_rows(results: dict[str, dict]) -> list[list[str]]:
                 _ci(r.get("win_rate_vs_target")),
                 _ci(r.get("head_to_head")),
                 f"{r['exact_match']['value']:.3f}",
-                f"{r['mean_output_tokens']:.1f}",
+                "-" if tokens is None else f"{tokens:.1f}",
+                _calibration(r),
             ]
         )
     return rows
@@ -62,7 +79,9 @@ def write_report(path: Path, summary: dict[str, Any]) -> None:
         f"Test set: {any_result['test_file']} ({any_result['n']} prompts), judge: "
         + (f"`{any_result['scorer']}` task scorer." if any_result["scorer"] else "none (outputs only).")
         + " Win rate over targets: the output against the dataset reference, ties count 1/2. "
-        "`vs student-sft`: head-to-head win rate against the initial (SFT) student. Intervals: 95% bootstrap.",
+        "`vs student-sft`: head-to-head win rate against the initial (SFT) student. Calibration: on held-out "
+        "pairs (the teacher's and the SFT student's test outputs, the better by the task scorer), how often the "
+        "system's summed / per-token log-prob ranks the better output first. Intervals: 95% bootstrap.",
         "",
         markdown_table(COLUMNS, table_rows(results)),
         "",

@@ -1,12 +1,22 @@
-"""`plad eval`: generate on the test prompts, score with the judge, write outputs.jsonl and results.json."""
+"""`plad eval`: generate on the test prompts (or read given outputs), judge them, write outputs.jsonl and results.json.
+
+Every input is checked before any work: the test data, the given outputs and the other system's outputs (same
+prompt ids), the judges (scorer, reward-model folder, LLM template and endpoint), the calibration pairs. Generated
+outputs are kept with a fingerprint of what made them, so a re-run after a judge stopped (endpoint down) reuses them
+and the LLM judge's cache answers every verdict already paid for.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import math
 import time
 from pathlib import Path
+from typing import Any
 
-from plad.config import EvalConfig, require, to_dict
+from plad.config import ConfigError, EvalConfig, require, to_dict
 from plad.data import (
     DataError,
     encode_prompts,
@@ -16,61 +26,84 @@ from plad.data import (
     write_jsonl_atomic,
 )
 from plad.evaluation.metrics import rouge_l, squad_exact_match
-from plad.evaluation.winrate import mean_with_ci, win_rate
+from plad.evaluation.winrate import (
+    bucket_labels,
+    by_bucket,
+    mean_with_ci,
+    outcomes,
+    quantile_edges,
+    summarise_outcomes,
+)
 from plad.generation.hf import derive_seed, generate, plan_batches
-from plad.models import for_inference, load_model_and_tokenizer, set_threads
+from plad.models import for_inference, load_model_and_tokenizer, load_tokenizer, model_identity, set_threads
 from plad.scorers import get_scorer
 from plad.train import check_output_dir
 
 log = logging.getLogger("plad")
+
+GENERATION_STAMP = "generation.json"
 
 
 def _normalise(text: str) -> str:
     return " ".join(text.split())
 
 
-def _load_other(path: str, ids: list[str], need_scores: bool) -> dict[str, dict]:
+def _load_outputs(path: str, ids: list[str], what: str) -> dict[str, dict]:
+    """Rows {id, output} of another system (or the given outputs), one per test prompt id."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"compare_to: {p} does not exist; give another system's outputs.jsonl")
-    rows = {r["id"]: r for r in read_jsonl(p)}
-    missing = [i for i in ids if i not in rows]
-    extra = [i for i in rows if i not in set(ids)]
+        raise DataError(f"{what}: {p} does not exist; give a JSONL with id and output per test prompt")
+    try:
+        rows = read_jsonl(p)
+    except (ValueError, DataError) as e:
+        raise DataError(f"{what}: {p} is not valid JSONL: {e}") from None
+    by_id: dict[str, dict] = {}
+    for i, r in enumerate(rows, start=1):
+        if not isinstance(r, dict) or not isinstance(r.get("output"), str) or "id" not in r:
+            raise DataError(
+                f"{what}: {p}:{i} needs an 'id' and a text 'output' (like plad eval's outputs.jsonl)"
+            )
+        if str(r["id"]) in by_id:
+            raise DataError(f"{what}: {p}:{i} repeats id {r['id']}")
+        by_id[str(r["id"])] = r
+    missing = [i for i in ids if i not in by_id]
+    extra = [i for i in by_id if i not in set(ids)]
     if missing or extra:
         raise DataError(
-            f"compare_to: {p} was made on other prompts ({len(missing)} test ids missing, e.g. "
-            f"{missing[:3]}; {len(extra)} unknown ids, e.g. {extra[:3]}); compare systems on the same test set"
+            f"{what}: {p} was made on other prompts ({len(missing)} test ids missing, e.g. {missing[:3]}; "
+            f"{len(extra)} unknown ids, e.g. {extra[:3]}); compare systems on the same test set"
         )
-    for i in ids if need_scores else []:
-        if "score" not in rows[i]:
-            raise DataError(
-                f"compare_to: {p} row id {i} has no 'score'; it must be a plad eval outputs.jsonl"
+    return by_id
+
+
+def _generation_fp(cfg: EvalConfig, examples: list) -> str:
+    h = hashlib.sha256()
+    parts = {
+        "model": model_identity(cfg.model),
+        "tokenizer": cfg.tokenizer,
+        "generation": to_dict(cfg.generation),
+        "data": to_dict(cfg.data),
+        "prompts": [[ex.id, ex.prompt] for ex in examples],
+    }
+    h.update(json.dumps(parts, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _generate(cfg: EvalConfig, model: Any, tok: Any, examples: list, out: Path) -> tuple[list[dict], float]:
+    """[{output, n_tokens, finish}] per example; reused from out/outputs.jsonl when made the same way."""
+    fp = _generation_fp(cfg, examples)
+    stamp, saved = out / GENERATION_STAMP, out / "outputs.jsonl"
+    if stamp.is_file() and saved.is_file() and json.loads(stamp.read_text()).get("fingerprint") == fp:
+        rows = read_jsonl(saved)
+        if [r.get("id") for r in rows] == [ex.id for ex in examples]:
+            log.info(
+                "eval: outputs of %s reused from %s (same model, prompts and decoding)", cfg.model, saved
             )
-    return rows
-
-
-def run_eval(cfg: EvalConfig) -> dict:
-    require(cfg, "model", "test_file", "output_dir")
-    scorer = get_scorer(cfg.scorer) if cfg.scorer else None
-    set_threads(cfg.threads)
-    examples = load_examples(cfg.test_file, cfg.data, need_target=True, what="test data")
-    for ex in examples if scorer else []:
-        if not isinstance(ex.prompt, str):
-            raise DataError(f"{cfg.test_file} id {ex.id}: task scorers need text prompts, not chat messages")
-    other = (
-        _load_other(cfg.compare_to, [ex.id for ex in examples], scorer is not None)
-        if cfg.compare_to
-        else None
-    )
-    out = Path(cfg.output_dir)
-    check_output_dir(out, resume=True)
-    name = cfg.name or out.name
-
-    model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer)
-    model = for_inference(model)
+            info = json.loads(stamp.read_text())
+            return [{k: r[k] for k in ("output", "n_tokens", "finish")} for r in rows], info["seconds"]
     prompt_ids = encode_prompts(tok, examples, cfg.data, cfg.test_file)
     t0 = time.perf_counter()
-    outputs: list = [None] * len(examples)
+    outputs: list[dict] = [{}] * len(examples)
     for batch in plan_batches(
         [len(p) for p in prompt_ids],
         cfg.generation.batch_size,
@@ -80,52 +113,224 @@ def run_eval(cfg: EvalConfig) -> dict:
         seed = derive_seed(cfg.generation.seed, examples[batch[0]].id, len(batch))
         results = generate(model, tok, [prompt_ids[i] for i in batch], cfg.generation, 1, seed)
         for i, samples in zip(batch, results, strict=True):
-            outputs[i] = samples[0]
-    gen_seconds = time.perf_counter() - t0
+            s = samples[0]
+            outputs[i] = {"output": s.text, "n_tokens": s.n_tokens, "finish": s.finish}
+    seconds = round(time.perf_counter() - t0, 2)
+    # kept before any judge runs: a judge that stops (endpoint down) does not cost the generation again
+    write_jsonl_atomic(saved, [{"id": ex.id, **o} for ex, o in zip(examples, outputs, strict=True)])
+    write_json_atomic(stamp, {"fingerprint": fp, "model": cfg.model, "seconds": seconds})
+    return outputs, seconds
 
-    rows, scores, target_scores, exact, rouge, squad_em = [], [], [], [], [], []
-    for ex, s in zip(examples, outputs, strict=True):
-        exact.append(float(_normalise(s.text) == _normalise(ex.target)))
-        rouge.append(rouge_l(s.text, ex.target))
-        squad_em.append(squad_exact_match(s.text, ex.target))
-        row = {
+
+def _make_judges(cfg: EvalConfig, scorer: Any, out: Path) -> list[Any]:
+    from plad.evaluation.judges import LlmJudge, RewardModelJudge, TaskJudge
+
+    made: list[Any] = []
+    for name in cfg.judges():
+        if name == "task":
+            made.append(TaskJudge(scorer))
+        elif name == "reward-model":
+            made.append(RewardModelJudge(cfg.reward_model))
+        elif name == "llm":
+            cache = Path(cfg.llm_judge.cache) if cfg.llm_judge.cache else out / "llm_verdicts.jsonl"
+            made.append(LlmJudge(cfg.llm_judge, cache, seed=cfg.seed))
+        else:
+            made.append(name)  # metric judges: computed for every row anyway
+    return made
+
+
+def _progress(desc: str, total: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="req", dynamic_ncols=True, disable=None)
+
+
+METRIC_JUDGES = {
+    "rouge": ("rouge_l", "ROUGE-L F (stemmed)"),
+    "exact-match": ("exact_match_squad", "SQuAD-normalised exact match"),
+}
+PAIRWISE_STATS = ("position_consistency", "first_position_rate", "unparsed_replies", "replies", "identical")
+
+
+def _score_judge(j, ids, prompts, texts, targets, others, rows, n: int, seed: int) -> tuple[dict, list]:
+    """A score judge: both texts scored, the higher wins; per-row scores go into `rows`."""
+    s_out, s_tgt = j.scores(prompts, texts), j.scores(prompts, targets)
+    own, tgt = ("score", "target_score") if j.name == "task" else ("rm_score", "rm_target_score")
+    for r, a, b in zip(rows, s_out, s_tgt, strict=True):
+        r[own], r[tgt] = a, b
+    o_tgt = outcomes(s_out, s_tgt).tolist()
+    entry: dict[str, Any] = {
+        "kind": "score",
+        "mean_score": mean_with_ci(s_out, n, seed),
+        "target_mean_score": mean_with_ci(s_tgt, n, seed),
+        "win_rate_vs_target": summarise_outcomes(o_tgt, n, seed),
+    }
+    if j.name == "task":
+        entry["perfect_rate"] = mean_with_ci([float(x == 1.0) for x in s_out], n, seed)
+    if others is not None:
+        entry["head_to_head"] = summarise_outcomes(outcomes(s_out, j.scores(prompts, others)), n, seed)
+    return entry, o_tgt
+
+
+def _pairwise_judge(j, ids, prompts, texts, targets, others, rows, n: int, seed: int) -> tuple[dict, list]:
+    """The LLM judge: verdicts in both orders; per-row outcomes (None: no verdict) and verdicts go into `rows`."""
+
+    def compare(against: list[str], what: str) -> tuple[dict, list]:
+        res = j.compare(ids, prompts, texts, against, what, _progress)
+        cell = {**summarise_outcomes(res["outcomes"], n, seed), **{k: res[k] for k in PAIRWISE_STATS}}
+        return cell, res
+
+    entry: dict[str, Any] = {"kind": "pairwise"}
+    entry["win_rate_vs_target"], res = compare(targets, "vs target")
+    for r, o, v in zip(rows, res["outcomes"], res["verdicts"], strict=True):
+        r["llm_vs_target"], r["llm_verdicts"] = (None if math.isnan(o) else o), v
+    if others is not None:
+        entry["head_to_head"], h = compare(others, "head-to-head")
+        for r, o in zip(rows, h["outcomes"], strict=True):
+            r["llm_vs_other"] = None if math.isnan(o) else o
+    return entry, res["outcomes"]
+
+
+def run_eval(cfg: EvalConfig) -> dict:
+    require(cfg, "test_file", "output_dir")
+    if not cfg.model and not cfg.outputs_file:
+        raise ConfigError("eval needs model (to generate outputs) or outputs_file (outputs to judge)")
+    from plad.evaluation.calibration import load_calibration_pairs
+    from plad.evaluation.judges import check_judges
+
+    judges_wanted = cfg.judges()
+    check_judges(cfg)
+    scorer = get_scorer(cfg.scorer) if "task" in judges_wanted else None
+    set_threads(cfg.threads)
+    examples = load_examples(cfg.test_file, cfg.data, need_target=True, what="test data")
+    ids = [ex.id for ex in examples]
+    for ex in examples if scorer else []:
+        if not isinstance(ex.prompt, str):
+            raise DataError(f"{cfg.test_file} id {ex.id}: task scorers need text prompts, not chat messages")
+    given = _load_outputs(cfg.outputs_file, ids, "outputs_file") if cfg.outputs_file else None
+    other = _load_outputs(cfg.compare_to, ids, "compare_to") if cfg.compare_to else None
+    if cfg.calibration_file and not cfg.model:
+        raise ConfigError("calibration_file needs model: calibration measures a model's log-probs")
+    pairs = load_calibration_pairs(cfg.calibration_file) if cfg.calibration_file else None
+    out = Path(cfg.output_dir)
+    check_output_dir(out, resume=True)
+    name = cfg.name or out.name
+    judges = _make_judges(cfg, scorer, out)  # loads a reward model; opens the LLM judge's cache
+    for j in judges:
+        if getattr(j, "kind", "") == "pairwise":
+            j.endpoint.check_reachable()
+
+    model = tok = None
+    if cfg.model:
+        model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer)
+        model = for_inference(model)
+    elif cfg.tokenizer:
+        tok = load_tokenizer(cfg.tokenizer)
+    if given is None:
+        outputs, gen_seconds = _generate(cfg, model, tok, examples, out)
+    else:
+        outputs = [
+            {
+                "output": given[i]["output"],
+                "n_tokens": given[i].get("n_tokens"),
+                "finish": given[i].get("finish"),
+            }
+            for i in ids
+        ]
+        gen_seconds = 0.0
+    texts = [o["output"] for o in outputs]
+    targets = [ex.target for ex in examples]
+    prompts = [ex.prompt for ex in examples]
+    n, seed = cfg.bootstrap_samples, cfg.seed
+
+    rows = [
+        {
             "id": ex.id,
             "prompt": ex.prompt,
-            "output": s.text,
+            "output": o["output"],
             "target": ex.target,
-            "rouge_l": rouge[-1],
-            "exact_match_squad": squad_em[-1],
+            "rouge_l": rouge_l(o["output"], ex.target),
+            "exact_match_squad": squad_exact_match(o["output"], ex.target),
         }
-        if scorer:
-            row["score"], row["target_score"] = (
-                scorer.score(ex.prompt, s.text),
-                scorer.score(ex.prompt, ex.target),
-            )
-            scores.append(row["score"])
-            target_scores.append(row["target_score"])
-        rows.append({**row, "n_tokens": s.n_tokens, "finish": s.finish})
-    write_jsonl_atomic(out / "outputs.jsonl", rows)
-    n, seed = cfg.bootstrap_samples, cfg.seed
-    results = {
+        for ex, o in zip(examples, outputs, strict=True)
+    ]
+
+    # target lengths and their buckets (tokens of the evaluated model's tokenizer, else words)
+    if tok is not None:
+        lengths = [len(tok(t, add_special_tokens=False).input_ids) for t in targets]
+        unit = "tokens"
+    else:
+        lengths = [len(t.split()) for t in targets]
+        unit = "words"
+    edges = (
+        [float(e) for e in cfg.length_edges]
+        if cfg.length_edges
+        else quantile_edges(lengths, cfg.length_buckets)
+    )
+    buckets = {
+        "by": "target length",
+        "unit": unit,
+        "edges": edges,
+        "labels": bucket_labels(edges),
+        "sizes": [b["size"] for b in by_bucket([0.5] * len(lengths), lengths, edges, 100, seed)],
+    }
+
+    judged: dict[str, dict] = {}
+    others = [other[i]["output"] for i in ids] if other is not None else None
+    for j in judges:
+        if isinstance(j, str):  # a metric judge: its per-row values are in every row already
+            key, metric = METRIC_JUDGES[j]
+            judged[j] = {
+                "kind": "metric",
+                "metric": metric,
+                "mean": mean_with_ci([r[key] for r in rows], n, seed),
+            }
+            continue
+        t0 = time.perf_counter()
+        judge_one = _score_judge if j.kind == "score" else _pairwise_judge
+        entry, o_tgt = judge_one(j, ids, prompts, texts, targets, others, rows, n, seed)
+        if "head_to_head" in entry:
+            entry["head_to_head"] = {"against": cfg.compare_to, **entry["head_to_head"]}
+        entry["by_length"] = by_bucket(o_tgt, lengths, edges, n, seed)
+        entry.update(j.describe())
+        entry["seconds"] = round(time.perf_counter() - t0, 2)
+        judged[j.name] = entry
+    write_jsonl_atomic(
+        out / "outputs.jsonl",
+        [{**r, "n_tokens": o["n_tokens"], "finish": o["finish"]} for r, o in zip(rows, outputs, strict=True)],
+    )
+
+    results: dict[str, Any] = {
         "name": name,
         "model": cfg.model,
+        "outputs_file": cfg.outputs_file or None,
         "test_file": cfg.test_file,
         "scorer": scorer.name if scorer else None,
         "n": len(rows),
-        "exact_match": mean_with_ci(exact, n, seed),
-        "exact_match_squad": mean_with_ci(squad_em, n, seed),
-        "rouge_l": mean_with_ci(rouge, n, seed),
-        "mean_output_tokens": sum(s.n_tokens for s in outputs) / len(outputs),
-        "generation": to_dict(cfg.generation),
-        "generation_seconds": round(gen_seconds, 2),
+        "judges": judged,
+        "exact_match": mean_with_ci(
+            [float(_normalise(a) == _normalise(b)) for a, b in zip(texts, targets, strict=True)], n, seed
+        ),
+        "exact_match_squad": mean_with_ci([r["exact_match_squad"] for r in rows], n, seed),
+        "rouge_l": mean_with_ci([r["rouge_l"] for r in rows], n, seed),
+        "length_buckets": buckets,
+        "generation": None if given is not None else to_dict(cfg.generation),
+        "generation_seconds": gen_seconds,
     }
-    if scorer:
-        results["mean_score"] = mean_with_ci(scores, n, seed)
-        results["perfect_rate"] = mean_with_ci([float(x == 1.0) for x in scores], n, seed)
-        results["target_mean_score"] = mean_with_ci(target_scores, n, seed)
-        results["win_rate_vs_target"] = win_rate(scores, target_scores, n, seed)
-    if other is not None and scorer:
-        other_scores = [other[ex.id]["score"] for ex in examples]
-        results["head_to_head"] = {"against": cfg.compare_to, **win_rate(scores, other_scores, n, seed)}
+    known = [o["n_tokens"] for o in outputs if o["n_tokens"] is not None]
+    results["mean_output_tokens"] = sum(known) / len(known) if known else None
+    # the first judge (in `judge` order) with win rates is the headline: the columns of tables and of bench
+    primary = next((k for k, v in judged.items() if "win_rate_vs_target" in v), None)
+    if primary:
+        results["judge"] = primary
+        for key in ("mean_score", "perfect_rate", "target_mean_score", "win_rate_vs_target", "head_to_head"):
+            if key in judged[primary]:
+                results[key] = judged[primary][key]
+    if pairs is not None:
+        from plad.evaluation.calibration import calibration
+
+        results["calibration"] = calibration(
+            model, tok, pairs, cfg.data, cfg.calibration_file, cfg.generation.batch_size, n, seed
+        )
     write_json_atomic(out / "results.json", results)
     return results

@@ -37,13 +37,50 @@ def mean_with_ci(values, n_resamples: int = 1000, seed: int = 0) -> dict:
 
 def win_rate(a_scores, b_scores, n_resamples: int = 1000, seed: int = 0) -> dict:
     """Win rate of a over b with a 95% bootstrap interval and the win/tie/loss counts."""
-    o = outcomes(a_scores, b_scores)
+    return summarise_outcomes(outcomes(a_scores, b_scores), n_resamples, seed)
+
+
+def summarise_outcomes(o, n_resamples: int = 1000, seed: int = 0) -> dict:
+    """Win rate from per-comparison outcomes (1 win, 1/2 tie, 0 loss; NaN: no verdict, left out and counted)."""
+    o = np.asarray(o, dtype=float)
+    known = o[~np.isnan(o)]
     return {
-        **mean_with_ci(o, n_resamples, seed),
-        "wins": int((o == 1).sum()),
-        "ties": int((o == 0.5).sum()),
-        "losses": int((o == 0).sum()),
+        **mean_with_ci(known, n_resamples, seed),
+        "wins": int((known == 1).sum()),
+        "ties": int((known == 0.5).sum()),
+        "losses": int((known == 0).sum()),
+        "no_verdict": int(o.size - known.size),
     }
+
+
+def quantile_edges(lengths, n_buckets: int) -> list[float]:
+    """Inner edges of `n_buckets` quantile buckets of `lengths` (duplicates merged: ties at an edge)."""
+    if n_buckets <= 1 or len(lengths) == 0:
+        return []
+    edges = np.quantile(np.asarray(lengths, dtype=float), np.linspace(0, 1, n_buckets + 1)[1:-1])
+    return sorted({float(e) for e in edges})
+
+
+def bucket_labels(edges: list[float]) -> list[str]:
+    """'<= e0', 'e0-e1', ..., '> ek' for inner edges (a length equal to an edge goes to the lower bucket)."""
+    if not edges:
+        return ["all"]
+    labels = [f"<= {edges[0]:g}"]
+    labels += [f"{lo:g}-{hi:g}" for lo, hi in zip(edges, edges[1:], strict=False)]
+    return [*labels, f"> {edges[-1]:g}"]
+
+
+def by_bucket(o, lengths, edges: list[float], n_resamples: int = 1000, seed: int = 0) -> list[dict]:
+    """Win rate per length bucket: [{"bucket": label, "size": n, **summarise_outcomes}], empty buckets included."""
+    o, lengths = np.asarray(o, dtype=float), np.asarray(lengths, dtype=float)
+    bucket = np.searchsorted(np.asarray(edges, dtype=float), lengths, side="left")
+    out = []
+    for b, label in enumerate(bucket_labels(edges)):
+        mask = bucket == b
+        out.append(
+            {"bucket": label, "size": int(mask.sum()), **summarise_outcomes(o[mask], n_resamples, seed)}
+        )
+    return out
 
 
 # Two-sided 97.5% quantiles of Student's t by degrees of freedom (n - 1); 1.96 beyond the table.

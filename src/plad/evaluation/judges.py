@@ -1,0 +1,408 @@
+"""Judges of `plad eval`: each turns (prompt, output, reference) comparisons into outcomes or scores.
+
+- score judges give every text a number; a comparison is won by the higher one: `task` (the built-in task's graded
+  scorer) and `reward-model` (any Hugging Face sequence classifier with one output);
+- the pairwise judge `llm` asks an LLM over an OpenAI-compatible endpoint which of two texts is better, in both
+  orders (A/B, then B/A): two agreeing verdicts decide, a disagreement is a tie (position bias cancels), a reply
+  with no readable verdict leaves the comparison out and is counted. Replies are cached on disk, keyed by the
+  exact request, so a re-run or a resumed crash never pays for a verdict twice;
+- metric judges (`rouge`, `exact-match`) score an output against its reference; they give scores, not win rates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from plad.config import ConfigError, EvalConfig, LlmJudgeConfig, RewardModelOptions
+from plad.data import DataError, read_jsonl, repair_torn_tail
+
+log = logging.getLogger("plad")
+
+# Pairwise prompts of the DPO paper's GPT-4 evaluation (Rafailov et al., 2023), which PLaD's evaluation follows.
+TEMPLATES = {
+    "tldr": (
+        "Which of the following summaries does a better job of summarizing the most important points in the given "
+        "forum post, without including unimportant or irrelevant details? A good summary is both precise and "
+        "concise.\n\nPost:\n{prompt}\n\nSummary A:\n{a}\n\nSummary B:\n{b}\n\nFIRST provide a one-sentence "
+        "comparison of the two summaries, explaining which you prefer and why. SECOND, on a new line, state only "
+        '"A" or "B" to indicate your choice. Your response should use the format:\nComparison: <one-sentence '
+        'comparison and explanation>\nPreferred: <"A" or "B">'
+    ),
+    "hh": (
+        "For the following query to a chatbot, which response is more helpful?\n\nQuery: {prompt}\n\nResponse A:\n"
+        "{a}\n\nResponse B:\n{b}\n\nFIRST provide a one-sentence comparison of the two responses and explain which "
+        'you feel is more helpful. SECOND, on a new line, state only "A" or "B" to indicate which response is more '
+        "helpful. Your response should use the format:\nComparison: <one-sentence comparison and explanation>\n"
+        'More helpful: <"A" or "B">'
+    ),
+}
+
+# 'Preferred: A', '**More helpful:** "B"', 'Verdict: tie', 'Answer: [A]' ... (the last one in the reply counts)
+DEFAULT_VERDICT = (
+    r"^[\s*#>_-]*(?:preferred|more helpful|better|verdict|answer|winner|choice|final answer)[^:\n]{0,20}:"
+    r"[\s*_\"'\[(]*(A|B|tie)\b"
+)
+
+
+class ScoreJudge:
+    """A judge that gives each (prompt, text) a number."""
+
+    kind = "score"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def scores(self, prompts: list[Any], texts: list[str]) -> list[float]:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"judge": self.name}
+
+
+class TaskJudge(ScoreJudge):
+    def __init__(self, scorer: Any) -> None:
+        super().__init__("task")
+        self.scorer = scorer
+
+    def scores(self, prompts: list[Any], texts: list[str]) -> list[float]:
+        return [self.scorer.score(p, t) for p, t in zip(prompts, texts, strict=True)]
+
+    def describe(self) -> dict:
+        return {"judge": "task", "scorer": self.scorer.name}
+
+
+def check_reward_model(opts: RewardModelOptions) -> Any:
+    """The reward model's config, checked before any work: a sequence classifier with one output."""
+    from transformers import AutoConfig
+
+    from plad.models import ModelError, _looks_local
+
+    name = opts.model
+    if not name:
+        raise ConfigError(
+            "judge reward-model needs reward_model.model (a sequence-classifier folder or hub id)"
+        )
+    if _looks_local(name) and not Path(name).expanduser().is_dir():
+        raise ModelError(f"reward model folder {name} does not exist")
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"reward model {name} has no readable config.json: {e}") from None
+    archs = list(getattr(config, "architectures", None) or [])
+    if not any(a.endswith("ForSequenceClassification") for a in archs):
+        raise ModelError(
+            f"reward model {name} is not a sequence classifier (architectures: {', '.join(archs) or 'none'}); "
+            "a reward model is saved from AutoModelForSequenceClassification with num_labels=1"
+        )
+    if config.num_labels != 1:
+        raise ModelError(
+            f"reward model {name} has {config.num_labels} outputs (num_labels); a reward model gives one score "
+            "per text (num_labels=1)"
+        )
+    return config
+
+
+class RewardModelJudge(ScoreJudge):
+    """Scores prompt + output with a sequence classifier's single logit, in batches (right padding)."""
+
+    def __init__(self, opts: RewardModelOptions) -> None:
+        super().__init__("reward-model")
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        from plad.models import load_tokenizer
+
+        check_reward_model(opts)
+        self.opts = opts
+        self.tok = load_tokenizer(opts.tokenizer or opts.model)
+        self.tok.padding_side = "right"
+        self.tok.truncation_side = "left"  # a too-long text keeps the output it is about
+        self.model = AutoModelForSequenceClassification.from_pretrained(opts.model, dtype=torch.float32)
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tok.pad_token_id
+        self.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+        use_chat = {"true": True, "false": False}.get(
+            opts.chat, bool(getattr(self.tok, "chat_template", None))
+        )
+        if use_chat and not getattr(self.tok, "chat_template", None):
+            raise ConfigError(
+                f"reward_model.chat=true but the tokenizer of {opts.model} has no chat template"
+            )
+        self.use_chat = use_chat
+        self.truncated = 0
+
+    def text(self, prompt: Any, output: str) -> str:
+        if self.use_chat:
+            messages = (
+                [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+            ) + [{"role": "assistant", "content": output}]
+            return self.tok.apply_chat_template(messages, tokenize=False)
+        if not isinstance(prompt, str):
+            raise DataError(
+                "the reward model has no chat template but the prompts are chat messages; set "
+                "reward_model.tokenizer to one with a chat template"
+            )
+        return self.opts.template.replace("{prompt}", prompt).replace("{output}", output)
+
+    def scores(self, prompts: list[Any], texts: list[str]) -> list[float]:
+        import torch
+
+        full = [self.text(p, t) for p, t in zip(prompts, texts, strict=True)]
+        # chat templates put the special tokens in the text; a plain text gets the tokenizer's own (e.g. BOS)
+        special = not self.use_chat
+        lengths = [len(self.tok(f, add_special_tokens=special).input_ids) for f in full]
+        self.truncated += sum(n > self.opts.max_length for n in lengths)
+        order = sorted(range(len(full)), key=lambda i: -lengths[i])
+        out = [0.0] * len(full)
+        device = next(self.model.parameters()).device
+        for start in range(0, len(order), self.opts.batch_size):
+            idx = order[start : start + self.opts.batch_size]
+            batch = self.tok(
+                [full[i] for i in idx],
+                add_special_tokens=special,
+                padding=True,
+                truncation=True,
+                max_length=self.opts.max_length,
+                return_tensors="pt",
+            ).to(device)
+            with torch.no_grad():
+                logits = self.model(**batch).logits[:, 0].float().tolist()
+            for i, v in zip(idx, logits, strict=True):
+                out[i] = v
+        return out
+
+    def describe(self) -> dict:
+        return {
+            "judge": "reward-model",
+            "model": self.opts.model,
+            "chat_template": self.use_chat,
+            "truncated_texts": self.truncated,
+        }
+
+
+# -------------------------------------------------------------------------------------------------------------
+# The LLM judge
+
+
+def load_template(name: str) -> str:
+    if name in TEMPLATES:
+        return TEMPLATES[name]
+    p = Path(name)
+    if not p.is_file():
+        raise ConfigError(
+            f"llm_judge.template {name!r} is neither a shipped template ({', '.join(TEMPLATES)}) nor a file"
+        )
+    text = p.read_text()
+    missing = [k for k in ("{prompt}", "{a}", "{b}") if k not in text]
+    if missing:
+        raise ConfigError(
+            f"llm_judge.template {p} lacks {', '.join(missing)}; it needs {{prompt}}, {{a}} and {{b}}"
+        )
+    return text
+
+
+def parse_verdict(reply: str | None, pattern: str = "") -> str | None:
+    """'A', 'B' or 'tie' from a judge's reply (the last verdict line), None when there is none."""
+    if reply is None:
+        return None
+    matches = re.findall(pattern or DEFAULT_VERDICT, reply, flags=re.IGNORECASE | re.MULTILINE)
+    if matches:
+        last = matches[-1]
+        v = (last[0] if isinstance(last, tuple) else last).strip().strip("\"'*[]().").upper()
+        return {"A": "A", "B": "B", "TIE": "tie"}.get(v)
+    bare = reply.strip().strip("\"'*[]().").upper()
+    return {"A": "A", "B": "B"}.get(bare)
+
+
+def combine(first: str | None, second: str | None) -> tuple[float, bool | None]:
+    """Outcome for the system from (verdict with the system as A, verdict with the system as B), and whether the
+    two orders agree. No verdict in either order: NaN (left out, counted); disagreement: a tie."""
+    if first is None or second is None:
+        return math.nan, None
+    a = {"A": 1.0, "B": 0.0, "tie": 0.5}[first]
+    b = {"B": 1.0, "A": 0.0, "tie": 0.5}[second]
+    return (a, True) if a == b else (0.5, False)
+
+
+class LlmJudge:
+    """Pairwise verdicts from an LLM over an OpenAI-compatible endpoint, both orders, cached on disk."""
+
+    kind = "pairwise"
+    name = "llm"
+
+    def __init__(self, cfg: LlmJudgeConfig, cache: Path, seed: int = 0) -> None:
+        from plad.api import Endpoint
+
+        self.cfg = cfg
+        self.template = load_template(cfg.template)
+        self.endpoint = Endpoint(cfg.api, cfg.model, "llm judge", seed=seed)
+        self.cache_path = cache
+        self.cache: dict[str, dict] = {}
+        if cache.is_file():
+            if repair_torn_tail(cache):
+                log.warning("%s: dropped a torn last line (an interrupted write)", cache)
+            for row in read_jsonl(cache):
+                self.cache[row["key"]] = row
+        self.requests = 0
+        self.cache_hits = 0
+
+    def render(self, prompt: Any, a: str, b: str) -> str:
+        if not isinstance(prompt, str):  # a conversation: shown as role-tagged turns
+            prompt = "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+        values = {"{prompt}": prompt, "{a}": a, "{b}": b}
+        return re.sub(r"\{prompt\}|\{a\}|\{b\}", lambda m: values[m.group(0)], self.template)
+
+    def request(self, prompt: Any, a: str, b: str) -> dict:
+        text = self.render(prompt, a, b)
+        params: dict[str, Any] = {"max_tokens": self.cfg.max_tokens, "temperature": self.cfg.temperature}
+        if self.cfg.api.mode == "chat":
+            system = (
+                [{"role": "system", "content": self.cfg.api.system_prompt}]
+                if self.cfg.api.system_prompt
+                else []
+            )
+            params["messages"] = [*system, {"role": "user", "content": text}]
+        else:
+            params["prompt"] = text
+        return params
+
+    def key(self, params: dict) -> str:
+        body = {
+            "model": self.cfg.model,
+            "mode": self.cfg.api.mode,
+            "extra": self.cfg.api.extra_body,
+            **params,
+        }
+        return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:32]
+
+    def compare(
+        self,
+        ids: list[str],
+        prompts: list[Any],
+        first: list[str],
+        second: list[str],
+        what: str,
+        progress: Any,
+    ) -> dict:
+        """Outcomes of `first` against `second` per prompt (1 / 0.5 / 0 / NaN) with per-order verdicts."""
+        from plad.api import ApiStopped
+        from plad.generation.api import run_pool
+
+        n = len(ids)
+        plans: list[tuple[int, str, dict, str]] = []  # (row, order, params, key)
+        identical = [first[i].strip() == second[i].strip() for i in range(n)]
+        for i in range(n):
+            if identical[i]:
+                continue  # the same text: a tie, no request
+            for order, (a, b) in (("ab", (first[i], second[i])), ("ba", (second[i], first[i]))):
+                params = self.request(prompts[i], a, b)
+                plans.append((i, order, params, self.key(params)))
+        todo, seen = [], set()
+        for plan in plans:
+            if plan[3] not in self.cache and plan[3] not in seen:
+                seen.add(plan[3])
+                todo.append(plan)
+        self.cache_hits += len(plans) - len(todo)
+        if todo:
+            bar = progress(f"llm judge ({what})", len(todo))
+
+            async def work(plan: tuple, put: Any) -> None:
+                i, order, params, key = plan
+                kind = "chat" if self.cfg.api.mode == "chat" else "completions"
+                response = await self.endpoint.call(kind, **params)
+                choice = response.choices[0]
+                reply = choice.message.content if kind == "chat" else choice.text
+                u = response.usage
+                await put(
+                    [
+                        {
+                            "key": key,
+                            "id": ids[i],
+                            "order": order,
+                            "reply": reply,
+                            "model": self.cfg.model,
+                            "endpoint": self.cfg.api.base_url,
+                            "prompt_tokens": getattr(u, "prompt_tokens", None),
+                            "completion_tokens": getattr(u, "completion_tokens", None),
+                        }
+                    ]
+                )
+
+            def on_rows(rows: list[dict]) -> None:
+                for r in rows:
+                    self.cache[r["key"]] = r
+                self.requests += len(rows)
+                bar.update(len(rows))
+
+            async def main() -> list:
+                try:
+                    return await run_pool(todo, work, self.cache_path, self.cfg.api.concurrency, on_rows)
+                finally:
+                    await self.endpoint.close()
+
+            try:
+                failed = asyncio.run(main())
+            finally:
+                bar.close()
+            if failed:
+                raise ApiStopped(
+                    f"{failed[0][1]}\nstopped: every verdict received so far is stored in {self.cache_path} "
+                    f"({self.requests} this run); run the same command again to ask only for the missing ones."
+                )
+        verdicts = {p[3]: parse_verdict(self.cache[p[3]]["reply"], self.cfg.verdict_regex) for p in plans}
+        per_row: list[dict[str, Any]] = [{"ab": None, "ba": None} for _ in range(n)]
+        for i, order, _, key in plans:
+            per_row[i][order] = verdicts[key]
+        outcomes, consistent = [], []
+        for i in range(n):
+            if identical[i]:
+                outcomes.append(0.5)
+                per_row[i] = {"identical": True}
+                continue
+            o, agree = combine(per_row[i]["ab"], per_row[i]["ba"])
+            outcomes.append(o)
+            if agree is not None:
+                consistent.append(agree)
+        parsed = [v for r in per_row for k, v in r.items() if k in ("ab", "ba") and v is not None]
+        return {
+            "outcomes": outcomes,
+            "verdicts": per_row,
+            "identical": sum(identical),
+            "unparsed_replies": sum(v is None for v in verdicts.values()),
+            "replies": len(verdicts),
+            "position_consistency": (sum(consistent) / len(consistent)) if consistent else math.nan,
+            "first_position_rate": (sum(v == "A" for v in parsed) / len(parsed)) if parsed else math.nan,
+        }
+
+    def describe(self) -> dict:
+        usage = self.endpoint.usage.as_dict(self.cfg.api)
+        return {
+            "judge": "llm",
+            "model": self.cfg.model,
+            "endpoint": self.cfg.api.base_url,
+            "template": self.cfg.template,
+            "requests_this_run": self.requests,
+            "cached_verdicts_used": self.cache_hits,
+            "cache": str(self.cache_path),
+            "usage_this_run": usage,
+        }
+
+
+def check_judges(cfg: EvalConfig) -> None:
+    """Everything about the judges that can be wrong, checked before any model is loaded or request sent."""
+    judges = cfg.judges()
+    if "task" in judges and not cfg.scorer:
+        raise ConfigError("judge task needs scorer (a built-in task, `plad tasks`)")
+    if "reward-model" in judges:
+        check_reward_model(cfg.reward_model)
+    if "llm" in judges:
+        load_template(cfg.llm_judge.template)
+        if not cfg.llm_judge.api.base_url or not cfg.llm_judge.model:
+            raise ConfigError("judge llm needs llm_judge.model and llm_judge.api.base_url")
