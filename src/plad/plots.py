@@ -331,10 +331,14 @@ def write_report(paths: list[str], output_dir: str, title: str = "plad report") 
         md += [f"## {res['path']}", ""]
         if res["kind"] in ("bench", "sweep"):
             m = data["machine"]
-            interval = data.get("interval", "mean over seeds with 95% t-intervals")
+            interval = (
+                f"Intervals: {data['interval']}."
+                if "interval" in data
+                else "Mean over seeds with 95% t-intervals."
+            )
             md += [
                 f"`{data['command']}` on {data['date']}; {m['cpu']}, {m['cores']} cores; seeds {data['seeds']}. "
-                f"Intervals: {interval}.",
+                + interval,
                 "",
             ]
         md += [_table_md(rows), ""]
