@@ -19,7 +19,6 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 from plad.bench import interval_text, provenance, write_results
 from plad.config import SweepConfig
@@ -185,7 +184,7 @@ def print_summary(summary: dict) -> None:
         table.add_row(
             name, *(interval_text(by_frac[f].get("win_rate_vs_target")) for f in summary["fractions"])
         )
-    ref: Any = summary["reference"]["student-sft"].get("win_rate_vs_target")
+    ref = summary["reference"]["student-sft"].get("win_rate_vs_target")
     table.add_row("student-sft (0%)", *([interval_text(ref)] * len(summary["fractions"])))
     Console(width=160).print(table)
 
