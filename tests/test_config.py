@@ -18,6 +18,7 @@ from plad.config import (
     PairsConfig,
     RunConfig,
     SFTConfig,
+    SweepConfig,
     TrainConfig,
     fingerprint,
     flat_fields,
@@ -26,7 +27,7 @@ from plad.config import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-STAGE_CONFIGS = [SFTConfig, PairsConfig, DistillConfig, EvalConfig, RunConfig]
+STAGE_CONFIGS = [SFTConfig, PairsConfig, DistillConfig, EvalConfig, RunConfig, SweepConfig]
 
 
 def write_yaml(tmp_path: Path, text: str) -> Path:
@@ -323,7 +324,7 @@ def test_cli_dash_spelling_and_bool_flag(monkeypatch):
     assert cfg.train.max_steps == 3 and cfg.resume is True and cfg.train.lr == 0.01
 
 
-@pytest.mark.parametrize("command", ["sft", "pairs", "distill", "eval", "run", "demo"])
+@pytest.mark.parametrize("command", ["sft", "pairs", "distill", "eval", "run", "demo", "sweep"])
 def test_cli_help_lists_every_field(command, capsys):
     from plad.cli import STAGES, main
 

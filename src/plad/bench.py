@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import logging
 import os
 import platform
@@ -28,7 +27,7 @@ import numpy as np
 from plad.config import BenchConfig, ConfigError, save_yaml
 from plad.data import read_jsonl, write_json_atomic, write_text_atomic
 from plad.evaluation.winrate import across_seeds, outcomes
-from plad.pipeline import Run, distill_stage, eval_stage, pairs_stage, prepare
+from plad.pipeline import Run, distill_stage, eval_stage, fraction_key, fraction_stage, pairs_stage, prepare
 
 log = logging.getLogger("plad")
 
@@ -158,16 +157,10 @@ def bench_seed(cfg: BenchConfig, seed: int, force: bool) -> dict:
         scaling[method] = {
             "1.0": {k: result["methods"][method][k] for k in ("win_rate_vs_target", "mean_score")}
         }
+        dcfg = dataclasses.replace(base, train=dataclasses.replace(base.train, lr=float(lr)))
         for frac in cfg.fractions:
-            dcfg = dataclasses.replace(
-                base, train=dataclasses.replace(base.train, lr=float(lr)), data_fraction=float(frac)
-            )
-            label = f"{method}/frac-{float(frac):g}"
-            model = distill_stage(run, method, name=f"scaling/{label}", dcfg=dcfg)
-            res = eval_stage(
-                run, f"{method}@{frac}", model, compare_to=baseline, stage=f"scaling-eval/{label}"
-            )
-            scaling[method][f"{float(frac):g}"] = {
+            _, res = fraction_stage(run, method, frac, dcfg, compare_to=baseline)
+            scaling[method][fraction_key(frac)] = {
                 k: res[k]["value"] for k in ("win_rate_vs_target", "mean_score")
             }
     result["scaling"] = scaling
@@ -176,10 +169,7 @@ def bench_seed(cfg: BenchConfig, seed: int, force: bool) -> dict:
         for k in ("pairs", "mean_chosen_score", "mean_rejected_score", "pairs_inverted")
     }
     result["seconds_this_invocation"] = round(time.perf_counter() - t0, 1)
-    # compute time of every stage of the seed, whenever it ran (a re-run that skips everything keeps it)
-    result["stage_seconds_total"] = round(
-        sum(json.loads(m.read_text()).get("seconds", 0) for m in run.root.rglob("stage.json")), 1
-    )
+    result["stage_seconds_total"] = run.seconds_total()
     write_json_atomic(run.root / "bench_seed.json", result)
     return result
 
@@ -202,6 +192,16 @@ def machine() -> dict:
         "gpu": gpu,
         "torch": torch.__version__,
         "python": platform.python_version(),
+    }
+
+
+def provenance(command: str) -> dict:
+    """Date, machine and command line of this invocation (`command` when not started from the plad CLI)."""
+    from_cli = Path(sys.argv[0]).name in ("plad", "cli.py")
+    return {
+        "date": datetime.date.today().isoformat(),
+        "machine": machine(),
+        "command": " ".join(["plad", *sys.argv[1:]]) if from_cli else command,
     }
 
 
@@ -238,11 +238,7 @@ def aggregate(cfg: BenchConfig, per_seed: list[dict]) -> dict:
         for m in per_seed[0]["scaling"]
     }
     return {
-        "date": datetime.date.today().isoformat(),
-        "machine": machine(),
-        "command": " ".join(["plad", *sys.argv[1:]])
-        if Path(sys.argv[0]).name in ("plad", "cli.py")
-        else "plad bench",
+        **provenance("plad bench"),
         "seeds": [r["seed"] for r in per_seed],
         "grid_lr": cfg.grid_lr,
         "steps": cfg.run.distill.train.max_steps,
@@ -258,8 +254,9 @@ def aggregate(cfg: BenchConfig, per_seed: list[dict]) -> dict:
     }
 
 
-def _cell(d: dict | None) -> str:
-    return "-" if not d else f"{d['mean']:.3f} [{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}]"
+def interval_text(d: dict | None) -> str:
+    """`value [low, high]` of a cell across seeds (mean, ci95) or of one evaluation (value, ci95)."""
+    return "-" if not d else f"{d.get('mean', d.get('value')):.3f} [{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}]"
 
 
 def to_markdown(summary: dict) -> str:
@@ -270,20 +267,23 @@ def to_markdown(summary: dict) -> str:
     rows = [
         [
             name,
-            _cell(row.get("mean_score")),
-            _cell(row.get("win_rate_vs_target")),
-            _cell(row.get("head_to_head")),
-            _cell(row.get("exact_match")),
+            interval_text(row.get("mean_score")),
+            interval_text(row.get("win_rate_vs_target")),
+            interval_text(row.get("head_to_head")),
+            interval_text(row.get("exact_match")),
             ", ".join(f"{float(x):g}" for x in row.get("lr", [])) or "-",
         ]
         for name, row in summary["table"].items()
     ]
     n_b = len(next(iter(summary["length_buckets"]["win_rate"].values())))
     bucket_rows = [
-        [name, *(_cell(c) for c in cells)] for name, cells in summary["length_buckets"]["win_rate"].items()
+        [name, *(interval_text(c) for c in cells)]
+        for name, cells in summary["length_buckets"]["win_rate"].items()
     ]
     fracs = sorted({f for v in summary["scaling"].values() for f in v}, key=float)
-    scaling_rows = [[name, *(_cell(v.get(f)) for f in fracs)] for name, v in summary["scaling"].items()]
+    scaling_rows = [
+        [name, *(interval_text(v.get(f)) for f in fracs)] for name, v in summary["scaling"].items()
+    ]
     parts = [
         "# plad bench: every method, the same budget",
         "",
@@ -335,11 +335,19 @@ def print_summary(summary: dict) -> None:
     for name, row in summary["table"].items():
         table.add_row(
             name,
-            _cell(row.get("mean_score")),
-            _cell(row.get("win_rate_vs_target")),
-            _cell(row.get("head_to_head")),
+            interval_text(row.get("mean_score")),
+            interval_text(row.get("win_rate_vs_target")),
+            interval_text(row.get("head_to_head")),
         )
     Console(width=140).print(table)
+
+
+def write_results(cfg: Any, name: str, summary: dict, markdown: str) -> None:
+    """NAME_config.yaml, NAME.json and NAME.md at the top of cfg.output_dir (plad bench, plad sweep)."""
+    root = Path(cfg.output_dir)
+    save_yaml(cfg, root / f"{name}_config.yaml")
+    write_json_atomic(root / f"{name}.json", summary)
+    write_text_atomic(root / f"{name}.md", markdown)
 
 
 def run_bench(cfg: BenchConfig, force: bool = False) -> int:
@@ -347,9 +355,7 @@ def run_bench(cfg: BenchConfig, force: bool = False) -> int:
     root.mkdir(parents=True, exist_ok=True)
     per_seed = [bench_seed(cfg, int(seed), force) for seed in cfg.seeds]
     summary = aggregate(cfg, per_seed)
-    save_yaml(cfg, root / "bench_config.yaml")
-    write_json_atomic(root / "bench.json", summary)
-    write_text_atomic(root / "bench.md", to_markdown(summary))
+    write_results(cfg, "bench", summary, to_markdown(summary))
     print_summary(summary)
     log.info("bench: %s", root / "bench.md")
     return 0

@@ -18,6 +18,7 @@ from plad.config import (
     PairsConfig,
     RunConfig,
     SFTConfig,
+    SweepConfig,
     flat_fields,
     load_config,
 )
@@ -38,6 +39,11 @@ STAGES: dict[str, tuple[type, str]] = {
     "bench": (
         BenchConfig,
         "every method with the same budget and learning-rate grid over seeds: one comparison table + ablations",
+    ),
+    "sweep": (
+        SweepConfig,
+        "data scaling: methods distilled on several fractions of the data (at run.distill.train.lr, no tuning), "
+        "win rate vs fraction in sweep.json / sweep.md",
     ),
 }
 
@@ -75,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--config", dest="config_file", metavar="FILE", help="YAML config (fields below override it)"
             )
-        if name in ("run", "demo", "bench"):
+        if name in ("run", "demo", "bench", "sweep"):
             p.add_argument("--force", action="store_true", help="re-run stages whose settings changed")
         if name == "pairs":
             p.add_argument(
@@ -86,12 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         _add_fields(p, cls)
     rep = sub.add_parser(
         "report",
-        help="Markdown + self-contained HTML report with PNG plots from bench.json / results.json files",
-        description="Tables and plots (win rates with 95%% intervals, win rate by length, data scaling, training "
-        "curves) from the results of `plad bench` or `plad run`.",
+        help="Markdown + self-contained HTML report with PNG plots from bench.json / sweep.json / results.json",
+        description="Tables and plots (win rates with 95%% intervals, win rate by length, data-scaling curves, "
+        "training curves) from the results of `plad bench`, `plad sweep` or `plad run`.",
     )
     rep.add_argument(
-        "results", nargs="+", metavar="RESULTS", help="bench.json, results.json, or their folders"
+        "results", nargs="+", metavar="RESULTS", help="bench.json, sweep.json, results.json, or their folders"
     )
     rep.add_argument(
         "--output_dir", "--output-dir", default="runs/report", help="where report.md/.html and PNGs go"
@@ -179,6 +185,10 @@ def _dispatch(ns: argparse.Namespace) -> int:
         from plad.bench import run_bench
 
         return run_bench(cfg, force=ns.force)
+    if ns.command == "sweep":
+        from plad.sweep import run_sweep
+
+        return run_sweep(cfg, force=ns.force)
     if ns.command == "sft":
         from plad.stages import run_sft as runner
     elif ns.command == "distill":

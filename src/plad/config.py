@@ -54,6 +54,23 @@ ALL_METHODS = [
 ]  # fmt: skip
 
 
+def _check_methods(methods: list[str]) -> None:
+    for m in methods:
+        if m not in ALL_METHODS:
+            raise ConfigError(f"methods: unknown method {m!r}{_suggest(m, ALL_METHODS)}")
+
+
+def _check_values(name: str, values: list[str], conv: type, ok: Any, what: str) -> None:
+    """Every value of a list setting converts with `conv` and passes `ok`; the error says what is expected."""
+    for v in values:
+        try:
+            good = ok(conv(v))
+        except ValueError:
+            good = False
+        if not good:
+            raise ConfigError(f"{name}: {v!r} is not a valid value (expected {what})")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Shared sections
 
@@ -579,9 +596,7 @@ class RunConfig:
     eval: EvalConfig = opt(EvalConfig(), "evaluation (model, files and scorer are filled in by the pipeline)")
 
     def __post_init__(self) -> None:
-        for m in self.methods:
-            if m not in ALL_METHODS:
-                raise ConfigError(f"methods: unknown method {m!r}{_suggest(m, ALL_METHODS)}")
+        _check_methods(self.methods)
         files = [self.sft_file, self.distill_file, self.test_file]
         if self.val_file and not all(files):
             raise ConfigError(
@@ -639,21 +654,12 @@ class BenchConfig:
     )
 
     def __post_init__(self) -> None:
-        for m in self.methods + self.fraction_methods:
-            if m not in ALL_METHODS:
-                raise ConfigError(f"unknown method {m!r}{_suggest(m, ALL_METHODS)}")
-        for name, conv, ok in (
-            ("seeds", int, lambda v: True),
-            ("grid_lr", float, lambda v: v > 0),
-            ("fractions", float, lambda v: 0 < v < 1),
-        ):
-            for v in getattr(self, name):
-                try:
-                    good = ok(conv(v))
-                except ValueError:
-                    good = False
-                if not good:
-                    raise ConfigError(f"{name}: {v!r} is not a valid value")
+        _check_methods(self.methods + self.fraction_methods)
+        _check_values("seeds", self.seeds, int, lambda v: True, "an integer")
+        _check_values("grid_lr", self.grid_lr, float, lambda v: v > 0, "a number > 0")
+        _check_values(
+            "fractions", self.fractions, float, lambda v: 0 < v < 1, "in (0, 1); 1.0 is the main run"
+        )
         if not self.seeds or not self.grid_lr or not self.methods:
             raise ConfigError("seeds, grid_lr and methods must not be empty")
         if self.length_buckets < 1:
@@ -666,6 +672,48 @@ class BenchConfig:
             raise ConfigError(
                 "plad bench chooses each method's learning rate on a validation split: set run.val_file"
             )
+
+
+@dataclass
+class SweepConfig:
+    """`plad sweep`: data scaling. Every method distilled from the same SFT student on several fractions of its
+    training data (the first fraction of the distillation prompts; of the labeled data for sft), each evaluated on
+    the test split against the targets and head-to-head against the SFT student, over seeds: sweep.json, sweep.md
+    and, with `plad report`, the curve of win rate vs fraction. Every method trains at run.distill.train.lr for
+    run.distill.train.max_steps steps whatever the fraction: no learning-rate tuning (`plad bench` tunes)."""
+
+    output_dir: str = opt("runs/sweep", "folder of the sweep (one run folder per seed, sweep.json, sweep.md)")
+    methods: list = opt(["plad-rank"], "methods to sweep (`plad methods`)")
+    fractions: list = opt(
+        ["0.1", "0.25", "0.5", "1.0"],
+        "fractions of the training data, each in (0, 1]; 1.0 is the full-data run (student-sft is the 0 line)",
+    )
+    seeds: list = opt(
+        ["0"],
+        "seeds; each re-seeds the whole run (data, models, SFT, pairs, training). One seed: 95% bootstrap "
+        "intervals over the test prompts; several: mean with a 95% t-interval across seeds",
+    )
+    run: RunConfig = opt(
+        RunConfig(output_dir=""),
+        "pipeline settings shared by every seed: data, models, SFT, pairs, distillation (run.distill.train.lr is "
+        "every method's learning rate), eval (run.output_dir, run.seed and run.methods are set by the sweep)",
+    )
+
+    def __post_init__(self) -> None:
+        _check_methods(self.methods)
+        _check_values("seeds", self.seeds, int, lambda v: True, "an integer")
+        _check_values("fractions", self.fractions, float, lambda v: 0 < v <= 1, "a fraction in (0, 1]")
+        if not self.seeds or not self.methods or not self.fractions:
+            raise ConfigError("seeds, methods and fractions must not be empty")
+        for name in ("methods", "seeds", "fractions"):
+            values = getattr(self, name)
+            keys = [float(v) for v in values] if name != "methods" else values
+            if len(set(keys)) != len(keys):
+                raise ConfigError(f"{name}: {', '.join(values)} names one value twice")
+        if self.run.output_dir or self.run.seed:
+            raise ConfigError("run.output_dir and run.seed are set by the sweep; use output_dir and seeds")
+        if not self.run.task:
+            raise ConfigError("plad sweep needs a judge: set run.task to a task scorer (`plad tasks`)")
 
 
 # --------------------------------------------------------------------------------------------------------------

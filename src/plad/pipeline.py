@@ -120,6 +120,13 @@ class Run:
         sd.finish({"info": info, "seconds": self.timings[name]})
         return sd.dir, fp, info
 
+    def seconds_total(self) -> float:
+        """Compute time of every finished stage of the run folder, whenever it ran (a re-run that skips
+        everything keeps it)."""
+        return round(
+            sum(json.loads(m.read_text()).get("seconds", 0) for m in self.root.rglob("stage.json")), 1
+        )
+
     def model_fp(self, model: str) -> str:
         from plad.models import model_identity
 
@@ -390,6 +397,26 @@ def calibration_stage(run: Run, name: str, model: str, pairs: Path) -> dict:
     parts = {"model": run.model_fp(model), "pairs": _file_digest(str(pairs)), "eval": to_dict(run.cfg.eval)}
     _, _, res = run.stage(f"calibration/{name}", parts, measure)
     return res
+
+
+def fraction_key(fraction: str) -> str:
+    """A data fraction as stage names and results files spell it: 0.1, 0.25, 1 (1 and 1.0 are one point)."""
+    return f"{float(fraction):g}"
+
+
+def fraction_stage(
+    run: Run, method: str, fraction: str, dcfg: DistillConfig, compare_to: str
+) -> tuple[str, dict]:
+    """Data scaling: distil with `method` (settings `dcfg`) on the first `fraction` of its training prompts into
+    stage scaling/METHOD/frac-F, evaluate it on the test split against `compare_to` into scaling-eval/METHOD/frac-F.
+    Returns (model folder, eval results)."""
+    key = fraction_key(fraction)
+    dcfg = dataclasses.replace(dcfg, data_fraction=float(fraction))
+    model = distill_stage(run, method, name=f"scaling/{method}/frac-{key}", dcfg=dcfg)
+    res = eval_stage(
+        run, f"{method}@{key}", model, compare_to=compare_to, stage=f"scaling-eval/{method}/frac-{key}"
+    )
+    return model, res
 
 
 def run_pipeline(cfg: RunConfig, force: bool = False) -> int:

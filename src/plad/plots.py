@@ -1,7 +1,8 @@
-"""`plad report`: Markdown + self-contained HTML report with PNG plots from `plad bench` or `plad run` results.
+"""`plad report`: Markdown + self-contained HTML report with PNG plots from `plad bench`, `plad sweep` or
+`plad run` results.
 
 Plots (matplotlib, Agg backend, 150 dpi): win rate over targets and head-to-head per system with 95% intervals;
-win rate by target-length bucket; data scaling; training curves (loss per step) of the distillation runs.
+win rate by target-length bucket; data-scaling curves; training curves (loss per step) of the distillation runs.
 """
 
 from __future__ import annotations
@@ -20,16 +21,18 @@ log = logging.getLogger("plad")
 
 
 def load_results(path: str | Path) -> dict:
-    """A bench.json or a run's results.json, recognised by its fields; errors name the file and what is wrong."""
+    """A bench.json, sweep.json or a run's results.json, recognised by its fields; errors name the file and what
+    is wrong."""
     p = Path(path)
     if p.is_dir():
-        for name in ("bench.json", "results.json"):
+        for name in ("bench.json", "sweep.json", "results.json"):
             if (p / name).is_file():
                 p = p / name
                 break
     if not p.is_file():
         raise ConfigError(
-            f"results file {p} does not exist; give a bench.json (plad bench) or results.json (plad run)"
+            f"results file {p} does not exist; give a bench.json (plad bench), sweep.json (plad sweep) or "
+            "results.json (plad run)"
         )
     try:
         data = json.loads(p.read_text())
@@ -37,13 +40,15 @@ def load_results(path: str | Path) -> dict:
         raise ConfigError(f"{p} is not valid JSON ({e.msg} at line {e.lineno})") from None
     if isinstance(data, dict) and "table" in data and "seeds" in data:
         return {"kind": "bench", "path": p, "data": data}
+    if isinstance(data, dict) and isinstance(data.get("scaling"), dict) and "fractions" in data:
+        return {"kind": "sweep", "path": p, "data": data}
     if isinstance(data, dict) and isinstance(data.get("results"), dict):
         return {"kind": "run", "path": p, "data": data}
     if isinstance(data, dict) and isinstance(data.get("judges"), dict) and "name" in data:
         return {"kind": "eval", "path": p, "data": {"results": {data["name"]: data}}}
     raise ConfigError(
-        f"{p} holds neither plad bench results (table, seeds), plad run results (results) nor plad eval results "
-        "(name, judges)"
+        f"{p} holds neither plad bench results (table, seeds), plad sweep results (scaling, fractions), plad run "
+        "results (results) nor plad eval results (name, judges)"
     )
 
 
@@ -84,9 +89,23 @@ def _interval(cell: dict | None) -> tuple[float, float, float] | None:
     return value, lo, hi
 
 
+def _sweep_table(data: dict) -> dict[str, dict]:
+    """A sweep's points as systems: student-sft, then `METHOD @ F%` for every method and fraction."""
+    table = dict(data["reference"])
+    for method, by_frac in data["scaling"].items():
+        table.update({f"{method} @ {100 * float(f):g}%": by_frac[f] for f in sorted(by_frac, key=float)})
+    return table
+
+
 def _rows(res: dict) -> dict[str, dict]:
-    """system -> {metric: (value, low, high)} for either kind of results."""
-    table = res["data"]["table"] if res["kind"] == "bench" else res["data"]["results"]
+    """system -> {metric: (value, low, high)} for any kind of results."""
+    data = res["data"]
+    if res["kind"] == "bench":
+        table = data["table"]
+    elif res["kind"] == "sweep":
+        table = _sweep_table(data)
+    else:
+        table = data["results"]
     return {
         name: {m: _interval(row.get(m)) for m in ("mean_score", "win_rate_vs_target", "head_to_head")}
         for name, row in table.items()
@@ -185,30 +204,79 @@ def plot_length_buckets(bench: dict, out: Path) -> Path | None:
     return _save(fig, out / "length_buckets.png")
 
 
-def plot_scaling(bench: dict, out: Path) -> Path | None:
-    plt = _pyplot()
+def _scaling_series(data: dict, metric: str) -> dict[str, dict[float, tuple]]:
+    """method -> {fraction: (value, low, high)}. bench.json holds one win-rate cell per fraction, sweep.json a cell
+    per metric."""
+    series: dict[str, dict[float, tuple]] = {}
+    for name, by_frac in (data.get("scaling") or {}).items():
+        points = {}
+        for frac, cell in by_frac.items():
+            if cell and "ci95" not in cell:
+                cell = cell.get(metric)
+            elif metric != "win_rate_vs_target":
+                cell = None
+            if (point := _interval(cell)) is not None:
+                points[float(frac)] = point
+        if points:
+            series[name] = points
+    return series
 
-    scaling = bench.get("scaling")
-    if not scaling:
+
+SCALING_METRICS = {
+    "win_rate_vs_target": "win rate over targets (ties = 1/2)",
+    "mean_score": "mean score (task scorer, 0 to 1)",
+}
+
+
+def plot_scaling(data: dict, out: Path) -> Path | None:
+    """Data-scaling curves of bench.json or sweep.json: a panel per metric, the value at every fraction present with
+    its interval, the SFT student (no distillation) as a horizontal reference line with its interval as a band."""
+    plt = _pyplot()
+    from matplotlib.ticker import NullFormatter, NullLocator
+
+    panels = {m: s for m in SCALING_METRICS if (s := _scaling_series(data, m))}
+    if not panels:
         return None
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    k = len(scaling)
-    for i, (name, by_frac) in enumerate(scaling.items()):
-        fracs = sorted(by_frac, key=float)
-        shift = 1 + 0.04 * (i - (k - 1) / 2)  # side by side on the log axis, so the bars do not overlap
-        xs = [100 * float(f) * shift for f in fracs]
-        cells = [by_frac[f] for f in fracs]
-        ys = [c["mean"] for c in cells]
-        low = [y - c["ci95"][0] for y, c in zip(ys, cells, strict=True)]
-        high = [c["ci95"][1] - y for y, c in zip(ys, cells, strict=True)]
-        ax.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3, label=name, color=_color(i), alpha=0.85)
-    ax.set_xscale("log")
-    ax.set_xticks([10, 25, 50, 100], ["10%", "25%", "50%", "100%"])
-    ax.set_xlabel("fraction of the training data (log scale)")
-    ax.set_ylabel("win rate over targets\n(mean over seeds, 95% interval)")
-    ax.set_title("Data scaling")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    interval = data.get("interval", "mean over seeds, 95% t-interval across seeds")
+    reference = (data.get("reference") or data.get("table") or {}).get("student-sft") or {}
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+    for ax, (metric, series) in zip(axes[0], panels.items(), strict=True):
+        fracs = sorted({f for points in series.values() for f in points})
+        k = len(series)
+        colors = plt.get_cmap("tab10") if k <= 10 else _color  # tab10: no light/dark pairs
+        for i, (name, points) in enumerate(series.items()):
+            xs = sorted(points)
+            shift = 1 + 0.025 * (i - (k - 1) / 2)  # side by side on the log axis, so the bars do not overlap
+            ys = [points[f][0] for f in xs]
+            err = [[points[f][0] - points[f][1] for f in xs], [points[f][2] - points[f][0] for f in xs]]
+            ax.errorbar(
+                [100 * f * shift for f in xs],
+                ys,
+                yerr=err,
+                marker="o",
+                capsize=3,
+                label=name,
+                color=colors(i),
+            )
+        ref = _interval(reference.get(metric))
+        if ref is not None:
+            ax.axhline(
+                ref[0], color="black", linestyle="--", linewidth=1.2, label="student-sft (no distillation)"
+            )
+            ax.axhspan(ref[1], ref[2], color="grey", alpha=0.15, linewidth=0)
+        ax.set_xscale("log")
+        ax.set_xticks([100 * f for f in fracs], [f"{100 * f:g}%" for f in fracs])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlim(100 * fracs[0] / 1.3, 100 * fracs[-1] * 1.3)
+        ax.set_xlabel("fraction of the distillation data (% of training prompts, log scale)")
+        ax.set_ylabel(f"{SCALING_METRICS[metric]}\n({interval})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    title = "Data scaling"
+    if "steps" in data and "lr" in data:  # a sweep: every point trained the same way
+        title += f": {data['steps']} steps at lr {data['lr']:g} from the SFT student, seeds {data['seeds']}"
+    fig.suptitle(title)
     return _save(fig, out / "scaling.png")
 
 
@@ -323,6 +391,13 @@ def _curves(res: dict) -> dict[str, list[dict]]:
             path = root / f"seed-{seed}" / "tune" / name / f"lr-{float(lrs[0]):g}" / "metrics.jsonl"
             if path.is_file():
                 found[name] = read_jsonl(path)
+    elif res["kind"] == "sweep":
+        seed = res["data"]["seeds"][0]
+        for method, by_frac in res["data"]["scaling"].items():
+            for f in sorted(by_frac, key=float):
+                path = root / f"seed-{seed}" / "scaling" / method / f"frac-{float(f):g}" / "metrics.jsonl"
+                if path.is_file():
+                    found[f"{method} @ {100 * float(f):g}%"] = read_jsonl(path)
     else:
         for name in res["data"]["results"]:
             path = root / "distill" / name / "metrics.jsonl"
@@ -343,7 +418,9 @@ def plot_training(res: dict, out: Path) -> Path | None:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (window-normalised, log scale)")
     ax.set_yscale("symlog", linthresh=1e-3)
-    ax.set_title("Training curves" + (" (seed 0, chosen lr)" if res["kind"] == "bench" else ""))
+    ax.set_title(
+        "Training curves" + {"bench": " (seed 0, chosen lr)", "sweep": " (first seed)"}.get(res["kind"], "")
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
     return _save(fig, out / "training_curves.png")
@@ -364,7 +441,9 @@ def _table_md(rows: dict[str, dict], against: str = "vs student-sft") -> str:
 def write_report(paths: list[str], output_dir: str, title: str = "plad report") -> dict:
     """Markdown and self-contained HTML (plots embedded) from one or more results files."""
     if not paths:
-        raise ConfigError("plad report: give at least one results file (bench.json or results.json)")
+        raise ConfigError(
+            "plad report: give at least one results file (bench.json, sweep.json or results.json)"
+        )
     results = merge_evals([load_results(p) for p in paths])  # every input checked before anything is written
     out = Path(output_dir)
     try:
@@ -385,18 +464,25 @@ def write_report(paths: list[str], output_dir: str, title: str = "plad report") 
                    + ", ".join(f"{n} `{r.get('judge') or '-'}`" for n, r in evals.items()) + ".", ""]  # fmt: skip
         else:
             md += [f"## {res['path']}", ""]
-        if res["kind"] == "bench":
+        if res["kind"] in ("bench", "sweep"):
             m = data["machine"]
+            interval = (
+                f"Intervals: {data['interval']}."
+                if "interval" in data
+                else "Mean over seeds with 95% t-intervals."
+            )
             md += [
                 f"`{data['command']}` on {data['date']}; {m['cpu']}, {m['cores']} cores; seeds {data['seeds']}. "
-                "Mean over seeds with 95% t-intervals.",
+                + interval,
                 "",
             ]
         md += [_table_md(rows, "head-to-head" if res["kind"] == "eval" else "vs student-sft"), ""]
         made = [plot_win_rates(rows, sub, f"{title}: {res['path'].parent.name}")]
         if res["kind"] == "bench":
-            made += [plot_length_buckets(data, sub), plot_scaling(data, sub)]
-        else:
+            made.append(plot_length_buckets(data, sub))
+        if res["kind"] in ("bench", "sweep"):
+            made.append(plot_scaling(data, sub))
+        if res["kind"] in ("run", "eval"):
             judged = judges_table(data["results"])
             if judged:
                 md += ["Every judge: win rate over targets (pairwise LLM judge: both orders, disagreement = tie) or "

@@ -278,14 +278,21 @@ def make_rounds(cfg: DistillConfig, tokenizer: Any, items: list[Item], output_di
     return refresh
 
 
+def _prompt_key(row: Any) -> str:
+    """The prompt a pair (dict: its prompt_id) or an example (its id) belongs to."""
+    return str(row.get("prompt_id", row["id"])) if isinstance(row, dict) else row.id
+
+
+def _prompts(rows: list) -> list[str]:
+    """The distinct prompts of the rows, in file order."""
+    return list(dict.fromkeys(_prompt_key(r) for r in rows))
+
+
 def _fraction(rows: list, fraction: float) -> list:
     """The rows of the first ceil(fraction * prompts) prompts, in file order (pairs: grouped by prompt_id)."""
-    if not rows:
-        return rows
-    key = (lambda r: str(r.get("prompt_id", r["id"]))) if isinstance(rows[0], dict) else (lambda r: r.id)
-    prompts = list(dict.fromkeys(key(r) for r in rows))
+    prompts = _prompts(rows)
     keep = set(prompts[: math.ceil(fraction * len(prompts))])
-    return [r for r in rows if key(r) in keep]
+    return [r for r in rows if _prompt_key(r) in keep]
 
 
 def _is_seq2seq(model: Any) -> bool:
@@ -359,6 +366,14 @@ def run_distill(cfg: DistillConfig) -> dict:
     refresh = make_rounds(cfg, tok, items, out) if cfg.rounds > 1 else None
     save_yaml(cfg, out / "plad_config.yaml")
     log.info("distill %s: %d items, %d steps", cfg.method, len(items), cfg.train.max_steps)
+    # what the run trained on after data_fraction (data scaling reads it from train_summary.json)
+    data_used = {
+        "data_fraction": cfg.data_fraction,
+        "prompts": len(_prompts(pairs if source != "targets" else examples)),
+        "pairs": len(pairs),
+        "examples": len(examples),
+        "items": len(items),
+    }
     return train(
         model=model,
         tokenizer=tok,
@@ -373,4 +388,5 @@ def run_distill(cfg: DistillConfig) -> dict:
         frozen=frozen,
         on_policy=on_policy,
         refresh=refresh,
+        data_used=data_used,
     )

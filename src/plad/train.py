@@ -115,6 +115,7 @@ def train(
     frozen: Frozen = NO_FROZEN,
     on_policy: Callable[[Any, list[Item], int], list[Item]] | None = None,
     refresh: Callable[[Any, Any, int], list[Item] | None] | None = None,
+    data_used: dict | None = None,
 ) -> dict:
     """Train `model` with `method` for cfg.max_steps optimizer steps and save it to output_dir.
 
@@ -123,6 +124,7 @@ def train(
     current model (gkd); it must be deterministic in the micro-batch number for resumed runs to repeat.
     refresh: (accelerator, model, step) -> new training items or None, called before every step (iterated PLaD's
     rounds); a resumed run must get the same items for the same step (store them in output_dir).
+    data_used: counts of the training data (prompts, pairs, examples, items), recorded in the summary.
     """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
@@ -269,6 +271,7 @@ def train(
         "final_loss": last_loss,
         "train_seconds": round(time.perf_counter() - t_start, 2),
         "fingerprint": config_fingerprint,
+        **({"data_used": data_used} if data_used is not None else {}),
     }
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
