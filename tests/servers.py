@@ -265,7 +265,7 @@ class FaultProxy:
 class RuleJudgeServer:
     """A loopback OpenAI-compatible server (GET /v1/models, POST /v1/chat/completions) that judges like a rule: it
     splits the request's user message with `split(text) -> (prompt, a, b)` and answers `reply(prompt, a, b)` (a
-    str). A stand-in for a strong judge model, whose verdicts a test can predict exactly; the client side (the
+    str, or an int: that HTTP error status). A stand-in for a strong judge model, whose verdicts a test can predict exactly; the client side (the
     official openai client, retries, cache, parsing) is the real one. `fail_after`: answer 503 to every request
     after that many; `requests` counts the chat requests answered 200."""
 
@@ -303,6 +303,11 @@ class RuleJudgeServer:
                     judge.requests += 1
                 text = req["messages"][-1]["content"]
                 answer = judge.reply(*judge.split(text))
+                if isinstance(answer, int):  # an HTTP error status for this request
+                    self._send(
+                        answer, {"error": {"message": f"rule judge refuses ({answer})", "type": "invalid"}}
+                    )
+                    return
                 self._send(
                     200,
                     {

@@ -34,6 +34,8 @@ TASK = get_task("count-summary")
         ("**Preferred:** B", "B"),
         ("Preferred: A\n...on reflection...\nPreferred: B", "B"),  # the last verdict counts
         ("Verdict: tie", "tie"),
+        ("Verdict: a tie", "tie"),  # the article 'a' is not verdict A
+        ("Answer: a close call, B", None),
         ("B", "B"),
         (" 'A'. ", "A"),
         ("Both are fine.", None),
@@ -254,6 +256,32 @@ def test_llm_judge_endpoint_failing_midway_resumes(bench: Bench, outputs: dict, 
     assert len(read_jsonl(out / "llm_verdicts.jsonl")) == need
 
 
+def test_llm_judge_request_errors_and_unwritable_cache(bench: Bench, outputs: dict, tmp_path: Path, capsys):
+    """A request the judge refuses (HTTP 400: e.g. over its context) is no verdict, kept and counted, and the run
+    goes on; a cache that cannot be written is refused before any request."""
+    tests = read_jsonl(bench.test)
+    refused = sum(
+        d and " b " in f" {t['prompt']} " for d, t in zip(differs(bench, outputs), tests, strict=True)
+    )
+    assert refused > 0
+
+    def refuses_b(prompt: str, a: str, b: str):
+        return 400 if " b " in f" {prompt} " else by_task_score(prompt, a, b)
+
+    with RuleJudgeServer(tldr_split, refuses_b) as server:
+        assert main_inprocess(*judge_args(bench, tmp_path / "e", outputs["system"], server.base_url)) == 0
+        w = results(tmp_path / "e")["judges"]["llm"]["win_rate_vs_target"]
+        assert w["request_errors"] == 2 * refused and w["no_verdict"] == refused
+        errors = [r for r in read_jsonl(tmp_path / "e" / "llm_verdicts.jsonl") if "error" in r]
+        assert len(errors) == 2 * refused and all("HTTP 400" in r["error"] for r in errors)
+        blocked = tmp_path / "file"
+        blocked.write_text("")
+        before = server.requests
+        args = judge_args(bench, tmp_path / "e2", outputs["system"], server.base_url)
+        assert main_inprocess(*args, "--llm_judge.cache", blocked / "cache.jsonl") == 2
+        assert "cannot be written" in capsys.readouterr().err and server.requests == before
+
+
 def test_llm_judge_endpoint_down_before_work(bench: Bench, outputs: dict, tmp_path: Path, capsys) -> None:
     url = f"http://127.0.0.1:{free_port()}/v1"
     args = judge_args(bench, tmp_path / "e", outputs["system"], url, "--model", bench.student)
@@ -320,7 +348,8 @@ def test_reward_model_judge(bench: Bench, outputs: dict, tmp_path: Path) -> None
     ]  # fmt: skip
     assert main_inprocess(*args) == 0
     res = results(tmp_path / "e")
-    assert list(res["judges"]) == ["reward-model", "task"] and res["judge"] == "reward-model"
+    assert list(res["judges"]) == ["reward-model", "task"]
+    assert res["judge"] == "task"  # the task judge heads the table whenever it runs
     rows = read_jsonl(tmp_path / "e" / "outputs.jsonl")
     # each score is the classifier's logit on prompt + text alone (no padding): batching changed nothing
     model = AutoModelForSequenceClassification.from_pretrained(rm).eval()
@@ -374,7 +403,10 @@ def test_bad_outputs_and_mismatched_prompt_sets(bench: Bench, outputs: dict, tmp
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"id": rows[1]["id"], "text": "x"}) + "\n")
     base = ["eval", "--test_file", bench.test, "--output_dir", tmp_path / "e", "--bootstrap_samples", 200]
+    moved = tmp_path / "moved.jsonl"  # same ids, other prompts: another test set
+    moved.write_text("".join(json.dumps({**r, "prompt": "count: a\nsummary:"}) + "\n" for r in rows))
     cases = [
+        (["--outputs_file", moved], f"{moved} id {rows[0]['id']} has another prompt than the test data"),
         (
             ["--outputs_file", outputs["system"], "--compare_to", short],
             f"compare_to: {short} was made on other",
@@ -409,6 +441,14 @@ def test_length_edges_and_word_lengths(bench: Bench, outputs: dict, tmp_path: Pa
         sum(n > 4 for n in lengths),
     ]
     assert list(res["judges"]) == ["task", "rouge", "exact-match"]  # the default judges
+    assert main_inprocess(*args, "--length_by", "output", "--output_dir", tmp_path / "o") == 0
+    by_output = results(tmp_path / "o")["length_buckets"]
+    words = [len(r["output"].split()) for r in read_jsonl(outputs["system"])]
+    assert by_output["by"] == "output length" and by_output["sizes"] == [
+        sum(n <= 3 for n in words),
+        sum(3 < n <= 4 for n in words),
+        sum(n > 4 for n in words),
+    ]
     assert res["judges"]["rouge"]["mean"] == res["rouge_l"]
 
 

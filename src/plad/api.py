@@ -31,9 +31,9 @@ RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 class ApiError(RuntimeError):
     """An endpoint failed in a way plad cannot retry (or the retry budget is spent)."""
 
-    def __init__(self, message: str, retryable: bool = False):
+    def __init__(self, message: str, retryable: bool = False, status: int | None = None):
         super().__init__(message)
-        self.retryable = retryable
+        self.retryable, self.status = retryable, status
 
 
 class ApiStopped(RuntimeError):
@@ -167,6 +167,10 @@ class Endpoint:
                 raise ApiError(
                     f"{self.describe()}: HTTP {e.code}, the key was refused; nothing was asked yet"
                 ) from None
+            if e.code >= 500:
+                log.warning(
+                    "%s answers HTTP %d to GET /models; requests will be retried", self.describe(), e.code
+                )
         except (OSError, ValueError) as e:
             reason = getattr(e, "reason", e)
             raise ApiError(
@@ -199,7 +203,8 @@ class Endpoint:
             except Exception as e:  # classified below; anything unknown is not retried
                 reason, wait_hint, retryable, message = self._classify(e)
                 if not retryable:
-                    raise ApiError(f"{self.describe()}: {message}") from None
+                    status = getattr(e, "status_code", None)
+                    raise ApiError(f"{self.describe()}: {message}", status=status) from None
                 if attempt >= self.cfg.max_retries:
                     raise ApiError(
                         f"{self.describe()}: gave up after {attempt + 1} attempts; last error: {message}",

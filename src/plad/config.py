@@ -502,10 +502,13 @@ class EvalConfig:
     generation: SamplingConfig = opt(SamplingConfig(temperature=0.0), "decoding (temperature 0: greedy)")
     compare_to: str = opt("", "another system's outputs.jsonl for a head-to-head win rate")
     length_buckets: int = opt(
-        3, "win rate by target length: this many quantile buckets of the targets' length (tokens)"
+        3, "win rate by length: this many quantile buckets of the length (tokens; words without a tokenizer)"
     )
-    length_edges: list = opt(
-        [], "explicit inner bucket edges in target tokens instead of quantiles, e.g. 16,32,64"
+    length_edges: list = opt([], "explicit inner bucket edges instead of quantiles, e.g. 16,32,64")
+    length_by: str = opt(
+        "target",
+        "bucket each comparison by the target's length or by the evaluated output's",
+        ("target", "output"),
     )
     calibration_file: str = opt(
         "",
@@ -525,6 +528,7 @@ class EvalConfig:
                 raise ConfigError(f"unknown judge {j!r}{_suggest(j, JUDGES)}; judges: {', '.join(JUDGES)}")
         if len(set(self.judge)) != len(self.judge):
             raise ConfigError(f"judge lists a judge twice: {self.judge}")
+        _check_choices(self)
         if self.length_buckets < 1:
             raise ConfigError("length_buckets must be >= 1")
         try:
@@ -664,6 +668,11 @@ class BenchConfig:
             raise ConfigError("seeds, grid_lr and methods must not be empty")
         if self.length_buckets < 1:
             raise ConfigError("length_buckets must be >= 1")
+        if self.run.eval.judge and "task" not in self.run.eval.judge:
+            raise ConfigError(
+                f"run.eval.judge = {','.join(self.run.eval.judge)}: plad bench tunes and compares methods on the task "
+                "judge; include task in the list"
+            )
         if self.list_k < 0 or self.rounds < 1:
             raise ConfigError("list_k must be >= 0 and rounds >= 1")
         if self.run.output_dir or self.run.seed:

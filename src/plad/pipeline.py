@@ -153,6 +153,7 @@ def prepare(cfg: RunConfig, force: bool = False) -> Run:
 
     check_presets(cfg)
     root = Path(cfg.output_dir)
+    check_eval(cfg, root)
     root.mkdir(parents=True, exist_ok=True)
     if not (root / "run_config.yaml").exists():  # a run refused below must not relabel the folder's results
         save_yaml(cfg, root / "run_config.yaml")
@@ -315,6 +316,27 @@ def distill_stage(
     return str(d)
 
 
+def _eval_config(cfg: RunConfig, root: Path) -> Any:
+    """The run's eval settings: the run's task as scorer; the LLM judge's verdict cache at the run's top, so that
+    re-running an eval stage (--force) never deletes verdicts paid for."""
+    ecfg = dataclasses.replace(cfg.eval, scorer=cfg.task)
+    if not ecfg.llm_judge.cache:
+        judge = dataclasses.replace(ecfg.llm_judge, cache=str(root / "llm_verdicts.jsonl"))
+        ecfg = dataclasses.replace(ecfg, llm_judge=judge)
+    return ecfg
+
+
+def check_eval(cfg: RunConfig, root: Path) -> None:
+    """The judges of every eval stage, checked before the first stage runs (not after hours of training)."""
+    from plad.api import Endpoint
+    from plad.evaluation.judges import check_judges
+
+    ecfg = _eval_config(cfg, root)
+    check_judges(ecfg)
+    if "llm" in ecfg.judges():
+        Endpoint(ecfg.llm_judge.api, ecfg.llm_judge.model, "llm judge").check_reachable()
+
+
 def eval_stage(
     run: Run, name: str, model: str, split: str = "test", compare_to: str = "", stage: str = ""
 ) -> dict:
@@ -323,11 +345,10 @@ def eval_stage(
 
     cfg = run.cfg
     ecfg = dataclasses.replace(
-        cfg.eval,
+        _eval_config(cfg, run.root),
         model=model,
         test_file=run.files[split],
         name=name,
-        scorer=cfg.task,
         compare_to=compare_to,
         seed=cfg.eval.seed + cfg.seed,
         threads=cfg.threads,
@@ -348,7 +369,7 @@ def calibration_pairs(run: Run) -> Path | None:
     """Held-out pairs for the calibration analysis, one per test prompt: of the teacher's output, the SFT student's
     output and the reference, the best by the task scorer is chosen and the worst rejected (first in that order on
     equal scores); prompts where all three score the same are left out. None without a scorer or pairs."""
-    if not run.cfg.task:
+    if not run.cfg.task or "task" not in _eval_config(run.cfg, run.root).judges():
         return None
     teacher = read_jsonl(run.root / "eval" / "teacher" / "outputs.jsonl")
     student = read_jsonl(run.root / "eval" / "student-sft" / "outputs.jsonl")

@@ -85,6 +85,8 @@ def _interval(cell: dict | None) -> tuple[float, float, float] | None:
     if not cell:
         return None
     value = cell.get("mean", cell.get("value"))
+    if value is None:  # no comparison had a verdict
+        return None
     lo, hi = cell["ci95"]
     return value, lo, hi
 
@@ -292,10 +294,13 @@ def judges_table(results: dict[str, dict]) -> str | None:
         if not entry:
             return "-"
         m = entry.get("win_rate_vs_target") or entry.get("mean")
+        if m["value"] is None:
+            return f"- (no verdict in {m.get('no_verdict', 0)})"
         lo, hi = m["ci95"]
         text = f"{m['value']:.3f} [{lo:.3f}, {hi:.3f}]"
         if entry["kind"] == "pairwise":
-            text += f" (consistency {m['position_consistency']:.2f}, no verdict {m['no_verdict']})"
+            c = m["position_consistency"]
+            text += f" (consistency {'-' if c is None else f'{c:.2f}'}, no verdict {m['no_verdict']})"
         return text
 
     lines = ["| system | " + " | ".join(judges) + " |", "|---|" + "---|" * len(judges)]
@@ -303,6 +308,19 @@ def judges_table(results: dict[str, dict]) -> str | None:
         f"| {name} | " + " | ".join(cell(r.get("judges", {}).get(j)) for j in judges) + " |"
         for name, r in results.items()
     ]
+    return "\n".join(lines)
+
+
+def calibration_table(results: dict[str, dict]) -> str | None:
+    rows = [(n, r["calibration"]) for n, r in results.items() if r.get("calibration")]
+    if not rows:
+        return None
+
+    def cell(m: dict) -> str:
+        return f"{m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"
+
+    lines = ["| system | summed log-prob | per-token log-prob | pairs |", "|---|---|---|---|"]
+    lines += [f"| {n} | {cell(c['summed'])} | {cell(c['per_token'])} | {c['pairs']} |" for n, c in rows]
     return "\n".join(lines)
 
 
@@ -325,7 +343,7 @@ def plot_eval_length_buckets(results: dict[str, dict], out: Path) -> Path | None
             )
             continue
         xs = [b + 0.6 * (i - (k - 1) / 2) / max(k, 1) for b in range(len(labels))]
-        ys = [c["value"] for c in cells]
+        ys = [c["value"] if c["n"] else float("nan") for c in cells]  # an empty bucket: no point
         err = [
             [max(y - c["ci95"][0], 0) if c["n"] else 0 for y, c in zip(ys, cells, strict=True)],
             [max(c["ci95"][1] - y, 0) if c["n"] else 0 for y, c in zip(ys, cells, strict=True)],
@@ -487,6 +505,11 @@ def write_report(paths: list[str], output_dir: str, title: str = "plad report") 
             if judged:
                 md += ["Every judge: win rate over targets (pairwise LLM judge: both orders, disagreement = tie) or "
                        "the metric's mean, with 95% bootstrap intervals.", "", judged, ""]  # fmt: skip
+            calibrated = calibration_table(data["results"])
+            if calibrated:
+                md += ["Calibration on held-out pairs: how often the system's sequence log-prob (summed, and per "
+                       "token) ranks the better output first; ties = 1/2, 95% bootstrap intervals.", "",
+                       calibrated, ""]  # fmt: skip
             made += [plot_eval_length_buckets(data["results"], sub), plot_calibration(data["results"], sub)]
         if res["kind"] != "eval":
             made.append(plot_training(res, sub))

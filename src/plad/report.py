@@ -9,7 +9,7 @@ from plad.data import write_text_atomic
 
 
 def _ci(m: dict | None) -> str:
-    if not m:
+    if not m or m.get("value") is None:
         return "-"
     lo, hi = m["ci95"]
     return f"{m['value']:.3f} [{lo:.3f}, {hi:.3f}]"

@@ -48,7 +48,7 @@ def _normalise(text: str) -> str:
     return " ".join(text.split())
 
 
-def _load_outputs(path: str, ids: list[str], what: str) -> dict[str, dict]:
+def _load_outputs(path: str, examples: list, what: str) -> dict[str, dict]:
     """Rows {id, output} of another system (or the given outputs), one per test prompt id."""
     p = Path(path)
     if not p.is_file():
@@ -66,6 +66,7 @@ def _load_outputs(path: str, ids: list[str], what: str) -> dict[str, dict]:
         if str(r["id"]) in by_id:
             raise DataError(f"{what}: {p}:{i} repeats id {r['id']}")
         by_id[str(r["id"])] = r
+    ids = [ex.id for ex in examples]
     missing = [i for i in ids if i not in by_id]
     extra = [i for i in by_id if i not in set(ids)]
     if missing or extra:
@@ -73,6 +74,11 @@ def _load_outputs(path: str, ids: list[str], what: str) -> dict[str, dict]:
             f"{what}: {p} was made on other prompts ({len(missing)} test ids missing, e.g. {missing[:3]}; "
             f"{len(extra)} unknown ids, e.g. {extra[:3]}); compare systems on the same test set"
         )
+    for ex in examples:  # ids are row numbers when the data has none: the prompts themselves must agree too
+        if "prompt" in by_id[ex.id] and by_id[ex.id]["prompt"] != ex.prompt:
+            raise DataError(
+                f"{what}: {p} id {ex.id} has another prompt than the test data; compare systems on the same test set"
+            )
     return by_id
 
 
@@ -149,7 +155,14 @@ METRIC_JUDGES = {
     "rouge": ("rouge_l", "ROUGE-L F (stemmed)"),
     "exact-match": ("exact_match_squad", "SQuAD-normalised exact match"),
 }
-PAIRWISE_STATS = ("position_consistency", "first_position_rate", "unparsed_replies", "replies", "identical")
+PAIRWISE_STATS = (
+    "position_consistency",
+    "first_position_rate",
+    "unparsed_replies",
+    "request_errors",
+    "replies",
+    "identical",
+)
 
 
 def _score_judge(j, ids, prompts, texts, targets, others, rows, n: int, seed: int) -> tuple[dict, list]:
@@ -207,8 +220,16 @@ def run_eval(cfg: EvalConfig) -> dict:
     for ex in examples if scorer else []:
         if not isinstance(ex.prompt, str):
             raise DataError(f"{cfg.test_file} id {ex.id}: task scorers need text prompts, not chat messages")
-    given = _load_outputs(cfg.outputs_file, ids, "outputs_file") if cfg.outputs_file else None
-    other = _load_outputs(cfg.compare_to, ids, "compare_to") if cfg.compare_to else None
+    if "reward-model" in judges_wanted and any(not isinstance(ex.prompt, str) for ex in examples):
+        from plad.models import load_tokenizer as _tok
+
+        if not getattr(_tok(cfg.reward_model.tokenizer or cfg.reward_model.model), "chat_template", None):
+            raise DataError(
+                f"{cfg.test_file}: the prompts are chat messages but the reward model's tokenizer has no chat "
+                "template; set reward_model.tokenizer to one that has"
+            )
+    given = _load_outputs(cfg.outputs_file, examples, "outputs_file") if cfg.outputs_file else None
+    other = _load_outputs(cfg.compare_to, examples, "compare_to") if cfg.compare_to else None
     if cfg.calibration_file and not cfg.model:
         raise ConfigError("calibration_file needs model: calibration measures a model's log-probs")
     pairs = load_calibration_pairs(cfg.calibration_file) if cfg.calibration_file else None
@@ -238,6 +259,7 @@ def run_eval(cfg: EvalConfig) -> dict:
             for i in ids
         ]
         gen_seconds = 0.0
+        (out / GENERATION_STAMP).unlink(missing_ok=True)  # outputs.jsonl no longer holds the model's outputs
     texts = [o["output"] for o in outputs]
     targets = [ex.target for ex in examples]
     prompts = [ex.prompt for ex in examples]
@@ -255,12 +277,13 @@ def run_eval(cfg: EvalConfig) -> dict:
         for ex, o in zip(examples, outputs, strict=True)
     ]
 
-    # target lengths and their buckets (tokens of the evaluated model's tokenizer, else words)
+    # target (or output) lengths and their buckets: tokens of the evaluated model's tokenizer, else words
+    measured = targets if cfg.length_by == "target" else texts
     if tok is not None:
-        lengths = [len(tok(t, add_special_tokens=False).input_ids) for t in targets]
+        lengths = [len(tok(t, add_special_tokens=False).input_ids) for t in measured]
         unit = "tokens"
     else:
-        lengths = [len(t.split()) for t in targets]
+        lengths = [len(t.split()) for t in measured]
         unit = "words"
     edges = (
         [float(e) for e in cfg.length_edges]
@@ -268,7 +291,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         else quantile_edges(lengths, cfg.length_buckets)
     )
     buckets = {
-        "by": "target length",
+        "by": f"{cfg.length_by} length",
         "unit": unit,
         "edges": edges,
         "labels": bucket_labels(edges),
@@ -319,8 +342,12 @@ def run_eval(cfg: EvalConfig) -> dict:
     }
     known = [o["n_tokens"] for o in outputs if o["n_tokens"] is not None]
     results["mean_output_tokens"] = sum(known) / len(known) if known else None
-    # the first judge (in `judge` order) with win rates is the headline: the columns of tables and of bench
-    primary = next((k for k, v in judged.items() if "win_rate_vs_target" in v), None)
+    # the headline (the columns of tables, what bench tunes on): the task judge, else the first with win rates
+    primary = (
+        "task"
+        if "task" in judged
+        else next((k for k, v in judged.items() if "win_rate_vs_target" in v), None)
+    )
     if primary:
         results["judge"] = primary
         for key in ("mean_score", "perfect_rate", "target_mean_score", "win_rate_vs_target", "head_to_head"):
@@ -332,5 +359,17 @@ def run_eval(cfg: EvalConfig) -> dict:
         results["calibration"] = calibration(
             model, tok, pairs, cfg.data, cfg.calibration_file, cfg.generation.batch_size, n, seed
         )
+    results = _no_nan(results)
     write_json_atomic(out / "results.json", results)
     return results
+
+
+def _no_nan(obj: Any) -> Any:
+    """NaN (an empty bucket, no verdict at all) as null: results.json stays valid JSON for jq and browsers."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_no_nan(v) for v in obj]
+    return obj

@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from plad.api import ApiError
 from plad.config import ConfigError, EvalConfig, LlmJudgeConfig, RewardModelOptions
 from plad.data import DataError, read_jsonl, repair_torn_tail
 
@@ -47,8 +48,13 @@ TEMPLATES = {
 # 'Preferred: A', '**More helpful:** "B"', 'Verdict: tie', 'Answer: [A]' ... (the last one in the reply counts)
 DEFAULT_VERDICT = (
     r"^[\s*#>_-]*(?:preferred|more helpful|better|verdict|answer|winner|choice|final answer)[^:\n]{0,20}:"
-    r"[\s*_\"'\[(]*(A|B|tie)\b"
-)
+    r"[\s*_\"'\[(]*((?-i:A|B)|(?:a\s+)?tie)\b"
+)  # the letters only in upper case: "Verdict: a tie" is a tie, not A
+
+
+# HTTP statuses that concern one request (too long, refused content), not the endpoint: that comparison gets no
+# verdict (kept, counted) and the others go on; any other error stops the run.
+REQUEST_ERRORS = {400, 413, 422}
 
 
 class ScoreJudge:
@@ -125,8 +131,11 @@ class RewardModelJudge(ScoreJudge):
         self.tok.padding_side = "right"
         self.tok.truncation_side = "left"  # a too-long text keeps the output it is about
         self.model = AutoModelForSequenceClassification.from_pretrained(opts.model, dtype=torch.float32)
+        # the classifier pools the last token that is not config.pad_token_id: pad with exactly that id
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tok.pad_token_id
+        elif self.tok.pad_token_id != self.model.config.pad_token_id:
+            self.tok.pad_token_id = self.model.config.pad_token_id
         self.model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
         use_chat = {"true": True, "false": False}.get(
             opts.chat, bool(getattr(self.tok, "chat_template", None))
@@ -183,6 +192,8 @@ class RewardModelJudge(ScoreJudge):
             "judge": "reward-model",
             "model": self.opts.model,
             "chat_template": self.use_chat,
+            "template": None if self.use_chat else self.opts.template,
+            "max_length": self.opts.max_length,
             "truncated_texts": self.truncated,
         }
 
@@ -216,7 +227,7 @@ def parse_verdict(reply: str | None, pattern: str = "") -> str | None:
     if matches:
         last = matches[-1]
         v = (last[0] if isinstance(last, tuple) else last).strip().strip("\"'*[]().").upper()
-        return {"A": "A", "B": "B", "TIE": "tie"}.get(v)
+        return "tie" if v.endswith("TIE") else {"A": "A", "B": "B"}.get(v)
     bare = reply.strip().strip("\"'*[]().").upper()
     return {"A": "A", "B": "B"}.get(bare)
 
@@ -245,6 +256,12 @@ class LlmJudge:
         self.endpoint = Endpoint(cfg.api, cfg.model, "llm judge", seed=seed)
         self.cache_path = cache
         self.cache: dict[str, dict] = {}
+        try:  # a cache that cannot be written would lose every verdict paid for: refused before any request
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            with cache.open("a"):
+                pass
+        except OSError as e:
+            raise ConfigError(f"llm_judge.cache {cache} cannot be written: {e.strerror or e}") from None
         if cache.is_file():
             if repair_torn_tail(cache):
                 log.warning("%s: dropped a torn last line (an interrupted write)", cache)
@@ -316,18 +333,24 @@ class LlmJudge:
             async def work(plan: tuple, put: Any) -> None:
                 i, order, params, key = plan
                 kind = "chat" if self.cfg.api.mode == "chat" else "completions"
-                response = await self.endpoint.call(kind, **params)
+                row = {"key": key, "id": ids[i], "order": order, "model": self.cfg.model}
+                try:
+                    response = await self.endpoint.call(kind, **params)
+                except ApiError as e:
+                    if e.status not in REQUEST_ERRORS:
+                        raise  # the endpoint, the key or the model is wrong: the run stops
+                    # this request can never succeed (e.g. over the judge's context): no verdict, kept and counted
+                    await put([{**row, "reply": None, "error": str(e)[:500]}])
+                    return
                 choice = response.choices[0]
-                reply = choice.message.content if kind == "chat" else choice.text
+                message = choice.message if kind == "chat" else None
+                reply = (message.content if message else None) if kind == "chat" else choice.text
                 u = response.usage
                 await put(
                     [
                         {
-                            "key": key,
-                            "id": ids[i],
-                            "order": order,
+                            **row,
                             "reply": reply,
-                            "model": self.cfg.model,
                             "endpoint": self.cfg.api.base_url,
                             "prompt_tokens": getattr(u, "prompt_tokens", None),
                             "completion_tokens": getattr(u, "completion_tokens", None),
@@ -349,6 +372,11 @@ class LlmJudge:
 
             try:
                 failed = asyncio.run(main())
+            except OSError as e:
+                raise ApiStopped(
+                    f"llm judge: writing {self.cache_path} failed ({e.strerror or e}); the run stopped, the verdicts "
+                    "stored before it are kept"
+                ) from None
             finally:
                 bar.close()
             if failed:
@@ -376,9 +404,10 @@ class LlmJudge:
             "verdicts": per_row,
             "identical": sum(identical),
             "unparsed_replies": sum(v is None for v in verdicts.values()),
+            "request_errors": sum("error" in self.cache[k] for k in verdicts),
             "replies": len(verdicts),
-            "position_consistency": (sum(consistent) / len(consistent)) if consistent else math.nan,
-            "first_position_rate": (sum(v == "A" for v in parsed) / len(parsed)) if parsed else math.nan,
+            "position_consistency": (sum(consistent) / len(consistent)) if consistent else None,
+            "first_position_rate": (sum(v == "A" for v in parsed) / len(parsed)) if parsed else None,
         }
 
     def describe(self) -> dict:
@@ -388,6 +417,11 @@ class LlmJudge:
             "model": self.cfg.model,
             "endpoint": self.cfg.api.base_url,
             "template": self.cfg.template,
+            "verdict_regex": self.cfg.verdict_regex or DEFAULT_VERDICT,
+            "max_tokens": self.cfg.max_tokens,
+            "temperature": self.cfg.temperature,
+            "mode": self.cfg.api.mode,
+            "system_prompt": self.cfg.api.system_prompt,
             "requests_this_run": self.requests,
             "cached_verdicts_used": self.cache_hits,
             "cache": str(self.cache_path),

@@ -78,7 +78,11 @@ async def run_pool(
                     break
                 rows = queue.get_nowait()
             if batch:
-                await asyncio.to_thread(append_jsonl, path, batch)
+                try:
+                    await asyncio.to_thread(append_jsonl, path, batch)
+                except BaseException:
+                    stop.set()  # nothing more is asked once nothing more can be kept
+                    raise
                 on_rows(batch)
 
     async def worker() -> None:
@@ -90,13 +94,21 @@ async def run_pool(
                 failed.append((job, e))
                 stop.set()
                 return
+            except BaseException:
+                stop.set()  # the other workers finish their requests, and the writer stores them
+                raise
 
     writer_task = asyncio.create_task(writer())
     try:
-        await asyncio.gather(*(worker() for _ in range(min(concurrency, max(len(jobs), 1)))))
+        done = await asyncio.gather(
+            *(worker() for _ in range(min(concurrency, max(len(jobs), 1)))), return_exceptions=True
+        )
     finally:
         await queue.put(None)
-        await writer_task
+        await writer_task  # a failed write raises here
+    for result in done:
+        if isinstance(result, BaseException):
+            raise result
     return failed
 
 
