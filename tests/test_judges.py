@@ -274,12 +274,24 @@ def test_llm_judge_request_errors_and_unwritable_cache(bench: Bench, outputs: di
         assert w["request_errors"] == 2 * refused and w["no_verdict"] == refused
         errors = [r for r in read_jsonl(tmp_path / "e" / "llm_verdicts.jsonl") if "error" in r]
         assert len(errors) == 2 * refused and all("HTTP 400" in r["error"] for r in errors)
+        # the same command again asks only the refused requests (a refusal is not a paid verdict)
+        asked = server.requests
+        assert main_inprocess(*judge_args(bench, tmp_path / "e", outputs["system"], server.base_url)) == 0
+        assert server.requests == asked + 2 * refused
         blocked = tmp_path / "file"
         blocked.write_text("")
         before = server.requests
         args = judge_args(bench, tmp_path / "e2", outputs["system"], server.base_url)
         assert main_inprocess(*args, "--llm_judge.cache", blocked / "cache.jsonl") == 2
         assert "cannot be written" in capsys.readouterr().err and server.requests == before
+
+
+def test_llm_judge_refusing_everything_stops(bench: Bench, outputs: dict, tmp_path: Path, capsys) -> None:
+    with RuleJudgeServer(tldr_split, lambda *texts: 400) as server:
+        assert main_inprocess(*judge_args(bench, tmp_path / "e", outputs["system"], server.base_url)) == 3
+    err = capsys.readouterr().err
+    assert "refused every request" in err and "HTTP 400" in err
+    assert not (tmp_path / "e" / "results.json").exists()
 
 
 def test_llm_judge_endpoint_down_before_work(bench: Bench, outputs: dict, tmp_path: Path, capsys) -> None:

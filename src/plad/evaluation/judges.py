@@ -322,8 +322,9 @@ class LlmJudge:
                 params = self.request(prompts[i], a, b)
                 plans.append((i, order, params, self.key(params)))
         todo, seen = [], set()
-        for plan in plans:
-            if plan[3] not in self.cache and plan[3] not in seen:
+        for plan in plans:  # a stored refusal (HTTP 400 ...) is asked again: it cost nothing and may pass now
+            cached = self.cache.get(plan[3])
+            if (cached is None or "error" in cached) and plan[3] not in seen:
                 seen.add(plan[3])
                 todo.append(plan)
         self.cache_hits += len(plans) - len(todo)
@@ -384,6 +385,11 @@ class LlmJudge:
                     f"{failed[0][1]}\nstopped: every verdict received so far is stored in {self.cache_path} "
                     f"({self.requests} this run); run the same command again to ask only for the missing ones."
                 )
+        if plans and all("error" in self.cache[p[3]] for p in plans):  # a setting is wrong, not the texts
+            raise ApiStopped(
+                f"the llm judge refused every request ({self.cache[plans[0][3]]['error']}); check llm_judge.* "
+                "(model, api.mode, api.extra_body, max_tokens)"
+            )
         verdicts = {p[3]: parse_verdict(self.cache[p[3]]["reply"], self.cfg.verdict_regex) for p in plans}
         per_row: list[dict[str, Any]] = [{"ab": None, "ba": None} for _ in range(n)]
         for i, order, _, key in plans:
