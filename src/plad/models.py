@@ -20,6 +20,18 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
 
 
+def load_model_config(name: str, what: str = "model") -> Any:
+    """The AutoConfig of a folder or hub id; a missing folder or an unreadable config names `what` and `name`."""
+    from transformers import AutoConfig
+
+    if _looks_local(name) and not Path(name).expanduser().is_dir():
+        raise ModelError(f"{what} folder {name} does not exist")
+    try:
+        return AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{what} {name} is not a model folder or hub id with a config.json: {e}") from None
+
+
 def load_tokenizer(name: str) -> Any:
     from transformers import AutoTokenizer
 
@@ -46,14 +58,9 @@ def load_tokenizer(name: str) -> Any:
 def load_causal_lm(name: str, dtype: torch.dtype | None = None) -> Any:
     """A decoder-only LM (AutoModelForCausalLM) or an encoder-decoder one (AutoModelForSeq2SeqLM, e.g. T5),
     chosen by the folder's config."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    if _looks_local(name) and not Path(name).expanduser().is_dir():
-        raise ModelError(f"model folder {name} does not exist")
-    try:
-        config = AutoConfig.from_pretrained(name)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{name} is not a model folder or hub id with a config.json: {e}") from None
+    config = load_model_config(name)
     auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     try:
         model = auto.from_pretrained(name, dtype=dtype or torch.float32)

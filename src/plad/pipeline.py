@@ -369,7 +369,7 @@ def calibration_pairs(run: Run) -> Path | None:
     """Held-out pairs for the calibration analysis, one per test prompt: of the teacher's output, the SFT student's
     output and the reference, the best by the task scorer is chosen and the worst rejected (first in that order on
     equal scores); prompts where all three score the same are left out. None without a scorer or pairs."""
-    if not run.cfg.task or "task" not in _eval_config(run.cfg, run.root).judges():
+    if "task" not in _eval_config(run.cfg, run.root).judges():  # the task judge ranks the pairs
         return None
     teacher = read_jsonl(run.root / "eval" / "teacher" / "outputs.jsonl")
     student = read_jsonl(run.root / "eval" / "student-sft" / "outputs.jsonl")

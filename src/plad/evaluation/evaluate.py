@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from plad.config import ConfigError, EvalConfig, require, to_dict
 from plad.data import (
     DataError,
@@ -28,6 +30,7 @@ from plad.data import (
 from plad.evaluation.metrics import rouge_l, squad_exact_match
 from plad.evaluation.winrate import (
     bucket_labels,
+    bucket_of,
     by_bucket,
     mean_with_ci,
     outcomes,
@@ -221,9 +224,8 @@ def run_eval(cfg: EvalConfig) -> dict:
         if not isinstance(ex.prompt, str):
             raise DataError(f"{cfg.test_file} id {ex.id}: task scorers need text prompts, not chat messages")
     if "reward-model" in judges_wanted and any(not isinstance(ex.prompt, str) for ex in examples):
-        from plad.models import load_tokenizer as _tok
-
-        if not getattr(_tok(cfg.reward_model.tokenizer or cfg.reward_model.model), "chat_template", None):
+        rm_tok = load_tokenizer(cfg.reward_model.tokenizer or cfg.reward_model.model)
+        if not getattr(rm_tok, "chat_template", None):
             raise DataError(
                 f"{cfg.test_file}: the prompts are chat messages but the reward model's tokenizer has no chat "
                 "template; set reward_model.tokenizer to one that has"
@@ -295,7 +297,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         "unit": unit,
         "edges": edges,
         "labels": bucket_labels(edges),
-        "sizes": [b["size"] for b in by_bucket([0.5] * len(lengths), lengths, edges, 100, seed)],
+        "sizes": np.bincount(bucket_of(lengths, edges), minlength=len(edges) + 1).tolist(),
     }
 
     judged: dict[str, dict] = {}

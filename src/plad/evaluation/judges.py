@@ -86,21 +86,14 @@ class TaskJudge(ScoreJudge):
 
 def check_reward_model(opts: RewardModelOptions) -> Any:
     """The reward model's config, checked before any work: a sequence classifier with one output."""
-    from transformers import AutoConfig
-
-    from plad.models import ModelError, _looks_local
+    from plad.models import ModelError, load_model_config
 
     name = opts.model
     if not name:
         raise ConfigError(
             "judge reward-model needs reward_model.model (a sequence-classifier folder or hub id)"
         )
-    if _looks_local(name) and not Path(name).expanduser().is_dir():
-        raise ModelError(f"reward model folder {name} does not exist")
-    try:
-        config = AutoConfig.from_pretrained(name)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"reward model {name} has no readable config.json: {e}") from None
+    config = load_model_config(name, "reward model")
     archs = list(getattr(config, "architectures", None) or [])
     if not any(a.endswith("ForSequenceClassification") for a in archs):
         raise ModelError(

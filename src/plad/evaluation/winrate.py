@@ -70,10 +70,15 @@ def bucket_labels(edges: list[float]) -> list[str]:
     return [*labels, f"> {edges[-1]:g}"]
 
 
+def bucket_of(lengths, edges: list[float]) -> np.ndarray:
+    """Bucket index of every length (a length equal to an edge goes to the lower bucket)."""
+    return np.searchsorted(np.asarray(edges, dtype=float), np.asarray(lengths, dtype=float), side="left")
+
+
 def by_bucket(o, lengths, edges: list[float], n_resamples: int = 1000, seed: int = 0) -> list[dict]:
     """Win rate per length bucket: [{"bucket": label, "size": n, **summarise_outcomes}], empty buckets included."""
-    o, lengths = np.asarray(o, dtype=float), np.asarray(lengths, dtype=float)
-    bucket = np.searchsorted(np.asarray(edges, dtype=float), lengths, side="left")
+    o = np.asarray(o, dtype=float)
+    bucket = bucket_of(lengths, edges)
     out = []
     for b, label in enumerate(bucket_labels(edges)):
         mask = bucket == b
