@@ -31,13 +31,17 @@ def served(bench: Bench, tmp_path_factory: pytest.TempPathFactory):
         yield server
 
 
-def api_side(side: str, model: str, base_url: str, *extra: object) -> list[object]:
+CLIENTS = ["openai", "lean"]
+
+
+def api_side(side: str, model: str, base_url: str, *extra: object, client: str = "openai") -> list[object]:
     """--{side}.* options of an openai-backend side that talks to a local server quickly."""
     opts = {
         "backend": "openai",
         "model": model,
         "api.base_url": base_url,
         "api.api_key_env": "",
+        "api.client": client,
         "api.timeout": 1.5,
         "api.backoff_base": 0.05,
         "api.backoff_max": 0.5,
@@ -47,11 +51,12 @@ def api_side(side: str, model: str, base_url: str, *extra: object) -> list[objec
 
 
 def pairs_args(
-    bench: Bench, out: Path, base_url: str, model: str, k: int = 2, limit: int = 48
+    bench: Bench, out: Path, base_url: str, model: str, k: int = 2, limit: int = 48, client: str = "openai"
 ) -> list[object]:
     return [
         "pairs", "--prompts_file", bench.distill, "--output_dir", out, "--num_student_samples", k,
-        "--limit", limit, *api_side("teacher", model, base_url), *api_side("student", model, base_url),
+        "--limit", limit, *api_side("teacher", model, base_url, client=client),
+        *api_side("student", model, base_url, client=client),
     ]  # fmt: skip
 
 
@@ -69,13 +74,14 @@ def distill_ids(bench: Bench, limit: int) -> list[str]:
     return [r["id"] for r in read_jsonl(bench.distill)][:limit]
 
 
-def test_api_pairs_through_faults_store_each_paid_request_once(bench: Bench, served, tmp_path: Path):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_api_pairs_through_faults_store_each_paid_request_once(bench: Bench, served, tmp_path: Path, client):
     """>= 200 requests at 30% injected faults (429 + Retry-After, 500, 503, stalls past the timeout, connection
     resets, truncated JSON): every row completes, every usable reply the proxy delivered is stored exactly once,
-    each fault costs exactly one counted retry, and Retry-After is honoured."""
+    each fault costs exactly one retry counted under its own reason, and Retry-After is honoured."""
     out, k = tmp_path / "pairs", 4
     with FaultProxy(served.base_url.removesuffix("/v1"), rate=0.3, seed=1, stall=2.5) as proxy:
-        rc = main_inprocess(*pairs_args(bench, out, proxy.base_url, served.model, k=k))
+        rc = main_inprocess(*pairs_args(bench, out, proxy.base_url, served.model, k=k, client=client))
         events = proxy.outcomes()
         delivered = proxy.delivered()
     assert rc == 0
@@ -94,6 +100,11 @@ def test_api_pairs_through_faults_store_each_paid_request_once(bench: Bench, ser
     summary = json.loads((out / "summary.json").read_text())
     usage = summary["api_usage_this_run"]
     assert usage["teacher"]["retries"] + usage["student"]["retries"] == len(faults)
+    reason = {"429": "429", "500": "5xx", "503": "5xx", "timeout": "timeout", "reset": "connection"}
+    injected = Counter(reason.get(e["outcome"], "malformed") for e in faults)
+    assert Counter(usage["teacher"]["retries_by_reason"]) + Counter(
+        usage["student"]["retries_by_reason"]
+    ) == (injected)
     assert usage["teacher"]["requests"] + usage["student"]["requests"] == len(delivered)
     stored = summary["api_usage_stored"]
     assert stored["teacher"]["requests"] + stored["student"]["requests"] == len(delivered)
@@ -107,7 +118,7 @@ def test_api_pairs_through_faults_store_each_paid_request_once(bench: Bench, ser
     assert len(read_jsonl(out / "pairs.jsonl")) == len(ids) * k
     # a second run asks for nothing
     with FaultProxy(served.base_url.removesuffix("/v1"), rate=0.0) as proxy:
-        assert main_inprocess(*pairs_args(bench, out, proxy.base_url, served.model, k=k)) == 0
+        assert main_inprocess(*pairs_args(bench, out, proxy.base_url, served.model, k=k, client=client)) == 0
         assert proxy.outcomes() == []
 
 
@@ -165,14 +176,17 @@ def test_api_stop_sequences_are_cut_even_when_the_server_keeps_them(bench: Bench
     assert any(r["finish"] == "stop" for r in rows)
 
 
-def test_api_errors_are_clear_fast_and_keep_the_key_secret(bench: Bench, served, tmp_path: Path, capsys):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_api_errors_are_clear_fast_and_keep_the_key_secret(
+    bench: Bench, served, tmp_path: Path, capsys, client: str
+):
     secret = "sk-plad-test-0123456789abcdef"
     os.environ["PLAD_TEST_KEY"] = secret
     try:
         # a model the server does not serve: HTTP 400, not retried, endpoint named, key nowhere
         out = tmp_path / "wrong-model"
         with FaultProxy(served.base_url.removesuffix("/v1"), rate=0.0) as proxy:
-            args = pairs_args(bench, out, proxy.base_url, "no-such-model", k=1, limit=8)
+            args = pairs_args(bench, out, proxy.base_url, "no-such-model", k=1, limit=8, client=client)
             args += ["--teacher.api.api_key_env", "PLAD_TEST_KEY", "--teacher.api.concurrency", 1]
             assert main_inprocess(*args) == 3
             assert len(proxy.outcomes()) == 1  # no retry of a request the server refused
@@ -181,7 +195,7 @@ def test_api_errors_are_clear_fast_and_keep_the_key_secret(bench: Bench, served,
         written = "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file())
         assert secret not in err + written
         # the key's environment variable missing: a config error before any request
-        args = pairs_args(bench, out, served.base_url, served.model, k=1, limit=8)
+        args = pairs_args(bench, out, served.base_url, served.model, k=1, limit=8, client=client)
         assert main_inprocess(*args, "--teacher.api.api_key_env", "PLAD_NO_SUCH_KEY_VAR") == 2
         assert "PLAD_NO_SUCH_KEY_VAR" in capsys.readouterr().err
     finally:
@@ -190,8 +204,8 @@ def test_api_errors_are_clear_fast_and_keep_the_key_secret(bench: Bench, served,
     # an endpoint that is down: retried, then a resumable stop; --status shows what failed
     out = tmp_path / "down"
     dead = f"http://127.0.0.1:{free_port()}/v1"
-    args = pairs_args(bench, out, served.base_url, served.model, k=2, limit=8)
-    args += [*api_side("student", served.model, dead), "--student.api.max_retries", 2]
+    args = pairs_args(bench, out, served.base_url, served.model, k=2, limit=8, client=client)
+    args += [*api_side("student", served.model, dead, client=client), "--student.api.max_retries", 2]
     assert main_inprocess(*args) == 3
     err = capsys.readouterr().err
     assert dead in err and "gave up after 3 attempts" in err and "Run the same command again" in err
@@ -201,10 +215,10 @@ def test_api_errors_are_clear_fast_and_keep_the_key_secret(bench: Bench, served,
     assert status["student"]["done"] == 0 and status["student"]["pending"] == 16
     assert status["student"]["failed"] >= 2
     # the endpoint is back: the same command finishes, teacher rows are not asked again
-    args = pairs_args(bench, out, served.base_url, served.model, k=2, limit=8)
+    args = pairs_args(bench, out, served.base_url, served.model, k=2, limit=8, client=client)
     with FaultProxy(served.base_url.removesuffix("/v1"), rate=0.0) as proxy:
-        args = pairs_args(bench, out, served.base_url, served.model, k=2, limit=8)
-        args += api_side("student", served.model, proxy.base_url)
+        args = pairs_args(bench, out, served.base_url, served.model, k=2, limit=8, client=client)
+        args += api_side("student", served.model, proxy.base_url, client=client)
         assert main_inprocess(*args) == 0
         assert len(proxy.outcomes()) == 16  # n probe (1 choice) + 1 more per prompt; teacher rows all stored
     capsys.readouterr()

@@ -1,16 +1,29 @@
-"""The API client's pieces that need no server: Retry-After parsing, backoff, stop cutting, request bodies,
-batch planning, config checks, and the vLLM backend's install hint."""
+"""The API client's pieces that need no model server: Retry-After parsing, backoff, stop cutting, request bodies,
+error classification of both HTTP clients, proxies, batch planning, config checks, and the vLLM backend's install
+hint."""
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import json
 import random
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from conftest import Bench, main_inprocess
 
-from plad.api import Endpoint, backoff_seconds, cut_at_stop, retry_after_seconds
+from plad.api import (
+    Endpoint,
+    HttpStatusError,
+    _error_message,
+    backoff_seconds,
+    cut_at_stop,
+    env_proxy,
+    retry_after_seconds,
+)
 from plad.config import ApiConfig, ConfigError, SamplingConfig
 from plad.generation.hf import plan_batches
 
@@ -126,3 +139,113 @@ def test_hf_max_batch_tokens_gives_the_same_rows(bench: Bench, tmp_path):
         ("student", 0), ("student", 1), ("student", 2), ("teacher", 0)
     ]  # fmt: skip
     assert len({r["seed"] for r in rows if r["side"] == "student"}) > 1  # several batches under the budget
+
+
+def classify(e: BaseException, client: str = "openai") -> tuple:
+    ep = Endpoint(ApiConfig(base_url="http://x/v1", api_key_env="", timeout=7, client=client), "m", "teacher")
+    reason, hint, retryable, _ = ep._classify(e)
+    return reason, hint, retryable
+
+
+def chained(*excs: BaseException) -> BaseException:
+    """excs[0] raised from excs[1] raised from ... (as the clients wrap transport errors)."""
+    for outer, inner in zip(excs, excs[1:], strict=False):
+        outer.__cause__ = inner
+    return excs[0]
+
+
+def test_both_clients_classify_failures_alike():
+    import aiohttp
+    import httpx2
+    import openai
+
+    req = httpx2.Request("POST", "http://x/v1/completions")
+    # the openai client over aiohttp: a dropped connection arrives as a connect timeout; it is a connection fault
+    dropped = chained(
+        openai.APITimeoutError(req), httpx2.ConnectTimeout("x"), aiohttp.ServerDisconnectedError()
+    )
+    assert classify(dropped) == ("connection", None, True)
+    read_timeout = chained(
+        openai.APITimeoutError(req), httpx2.ReadTimeout("x"), aiohttp.SocketTimeoutError("read")
+    )
+    assert classify(read_timeout) == ("timeout", None, True)
+    assert classify(openai.APITimeoutError(req)) == ("timeout", None, True)  # httpx transport
+    # the lean client: aiohttp's own exceptions and plad's HttpStatusError
+    assert classify(aiohttp.ServerDisconnectedError(), "lean")[0::2] == ("connection", True)
+    assert classify(aiohttp.ClientPayloadError("cut"), "lean")[0::2] == ("connection", True)
+    assert classify(asyncio.TimeoutError(), "lean")[0::2] == ("timeout", True)
+    assert classify(aiohttp.ConnectionTimeoutError(), "lean")[0::2] == ("timeout", True)
+    assert classify(HttpStatusError(429, "slow down", {"retry-after": "2"}), "lean") == ("429", 2.0, True)
+    assert classify(HttpStatusError(503, "busy", {}), "lean") == ("5xx", None, True)
+    assert classify(HttpStatusError(401, "bad key", {}), "lean") == ("401", None, False)
+    assert classify(json.JSONDecodeError("cut", "{", 1), "lean")[0::2] == ("malformed", True)
+    assert classify(aiohttp.InvalidURL("x"), "lean")[0::2] == ("other", False)
+    # openai's status errors give the same reasons
+    resp = httpx2.Response(429, headers={"retry-after": "2"}, request=req)
+    assert classify(openai.RateLimitError("slow down", response=resp, body=None)) == ("429", 2.0, True)
+
+
+def test_error_messages_of_openai_style_bodies():
+    assert _error_message(b'{"error": {"message": "model not found", "type": "x"}}') == "model not found"
+    assert _error_message(b'{"error": "plain"}') == "plain"
+    assert _error_message(b"<html>Bad gateway</html>") == "<html>Bad gateway</html>"
+
+
+def test_env_proxy(monkeypatch):
+    for var in (
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+        "no_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    assert env_proxy("http://10.0.0.5:8000/v1") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp:3128")
+    assert env_proxy("https://api.example.com/v1") == "http://proxy.corp:3128"
+    assert env_proxy("http://10.0.0.5:8000/v1") is None  # no proxy named for http
+    monkeypatch.setenv("NO_PROXY", "example.com,localhost")
+    assert env_proxy("https://api.example.com/v1") is None
+
+
+def test_lean_client_goes_through_the_environments_proxy(monkeypatch):
+    """HTTP_PROXY set: the lean client sends the absolute URL to the proxy (what a proxy expects), with the key."""
+    seen: list[tuple[str, str]] = []
+    reply = json.dumps({"choices": [{"index": 0, "text": " hi", "finish_reason": "stop"}]}).encode()
+
+    class Proxy(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            seen.append((self.path, self.headers.get("Authorization", "")))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for var in ("no_proxy", "NO_PROXY", "http_proxy"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.server_address[1]}")
+        monkeypatch.setenv("PLAD_TEST_KEY", "k-123")
+        cfg = ApiConfig(base_url="http://upstream.invalid:9/v1", api_key_env="PLAD_TEST_KEY", client="lean")
+        ep = Endpoint(cfg, "m", "teacher")
+
+        async def ask() -> list:
+            try:
+                return (await ep.sample("prompt", SamplingConfig(max_new_tokens=2), 1, 0))[0]
+            finally:
+                await ep.close()
+
+        assert asyncio.run(ask()) == [{"text": " hi", "finish": "stop"}]
+        assert seen == [("http://upstream.invalid:9/v1/completions", "Bearer k-123")]
+    finally:
+        server.shutdown()
+        server.server_close()

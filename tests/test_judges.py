@@ -256,9 +256,12 @@ def test_llm_judge_endpoint_failing_midway_resumes(bench: Bench, outputs: dict, 
     assert len(read_jsonl(out / "llm_verdicts.jsonl")) == need
 
 
-def test_llm_judge_request_errors_and_unwritable_cache(bench: Bench, outputs: dict, tmp_path: Path, capsys):
+@pytest.mark.parametrize("client", ["openai", "lean"])
+def test_llm_judge_request_errors_and_unwritable_cache(
+    bench: Bench, outputs: dict, tmp_path: Path, capsys, client: str
+):
     """A request the judge refuses (HTTP 400: e.g. over its context) is no verdict, kept and counted, and the run
-    goes on; a cache that cannot be written is refused before any request."""
+    goes on; a cache that cannot be written is refused before any request. Through both HTTP clients."""
     tests = read_jsonl(bench.test)
     refused = sum(
         d and " b " in f" {t['prompt']} " for d, t in zip(differs(bench, outputs), tests, strict=True)
@@ -269,19 +272,45 @@ def test_llm_judge_request_errors_and_unwritable_cache(bench: Bench, outputs: di
         return 400 if " b " in f" {prompt} " else by_task_score(prompt, a, b)
 
     with RuleJudgeServer(tldr_split, refuses_b) as server:
-        assert main_inprocess(*judge_args(bench, tmp_path / "e", outputs["system"], server.base_url)) == 0
+        assert (
+            main_inprocess(
+                *judge_args(
+                    bench,
+                    tmp_path / "e",
+                    outputs["system"],
+                    server.base_url,
+                    "--llm_judge.api.client",
+                    client,
+                )
+            )
+            == 0
+        )
         w = results(tmp_path / "e")["judges"]["llm"]["win_rate_vs_target"]
         assert w["request_errors"] == 2 * refused and w["no_verdict"] == refused
         errors = [r for r in read_jsonl(tmp_path / "e" / "llm_verdicts.jsonl") if "error" in r]
         assert len(errors) == 2 * refused and all("HTTP 400" in r["error"] for r in errors)
         # the same command again asks only the refused requests (a refusal is not a paid verdict)
         asked = server.requests
-        assert main_inprocess(*judge_args(bench, tmp_path / "e", outputs["system"], server.base_url)) == 0
+        assert (
+            main_inprocess(
+                *judge_args(
+                    bench,
+                    tmp_path / "e",
+                    outputs["system"],
+                    server.base_url,
+                    "--llm_judge.api.client",
+                    client,
+                )
+            )
+            == 0
+        )
         assert server.requests == asked + 2 * refused
         blocked = tmp_path / "file"
         blocked.write_text("")
         before = server.requests
-        args = judge_args(bench, tmp_path / "e2", outputs["system"], server.base_url)
+        args = judge_args(
+            bench, tmp_path / "e2", outputs["system"], server.base_url, "--llm_judge.api.client", client
+        )
         assert main_inprocess(*args, "--llm_judge.cache", blocked / "cache.jsonl") == 2
         assert "cannot be written" in capsys.readouterr().err and server.requests == before
 

@@ -1,10 +1,12 @@
 """OpenAI-compatible endpoints: one client for API teachers, API students and LLM judges.
 
-Built on the official `openai` client (its own retries switched off) so that plad decides what is retried and
-counts it: 408/409/429, 5xx, timeouts, dropped connections and malformed replies are retried with exponential
-backoff and full jitter, honouring Retry-After; anything else (a bad request, a wrong key, an unknown model) stops
-at once with the endpoint named. The key comes only from the environment variable the config names and is
-scrubbed from every message plad writes.
+Requests go through the official `openai` client over its aiohttp transport (`api.client: openai`), or through
+plad's own minimal JSON-over-aiohttp client (`api.client: lean`: a third to half the CPU per request, for fast
+local servers; measured in benchmarks/api_throughput.py). Either way the client's own retries are off, so that
+plad decides what is retried and counts it: 408/409/429, 5xx, timeouts, dropped connections and malformed replies
+are retried with exponential backoff and full jitter, honouring Retry-After; anything else (a bad request, a wrong
+key, an unknown model) stops at once with the endpoint named. The key comes only from the environment variable
+the config names and is scrubbed from every message plad writes.
 """
 
 from __future__ import annotations
@@ -139,10 +141,10 @@ class Endpoint:
     def describe(self) -> str:
         return f"{self.what} endpoint {self.cfg.base_url} (model {self.model})"
 
-    def _new_client(self) -> Any:
-        return self._openai.AsyncOpenAI(
-            base_url=self.cfg.base_url, api_key=self._key or "none", max_retries=0, timeout=self.cfg.timeout
-        )
+    def _new_client(self) -> OpenaiClient | LeanClient:
+        if self.cfg.client == "lean":
+            return LeanClient(self.cfg.base_url, self._key, self.cfg.timeout)
+        return OpenaiClient(self._openai, self.cfg.base_url, self._key, self.cfg.timeout)
 
     async def close(self) -> None:
         """Close the connections of this event loop; a later asyncio.run gets a fresh client."""
@@ -184,8 +186,8 @@ class Endpoint:
     async def call(self, kind: str, **params: Any) -> Any:
         """POST one request (`kind` completions or chat) with retries; returns the reply (attribute access).
 
-        The body goes out as given (the client's request transform and reply models are skipped: they cost the
-        client more CPU than the rest of plad per request, measured in benchmarks/api_throughput.py)."""
+        The body goes out as given and the reply comes back as parsed JSON (the openai client's request transform
+        and reply models are skipped: they cost more CPU than the rest of plad per request)."""
         path = "/completions" if kind == "completions" else "/chat/completions"
         body = {"model": self.model, **params}
         extra = {**self.extra_body, **body.pop("extra_body", {})}
@@ -194,7 +196,7 @@ class Endpoint:
         while True:
             self.usage.attempts += 1
             try:
-                data = await self.client.post(path, body=body, cast_to=object)
+                data = await self.client.post(path, body)
                 response = _check_reply(data, kind)
                 self.usage.add(response)
                 return response
@@ -227,10 +229,14 @@ class Endpoint:
     def _classify(self, e: Exception) -> tuple[str, float | None, bool, str]:
         """(reason, server-requested wait, retryable, message without the key)."""
         o = self._openai
+        status = None
         if isinstance(e, o.APIStatusError):
-            status = e.status_code
-            body = self.scrub(str(getattr(e, "message", "") or e))[:300]
-            hint = retry_after_seconds(getattr(e.response, "headers", None))
+            status, body, headers = e.status_code, str(getattr(e, "message", "") or e), e.response.headers
+        elif isinstance(e, HttpStatusError):
+            status, body, headers = e.status_code, e.message, e.headers
+        if status is not None:
+            body = self.scrub(body)[:300]
+            hint = retry_after_seconds(headers)
             reason = "429" if status == 429 else "5xx" if status >= 500 else str(status)
             if status in RETRYABLE_STATUS or status >= 500:
                 return reason, hint, True, f"HTTP {status}: {body}"
@@ -238,17 +244,25 @@ class Endpoint:
                 status, ""
             )
             return reason, None, False, f"HTTP {status}{' (' + what + ')' if what else ''}: {body}"
-        if isinstance(e, o.APITimeoutError):
-            return "timeout", None, True, f"timed out after {self.cfg.timeout:.0f} s (api.timeout)"
-        if isinstance(e, o.APIConnectionError):
-            cause = e.__cause__ or e.__context__
+        chain = _causes(e)
+        aio = _aiohttp()
+        # the openai client's aiohttp transport reports a dropped connection as a connect timeout: look beneath
+        dropped = [x for x in chain if aio and isinstance(x, aio.ClientError) and not _is_timeout(x)]
+        if isinstance(e, o.APITimeoutError) and not dropped or _is_timeout(e):
+            return "timeout", None, True, f"timed out after {self.cfg.timeout:g} s (api.timeout)"
+        if aio and isinstance(e, aio.InvalidURL):
+            return "other", None, False, f"api.base_url {self.cfg.base_url!r} is not a valid URL"
+        if isinstance(e, o.APIConnectionError) or dropped:
+            cause = dropped[-1] if dropped else (e.__cause__ or e.__context__)
             return (
                 "connection",
                 None,
                 True,
                 f"connection failed ({type(cause).__name__ if cause else 'error'})",
             )
-        if isinstance(e, json.JSONDecodeError | o.APIResponseValidationError | MalformedReply):
+        if isinstance(
+            e, json.JSONDecodeError | UnicodeDecodeError | o.APIResponseValidationError | MalformedReply
+        ):
             return "malformed", None, True, f"malformed reply ({self.scrub(str(e))[:200]})"
         return "other", None, False, f"{type(e).__name__}: {self.scrub(str(e))[:300]}"
 
@@ -366,6 +380,130 @@ class Endpoint:
                 continue
             return d_aligned <= d_shifted
         return None
+
+
+# -------------------------------------------------------------------------------------------------------------
+# HTTP clients: post(path, body) -> parsed JSON reply; close()
+
+
+class OpenaiClient:
+    """The official openai client (its retries off) over its aiohttp transport; over its default httpx transport
+    when that is missing (an openai release before it, or aiohttp not installed)."""
+
+    def __init__(self, openai: Any, base_url: str, key: str, timeout: float):
+        http: dict[str, Any] = {}
+        try:
+            http["http_client"] = openai.DefaultAioHttpClient()
+        except (AttributeError, RuntimeError):  # pragma: no cover - aiohttp is a dependency of plad
+            pass
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url, api_key=key or "none", max_retries=0, timeout=timeout, **http
+        )
+
+    async def post(self, path: str, body: dict) -> Any:
+        return await self._client.post(path, body=body, cast_to=object)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+class HttpStatusError(RuntimeError):
+    """An HTTP error reply to the lean client: status, the server's message, headers (for Retry-After)."""
+
+    def __init__(self, status: int, message: str, headers: Any):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status_code, self.message, self.headers = status, message, headers  # as openai.APIStatusError
+
+
+class LeanClient:
+    """plad's minimal client: one aiohttp session, the body sent as JSON with a bearer key, the reply parsed as
+    JSON; `timeout` bounds each whole request. A proxy from the environment (HTTP(S)_PROXY, NO_PROXY) is looked up
+    once, as the openai client does: aiohttp's trust_env would look it up (and read ~/.netrc) on every request,
+    which costs more CPU than the request itself."""
+
+    def __init__(self, base_url: str, key: str, timeout: float):
+        from plad import __version__
+
+        self.base_url, self.timeout = base_url.rstrip("/"), timeout
+        self.headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "User-Agent": f"plad/{__version__}",
+        }
+        if key:
+            self.headers["Authorization"] = f"Bearer {key}"
+        self.proxy = env_proxy(self.base_url)
+        self._session: Any = None
+
+    async def post(self, path: str, body: dict) -> Any:
+        if self._session is None:  # made inside the event loop that uses it
+            import aiohttp
+
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                connector=aiohttp.TCPConnector(limit=0),  # plad bounds the requests in flight itself
+            )
+        data = json.dumps(body).encode()
+        url = self.base_url + path
+        async with self._session.post(url, data=data, headers=self.headers, proxy=self.proxy) as r:
+            raw = await r.read()
+            if r.status >= 400:
+                raise HttpStatusError(r.status, _error_message(raw), r.headers)
+        return json.loads(raw)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment names for `url` (HTTP_PROXY / HTTPS_PROXY / ALL_PROXY), unless NO_PROXY
+    exempts its host."""
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass_environment(parts.netloc, proxies):
+        return None
+    return proxy
+
+
+def _error_message(raw: bytes) -> str:
+    """The message of an OpenAI-style error body ({"error": {"message": ...}}), else the body's text."""
+    try:
+        data = json.loads(raw)
+        err = data.get("error") if isinstance(data, dict) else None
+        msg = err.get("message") if isinstance(err, dict) else err if isinstance(err, str) else None
+        if msg:
+            return str(msg)
+    except ValueError:
+        pass
+    return raw.decode("utf-8", "replace").strip()[:300]
+
+
+def _aiohttp() -> Any:
+    try:
+        import aiohttp
+    except ImportError:  # pragma: no cover - a dependency of plad
+        return None
+    return aiohttp
+
+
+def _causes(e: BaseException) -> list[BaseException]:
+    """e, its cause, that one's cause, ... (each once)."""
+    out: list[BaseException] = []
+    x: BaseException | None = e
+    while x is not None and x not in out:
+        out.append(x)
+        x = x.__cause__ or x.__context__
+    return out
+
+
+def _is_timeout(e: BaseException) -> bool:
+    return isinstance(e, TimeoutError | asyncio.TimeoutError)
 
 
 class MalformedReply(ValueError):

@@ -130,6 +130,7 @@ def generate_side(
     endpoint = Endpoint(side.api, side.model, f"{name} (backend openai)", seed=side.sampling.seed)
     bar = progress(f"pairs {name} (api)", sum(len(idx) for _, idx in jobs))
     t0 = time.perf_counter()
+    sampling = to_dict(side.sampling)  # once: every row of this side shares it
 
     async def work(job: tuple[Any, list[int]], put: Put) -> None:
         ex, remaining = job
@@ -164,7 +165,7 @@ def generate_side(
                     "finish": s["finish"],
                     "model": side.model,
                     "endpoint": side.api.base_url,
-                    "sampling": to_dict(side.sampling),
+                    "sampling": sampling,
                     "seed": seed,
                     "request": request,
                 }
