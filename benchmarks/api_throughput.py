@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python benchmarks/api_throughput.py [--server llamacpp|transformers|canned] [--prompts 192]
      [--concurrency 1 2 4 8 16] [--clients openai lean] [--preset tiny|teacher] [--max_new_tokens 16]
-     [--delay_ms 5]
+     [--delay_ms 5] [--repeats 3]
 Writes benchmarks/results/api_throughput_<server>_<...>.{json,md}.
 
 The server runs on 127.0.0.1 in its own process:
@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -185,7 +186,13 @@ def main() -> int:
         help="served model: tiny (1 layer, d32) or teacher (4 layers, d128, 0.89M); not for --server canned",
     )
     ap.add_argument("--max_new_tokens", type=int, default=16)
-    ap.add_argument("--delay_ms", type=float, default=5.0, help="--server canned: seconds per request, in ms")
+    ap.add_argument("--delay_ms", type=float, default=5.0, help="--server canned: time per request, in ms")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="runs of each (concurrency, client), interleaved; medians reported",
+    )
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     ap.add_argument("--clients", nargs="+", default=["openai", "lean"], choices=["openai", "lean"])
     ap.add_argument("--results", default=str(HERE / "results"))
@@ -218,30 +225,28 @@ def main() -> int:
         # one unmeasured pass, so that the first concurrency does not pay for warm-up (server caches, imports)
         plad_pairs(server, prompts_file, root / "warm", 8, args.clients[0], args.max_new_tokens)
         for c in args.concurrency:
-            wall, cpu = asyncio.run(
-                minimal_client(server.base_url, server.model, texts, c, args.max_new_tokens)
-            )
-            row = {
-                "concurrency": c,
-                "requests": len(texts),
-                "minimal": {
-                    "rows_per_s": round(len(texts) / wall, 1),
-                    "cpu_ms_per_request": round(1000 * cpu / len(texts), 3),
-                    "cpu_over_wall": round(cpu / wall, 3),
-                },
-            }
-            for client in args.clients:
-                r = plad_pairs(
-                    server, prompts_file, root / f"pairs-c{c}-{client}", c, client, args.max_new_tokens
+            runs: dict[str, list[dict]] = {name: [] for name in ["minimal", *args.clients]}
+            for _ in range(
+                args.repeats
+            ):  # interleaved, so that a slow spell of the machine hits every client
+                wall, cpu = asyncio.run(
+                    minimal_client(server.base_url, server.model, texts, c, args.max_new_tokens)
                 )
-                row[client] = {
-                    "rows_per_s": round(r["rows"] / r["wall_s"], 1),
-                    "vs_minimal": round(r["rows"] / r["wall_s"] / (len(texts) / wall), 3),
-                    "cpu_ms_per_request": round(1000 * r["cpu_s"] / r["rows"], 3),
-                    "cpu_over_wall": round(r["cpu_s"] / r["wall_s"], 3),
-                    "wall_s": round(r["wall_s"], 2),
-                    "retries": r["retries"],
+                runs["minimal"].append({"rows": len(texts), "wall_s": wall, "cpu_s": cpu, "retries": 0})
+                for client in args.clients:
+                    out = root / f"pairs-c{c}-{client}"
+                    runs[client].append(plad_pairs(server, prompts_file, out, c, client, args.max_new_tokens))
+            row = {"concurrency": c, "requests": len(texts), "repeats": args.repeats}
+            for name, rs in runs.items():
+                row[name] = {
+                    "rows_per_s": round(median(r["rows"] / r["wall_s"] for r in rs), 1),
+                    "rows_per_s_runs": [round(r["rows"] / r["wall_s"], 1) for r in rs],
+                    "cpu_ms_per_request": round(median(1000 * r["cpu_s"] / r["rows"] for r in rs), 3),
+                    "cpu_over_wall": round(median(r["cpu_s"] / r["wall_s"] for r in rs), 3),
+                    "retries": sum(r["retries"] for r in rs),
                 }
+            for client in args.clients:
+                row[client]["vs_minimal"] = round(row[client]["rows_per_s"] / row["minimal"]["rows_per_s"], 3)
             rows.append(row)
             print(json.dumps(row), flush=True)
     shutil.rmtree(root, ignore_errors=True)
@@ -270,7 +275,8 @@ def main() -> int:
         f"{args.prompts} prompts x (1 teacher + 1 student row), max_new_tokens {args.max_new_tokens}; served on "
         f"127.0.0.1 in its own process: {what}.",
         "Minimal client: one plain aiohttp session sending the same requests (no store, retries or checks). "
-        "CPU: this process's CPU seconds; wall: the run's seconds.",
+        "CPU: this process's CPU seconds; wall: the run's seconds. "
+        f"Medians of {args.repeats} interleaved runs (rows/s of each run in the JSON file).",
         "",
         "| concurrency | api.client | plad rows/s | minimal client rows/s | plad / minimal | client CPU / wall "
         "| client CPU per request | minimal client CPU per request | retries |",

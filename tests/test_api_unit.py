@@ -16,6 +16,7 @@ import pytest
 from conftest import Bench, main_inprocess
 
 from plad.api import (
+    ApiError,
     Endpoint,
     HttpStatusError,
     _error_message,
@@ -185,10 +186,78 @@ def test_both_clients_classify_failures_alike():
     assert classify(openai.RateLimitError("slow down", response=resp, body=None)) == ("429", 2.0, True)
 
 
-def test_error_messages_of_openai_style_bodies():
+def test_error_messages_of_openai_style_bodies(monkeypatch):
     assert _error_message(b'{"error": {"message": "model not found", "type": "x"}}') == "model not found"
     assert _error_message(b'{"error": "plain"}') == "plain"
     assert _error_message(b"<html>Bad gateway</html>") == "<html>Bad gateway</html>"
+    # a key the server echoes across the point where the message is cut: scrubbed whole, before the cut
+    key = "sk-secret-0123456789"
+    monkeypatch.setenv("PLAD_TEST_KEY", key)
+    ep = Endpoint(ApiConfig(base_url="http://x/v1", api_key_env="PLAD_TEST_KEY", client="lean"), "m", "t")
+    for at in range(280, 310):
+        body = ("x" * at + f"Bearer {key} refused").encode()
+        message = ep._classify(HttpStatusError(401, _error_message(body), {}))[3]
+        assert "sk-s" not in message and key[:-1] not in message, at
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8000/v1", "http://host:port/v1", "ftp://host/v1", "http:///v1"])
+def test_base_url_must_be_an_http_url(url):
+    with pytest.raises(ConfigError, match="http:// or https://"):
+        ApiConfig(base_url=url)
+    ApiConfig(base_url="https://api.example.com/v1")
+
+
+@pytest.mark.parametrize("client", ["openai", "lean"])
+def test_timeout_counts_time_without_progress(client):
+    """api.timeout is the longest wait for the next bytes, as the openai client has it: a reply that trickles in
+    over 3 x timeout arrives; a server that says nothing for longer than the timeout is a timeout."""
+    reply = json.dumps({"choices": [{"index": 0, "text": " hi", "finish_reason": "stop"}]}).encode()
+
+    class Slow(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            silent = body["prompt"] == "silent"
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            if silent:
+                time.sleep(2.0)
+            for i in range(0, len(reply), len(reply) // 6 + 1):
+                self.wfile.write(reply[i : i + len(reply) // 6 + 1])
+                self.wfile.flush()
+                time.sleep(0.25)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    cfg = ApiConfig(
+        base_url=f"http://127.0.0.1:{server.server_address[1]}/v1",
+        api_key_env="",
+        client=client,
+        timeout=0.6,
+        max_retries=0,
+    )
+    ep = Endpoint(cfg, "m", "teacher")
+
+    async def ask(prompt: str) -> list:
+        try:
+            return (await ep.sample(prompt, SamplingConfig(max_new_tokens=2), 1, 0))[0]
+        finally:
+            await ep.close()
+
+    try:
+        t0 = time.monotonic()
+        assert asyncio.run(ask("trickle")) == [{"text": " hi", "finish": "stop"}]
+        assert time.monotonic() - t0 > 1.2  # longer than the timeout in all
+        with pytest.raises(ApiError, match="timed out"):
+            asyncio.run(ask("silent"))
+        assert ep.usage.retries == {} and ep.usage.attempts == 2
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_env_proxy(monkeypatch):

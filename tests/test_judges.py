@@ -272,38 +272,17 @@ def test_llm_judge_request_errors_and_unwritable_cache(
         return 400 if " b " in f" {prompt} " else by_task_score(prompt, a, b)
 
     with RuleJudgeServer(tldr_split, refuses_b) as server:
-        assert (
-            main_inprocess(
-                *judge_args(
-                    bench,
-                    tmp_path / "e",
-                    outputs["system"],
-                    server.base_url,
-                    "--llm_judge.api.client",
-                    client,
-                )
-            )
-            == 0
+        args = judge_args(
+            bench, tmp_path / "e", outputs["system"], server.base_url, "--llm_judge.api.client", client
         )
+        assert main_inprocess(*args) == 0
         w = results(tmp_path / "e")["judges"]["llm"]["win_rate_vs_target"]
         assert w["request_errors"] == 2 * refused and w["no_verdict"] == refused
         errors = [r for r in read_jsonl(tmp_path / "e" / "llm_verdicts.jsonl") if "error" in r]
         assert len(errors) == 2 * refused and all("HTTP 400" in r["error"] for r in errors)
         # the same command again asks only the refused requests (a refusal is not a paid verdict)
         asked = server.requests
-        assert (
-            main_inprocess(
-                *judge_args(
-                    bench,
-                    tmp_path / "e",
-                    outputs["system"],
-                    server.base_url,
-                    "--llm_judge.api.client",
-                    client,
-                )
-            )
-            == 0
-        )
+        assert main_inprocess(*args) == 0
         assert server.requests == asked + 2 * refused
         blocked = tmp_path / "file"
         blocked.write_text("")

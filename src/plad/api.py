@@ -1,12 +1,12 @@
 """OpenAI-compatible endpoints: one client for API teachers, API students and LLM judges.
 
 Requests go through the official `openai` client over its aiohttp transport (`api.client: openai`), or through
-plad's own minimal JSON-over-aiohttp client (`api.client: lean`: a third to half the CPU per request, for fast
-local servers; measured in benchmarks/api_throughput.py). Either way the client's own retries are off, so that
-plad decides what is retried and counts it: 408/409/429, 5xx, timeouts, dropped connections and malformed replies
-are retried with exponential backoff and full jitter, honouring Retry-After; anything else (a bad request, a wrong
-key, an unknown model) stops at once with the endpoint named. The key comes only from the environment variable
-the config names and is scrubbed from every message plad writes.
+plad's own minimal JSON-over-aiohttp client (`api.client: lean`: a quarter to half the CPU per request, for
+fast local servers; measured in benchmarks/api_throughput.py). Either way the client's own retries are off, so
+that plad decides what is retried and counts it: 408/409/429, 5xx, timeouts, dropped connections and malformed
+replies are retried with exponential backoff and full jitter, honouring Retry-After; anything else (a bad
+request, a wrong key, an unknown model) stops at once with the endpoint named. The key comes only from the
+environment variable the config names and is scrubbed from every message plad writes.
 """
 
 from __future__ import annotations
@@ -250,7 +250,7 @@ class Endpoint:
         dropped = [x for x in chain if aio and isinstance(x, aio.ClientError) and not _is_timeout(x)]
         if isinstance(e, o.APITimeoutError) and not dropped or _is_timeout(e):
             return "timeout", None, True, f"timed out after {self.cfg.timeout:g} s (api.timeout)"
-        if aio and isinstance(e, aio.InvalidURL):
+        if aio and any(isinstance(x, aio.InvalidURL) for x in chain):
             return "other", None, False, f"api.base_url {self.cfg.base_url!r} is not a valid URL"
         if isinstance(e, o.APIConnectionError) or dropped:
             cause = dropped[-1] if dropped else (e.__cause__ or e.__context__)
@@ -417,14 +417,18 @@ class HttpStatusError(RuntimeError):
 
 class LeanClient:
     """plad's minimal client: one aiohttp session, the body sent as JSON with a bearer key, the reply parsed as
-    JSON; `timeout` bounds each whole request. A proxy from the environment (HTTP(S)_PROXY, NO_PROXY) is looked up
+    JSON. A proxy from the environment (HTTP(S)_PROXY, NO_PROXY) is looked up
     once, as the openai client does: aiohttp's trust_env would look it up (and read ~/.netrc) on every request,
     which costs more CPU than the request itself."""
 
     def __init__(self, base_url: str, key: str, timeout: float):
         from plad import __version__
 
-        self.base_url, self.timeout = base_url.rstrip("/"), timeout
+        # as the openai client: `timeout` without progress (to connect, or between bytes of the reply), so a
+        # long generation that the server streams out slowly is not cut
+        self.timeout = timeout
+
+        self.base_url = base_url.rstrip("/")
         self.headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",
@@ -440,7 +444,9 @@ class LeanClient:
             import aiohttp
 
             self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                timeout=aiohttp.ClientTimeout(
+                    total=None, connect=self.timeout, sock_connect=self.timeout, sock_read=self.timeout
+                ),
                 connector=aiohttp.TCPConnector(limit=0),  # plad bounds the requests in flight itself
             )
         data = json.dumps(body).encode()
@@ -472,7 +478,8 @@ def env_proxy(url: str) -> str | None:
 
 
 def _error_message(raw: bytes) -> str:
-    """The message of an OpenAI-style error body ({"error": {"message": ...}}), else the body's text."""
+    """The message of an OpenAI-style error body ({"error": {"message": ...}}), else the body's text (whole: the
+    caller scrubs the key before it shortens the message, so no part of a key can survive a cut)."""
     try:
         data = json.loads(raw)
         err = data.get("error") if isinstance(data, dict) else None
@@ -481,7 +488,7 @@ def _error_message(raw: bytes) -> str:
             return str(msg)
     except ValueError:
         pass
-    return raw.decode("utf-8", "replace").strip()[:300]
+    return raw.decode("utf-8", "replace").strip()
 
 
 def _aiohttp() -> Any:

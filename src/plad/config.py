@@ -15,6 +15,7 @@ import json
 import re
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,14 +242,18 @@ class ApiConfig:
     client: str = opt(
         "openai",
         "HTTP client: openai (the official openai client over aiohttp) or lean (plad's own minimal JSON-over-aiohttp "
-        "client: a third to half the CPU per request, for fast local servers; same retries and errors)",
+        "client: a quarter to half the CPU per request, for fast local servers; same retries and errors)",
         ("openai", "lean"),
     )
     max_retries: int = opt(
         8,
         "retries of one request (429, 5xx, timeouts, dropped connections, malformed replies) before the run stops",
     )
-    timeout: float = opt(120.0, "seconds before a request counts as timed out (and is retried)")
+    timeout: float = opt(
+        120.0,
+        "seconds without progress (connecting, or waiting for the reply's next bytes) before a request counts as "
+        "timed out and is retried",
+    )
     backoff_base: float = opt(
         0.5, "first retry waits up to this many seconds; doubles per retry (full jitter)"
     )
@@ -268,6 +273,17 @@ class ApiConfig:
             raise ConfigError("concurrency must be >= 1, max_retries >= 0 and timeout > 0")
         if "{prompt}" not in self.prompt_template:
             raise ConfigError(f"prompt_template must contain {{prompt}} (got {self.prompt_template!r})")
+        if self.base_url:
+            url = urllib.parse.urlsplit(self.base_url)
+            try:
+                ok = url.scheme in ("http", "https") and bool(url.hostname) and (url.port or 0) >= 0
+            except ValueError:  # a port that is not a number
+                ok = False
+            if not ok:
+                raise ConfigError(
+                    f"base_url must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8000/v1 "
+                    f"(got {self.base_url!r})"
+                )
         if self.extra_body:
             try:
                 body = json.loads(self.extra_body)
