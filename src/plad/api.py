@@ -244,13 +244,14 @@ class Endpoint:
                 status, ""
             )
             return reason, None, False, f"HTTP {status}{' (' + what + ')' if what else ''}: {body}"
+        import aiohttp
+
         chain = _causes(e)
-        aio = _aiohttp()
         # the openai client's aiohttp transport reports a dropped connection as a connect timeout: look beneath
-        dropped = [x for x in chain if aio and isinstance(x, aio.ClientError) and not _is_timeout(x)]
+        dropped = [x for x in chain if isinstance(x, aiohttp.ClientError) and not _is_timeout(x)]
         if isinstance(e, o.APITimeoutError) and not dropped or _is_timeout(e):
             return "timeout", None, True, f"timed out after {self.cfg.timeout:g} s (api.timeout)"
-        if aio and any(isinstance(x, aio.InvalidURL) for x in chain):
+        if any(isinstance(x, aiohttp.InvalidURL) for x in chain):
             return "other", None, False, f"api.base_url {self.cfg.base_url!r} is not a valid URL"
         if isinstance(e, o.APIConnectionError) or dropped:
             cause = dropped[-1] if dropped else (e.__cause__ or e.__context__)
@@ -489,14 +490,6 @@ def _error_message(raw: bytes) -> str:
     except ValueError:
         pass
     return raw.decode("utf-8", "replace").strip()
-
-
-def _aiohttp() -> Any:
-    try:
-        import aiohttp
-    except ImportError:  # pragma: no cover - a dependency of plad
-        return None
-    return aiohttp
 
 
 def _causes(e: BaseException) -> list[BaseException]:
