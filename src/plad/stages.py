@@ -168,19 +168,32 @@ def list_items(pairs: list[dict], tokenizer: object, cfg_data, where: str) -> li
     return items
 
 
+def check_same_vocab(student_tok: object, teacher_tok: object, what: str) -> None:
+    """Token-level losses compare distributions over the same token ids: refuse two different vocabularies."""
+    if teacher_tok.get_vocab() != student_tok.get_vocab():
+        same_size = len(teacher_tok) == len(student_tok)
+        raise ConfigError(
+            f"{what}: compares teacher and student next-token distributions, so both must use one vocabulary: the "
+            f"student tokenizer has {len(student_tok)} tokens, the teacher tokenizer {len(teacher_tok)}"
+            + (" with other token ids" if same_size else "")
+        )
+
+
 def load_frozen_teacher(cfg: DistillConfig, student_tok: object) -> Any:
     """The frozen teacher of the token-level methods, after checking (before reading weights) that it shares the
     student's vocabulary: token-level losses compare distributions over the same token ids."""
     teacher_tok = load_tokenizer(cfg.teacher_tokenizer or cfg.teacher)
-    if teacher_tok.get_vocab() != student_tok.get_vocab():
-        same_size = len(teacher_tok) == len(student_tok)
-        raise ConfigError(
-            f"method {cfg.method} compares teacher and student next-token distributions, so both must use one "
-            f"vocabulary: the student tokenizer ({cfg.tokenizer or cfg.model}) has {len(student_tok)} tokens, the "
-            f"teacher tokenizer ({cfg.teacher_tokenizer or cfg.teacher}) has {len(teacher_tok)}"
-            + (" with other token ids" if same_size else "")
-            + "; use a text-only method (seqkd, plad-rank, plad-margin, plad-list, dpkd) for this pair"
+    try:
+        check_same_vocab(
+            student_tok,
+            teacher_tok,
+            f"method {cfg.method} (student tokenizer {cfg.tokenizer or cfg.model}, teacher tokenizer "
+            f"{cfg.teacher_tokenizer or cfg.teacher})",
         )
+    except ConfigError as e:
+        raise ConfigError(
+            f"{e}; use a text-only method (seqkd, plad-rank, plad-margin, plad-list, dpkd) for this pair"
+        ) from None
     teacher, _ = load_model_and_tokenizer(cfg.teacher, tok=teacher_tok)
     return teacher
 

@@ -1,0 +1,277 @@
+"""The real-text task of the real benchmark: Debian package descriptions -> their one-line synopses.
+
+The long description (written by the package's maintainer) is the input, the synopsis (the one-line summary on
+the `Description:` line, also the maintainer's) is the target: human-written summarisation with about 27k usable
+pairs. The texts come from the archive's `Translation-en` files, which plain `apt-get update` does not fetch; they
+are fetched into a private folder (the system's apt state is not touched) and joined with the `Packages` files for
+each binary's source package. The texts carry their packages' licences, so they are built at run time and never
+committed.
+
+Rules (each tested in tests/test_debian.py):
+- drop transitional, dummy and meta packages and the -doc, -dev, -dbg, -data, -common and -prof binaries (their
+  synopses are templates of another package's);
+- keep descriptions of `min_words`..`max_words` words and synopses of `min_synopsis_words`..`max_synopsis_words`;
+- keep one binary per source package (binaries of one source share text, so train would leak into test): the
+  binary named like its source, else the shortest name;
+- cap formulaic families (r-cran-*, libghc-*, lib*-perl, ...) at `family_cap` packages each, so that no method can
+  win on templates alone;
+- split by a salted hash of the source name (deterministic, and no source in two splits).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+INSTRUCTION = (
+    "Write the one-line synopsis of this Debian package, in the style of Debian's package descriptions."
+)
+DROP_SUFFIXES = ("-doc", "-dev", "-dbg", "-data", "-common", "-prof")
+DROP_WORDS = re.compile(r"\b(transitional|dummy|metapackage|meta-package|meta package)\b", re.IGNORECASE)
+# name pattern -> family; a package outside these is its own family (no cap applies)
+FAMILIES = (
+    ("r-cran", re.compile(r"^r-cran-")),
+    ("r-bioc", re.compile(r"^r-bioc-")),
+    ("r-other", re.compile(r"^r-")),
+    ("libghc", re.compile(r"^libghc-")),
+    ("perl", re.compile(r"^lib.*-perl$")),
+    ("python", re.compile(r"^python3?-")),
+    ("golang", re.compile(r"^golang-")),
+    ("node", re.compile(r"^node-")),
+    ("ruby", re.compile(r"^ruby-")),
+    ("php", re.compile(r"^php-")),
+    ("rust", re.compile(r"^librust-")),
+    ("java", re.compile(r"^lib.*-java$")),
+    ("ocaml", re.compile(r"^lib.*-ocaml")),
+    ("elpa", re.compile(r"^elpa-")),
+    ("fonts", re.compile(r"^fonts-")),
+    ("texlive", re.compile(r"^texlive-")),
+    ("lua", re.compile(r"^lua-")),
+    ("jsdeps", re.compile(r"^libjs-")),
+)
+SPLITS = ("test", "val", "train", "unlabeled")
+
+
+class DebianError(ValueError):
+    """The archive lists could not be fetched or read; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class DebianOptions:
+    min_words: int = 15
+    max_words: int = 120
+    min_synopsis_words: int = 2
+    max_synopsis_words: int = 16
+    family_cap: int = 150
+    n_test: int = 500
+    n_val: int = 300
+    salt: str = "plad-debian-v1"
+
+
+def parse_deb822(text: str) -> Iterator[dict[str, str]]:
+    """Paragraphs of an apt list ("Field: value" lines; continuation lines start with a space), fields as text
+    with continuation lines joined by newlines (their leading space kept)."""
+    para: dict[str, str] = {}
+    key = None
+    for line in text.splitlines():
+        if not line.strip():
+            if para:
+                yield para
+            para, key = {}, None
+        elif line[0] in " \t" and key is not None:
+            para[key] += "\n" + line
+        elif ":" in line:
+            key, _, value = line.partition(":")
+            para[key] = value.strip()
+    if para:
+        yield para
+
+
+def description_text(long: str) -> str:
+    """The long description as plain text: paragraphs (" ." lines) separated by a blank line, the wrapped lines
+    of a paragraph joined by spaces, verbatim lines (two leading spaces: lists, code) kept on lines of their own."""
+    paras: list[str] = []
+    lines: list[tuple[str, bool]] = []  # (text, verbatim) of the current paragraph
+    for raw in long.split("\n"):
+        text = raw.strip()
+        if text == ".":
+            if lines:
+                paras.append("\n".join(t for t, _ in lines))
+            lines = []
+        elif text:
+            verbatim = raw.startswith("  ")
+            if lines and not verbatim and not lines[-1][1]:
+                lines[-1] = (lines[-1][0] + " " + text, False)
+            else:
+                lines.append((text, verbatim))
+    if lines:
+        paras.append("\n".join(t for t, _ in lines))
+    return "\n\n".join(paras).strip()
+
+
+def family(name: str) -> str:
+    return next((fam for fam, pattern in FAMILIES if pattern.search(name)), name)
+
+
+def _split_key(source: str, salt: str) -> str:
+    return hashlib.sha256(f"{salt}:{source}".encode()).hexdigest()
+
+
+def extract(
+    packages: Iterable[str], translations: Iterable[str], options: DebianOptions
+) -> dict[str, list[dict]]:
+    """Rows {id, prompt, target, meta} per split from the texts of `Packages` and `Translation-en` files."""
+    source_of: dict[str, tuple[str, str]] = {}  # binary -> (source, section)
+    for text in packages:
+        for p in parse_deb822(text):
+            name = p.get("Package")
+            if name and name not in source_of:
+                source = p.get("Source", name).split()[0]  # "src (version)" -> src
+                source_of[name] = (source, p.get("Section", ""))
+    candidates: dict[str, list[dict]] = {}  # source -> binaries that pass the filters
+    seen: set[str] = set()
+    for text in translations:
+        for p in parse_deb822(text):
+            name, desc = p.get("Package"), p.get("Description-en")
+            if not name or not desc or name in seen or name not in source_of:
+                continue
+            seen.add(name)
+            synopsis, _, long = desc.partition("\n")
+            synopsis = synopsis.strip()
+            if name.endswith(DROP_SUFFIXES) or DROP_WORDS.search(synopsis) or DROP_WORDS.search(long[:200]):
+                continue
+            body = description_text(long)
+            n_words, n_syn = len(body.split()), len(synopsis.split())
+            if not (options.min_words <= n_words <= options.max_words):
+                continue
+            if not (options.min_synopsis_words <= n_syn <= options.max_synopsis_words):
+                continue
+            source, section = source_of[name]
+            candidates.setdefault(source, []).append(
+                {
+                    "package": name,
+                    "source": source,
+                    "section": section,
+                    "synopsis": synopsis,
+                    "description": body,
+                }
+            )
+    # one binary per source: the one named like the source, else the shortest (then alphabetical) name
+    chosen = [
+        min(rows, key=lambda r: (r["package"] != source, len(r["package"]), r["package"]))
+        for source, rows in candidates.items()
+    ]
+    chosen.sort(key=lambda r: _split_key(r["source"], options.salt))
+    kept, per_family = [], {}
+    for r in chosen:  # hash order, so the cap keeps a random sample of each family
+        fam = family(r["package"])
+        per_family[fam] = per_family.get(fam, 0) + 1
+        if per_family[fam] <= options.family_cap:
+            kept.append({**r, "family": fam})
+    if len(kept) < options.n_test + options.n_val + 2:
+        raise DebianError(
+            f"only {len(kept)} packages pass the filters; the lists look incomplete (fetch them again)"
+        )
+    splits = {s: [] for s in SPLITS}
+    for i, r in enumerate(kept):
+        if i < options.n_test:
+            split = "test"
+        elif i < options.n_test + options.n_val:
+            split = "val"
+        else:
+            split = (
+                "train" if int(_split_key(r["source"], options.salt + ":half"), 16) % 2 == 0 else "unlabeled"
+            )
+        splits[split].append(r)
+    return {s: [_row(r) for r in sorted(rows, key=lambda r: r["package"])] for s, rows in splits.items()}
+
+
+def _row(r: dict) -> dict:
+    prompt = f"{INSTRUCTION}\n\nPackage: {r['package']}\n\n{r['description']}"
+    return {
+        "id": r["package"],
+        "prompt": [{"role": "user", "content": prompt}],
+        "target": r["synopsis"],
+        "meta": {"source": r["source"], "section": r["section"], "family": r["family"]},
+        "text": r["description"],  # the unlabeled text that heals a pruned student
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The archive lists
+
+
+def fetch_lists(dest: Path, sources: Path | None = None) -> None:
+    """`apt-get update` into `dest` with English translations, without touching the system's apt state."""
+    if shutil.which("apt-get") is None:
+        raise DebianError(
+            "apt-get is not installed, so the Debian lists cannot be fetched on this machine; build the data set "
+            "on a Debian/Ubuntu machine and pass its JSONL files (prepare.data_dir), or install apt"
+        )
+    sources = sources or Path("/etc/apt/sources.list.d/debian.sources")
+    if not sources.is_file():
+        raise DebianError(
+            f"{sources} does not exist: this machine has no Debian sources file to copy; set prepare.apt_sources to "
+            "a deb822 .sources file naming a Debian mirror"
+        )
+    parts = dest / "sources.d"
+    (dest / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+    parts.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(sources, parts / sources.name)
+    cmd = [
+        "apt-get", "update", "-q",
+        "-o", f"Dir::State::Lists={dest / 'lists'}",
+        "-o", "Acquire::Languages=en",
+        "-o", "Dir::Etc::sourcelist=/dev/null",
+        "-o", f"Dir::Etc::sourceparts={parts}",
+        "-o", "APT::Sandbox::User=root",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or "Err:" in proc.stdout:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise DebianError(
+            f"apt-get update could not fetch the Debian lists (is the mirror reachable?): {' | '.join(tail)}"
+        )
+
+
+def list_files(lists: Path, suite: str) -> tuple[list[Path], list[Path]]:
+    """The Packages and Translation-en files of `suite`'s main component (e.g. bookworm, not bookworm-updates)."""
+    pkgs = sorted(lists.glob(f"*_dists_{suite}_main_binary-*_Packages*"))
+    trans = sorted(lists.glob(f"*_dists_{suite}_main_i18n_Translation-en*"))
+    if not pkgs or not trans:
+        raise DebianError(
+            f"{lists} holds no Packages or Translation-en files of suite {suite!r}; fetch the lists again or set "
+            "prepare.suite to the suite the sources file names"
+        )
+    return pkgs, trans
+
+
+def read_list(path: Path) -> str:
+    """A list file's text, decompressed by apt itself (lz4, xz, gz or plain: whatever the mirror served)."""
+    helper = Path("/usr/lib/apt/apt-helper")
+    if path.suffix in ("", ".txt"):
+        return path.read_text(encoding="utf-8", errors="replace")
+    if not helper.exists():
+        raise DebianError(f"{path} is compressed and apt-helper is missing to read it")
+    proc = subprocess.run([str(helper), "cat-file", str(path)], capture_output=True)
+    if proc.returncode != 0:
+        raise DebianError(f"could not read {path}: {proc.stderr.decode(errors='replace').strip()}")
+    return proc.stdout.decode("utf-8", errors="replace")
+
+
+def release_info(lists: Path, suite: str) -> dict:
+    """The archive's date and version from the suite's InRelease file (for the results' provenance)."""
+    files = sorted(lists.glob(f"*_dists_{suite}_InRelease"))
+    if not files:
+        return {}
+    fields = {}
+    for line in files[0].read_text(errors="replace").splitlines():
+        key, sep, value = line.partition(": ")
+        if sep and key in ("Origin", "Suite", "Version", "Codename", "Date"):
+            fields[key.lower()] = value.strip()
+    return fields

@@ -1,0 +1,128 @@
+"""`plad heal`: repair a pruned model (prune.py) by training it on unlabeled text, through plad's training loop.
+
+A model with a third of its layers removed is not a small model but a broken one (held-out NLL 11-18 against 3.8
+for SmolLM2-135M); a few hundred thousand tokens of language modelling bring most of it back (Minitron, Sreenivas
+et al. 2024, heal by distillation; DistilBERT, Sanh et al. 2019, initialise from the teacher's layers). Two
+objectives: `lm`, next-token cross-entropy on the text (no teacher needed, the cheapest step), or `kd`, forward
+KL(teacher || student) at every position (the teacher's full next-token distribution: more signal per token, a
+teacher forward per step). Each text is one training row: its first token is the "prompt", the rest the output,
+so every later token is predicted. Checkpoints, resume and accumulation invariance are the training loop's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from plad.config import ConfigError, HealConfig, LossConfig, require, save_yaml
+from plad.data import DataError, read_jsonl, write_json_atomic
+from plad.methods import METHODS, Frozen, Item
+from plad.models import load_model_and_tokenizer, load_tokenizer, set_threads
+
+log = logging.getLogger("plad")
+
+
+def text_items(path: str, field: str, tokenizer: Any) -> list[list[int]]:
+    """The token ids of every text of the file (no special tokens), in file order."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"text_file {p} does not exist")
+    texts = []
+    for i, row in enumerate(read_jsonl(p), start=1):
+        text = row.get(field)
+        if not isinstance(text, str):
+            raise DataError(f"{p}:{i}: field {field!r} must be text (has {', '.join(row) or 'no fields'})")
+        if text.strip():
+            texts.append(tokenizer(text, add_special_tokens=False).input_ids)
+    if not texts:
+        raise DataError(f"{p}: no text in field {field!r}")
+    return texts
+
+
+def pack(texts: list[list[int]], eos_id: int, length: int) -> list[Item]:
+    """Texts joined by EOS and cut into rows of `length` tokens (the last, shorter row kept): no padding, as in LM
+    pre-training. A row's first token is its prompt, so each later token is predicted."""
+    stream = [t for ids in texts for t in ids + [eos_id]]
+    rows = [stream[i : i + length] for i in range(0, len(stream), length)]
+    return [Item(r[:1], r[1:]) for r in rows if len(r) >= 2]
+
+
+def heldout_nll(model: Any, pad_id: int, items: list[Item]) -> float:
+    """Mean next-token NLL per token over the items (no gradient)."""
+    from plad.logprobs import score_outputs
+
+    scored = score_outputs(
+        model, pad_id, [it.prompt for it in items], [it.chosen for it in items], batch_size=8
+    )
+    return -sum(lp for lp, _ in scored) / max(1, sum(n for _, n in scored))
+
+
+def run_heal(cfg: HealConfig) -> dict:
+    from plad.stages import _resume_fingerprint
+    from plad.train import check_output_dir, train
+
+    require(cfg, "model", "text_file", "output_dir")
+    if cfg.objective == "kd":
+        require(cfg, "teacher")
+    set_threads(cfg.threads)
+    out = Path(cfg.output_dir)
+    tok = load_tokenizer(cfg.model)
+    texts = text_items(cfg.text_file, cfg.text_field, tok)
+    if len(texts) <= cfg.val_texts:
+        raise DataError(f"{cfg.text_file}: {len(texts)} texts, not more than val_texts={cfg.val_texts}")
+    # held out: the last texts, each alone and cut at max_tokens (the rest packed into rows of max_tokens)
+    val = [Item(ids[:1], ids[1 : cfg.max_tokens]) for ids in texts[-cfg.val_texts :] if len(ids) >= 2]
+    items = pack(texts[: -cfg.val_texts], tok.eos_token_id, cfg.max_tokens)
+    check_output_dir(out, cfg.resume, _resume_fingerprint(cfg))
+    teacher = None
+    if cfg.objective == "kd":
+        from plad.stages import check_same_vocab
+
+        teacher_tok = load_tokenizer(cfg.teacher)
+        check_same_vocab(tok, teacher_tok, f"heal objective kd: student {cfg.model}, teacher {cfg.teacher}")
+        teacher, _ = load_model_and_tokenizer(cfg.teacher, tok=teacher_tok)
+    model, tok = load_model_and_tokenizer(cfg.model, tok=tok)
+    summary_path = out / "heal.json"
+    before = heldout_nll(model, tok.pad_token_id, val)
+    if not math.isfinite(before):
+        raise ConfigError(f"{cfg.model}: held-out NLL is {before} before healing; the model is broken")
+    save_yaml(cfg, out / "plad_config.yaml")
+    n_tokens = sum(len(it.chosen) for it in items)
+    log.info(
+        "heal %s (%s): %d texts in %d rows (%d tokens), held-out NLL %.3f before",
+        cfg.model, cfg.objective, len(texts) - cfg.val_texts, len(items), n_tokens, before,
+    )  # fmt: skip
+    result = train(
+        model=model,
+        tokenizer=tok,
+        method=METHODS["sft" if cfg.objective == "lm" else "kd"],
+        items=items,
+        reg_items=None,
+        loss_cfg=LossConfig(),
+        cfg=cfg.train,
+        output_dir=out,
+        config_fingerprint=_resume_fingerprint(cfg),
+        resume=cfg.resume,
+        frozen=Frozen(teacher=teacher, vocab=len(tok)),
+    )
+    healed, _ = load_model_and_tokenizer(
+        str(out), tok=tok
+    )  # the saved model (also when resumed after the end)
+    after = heldout_nll(healed, tok.pad_token_id, val)
+    info = {
+        **result,
+        "objective": cfg.objective,
+        "heldout_nll_before": round(before, 4),
+        "heldout_nll_after": round(after, 4),
+        "heldout_texts": len(val),
+        "train_texts": len(texts) - cfg.val_texts,
+        "train_rows": len(items),
+        "tokens_per_epoch": n_tokens,
+    }
+    if teacher is not None:
+        info["teacher_heldout_nll"] = round(heldout_nll(teacher, tok.pad_token_id, val), 4)
+    write_json_atomic(summary_path, info)
+    log.info("heal: held-out NLL %.3f -> %.3f", before, after)
+    return info

