@@ -26,12 +26,15 @@ import numpy as np
 
 from plad.config import BenchConfig, ConfigError, save_yaml
 from plad.data import read_jsonl, write_json_atomic, write_text_atomic
-from plad.evaluation.winrate import across_seeds, outcomes
+from plad.evaluation.winrate import across_seeds, bucket_labels, bucket_of, outcomes, quantile_edges
 from plad.pipeline import Run, distill_stage, eval_stage, fraction_key, fraction_stage, pairs_stage, prepare
 
 log = logging.getLogger("plad")
 
-METRICS = ("mean_score", "win_rate_vs_target", "head_to_head", "exact_match")
+# the headline judge's cells (mean score, win rate over targets: a task scorer only, head-to-head vs student-sft),
+# then the reference metrics every eval computes
+METRICS = ("mean_score", "win_rate_vs_target", "head_to_head", "rouge_l", "exact_match_squad", "exact_match")
+SCALING_KEYS = ("mean_score", "win_rate_vs_target", "head_to_head")
 
 
 def _lr_name(lr: str) -> str:
@@ -58,18 +61,26 @@ def _metrics(res: dict) -> dict:
 
 
 def _length_buckets(run: Run, systems: dict[str, str], n_buckets: int) -> dict:
-    """Win rate over targets per quantile bucket of the test targets' length in student tokens."""
+    """Per quantile bucket of the test targets' length in student tokens: each system's win rate over the targets
+    when the headline judge scores references (a task scorer), else its head-to-head win rate against the SFT
+    student (a reference metric cannot score the reference itself); and its mean headline score. Bucket edges
+    follow `plad eval`'s rule: a length equal to an edge goes to the lower bucket."""
     from plad.models import load_tokenizer
 
     tok = load_tokenizer(run.student_sft)
     first = read_jsonl(run.root / "eval" / "student-sft" / "outputs.jsonl")
-    lengths = np.array([len(tok(r["target"], add_special_tokens=False).input_ids) for r in first])
-    edges = np.quantile(lengths, np.linspace(0, 1, n_buckets + 1)[1:-1]) if n_buckets > 1 else np.array([])
-    bucket = np.searchsorted(edges, lengths, side="right")  # 0 .. n_buckets-1
+    lengths = [len(tok(r["target"], add_special_tokens=False).input_ids) for r in first]
+    edges = quantile_edges(lengths, n_buckets)
+    bucket = bucket_of(lengths, edges)
+    n = len(edges) + 1
+    vs_target = "target_score" in first[0]
     out: dict[str, Any] = {
-        "edges_tokens": edges.tolist(),
-        "sizes": [int((bucket == b).sum()) for b in range(n_buckets)],
+        "edges_tokens": edges,
+        "labels": bucket_labels(edges),
+        "sizes": [int((bucket == b).sum()) for b in range(n)],
+        "against": "target" if vs_target else "student-sft",
         "win_rate": {},
+        "mean_score": {},
     }
     for name in systems:
         rows = read_jsonl(run.root / "eval" / name / "outputs.jsonl")
@@ -77,10 +88,34 @@ def _length_buckets(run: Run, systems: dict[str, str], n_buckets: int) -> dict:
             raise ConfigError(
                 f"eval/{name}/outputs.jsonl does not hold the same test prompts as eval/student-sft"
             )
-        o = outcomes([r["score"] for r in rows], [r["target_score"] for r in rows])
-        out["win_rate"][name] = [
-            float(o[bucket == b].mean()) if (bucket == b).any() else None for b in range(n_buckets)
+        score = np.array([r["score"] for r in rows])
+        out["mean_score"][name] = [
+            float(score[bucket == b].mean()) if (bucket == b).any() else None for b in range(n)
         ]
+        if not vs_target and name == "student-sft":
+            continue
+        other = [r["target_score"] for r in rows] if vs_target else [r["score"] for r in first]
+        o = outcomes(score, other)
+        out["win_rate"][name] = [
+            float(o[bucket == b].mean()) if (bucket == b).any() else None for b in range(n)
+        ]
+    return out
+
+
+def _calibration(run: Run, systems: dict[str, str], limit: int) -> dict:
+    """How often each system's likelihood ranks the better output of held-out pairs first (pipeline's
+    calibration pairs from the test prompts, the first `limit`)."""
+    from plad.pipeline import calibration_pairs, calibration_stage
+
+    pairs = calibration_pairs(run, limit)
+    if pairs is None:
+        return {}
+    out = {}
+    for name, model in systems.items():
+        if name == "teacher":
+            continue
+        res = calibration_stage(run, name, model, pairs)
+        out[name] = {k: res[k]["value"] for k in ("summed", "per_token")} | {"pairs": res["pairs"]}
     return out
 
 
@@ -89,12 +124,12 @@ def bench_seed(cfg: BenchConfig, seed: int, force: bool) -> dict:
     rcfg = dataclasses.replace(
         cfg.run, output_dir=str(Path(cfg.output_dir) / f"seed-{seed}"), seed=seed, methods=list(cfg.methods)
     )
-    if not rcfg.task:  # checked before any training (run.val_file is checked by BenchConfig)
-        raise ConfigError("plad bench needs a judge: set run.task to a task scorer (`plad tasks`)")
     run = prepare(rcfg, force)
     baseline = str(run.root / "eval" / "student-sft" / "outputs.jsonl")
     result: dict[str, Any] = {"seed": seed, "methods": {}, "systems": {}}
-    result["systems"]["student-sft"] = _metrics(eval_stage(run, "student-sft", run.student_sft))
+    first = eval_stage(run, "student-sft", run.student_sft)
+    result["systems"]["student-sft"] = _metrics(first)
+    result["judge"] = first.get("judge")
     result["systems"]["teacher"] = _metrics(eval_stage(run, "teacher", run.teacher_sft, compare_to=baseline))
     systems = {"student-sft": run.student_sft, "teacher": run.teacher_sft}
 
@@ -149,20 +184,17 @@ def bench_seed(cfg: BenchConfig, seed: int, force: bool) -> dict:
         result["variants"][label] = {"lr": tuned["lr"], **_metrics(res)}
 
     result["length_buckets"] = _length_buckets(run, systems, cfg.length_buckets)
+    result["calibration"] = _calibration(run, systems, cfg.calibration_pairs) if cfg.calibration_pairs else {}
 
     scaling: dict[str, dict] = {}
     for method in [m for m in cfg.fraction_methods if m in cfg.methods]:
         lr = result["methods"][method]["lr"]
         base = cfg.run.distill
-        scaling[method] = {
-            "1.0": {k: result["methods"][method][k] for k in ("win_rate_vs_target", "mean_score")}
-        }
+        scaling[method] = {"1.0": {k: v for k, v in result["methods"][method].items() if k in SCALING_KEYS}}
         dcfg = dataclasses.replace(base, train=dataclasses.replace(base.train, lr=float(lr)))
         for frac in cfg.fractions:
             _, res = fraction_stage(run, method, frac, dcfg, compare_to=baseline)
-            scaling[method][fraction_key(frac)] = {
-                k: res[k]["value"] for k in ("win_rate_vs_target", "mean_score")
-            }
+            scaling[method][fraction_key(frac)] = {k: res[k]["value"] for k in SCALING_KEYS if k in res}
     result["scaling"] = scaling
     result["pairs"] = {
         k: (run.pairs_info or {}).get(k)
@@ -223,19 +255,37 @@ def aggregate(cfg: BenchConfig, per_seed: list[dict]) -> dict:
         if all(label in r.get("variants", {}) for r in per_seed):
             table[label] = {m: over(lambda r, n=label, m=m: r["variants"][n].get(m)) for m in METRICS}
             table[label]["lr"] = [r["variants"][label]["lr"] for r in per_seed]
-    buckets = {
-        name: [
-            over(lambda r, n=name, b=b: r["length_buckets"]["win_rate"][n][b])
-            for b in range(cfg.length_buckets)
-        ]
-        for name in per_seed[0]["length_buckets"]["win_rate"]
-    }
+    lengths = per_seed[0]["length_buckets"]
+    n_b = max(len(r["length_buckets"]["sizes"]) for r in per_seed)
+
+    def bucket_cells(key: str) -> dict:
+        return {
+            name: [
+                over(lambda r, k=key, n=name, b=b: (r["length_buckets"][k].get(n) or [None] * n_b)[b]
+                     if b < len(r["length_buckets"]["sizes"]) else None)
+                for b in range(n_b)
+            ]
+            for name in lengths[key]
+        }  # fmt: skip
+
     scaling = {
         m: {
-            f: over(lambda r, m=m, f=f: r["scaling"][m][f]["win_rate_vs_target"])
+            f: {
+                k: over(lambda r, m=m, f=f, k=k: r["scaling"][m].get(f, {}).get(k))
+                for k in SCALING_KEYS
+                if k in per_seed[0]["scaling"][m][f]
+            }
             for f in per_seed[0]["scaling"][m]
         }
         for m in per_seed[0]["scaling"]
+    }
+    calibration = {
+        name: {
+            k: over(lambda r, n=name, k=k: r.get("calibration", {}).get(n, {}).get(k))
+            for k in ("summed", "per_token")
+        }
+        | {"pairs": [r["calibration"][name]["pairs"] for r in per_seed if name in r.get("calibration", {})]}
+        for name in per_seed[0].get("calibration", {})
     }
     return {
         **provenance("plad bench"),
@@ -243,11 +293,16 @@ def aggregate(cfg: BenchConfig, per_seed: list[dict]) -> dict:
         "grid_lr": cfg.grid_lr,
         "steps": cfg.run.distill.train.max_steps,
         "table": table,
+        "judge": per_seed[0].get("judge"),
         "length_buckets": {
             "edges_tokens_per_seed": [r["length_buckets"]["edges_tokens"] for r in per_seed],
-            "win_rate": buckets,
+            "labels": lengths.get("labels"),
+            "against": lengths.get("against", "target"),
+            "win_rate": bucket_cells("win_rate"),
+            "mean_score": bucket_cells("mean_score") if "mean_score" in lengths else {},
         },
         "scaling": scaling,
+        "calibration": calibration,
         "pairs_per_seed": [r["pairs"] for r in per_seed],
         "real_pairs_per_seed": [r.get("real_pairs", {}).get("pairs") for r in per_seed],
         "seconds_per_seed": [r["stage_seconds_total"] for r in per_seed],
@@ -259,31 +314,74 @@ def interval_text(d: dict | None) -> str:
     return "-" if not d else f"{d.get('mean', d.get('value')):.3f} [{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}]"
 
 
+COLUMNS = (
+    ("mean_score", "mean score"),
+    ("win_rate_vs_target", "win rate vs target"),
+    ("head_to_head", "vs student-sft"),
+    ("rouge_l", "ROUGE-L"),
+    ("exact_match_squad", "exact match (SQuAD)"),
+)
+
+
+def _columns(summary: dict) -> list[tuple[str, str]]:
+    """The table's columns that hold a value for some system (a judge without win rates over targets, e.g.
+    ROUGE-L, leaves that column out); the mean score is named by the judge."""
+    judge = summary.get("judge") or "task"
+    cols = [(k, f"{label} ({judge})" if k == "mean_score" else label) for k, label in COLUMNS]
+    if judge == "rouge":
+        cols = [c for c in cols if c[0] != "rouge_l"]  # the same numbers twice
+    return [c for c in cols if any(row.get(c[0]) for row in summary["table"].values())]
+
+
 def to_markdown(summary: dict) -> str:
     from plad.report import markdown_table
 
     m = summary["machine"]
-    head = ["system", "mean score", "win rate vs target", "vs student-sft", "exact match", "lr per seed"]
+    cols = _columns(summary)
+    head = ["system", *(label for _, label in cols), "lr per seed"]
     rows = [
         [
             name,
-            interval_text(row.get("mean_score")),
-            interval_text(row.get("win_rate_vs_target")),
-            interval_text(row.get("head_to_head")),
-            interval_text(row.get("exact_match")),
+            *(interval_text(row.get(k)) for k, _ in cols),
             ", ".join(f"{float(x):g}" for x in row.get("lr", [])) or "-",
         ]
         for name, row in summary["table"].items()
     ]
-    n_b = len(next(iter(summary["length_buckets"]["win_rate"].values())))
-    bucket_rows = [
-        [name, *(interval_text(c) for c in cells)]
-        for name, cells in summary["length_buckets"]["win_rate"].items()
+    lengths = summary["length_buckets"]
+    labels = lengths.get("labels") or [
+        f"bucket {b + 1}" for b in range(len(next(iter(lengths["win_rate"].values()), [])))
     ]
+    against = "targets" if lengths.get("against", "target") == "target" else "the SFT student (head-to-head)"
+    bucket_parts = []
+    for key, what in (("win_rate", f"win rate over {against}"), ("mean_score", "mean score")):
+        if lengths.get(key):
+            bucket_rows = [[name, *(interval_text(c) for c in cells)] for name, cells in lengths[key].items()]
+            bucket_parts += [
+                f"{what[0].upper()}{what[1:]}:",
+                "",
+                markdown_table(["system", *labels], bucket_rows),
+                "",
+            ]
     fracs = sorted({f for v in summary["scaling"].values() for f in v}, key=float)
-    scaling_rows = [
-        [name, *(interval_text(v.get(f)) for f in fracs)] for name, v in summary["scaling"].items()
+    scaling_parts = []
+    for key, label in COLUMNS[:3]:
+        scaling_rows = [
+            [name, *(interval_text((v.get(f) or {}).get(key)) for f in fracs)]
+            for name, v in summary["scaling"].items()
+        ]
+        if any(c != "-" for r in scaling_rows for c in r[1:]):
+            scaling_parts += [f"{label}:", "", markdown_table(["method", *fracs], scaling_rows), ""]
+    calibration = summary.get("calibration") or {}
+    calib_rows = [
+        [
+            name,
+            interval_text(c.get("summed")),
+            interval_text(c.get("per_token")),
+            ", ".join(map(str, c["pairs"])),
+        ]
+        for name, c in calibration.items()
     ]
+    judge = summary.get("judge") or "task"
     parts = [
         "# plad bench: every method, the same budget",
         "",
@@ -296,31 +394,39 @@ def to_markdown(summary: dict) -> str:
         + ", ".join(f"{s:g}" for s in summary["seconds_per_seed"])
         + ".",
         "",
-        "Test split, task scorer as judge. Mean over seeds with a 95% t-interval across seeds. `vs student-sft`: "
-        "head-to-head win rate against the initial (SFT) student; ties count 1/2. `plad-rank-real`: plad-rank on "
-        "real preference pairs (the same samples ordered by the scorer, ties dropped) instead of pseudo pairs. "
-        "`plad-list-kK`: plad-list over K student samples per prompt; `plad-rank-roundsN`: iterated PLaD, N rounds "
-        "of fresh student samples.",
+        f"Test split, judge `{judge}`. Mean over seeds with a 95% t-interval across seeds. `vs student-sft`: "
+        "head-to-head win rate against the initial (SFT) student (the higher score wins); ties count 1/2. "
+        "`plad-rank-real`: plad-rank on real preference pairs (the same samples ordered by the scorer, ties "
+        "dropped) instead of pseudo pairs. `plad-list-kK`: plad-list over K student samples per prompt; "
+        "`plad-rank-roundsN`: iterated PLaD, N rounds of fresh student samples.",
         "",
         markdown_table(head, rows),
         "",
-        "## Win rate over targets by target length",
+        "## Win rate and mean score by target length",
         "",
-        f"{n_b} quantile buckets of the test targets' length in student tokens (edges per seed: "
-        + "; ".join(
-            ", ".join(f"{e:g}" for e in edges) for edges in summary["length_buckets"]["edges_tokens_per_seed"]
-        )
+        "Quantile buckets of the test targets' length in student tokens (inner edges per seed: "
+        + "; ".join(", ".join(f"{e:g}" for e in edges) or "-" for edges in lengths["edges_tokens_per_seed"])
         + ").",
         "",
-        markdown_table(["system", *(f"bucket {b + 1}" for b in range(n_b))], bucket_rows),
-        "",
-        "## Data scaling: win rate over targets vs fraction of the training data",
+        *bucket_parts,
+    ]
+    if calib_rows:
+        parts += [
+            "## Calibration",
+            "",
+            "Held-out pairs from the test prompts, the better output (by the judge) chosen: how often each system's "
+            "sequence log-prob ranks it first, summed and per token; ties = 1/2.",
+            "",
+            markdown_table(["system", "summed log-prob", "per-token log-prob", "pairs per seed"], calib_rows),
+            "",
+        ]
+    parts += [
+        "## Data scaling",
         "",
         "Each method at its chosen learning rate, trained on the first fraction of its training prompts "
         "(distillation prompts; labeled data for sft), same steps.",
         "",
-        markdown_table(["method", *fracs], scaling_rows),
-        "",
+        *scaling_parts,
     ]
     return "\n".join(parts)
 
@@ -329,16 +435,12 @@ def print_summary(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    cols = _columns(summary)[:3]
     table = Table(title="plad bench: test set, mean over seeds [95% t-interval]")
-    for c in ("system", "mean score", "win rate vs target", "vs student-sft"):
+    for c in ("system", *(label for _, label in cols)):
         table.add_column(c, justify="left" if c == "system" else "right")
     for name, row in summary["table"].items():
-        table.add_row(
-            name,
-            interval_text(row.get("mean_score")),
-            interval_text(row.get("win_rate_vs_target")),
-            interval_text(row.get("head_to_head")),
-        )
+        table.add_row(name, *(interval_text(row.get(k)) for k, _ in cols))
     Console(width=140).print(table)
 
 

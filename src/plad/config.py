@@ -352,7 +352,12 @@ class PairsConfig:
         ModelSide(sampling=SamplingConfig(temperature=0.5)), "student model and its sampling settings"
     )
     num_student_samples: int = opt(1, "k: student samples per prompt (one pair per sample)")
-    scorer: str = opt("", "task scorer that scores every sample (needed by plad-margin); empty: no scores")
+    scorer: str = opt(
+        "",
+        "scores every sample (plad-margin needs scores): a task scorer (`plad tasks`; text prompts), teacher-logp "
+        "(the teacher's exp(mean token log-prob) of the sample: needs no reference; implies teacher_logprobs) or "
+        "rouge (ROUGE-L against the prompt's target in prompts_file); empty: no scores",
+    )
     rank_by: str = opt(
         "",
         "real preference pairs: order each pair by this scorer's scores (higher = chosen; ties dropped and "
@@ -379,6 +384,8 @@ class PairsConfig:
             )
         if self.rank_by and not self.scorer:
             self.scorer = self.rank_by
+        if self.scorer == "teacher-logp":
+            self.teacher_logprobs = True
 
 
 @dataclass
@@ -499,6 +506,10 @@ class PrepareConfig:
     n_val: int = opt(300, "validation descriptions")
     family_cap: int = opt(
         150, "most packages kept of one formulaic family (r-cran-*, libghc-*, lib*-perl, ...)"
+    )
+    teacher_sft: TrainConfig = opt(
+        TrainConfig(max_steps=150, batch_size=8, lr=5e-5, warmup_steps=10, save_every=25),
+        "the teacher's fine-tuning on the task's train split (once; every run and seed uses this teacher)",
     )
     student_layers: int = opt(
         10, "student: the teacher's layers kept, evenly spaced (when keep_layers is empty)"
@@ -628,6 +639,7 @@ class EvalConfig:
     )
     bootstrap_samples: int = opt(1000, "bootstrap resamples for the 95% intervals")
     seed: int = opt(0, "seed of the bootstrap")
+    limit: int = opt(0, "evaluate only the first N test prompts (0: all)")
     data: DataOptions = opt(DataOptions(split="test"), "data fields and length limits")
     threads: int = opt(0, "torch CPU threads (0: torch's default)")
 
@@ -640,8 +652,8 @@ class EvalConfig:
         if len(set(self.judge)) != len(self.judge):
             raise ConfigError(f"judge lists a judge twice: {self.judge}")
         _check_choices(self)
-        if self.length_buckets < 1:
-            raise ConfigError("length_buckets must be >= 1")
+        if self.length_buckets < 1 or self.limit < 0:
+            raise ConfigError("length_buckets must be >= 1 and limit >= 0")
         try:
             edges = [float(e) for e in self.length_edges]
         except ValueError:
@@ -677,7 +689,21 @@ class RunConfig:
     output_dir: str = opt("runs/plad", "folder of the whole run (one subfolder per stage)")
     seed: int = opt(0, "seed added to every stage's seed, so one number re-seeds the run")
     threads: int = opt(0, "torch CPU threads for every stage (0: torch's default)")
-    task: str = opt("count-summary", "task scorer of eval (the judge); empty: outputs only")
+    task: str = opt(
+        "count-summary",
+        "task scorer of eval (the judge; `plad tasks`); empty: no task judge (eval's headline is then ROUGE-L "
+        "against the targets, or the first judge of eval.judge)",
+    )
+    prepared: str = opt(
+        "",
+        "a real benchmark made by `plad prepare` (debian-smollm2): its files fill sft_file (train), val_file, "
+        "distill_file (unlabeled) and test_file, and its teacher and student folders teacher and student; prepared "
+        "first when missing",
+    )
+    prepared_cache_dir: str = opt("", "cache folder of `prepared` (default: $PLAD_CACHE, else ~/.cache/plad)")
+    val_limit: int = opt(
+        0, "validation runs (plad bench's learning-rate choice) use the first N prompts (0: all)"
+    )
     benchmark: BenchmarkConfig = opt(
         BenchmarkConfig(), "built-in data and models (used when data files are empty)"
     )
@@ -713,6 +739,13 @@ class RunConfig:
     def __post_init__(self) -> None:
         _check_methods(self.methods)
         files = [self.sft_file, self.distill_file, self.test_file]
+        if self.prepared and (any(files) or self.val_file or self.teacher or self.student):
+            raise ConfigError(
+                f"prepared = {self.prepared} supplies the data files, teacher and student; remove sft_file, "
+                "distill_file, test_file, val_file, teacher and student (or prepared)"
+            )
+        if self.val_limit < 0:
+            raise ConfigError(f"val_limit must be >= 0 (got {self.val_limit})")
         if self.val_file and not all(files):
             raise ConfigError(
                 "val_file goes with sft_file, distill_file and test_file (the built-in data has its own)"
@@ -762,6 +795,11 @@ class BenchConfig:
         "methods of the data-scaling analysis (at their chosen lr)",
     )
     length_buckets: int = opt(3, "win rate by target length: number of quantile buckets of the test targets")
+    calibration_pairs: int = opt(
+        200,
+        "calibration analysis: held-out pairs from the first N test prompts (teacher vs SFT-student outputs, and "
+        "the reference when the judge scores it, ranked by the judge), every system's ranking accuracy (0: none)",
+    )
     run: RunConfig = opt(
         RunConfig(output_dir=""),
         "pipeline settings shared by every seed: data, models, SFT, pairs, distillation defaults, eval "
@@ -777,17 +815,30 @@ class BenchConfig:
         )
         if not self.seeds or not self.grid_lr or not self.methods:
             raise ConfigError("seeds, grid_lr and methods must not be empty")
-        if self.length_buckets < 1:
-            raise ConfigError("length_buckets must be >= 1")
-        if self.run.eval.judge and "task" not in self.run.eval.judge:
+        if self.length_buckets < 1 or self.calibration_pairs < 0:
+            raise ConfigError("length_buckets must be >= 1 and calibration_pairs >= 0")
+        if self.run.eval.judge and not set(self.run.eval.judge) & {
+            "task",
+            "reward-model",
+            "rouge",
+            "exact-match",
+        }:
             raise ConfigError(
-                f"run.eval.judge = {','.join(self.run.eval.judge)}: plad bench tunes and compares methods on the task "
-                "judge; include task in the list"
+                f"run.eval.judge = {','.join(self.run.eval.judge)}: plad bench chooses learning rates by a mean "
+                "score on the validation split; include task, reward-model, rouge or exact-match"
+            )
+        if self.run.eval.judge and "task" in self.run.eval.judge and not self.run.task:
+            raise ConfigError(
+                "run.eval.judge includes task but run.task is empty; set run.task (`plad tasks`)"
             )
         if self.list_k < 0 or self.rounds < 1:
             raise ConfigError("list_k must be >= 0 and rounds >= 1")
         if self.run.output_dir or self.run.seed:
             raise ConfigError("run.output_dir and run.seed are set by the bench; use output_dir and seeds")
+        if self.real_pairs and not self.run.task:
+            raise ConfigError(
+                "real_pairs ranks the samples by the task scorer, and run.task is empty; set real_pairs false"
+            )
         if self.run.sft_file and not self.run.val_file:
             raise ConfigError(
                 "plad bench chooses each method's learning rate on a validation split: set run.val_file"

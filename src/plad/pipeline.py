@@ -145,6 +145,29 @@ def check_presets(cfg: RunConfig) -> None:
             )
 
 
+def with_prepared(cfg: RunConfig) -> RunConfig:
+    """The run's config with the files and models of a `plad prepare` benchmark (prepared first when missing)."""
+    from plad.benchmark.real import load_prepared, run_prepare
+    from plad.config import PrepareConfig
+
+    try:
+        manifest = load_prepared(cfg.prepared, cfg.prepared_cache_dir)
+    except ConfigError:
+        log.info("%s is not prepared yet: preparing it now (one time, cached)", cfg.prepared)
+        manifest = run_prepare(PrepareConfig(name=cfg.prepared, cache_dir=cfg.prepared_cache_dir))
+    files = manifest["files"]
+    return dataclasses.replace(
+        cfg,
+        prepared="",
+        sft_file=files["train"],
+        val_file=files["val"],
+        distill_file=files["unlabeled"],
+        test_file=files["test"],
+        teacher=manifest["teacher"],
+        student=manifest["student"],
+    )
+
+
 def prepare(cfg: RunConfig, force: bool = False) -> Run:
     """Stages 1-4 of a run: data, models, SFT of teacher and student, pairs."""
     from plad.benchmark.build import MODEL_PRESETS
@@ -162,6 +185,9 @@ def prepare(cfg: RunConfig, force: bool = False) -> Run:
 
     # 1. data ---------------------------------------------------------------------------------------------------
     bench = cfg.benchmark
+    if cfg.prepared:
+        cfg = with_prepared(cfg)
+        run.cfg = cfg
     if cfg.sft_file:
         files = {"sft": cfg.sft_file, "distill": cfg.distill_file, "test": cfg.test_file}
         if cfg.val_file:
@@ -352,6 +378,7 @@ def eval_stage(
         compare_to=compare_to,
         seed=cfg.eval.seed + cfg.seed,
         threads=cfg.threads,
+        limit=cfg.val_limit if split == "val" and cfg.val_limit else cfg.eval.limit,
     )
 
     def evaluate(d: Path) -> dict:
@@ -365,21 +392,21 @@ def eval_stage(
     return res
 
 
-def calibration_pairs(run: Run) -> Path | None:
-    """Held-out pairs for the calibration analysis, one per test prompt: of the teacher's output, the SFT student's
-    output and the reference, the best by the task scorer is chosen and the worst rejected (first in that order on
-    equal scores); prompts where all three score the same are left out. None without a scorer or pairs."""
-    if "task" not in _eval_config(run.cfg, run.root).judges():  # the task judge ranks the pairs
-        return None
+def calibration_pairs(run: Run, limit: int = 0) -> Path | None:
+    """Held-out pairs for the calibration analysis, one per test prompt (the first `limit`; 0: all), ranked by the
+    eval's headline judge: of the teacher's output, the SFT student's output and (when the judge scores references
+    too, as a task scorer does) the reference, the best is chosen and the worst rejected (first in that order on
+    equal scores); prompts where all score the same are left out. A reference metric (ROUGE-L) cannot score the
+    reference itself, so there the pair is the teacher's and the SFT student's output. None without a judge."""
     teacher = read_jsonl(run.root / "eval" / "teacher" / "outputs.jsonl")
     student = read_jsonl(run.root / "eval" / "student-sft" / "outputs.jsonl")
+    if not teacher or "score" not in teacher[0]:
+        return None
     rows = []
-    for t, s in zip(teacher, student, strict=True):
-        candidates = [
-            ("teacher", t["output"], t["score"]),
-            ("student-sft", s["output"], s["score"]),
-            ("target", t["target"], t["target_score"]),
-        ]
+    for t, s in list(zip(teacher, student, strict=True))[: limit or None]:
+        candidates = [("teacher", t["output"], t["score"]), ("student-sft", s["output"], s["score"])]
+        if "target_score" in t:
+            candidates.append(("target", t["target"], t["target_score"]))
         best = max(candidates, key=lambda c: c[2])
         worst = min(candidates, key=lambda c: c[2])
         if best[2] == worst[2]:
@@ -392,7 +419,11 @@ def calibration_pairs(run: Run) -> Path | None:
                 "rejected": worst[1],
                 "chosen_from": best[0],
                 "rejected_from": worst[0],
-                "scores": {"chosen": best[2], "rejected": worst[2], "scorer": run.cfg.task},
+                "scores": {
+                    "chosen": best[2],
+                    "rejected": worst[2],
+                    "scorer": run.cfg.task or "eval headline judge",
+                },
             }
         )
     path = run.root / "eval" / "calibration_pairs.jsonl"

@@ -143,15 +143,28 @@ def _style(i: int, name: str) -> dict:
     return style
 
 
-def plot_win_rates(rows: dict[str, dict], out: Path, title: str) -> Path:
+WIN_RATE_PANELS = (
+    ("mean_score", "mean score of the judge"),
+    ("win_rate_vs_target", "win rate over targets (ties = 1/2)"),
+    ("head_to_head", "head-to-head vs student-sft (ties = 1/2)"),
+)
+
+
+def plot_win_rates(rows: dict[str, dict], out: Path, title: str, judge: str = "") -> Path | None:
+    """A panel per metric that some system has (a judge without win rates over targets gets no empty panel):
+    bars with 95% intervals, the sft control as a dashed line, 1/2 marked on the win-rate panels."""
     plt = _pyplot()
 
     names = list(rows)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.35 * len(names) + 1.8), sharey=True)
-    for ax, metric, label in (
-        (axes[0], "win_rate_vs_target", "win rate over targets"),
-        (axes[1], "head_to_head", "head-to-head vs student-sft"),
-    ):
+    panels = [(m, label) for m, label in WIN_RATE_PANELS if any(rows[n][m] is not None for n in names)]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(5.5 * len(panels), 0.35 * len(names) + 1.8), sharey=True, squeeze=False
+    )
+    for ax, (metric, label) in zip(axes[0], panels, strict=True):
+        if metric == "mean_score" and judge:
+            label = f"mean score ({judge})"
         ys, vals, errs = [], [], [[], []]
         for i, name in enumerate(names):
             cell = rows[name][metric]
@@ -167,42 +180,64 @@ def plot_win_rates(rows: dict[str, dict], out: Path, title: str) -> Path:
         if ref is not None:
             ax.axvline(ref[0], color="#C44E52", linestyle="--", linewidth=1, label="sft control")
             ax.legend(loc="lower right", fontsize=8)
-        if metric == "head_to_head":
+        if metric != "mean_score":
             ax.axvline(0.5, color="grey", linewidth=0.8)
-        ax.set_xlabel(f"{label} (ties = 1/2), 95% interval")
-        ax.set_xlim(0, 1)
+            ax.set_xlim(0, 1)
+        else:
+            ax.set_xlim(
+                0,
+                max(1e-9, max(hi for _, _, hi in (rows[n][metric] for n in names if rows[n][metric]))) * 1.1,
+            )
+        ax.set_xlabel(f"{label}\n95% interval")
         ax.grid(axis="x", alpha=0.3)
-    axes[0].set_yticks(range(len(names)), names)
-    axes[0].invert_yaxis()
+    axes[0][0].set_yticks(range(len(names)), names)
+    axes[0][0].invert_yaxis()
     fig.suptitle(title)
     return _save(fig, out / "win_rates.png")
 
 
 def plot_length_buckets(bench: dict, out: Path) -> Path | None:
+    """plad bench's win rate (over targets, or head-to-head vs the SFT student) and mean score per target-length
+    bucket, mean over seeds: one panel each."""
     plt = _pyplot()
 
-    buckets = bench.get("length_buckets", {}).get("win_rate")
-    if not buckets:
-        return None
-    edges = bench["length_buckets"]["edges_tokens_per_seed"][0]
-    n = len(next(iter(buckets.values())))
-    bounds = [0, *edges, None]
-    labels = [
-        f"<= {bounds[b + 1]:g}"
-        if b == 0
-        else (f"> {bounds[b]:g}" if b == n - 1 else f"{bounds[b]:g}-{bounds[b + 1]:g}")
-        for b in range(n)
+    lengths = bench.get("length_buckets", {})
+    panels = [
+        (k, v)
+        for k, v in (("win_rate", lengths.get("win_rate")), ("mean_score", lengths.get("mean_score")))
+        if v
     ]
-    fig, ax = plt.subplots(figsize=(10, 4.8))
-    for i, (name, cells) in enumerate(buckets.items()):
-        vals = [c["mean"] if c else float("nan") for c in cells]
-        ax.plot(range(n), vals, marker="o", label=name, **_style(i, name))
-    ax.set_xticks(range(n), labels)
-    ax.set_xlabel("target length (student tokens), quantile buckets of seed 0")
-    ax.set_ylabel("win rate over targets (mean over seeds)")
-    ax.set_title("Win rate by target length")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    if not panels:
+        return None
+    n = len(next(iter(panels[0][1].values())))
+    labels = lengths.get("labels")
+    if not labels:  # bench.json written before labels were stored
+        edges = lengths["edges_tokens_per_seed"][0]
+        bounds = [0, *edges, None]
+        labels = [
+            f"<= {bounds[b + 1]:g}"
+            if b == 0
+            else (f"> {bounds[b]:g}" if b == n - 1 else f"{bounds[b]:g}-{bounds[b + 1]:g}")
+            for b in range(n)
+        ]
+    against = "targets" if lengths.get("against", "target") == "target" else "student-sft (head-to-head)"
+    ylabels = {
+        "win_rate": f"win rate over {against}",
+        "mean_score": f"mean score ({bench.get('judge') or 'task'})",
+    }
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 4.8), squeeze=False)
+    for ax, (key, buckets) in zip(axes[0], panels, strict=True):
+        for i, (name, cells) in enumerate(buckets.items()):
+            vals = [c["mean"] if c else float("nan") for c in cells]
+            ax.plot(range(n), vals, marker="o", label=name, **_style(i, name))
+        ax.set_xticks(range(n), labels[:n])
+        ax.set_xlabel("target length (student tokens), quantile buckets of seed 0")
+        ax.set_ylabel(f"{ylabels[key]}\n(mean over seeds)")
+        if key == "win_rate":
+            ax.axhline(0.5, color="grey", linewidth=0.8)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.suptitle("By target length")
     return _save(fig, out / "length_buckets.png")
 
 
@@ -226,7 +261,8 @@ def _scaling_series(data: dict, metric: str) -> dict[str, dict[float, tuple]]:
 
 SCALING_METRICS = {
     "win_rate_vs_target": "win rate over targets (ties = 1/2)",
-    "mean_score": "mean score (task scorer, 0 to 1)",
+    "mean_score": "mean score of the judge",
+    "head_to_head": "head-to-head vs student-sft (ties = 1/2)",
 }
 
 
@@ -309,6 +345,16 @@ def judges_table(results: dict[str, dict]) -> str | None:
         for name, r in results.items()
     ]
     return "\n".join(lines)
+
+
+def _bench_calibration(data: dict) -> dict[str, dict]:
+    """bench.json's calibration cells (mean over seeds) in the shape of an eval's results["calibration"]."""
+    out = {}
+    for name, c in (data.get("calibration") or {}).items():
+        if c.get("summed") and c.get("per_token"):
+            cells = {k: {"value": c[k]["mean"], "ci95": c[k]["ci95"]} for k in ("summed", "per_token")}
+            out[name] = {"calibration": {**cells, "pairs": c["pairs"][0] if c["pairs"] else 0}}
+    return out
 
 
 def calibration_table(results: dict[str, dict]) -> str | None:
@@ -444,15 +490,21 @@ def plot_training(res: dict, out: Path) -> Path | None:
     return _save(fig, out / "training_curves.png")
 
 
-def _table_md(rows: dict[str, dict], against: str = "vs student-sft") -> str:
+def _table_md(rows: dict[str, dict], against: str = "vs student-sft", judge: str = "") -> str:
+    """The systems' table; a column that no system has (win rates over targets under a reference metric) is left
+    out."""
+
     def cell(c) -> str:
         return "-" if c is None else f"{c[0]:.3f} [{c[1]:.3f}, {c[2]:.3f}]"
 
-    lines = [f"| system | mean score | win rate vs target | {against} |", "|---|---|---|---|"]
-    lines += [
-        f"| {n} | {cell(r['mean_score'])} | {cell(r['win_rate_vs_target'])} | {cell(r['head_to_head'])} |"
-        for n, r in rows.items()
+    cols = [
+        ("mean_score", f"mean score ({judge})" if judge else "mean score"),
+        ("win_rate_vs_target", "win rate vs target"),
+        ("head_to_head", against),
     ]
+    cols = [(k, label) for k, label in cols if any(r[k] is not None for r in rows.values())] or cols[:1]
+    lines = ["| system | " + " | ".join(label for _, label in cols) + " |", "|---|" + "---|" * len(cols)]
+    lines += [f"| {n} | " + " | ".join(cell(r[k]) for k, _ in cols) + " |" for n, r in rows.items()]
     return "\n".join(lines)
 
 
@@ -494,10 +546,17 @@ def write_report(paths: list[str], output_dir: str, title: str = "plad report") 
                 + interval,
                 "",
             ]
-        md += [_table_md(rows, "head-to-head" if res["kind"] == "eval" else "vs student-sft"), ""]
-        made = [plot_win_rates(rows, sub, f"{title}: {res['path'].parent.name}")]
+        judge = data.get("judge") or ""
+        md += [_table_md(rows, "head-to-head" if res["kind"] == "eval" else "vs student-sft", judge), ""]
+        made = [plot_win_rates(rows, sub, f"{title}: {res['path'].parent.name}", judge)]
         if res["kind"] == "bench":
             made.append(plot_length_buckets(data, sub))
+            bench_calibration = _bench_calibration(data)
+            if bench_calibration:
+                md += ["Calibration on held-out pairs (mean over seeds, 95% t-interval): how often the system's "
+                       "sequence log-prob ranks the better output first.", "", calibration_table(bench_calibration),
+                       ""]  # fmt: skip
+                made.append(plot_calibration(bench_calibration, sub))
         if res["kind"] in ("bench", "sweep"):
             made.append(plot_scaling(data, sub))
         if res["kind"] in ("run", "eval"):

@@ -174,7 +174,7 @@ def check_same_vocab(student_tok: object, teacher_tok: object, what: str) -> Non
         same_size = len(teacher_tok) == len(student_tok)
         raise ConfigError(
             f"{what}: compares teacher and student next-token distributions, so both must use one vocabulary: the "
-            f"student tokenizer has {len(student_tok)} tokens, the teacher tokenizer {len(teacher_tok)}"
+            f"student tokenizer has {len(student_tok)} tokens, the teacher tokenizer has {len(teacher_tok)}"
             + (" with other token ids" if same_size else "")
         )
 

@@ -10,7 +10,8 @@ committed.
 Rules (each tested in tests/test_debian.py):
 - drop transitional, dummy and meta packages and the -doc, -dev, -dbg, -data, -common and -prof binaries (their
   synopses are templates of another package's);
-- keep descriptions of `min_words`..`max_words` words and synopses of `min_synopsis_words`..`max_synopsis_words`;
+- keep descriptions of `min_words`..`max_words` words (64: about 85 prompt tokens, so that the benchmark fits a
+  2-core machine) and synopses of `min_synopsis_words`..`max_synopsis_words`;
 - keep one binary per source package (binaries of one source share text, so train would leak into test): the
   binary named like its source, else the shortest name;
 - cap formulaic families (r-cran-*, libghc-*, lib*-perl, ...) at `family_cap` packages each, so that no method can
@@ -28,9 +29,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-INSTRUCTION = (
-    "Write the one-line synopsis of this Debian package, in the style of Debian's package descriptions."
-)
+# A system message replaces the chat template's default one (SmolLM2's is 20 tokens); the user message holds the
+# package name and its description. The synopsis alone is the answer (no "The synopsis is:" line).
+SYSTEM = "Write the one-line synopsis of a Debian package."
 DROP_SUFFIXES = ("-doc", "-dev", "-dbg", "-data", "-common", "-prof")
 DROP_WORDS = re.compile(r"\b(transitional|dummy|metapackage|meta-package|meta package)\b", re.IGNORECASE)
 # name pattern -> family; a package outside these is its own family (no cap applies)
@@ -64,7 +65,7 @@ class DebianError(ValueError):
 @dataclass(frozen=True)
 class DebianOptions:
     min_words: int = 15
-    max_words: int = 120
+    max_words: int = 64
     min_synopsis_words: int = 2
     max_synopsis_words: int = 16
     family_cap: int = 150
@@ -192,10 +193,10 @@ def extract(
 
 
 def _row(r: dict) -> dict:
-    prompt = f"{INSTRUCTION}\n\nPackage: {r['package']}\n\n{r['description']}"
+    user = f"Package: {r['package']}\n\n{r['description']}"
     return {
         "id": r["package"],
-        "prompt": [{"role": "user", "content": prompt}],
+        "prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}],
         "target": r["synopsis"],
         "meta": {"source": r["source"], "section": r["section"], "family": r["family"]},
         "text": r["description"],  # the unlabeled text that heals a pruned student

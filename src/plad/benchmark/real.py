@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from plad.config import ConfigError, PrepareConfig, PruneConfig, fingerprint, to_dict
+from plad.config import ConfigError, PrepareConfig, PruneConfig, SFTConfig, fingerprint, to_dict
 from plad.data import read_jsonl, write_json_atomic, write_jsonl_atomic
 from plad.models import ModelError
 
@@ -195,7 +195,6 @@ def run_prepare(cfg: PrepareConfig, force: bool = False) -> dict:
         else:
             debian.fetch_lists(d / "apt", Path(cfg.apt_sources) if cfg.apt_sources else None)
             pkgs, trans = debian.list_files(d / "apt" / "lists", cfg.suite)
-            options = debian.DebianOptions(n_test=cfg.n_test, n_val=cfg.n_val, family_cap=cfg.family_cap)
             splits = debian.extract(
                 [debian.read_list(p) for p in pkgs], [debian.read_list(p) for p in trans], options
             )
@@ -217,16 +216,30 @@ def run_prepare(cfg: PrepareConfig, force: bool = False) -> dict:
             **provenance,
         }
 
-    data_parts = {
-        "data_dir": cfg.data_dir,
-        "suite": cfg.suite,
-        "n_test": cfg.n_test,
-        "n_val": cfg.n_val,
-        "family_cap": cfg.family_cap,
-    }
+    from plad.benchmark.debian import DebianOptions
+
+    options = DebianOptions(n_test=cfg.n_test, n_val=cfg.n_val, family_cap=cfg.family_cap)
+    data_parts = {"data_dir": cfg.data_dir, "suite": cfg.suite, "options": dataclasses.asdict(options)}
     data = _step(root, "data", data_parts, data_step, force)
 
-    # 3. the student: prune, then heal -----------------------------------------------------------------------------
+    # 3. the teacher fine-tuned on the task (once: the bench's seeds share it, as a given teacher) -----------------
+    from plad.stages import run_sft
+
+    def teacher_sft_step(d: Path) -> dict:
+        sft = SFTConfig(
+            model=str(root / "teacher" / "model"), train_file=str(root / "data" / "train.jsonl"),
+            output_dir=str(d / "model"), train=cfg.teacher_sft, threads=cfg.threads, resume=True,
+        )  # fmt: skip
+        return run_sft(sft)
+
+    sft_parts = {
+        "teacher": teacher.get("gguf_sha256"),
+        "train": to_dict(cfg.teacher_sft),
+        "data": data["files"]["train.jsonl"],
+    }
+    teacher_sft = _step(root, "teacher-sft", sft_parts, teacher_sft_step, force)
+
+    # 4. the student: prune, then heal -----------------------------------------------------------------------------
     from plad.benchmark.heal import run_heal
     from plad.benchmark.prune import run_prune
 
@@ -255,7 +268,7 @@ def run_prepare(cfg: PrepareConfig, force: bool = False) -> dict:
     heal_parts = {
         "heal": to_dict(dataclasses.replace(heal_cfg, threads=0)),
         "pruned": pruned,
-        "data": data["files"],
+        "text": data["files"]["heal_text.jsonl"],
     }
     healed = _step(root, "student", heal_parts, heal_step, force)
 
@@ -263,10 +276,12 @@ def run_prepare(cfg: PrepareConfig, force: bool = False) -> dict:
         "name": cfg.name,
         "description": PREPARED[cfg.name],
         "root": str(root),
-        "teacher": str(root / "teacher" / "model"),
+        "teacher": str(root / "teacher-sft" / "model"),
+        "teacher_base": str(root / "teacher" / "model"),
         "student": str(root / "student" / "model"),
         "files": {s: str(root / "data" / f"{s}.jsonl") for s in ("train", "val", "test", "unlabeled")},
         "teacher_info": teacher,
+        "teacher_sft_info": {k: v for k, v in teacher_sft.items() if k != "fingerprint"},
         "data_info": data,
         "pruned_info": pruned,
         "heal_info": {k: v for k, v in healed.items() if k != "fingerprint"},

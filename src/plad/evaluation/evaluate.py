@@ -188,6 +188,29 @@ def _score_judge(j, ids, prompts, texts, targets, others, rows, n: int, seed: in
     return entry, o_tgt
 
 
+def _metric_judge(name, rows, others, targets, lengths, edges, n: int, seed: int) -> dict:
+    """A reference metric as a judge: its mean (`mean`, also `mean_score` when it is the headline), by length
+    bucket, and with another system's outputs a head-to-head won by the higher value (equal values tie)."""
+    key, metric = METRIC_JUDGES[name]
+    values = [r[key] for r in rows]
+    entry: dict[str, Any] = {"kind": "metric", "metric": metric, "mean": mean_with_ci(values, n, seed)}
+    entry["mean_score"] = entry["mean"]
+    bucket = bucket_of(lengths, edges)
+    entry["by_length"] = [
+        {
+            "bucket": label,
+            "size": int((bucket == b).sum()),
+            **mean_with_ci(np.asarray(values)[bucket == b], n, seed),
+        }
+        for b, label in enumerate(bucket_labels(edges))
+    ]
+    if others is not None:
+        metric_fn = rouge_l if name == "rouge" else squad_exact_match
+        other_values = [metric_fn(o, t) for o, t in zip(others, targets, strict=True)]
+        entry["head_to_head"] = summarise_outcomes(outcomes(values, other_values), n, seed)
+    return entry
+
+
 def _pairwise_judge(j, ids, prompts, texts, targets, others, rows, n: int, seed: int) -> tuple[dict, list]:
     """The LLM judge: verdicts in both orders; per-row outcomes (None: no verdict) and verdicts go into `rows`."""
 
@@ -219,6 +242,8 @@ def run_eval(cfg: EvalConfig) -> dict:
     scorer = get_scorer(cfg.scorer) if "task" in judges_wanted else None
     set_threads(cfg.threads)
     examples = load_examples(cfg.test_file, cfg.data, need_target=True, what="test data")
+    if cfg.limit:
+        examples = examples[: cfg.limit]
     ids = [ex.id for ex in examples]
     for ex in examples if scorer else []:
         if not isinstance(ex.prompt, str):
@@ -304,12 +329,9 @@ def run_eval(cfg: EvalConfig) -> dict:
     others = [other[i]["output"] for i in ids] if other is not None else None
     for j in judges:
         if isinstance(j, str):  # a metric judge: its per-row values are in every row already
-            key, metric = METRIC_JUDGES[j]
-            judged[j] = {
-                "kind": "metric",
-                "metric": metric,
-                "mean": mean_with_ci([r[key] for r in rows], n, seed),
-            }
+            judged[j] = _metric_judge(j, rows, others, targets, lengths, edges, n, seed)
+            if "head_to_head" in judged[j]:
+                judged[j]["head_to_head"] = {"against": cfg.compare_to, **judged[j]["head_to_head"]}
             continue
         t0 = time.perf_counter()
         judge_one = _score_judge if j.kind == "score" else _pairwise_judge
@@ -320,10 +342,6 @@ def run_eval(cfg: EvalConfig) -> dict:
         entry.update(j.describe())
         entry["seconds"] = round(time.perf_counter() - t0, 2)
         judged[j.name] = entry
-    write_jsonl_atomic(
-        out / "outputs.jsonl",
-        [{**r, "n_tokens": o["n_tokens"], "finish": o["finish"]} for r, o in zip(rows, outputs, strict=True)],
-    )
 
     results: dict[str, Any] = {
         "name": name,
@@ -345,16 +363,26 @@ def run_eval(cfg: EvalConfig) -> dict:
     known = [o["n_tokens"] for o in outputs if o["n_tokens"] is not None]
     results["mean_output_tokens"] = sum(known) / len(known) if known else None
     # the headline (the columns of tables, what bench tunes on): the task judge, else the first with win rates
+    # over targets, else the first metric (ROUGE-L on a task without a scorer: mean and head-to-head, no win rate
+    # over targets, since a reference scores perfectly against itself)
     primary = (
         "task"
         if "task" in judged
         else next((k for k, v in judged.items() if "win_rate_vs_target" in v), None)
+        or next((k for k, v in judged.items() if v["kind"] == "metric"), None)
     )
     if primary:
         results["judge"] = primary
         for key in ("mean_score", "perfect_rate", "target_mean_score", "win_rate_vs_target", "head_to_head"):
             if key in judged[primary]:
                 results[key] = judged[primary][key]
+    if primary in METRIC_JUDGES:  # every row's headline value under one name (`score`, as the task judge's)
+        for r in rows:
+            r["score"] = r[METRIC_JUDGES[primary][0]]
+    write_jsonl_atomic(
+        out / "outputs.jsonl",
+        [{**r, "n_tokens": o["n_tokens"], "finish": o["finish"]} for r, o in zip(rows, outputs, strict=True)],
+    )
     if pairs is not None:
         from plad.evaluation.calibration import calibration
 

@@ -23,6 +23,7 @@ missing batch exactly as an uninterrupted run would have: the final store is ide
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -79,17 +80,53 @@ def side_fingerprint(side: ModelSide, num_samples: int, cfg: PairsConfig) -> str
     return fingerprint(ident)
 
 
+# Scorers that need no task: the teacher's own confidence, or ROUGE-L against the prompt's reference.
+SAMPLE_SCORERS = {
+    "teacher-logp": "exp(mean log-prob per token) of the sample under the teacher, in (0, 1]: needs no reference",
+    "rouge": "ROUGE-L F of the sample against the prompt's target in the prompts file",
+}
+
+
+class SampleScorer:
+    """Scores a stored sample (a row of samples.jsonl) of a prompt: a task scorer (text prompts), the teacher's
+    length-normalised likelihood (teacher-logp), or ROUGE-L against the prompt's target (rouge)."""
+
+    def __init__(self, name: str, examples: list) -> None:
+        self.name, self.task, self.teacher_logps = name, None, {}
+        if name == "rouge":
+            if missing := next((ex for ex in examples if not ex.target), None):
+                raise ConfigError(
+                    f"scorer rouge scores samples against the prompts' targets, but prompt {missing.id} has none; "
+                    "use scorer teacher-logp (needs no reference) or give the prompts file a target field"
+                )
+        elif name != "teacher-logp":
+            from plad.scorers import get_scorer
+
+            self.task = get_scorer(name)
+            if chat := next((ex for ex in examples if not isinstance(ex.prompt, str)), None):
+                raise ConfigError(
+                    f"scorer {name} is a task scorer, which needs text prompts, but prompt {chat.id} is chat "
+                    "messages; use scorer teacher-logp or rouge"
+                )
+
+    def score(self, ex: Any, side: str, row: dict) -> float:
+        if self.task is not None:
+            return self.task.score(ex.prompt, row["text"])
+        if self.name == "rouge":
+            from plad.evaluation.metrics import rouge_l
+
+            return rouge_l(row["text"], ex.target)
+        t = self.teacher_logps[(ex.id, side, row["index"])]
+        return math.exp(t["logp"] / max(t["n_tokens"], 1))
+
+
 def run_pairs(cfg: PairsConfig) -> dict:
     require(cfg, "prompts_file", "output_dir", "teacher.model", "student.model")
-    scorer = None
-    if cfg.scorer:
-        from plad.scorers import get_scorer
-
-        scorer = get_scorer(cfg.scorer)
     set_threads(cfg.threads)
     examples = load_examples(cfg.prompts_file, cfg.data, need_target=False, what="distillation prompts")
     if cfg.limit:
         examples = examples[: cfg.limit]
+    scorer = SampleScorer(cfg.scorer, examples) if cfg.scorer else None
     out = Path(cfg.output_dir)
     check_output_dir(out, resume=True)  # only checks that it is writable: the store is resumable by design
     samples_path = out / SAMPLES
@@ -130,6 +167,8 @@ def run_pairs(cfg: PairsConfig) -> dict:
     teacher_logps: dict = {}
     if cfg.teacher_logprobs:
         teacher_logps = _teacher_logprobs(cfg, examples, done, fps, out, usage)
+    if scorer is not None:
+        scorer.teacher_logps = teacher_logps
     pairs, scores = _materialize(examples, done, fps, cfg, scorer, teacher_logps)
     write_jsonl_atomic(out / PAIRS, pairs)
     summary = {
@@ -362,7 +401,7 @@ def _teacher_logprobs(
 
 
 def _materialize(
-    examples: list, done: dict, fps: dict, cfg: PairsConfig, scorer: Any, teacher_logps: dict
+    examples: list, done: dict, fps: dict, cfg: PairsConfig, scorer: SampleScorer | None, teacher_logps: dict
 ) -> tuple[list[dict], dict[str, Any]]:
     pairs, chosen_scores, rejected_scores, agree, ties, swapped = [], [], [], 0, 0, 0
     for ex in examples:
@@ -375,11 +414,8 @@ def _materialize(
                 ("student", student_row, cfg.student.model),
             )
             scores = None
-            if scorer is not None and isinstance(ex.prompt, str):
-                sc, sr = (
-                    scorer.score(ex.prompt, teacher_row["text"]),
-                    scorer.score(ex.prompt, student_row["text"]),
-                )
+            if scorer is not None:
+                sc, sr = scorer.score(ex, "teacher", teacher_row), scorer.score(ex, "student", student_row)
                 chosen_scores.append(sc)
                 rejected_scores.append(sr)
                 agree += sc > sr
@@ -437,8 +473,6 @@ def _materialize(
         }
         if cfg.rank_by:
             stats.update(ranked_by=cfg.rank_by, pairs_dropped_ties=ties, pairs_swapped=swapped)
-    elif cfg.scorer:
-        raise ConfigError("scorer is set but the prompts are chat messages; task scorers need text prompts")
     if not pairs:
         raise NoPairsError(
             f"rank_by={cfg.rank_by}: every pair was a tie, no preference pair is left; use pseudo pairs (rank_by "
