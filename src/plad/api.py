@@ -270,6 +270,10 @@ class Endpoint:
     # ---------------------------------------------------------------------------------------------------------
     # Requests plad makes
 
+    def stops(self, sampling: Any) -> list[str]:
+        """The stop sequences of a request: api.stop, then sampling.stop (which every backend honours)."""
+        return list(dict.fromkeys([*self.cfg.stop, *getattr(sampling, "stop", [])]))
+
     def request_params(self, prompt: Any, sampling: Any, n: int, seed: int | None, max_tokens: int) -> dict:
         """Parameters of a sampling request for one prompt (text or chat messages)."""
         cfg = self.cfg
@@ -280,8 +284,8 @@ class Endpoint:
             params["extra_body"] = {"top_k": sampling.top_k}
         if n > 1:
             params["n"] = n
-        if cfg.stop:
-            params["stop"] = list(cfg.stop)
+        if stop := self.stops(sampling):
+            params["stop"] = stop
         if cfg.send_seed and seed is not None:
             params["seed"] = seed % (2**31)
         if cfg.mode == "chat":
@@ -309,7 +313,7 @@ class Endpoint:
         out = []
         for choice in sorted(response.choices, key=lambda c: c.index or 0)[:n]:
             text = choice.message.content if self.cfg.mode == "chat" else choice.text
-            text, cut = cut_at_stop(text or "", self.cfg.stop)
+            text, cut = cut_at_stop(text or "", self.stops(sampling))
             out.append({"text": text, "finish": "stop" if cut else (choice.finish_reason or "stop")})
         return out, response
 

@@ -134,7 +134,14 @@ class SamplingConfig:
     temperature: float = opt(1.0, "sampling temperature; 0 means greedy decoding")
     top_p: float = opt(1.0, "nucleus sampling threshold (1 disables)")
     top_k: int = opt(0, "top-k sampling (0 disables)")
-    max_new_tokens: int = opt(64, "longest output; generation also stops at EOS")
+    max_new_tokens: int = opt(
+        64, "longest output; generation also stops at EOS and, after chat prompts, at the end-of-turn token"
+    )
+    stop: list = opt(
+        [],
+        "stop strings: a row stops once its text holds one, and the text is cut where it starts (every backend; "
+        'the openai backend also sends api.stop). In YAML, e.g. stop: ["\\n"] for one-line outputs',
+    )
     seed: int = opt(0, "sampling seed; each batch derives its own from it, so resumed runs repeat exactly")
     batch_size: int = opt(64, "prompts per generation batch (batches are grouped by prompt length)")
     max_batch_tokens: int = opt(
@@ -152,6 +159,8 @@ class SamplingConfig:
             raise ConfigError(f"top_p must be in (0, 1] (got {self.top_p})")
         if self.top_k < 0 or self.max_new_tokens < 1 or self.batch_size < 1:
             raise ConfigError("top_k must be >= 0, max_new_tokens >= 1 and batch_size >= 1")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ConfigError(f"stop strings must be non-empty texts (got {self.stop!r})")
 
 
 @dataclass

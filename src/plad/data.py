@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import tempfile
+import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,6 +225,58 @@ def format_prompt(tokenizer: Any, prompt: str | list, where: str = "") -> str:
     return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
 
+_ANSWER = "PLADANSWERMARK"  # the assistant message of the probe conversation: a word templates leave as it is
+_END_OF_TURN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> (template, eos, id)
+
+
+def end_of_turn_id(tokenizer: Any) -> int:
+    """The token the chat template puts right after an assistant message (Llama-3's <|eot_id|>, Gemma's
+    <end_of_turn>, ChatML's <|im_end|>), read off a rendered conversation: the longest special token the text
+    after the answer starts with. EOS when the tokenizer has no template or the template ends answers with no
+    special token (e.g. "Assistant: ...\n")."""
+    template = getattr(tokenizer, "chat_template", None)
+    key = (str(template), tokenizer.eos_token_id)
+    cached = _END_OF_TURN.get(tokenizer)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    found = tokenizer.eos_token_id
+    if template:
+        conversation = [
+            {"role": "user", "content": "PLADQUESTION"},
+            {"role": "assistant", "content": _ANSWER},
+        ]
+        try:
+            text = tokenizer.apply_chat_template(conversation, tokenize=False)
+        except Exception as e:  # noqa: BLE001 - a template may refuse the probe in any way (raise_exception)
+            logging.getLogger("plad").warning(
+                "tokenizer %s: its chat template cannot render a user/assistant exchange (%s); answers to chat "
+                "prompts end with EOS",
+                getattr(tokenizer, "name_or_path", ""),
+                e,
+            )
+            text = ""
+        after = text[text.rfind(_ANSWER) + len(_ANSWER) :].lstrip() if _ANSWER in text else ""
+        special = set(tokenizer.all_special_tokens) | {
+            t.content for t in tokenizer.added_tokens_decoder.values() if t.special
+        }
+        starts = [t for t in special if t and after.startswith(t)]
+        if starts:
+            found = tokenizer.convert_tokens_to_ids(max(starts, key=len))
+    _END_OF_TURN[tokenizer] = (key, found)
+    return found
+
+
+def end_id(tokenizer: Any, prompt: str | list) -> int:
+    """The token that ends an answer to `prompt`: the template's end-of-turn token after chat messages, EOS after
+    raw text."""
+    return end_of_turn_id(tokenizer) if isinstance(prompt, list) else tokenizer.eos_token_id
+
+
+def stop_ids(tokenizer: Any) -> list[int]:
+    """Tokens generation stops at: EOS, and the chat template's end-of-turn token where it is another token."""
+    return list(dict.fromkeys([tokenizer.eos_token_id, end_of_turn_id(tokenizer)]))
+
+
 @dataclass
 class Truncation:
     """Counts of over-long prompts/targets, reported once per stage."""
@@ -236,9 +289,12 @@ class Truncation:
 
 
 def encode_prompt(
-    tokenizer: Any, text: str, options: DataOptions, stats: Truncation, where: str = ""
+    tokenizer: Any, prompt: str | list, options: DataOptions, stats: Truncation, where: str = ""
 ) -> list[int]:
-    ids = tokenizer(text, add_special_tokens=True).input_ids
+    """Token ids of a prompt: raw text with the tokenizer's own special tokens (e.g. BOS); chat messages through
+    the chat template, whose text already holds the special tokens (so none are added: no second BOS)."""
+    text = format_prompt(tokenizer, prompt, where)
+    ids = tokenizer(text, add_special_tokens=isinstance(prompt, str)).input_ids
     if len(ids) > options.max_prompt_tokens:
         if options.overlong == "error":
             raise DataError(
@@ -255,28 +311,23 @@ def encode_prompts(
 ) -> list[list[int]]:
     """Formatted, tokenised prompts of `examples` (generation input); truncations are counted and reported."""
     stats = Truncation()
-    ids = [
-        encode_prompt(
-            tokenizer,
-            format_prompt(tokenizer, ex.prompt, f"{source} id {ex.id}"),
-            options,
-            stats,
-            f"{source} id {ex.id}",
-        )
-        for ex in examples
-    ]
+    ids = [encode_prompt(tokenizer, ex.prompt, options, stats, f"{source} id {ex.id}") for ex in examples]
     if stats.prompts:
         logging.getLogger("plad").warning("%s: %s", source, stats.report())
     return ids
 
 
 def encode_output(
-    tokenizer: Any, text: str, options: DataOptions, stats: Truncation, where: str = "", add_eos: bool = True
+    tokenizer: Any,
+    text: str,
+    options: DataOptions,
+    stats: Truncation,
+    where: str = "",
+    prompt: str | list = "",
 ) -> list[int]:
-    """Output tokens + EOS (the model must learn to stop)."""
-    ids = tokenizer(text, add_special_tokens=False).input_ids
-    if add_eos:
-        ids = ids + [tokenizer.eos_token_id]
+    """Output tokens + the token that ends an answer to `prompt` (the model must learn to stop): EOS after a text
+    prompt, the chat template's end-of-turn token after chat messages (see `end_id`)."""
+    ids = tokenizer(text, add_special_tokens=False).input_ids + [end_id(tokenizer, prompt)]
     if len(ids) > options.max_target_tokens:
         if options.overlong == "error":
             raise DataError(

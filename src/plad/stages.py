@@ -28,7 +28,6 @@ from plad.data import (
     Truncation,
     encode_output,
     encode_prompt,
-    format_prompt,
     load_examples,
     load_pairs,
 )
@@ -51,8 +50,8 @@ def encode_targets(examples: list[Example], tokenizer: object, cfg_data, where: 
     stats, items = Truncation(), []
     for ex in examples:
         loc = f"{where} id {ex.id}"
-        prompt = encode_prompt(tokenizer, format_prompt(tokenizer, ex.prompt, loc), cfg_data, stats, loc)
-        items.append(Item(prompt, encode_output(tokenizer, ex.target or "", cfg_data, stats, loc)))
+        prompt = encode_prompt(tokenizer, ex.prompt, cfg_data, stats, loc)
+        items.append(Item(prompt, encode_output(tokenizer, ex.target or "", cfg_data, stats, loc, ex.prompt)))
     if stats.prompts or stats.targets:
         log.warning("%s: %s", where, stats.report())
     return items
@@ -95,17 +94,21 @@ def pair_items(pairs: list[dict], tokenizer: object, cfg_data, where: str, sourc
                 continue
             seen.add(key)
         loc = f"{where} id {row['id']}"
-        prompt = encode_prompt(tokenizer, format_prompt(tokenizer, row["prompt"], loc), cfg_data, stats, loc)
+        prompt = encode_prompt(tokenizer, row["prompt"], cfg_data, stats, loc)
         if source == "teacher":
-            items.append(Item(prompt, encode_output(tokenizer, _teacher_text(row), cfg_data, stats, loc)))
+            items.append(
+                Item(
+                    prompt, encode_output(tokenizer, _teacher_text(row), cfg_data, stats, loc, row["prompt"])
+                )
+            )
             continue
         scores = row.get("scores") or {}
         teacher = row.get("teacher_logps") or {}
         items.append(
             Item(
                 prompt,
-                encode_output(tokenizer, row["chosen"], cfg_data, stats, loc),
-                encode_output(tokenizer, row["rejected"], cfg_data, stats, loc),
+                encode_output(tokenizer, row["chosen"], cfg_data, stats, loc, row["prompt"]),
+                encode_output(tokenizer, row["rejected"], cfg_data, stats, loc, row["prompt"]),
                 float(scores.get("chosen", 0.0)),
                 float(scores.get("rejected", 0.0)),
                 float(teacher.get("chosen", 0.0)),
@@ -152,10 +155,8 @@ def list_items(pairs: list[dict], tokenizer: object, cfg_data, where: str) -> li
             outputs = head + tail
             levels = sorted({o[1] for o in tail}, reverse=True)
             ranks = [0] + [1 + levels.index(o[1]) for o in tail]
-        prompt = encode_prompt(
-            tokenizer, format_prompt(tokenizer, rows[0]["prompt"], loc), cfg_data, stats, loc
-        )
-        ids = [encode_output(tokenizer, text, cfg_data, stats, loc) for text, _ in outputs]
+        prompt = encode_prompt(tokenizer, rows[0]["prompt"], cfg_data, stats, loc)
+        ids = [encode_output(tokenizer, text, cfg_data, stats, loc, rows[0]["prompt"]) for text, _ in outputs]
         text = rows[0]["prompt"] if isinstance(rows[0]["prompt"], str) else ""
         items.append(Item(prompt, ids[0], outputs=ids, ranks=ranks, prompt_text=text))
     if stats.prompts or stats.targets:

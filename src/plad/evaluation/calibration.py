@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from plad.config import DataOptions
-from plad.data import DataError, Truncation, encode_output, encode_prompt, format_prompt, read_jsonl
+from plad.data import DataError, Truncation, encode_output, encode_prompt, read_jsonl
 from plad.evaluation.winrate import outcomes, summarise_outcomes
 from plad.logprobs import score_outputs
 
@@ -55,10 +55,10 @@ def calibration(
     prompts, outputs = [], []
     for i, r in enumerate(rows, start=1):
         where = f"{source}:{i}"
-        p = encode_prompt(tok, format_prompt(tok, r["prompt"], where), options, stats, where)
+        p = encode_prompt(tok, r["prompt"], options, stats, where)
         for key in ("chosen", "rejected"):
             prompts.append(p)
-            outputs.append(encode_output(tok, r[key], options, stats, where))
+            outputs.append(encode_output(tok, r[key], options, stats, where, r["prompt"]))
     scored = score_outputs(model, tok.pad_token_id, prompts, outputs, batch_size)
     chosen, rejected = scored[0::2], scored[1::2]
     summed = outcomes([c[0] for c in chosen], [r[0] for r in rejected])

@@ -1,4 +1,8 @@
-"""Batched sampling from a local Hugging Face causal LM or encoder-decoder (KV cache, left padding, stop at EOS)."""
+"""Batched sampling from a local Hugging Face causal LM or encoder-decoder (KV cache, left padding).
+
+A row stops at EOS, at the chat template's end-of-turn token (Llama-3's <|eot_id|>, Gemma's <end_of_turn>) and at
+the stop strings of `sampling.stop` (transformers' stop_strings); the text leaves out the end token and is cut
+where the first stop string starts, as the vllm and openai backends do."""
 
 from __future__ import annotations
 
@@ -9,15 +13,15 @@ from typing import Any
 import torch
 
 from plad.config import SamplingConfig
-from plad.data import left_pad
+from plad.data import left_pad, stop_ids
 
 
 @dataclass
 class Sample:
     text: str
-    n_tokens: int  # generated tokens, EOS included when it was produced
-    finish: str  # "eos" or "length"
-    ids: list[int] | None = None  # the generated token ids (EOS included when produced)
+    n_tokens: int  # generated tokens, the end token (or the token that completed a stop string) included
+    finish: str  # "eos" (an end token: EOS or end-of-turn), "stop" (a stop string) or "length"
+    ids: list[int] | None = None  # the generated token ids, as many as n_tokens
 
 
 def derive_seed(*parts: object) -> int:
@@ -66,6 +70,7 @@ def generate(
     device = next(model.parameters()).device
     input_ids, attention_mask = left_pad(prompt_ids, tokenizer.pad_token_id)
     greedy = sampling.temperature == 0
+    ends = stop_ids(tokenizer)
     gen_cfg = GenerationConfig(
         do_sample=not greedy,
         temperature=None if greedy else sampling.temperature,
@@ -73,29 +78,51 @@ def generate(
         top_k=None if greedy or sampling.top_k == 0 else sampling.top_k,
         max_new_tokens=sampling.max_new_tokens,
         num_return_sequences=num_samples,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=ends,
         pad_token_id=tokenizer.pad_token_id,
+        stop_strings=list(sampling.stop) or None,
         use_cache=True,
     )
     torch.manual_seed(seed)
     was_training = model.training
     model.eval()
     out = model.generate(
-        input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=gen_cfg
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        generation_config=gen_cfg,
+        **({"tokenizer": tokenizer} if sampling.stop else {}),
     )
     model.train(was_training)
     # decoder-only: the prompt comes back in front of the output; encoder-decoder: the decoder start token
     skip = 1 if getattr(model.config, "is_encoder_decoder", False) else input_ids.shape[1]
     new_tokens = out[:, skip:].tolist()
-    eos, results = tokenizer.eos_token_id, []
-    for i in range(len(prompt_ids)):
-        samples = []
-        for row in new_tokens[i * num_samples : (i + 1) * num_samples]:
-            if eos in row:
-                row, finish = row[: row.index(eos) + 1], "eos"
+    return [
+        [
+            to_sample(tokenizer, row, ends, sampling.stop)
+            for row in new_tokens[i * num_samples : (i + 1) * num_samples]
+        ]
+        for i in range(len(prompt_ids))
+    ]
+
+
+def to_sample(tokenizer: Any, row: list[int], ends: list[int], stop: list[str]) -> Sample:
+    """A generated row (padding after its end included) as a Sample: cut after the first end token, or after the
+    token that completed the first stop string; the text leaves out the end token and the stop string onwards.
+    The vllm backend reads its outputs through this too, so both backends mean the same by a stop."""
+    end = next((i for i, t in enumerate(row) if t in ends), None)
+    body = row if end is None else row[:end]
+    text = tokenizer.decode(body, skip_special_tokens=True)
+    cuts = [i for s in stop if s and (i := text.find(s)) >= 0]
+    if cuts:
+        # the fewest tokens whose text holds a stop string: where generation stopped (padding may follow)
+        lo, hi = 1, len(body)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if any(s and s in tokenizer.decode(body[:mid], skip_special_tokens=True) for s in stop):
+                hi = mid
             else:
-                finish = "length"
-            text = tokenizer.decode([t for t in row if t != eos], skip_special_tokens=True)
-            samples.append(Sample(text=text, n_tokens=len(row), finish=finish, ids=row))
-        results.append(samples)
-    return results
+                lo = mid + 1
+        return Sample(text=text[: min(cuts)], n_tokens=lo, finish="stop", ids=body[:lo])
+    if end is not None:
+        return Sample(text=text, n_tokens=end + 1, finish="eos", ids=row[: end + 1])
+    return Sample(text=text, n_tokens=len(row), finish="length", ids=row)

@@ -380,7 +380,9 @@ def _teacher_logprobs(
         for start in range(0, len(todo), chunk):
             part = todo[start : start + chunk]
             outputs = [
-                encode_output(tok, done[(ex.id, side, j, fps[side])]["text"], cfg.data, stats, f"{ex.id}")
+                encode_output(
+                    tok, done[(ex.id, side, j, fps[side])]["text"], cfg.data, stats, f"{ex.id}", ex.prompt
+                )
                 for ex, side, j in part
             ]
             scored = score_outputs(

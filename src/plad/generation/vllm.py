@@ -3,6 +3,8 @@
 Prompts are tokenized by plad exactly as for the hf backend (same truncation) and handed to vLLM as token ids;
 each prompt gets its own seed derived from the side's seed, so a resumed run asks for exactly the missing prompts
 with the same seeds. vLLM schedules its own batches; rows are stored (append + fsync) per chunk of prompts.
+Rows stop where the hf backend's do (EOS, the chat template's end-of-turn token, sampling.stop) and are read back
+through the hf backend's `to_sample`, so text, token count and finish mean the same on both.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from plad.config import ConfigError, ModelSide, PairsConfig, to_dict
-from plad.data import encode_prompts
-from plad.generation.hf import derive_seed
+from plad.data import encode_prompts, stop_ids
+from plad.generation.hf import derive_seed, to_sample
 
 log = logging.getLogger("plad")
 
@@ -30,7 +32,9 @@ def import_vllm() -> Any:
     return vllm
 
 
-def sampling_params(vllm: Any, sampling: Any, k: int, seed: int) -> Any:
+def sampling_params(vllm: Any, sampling: Any, k: int, seed: int, ends: list[int] | None = None) -> Any:
+    """vLLM's SamplingParams for `sampling`; `ends` (EOS and the chat template's end-of-turn token) become
+    stop_token_ids, sampling.stop vLLM's stop strings (left out of its text, as plad's `to_sample` does)."""
     kw: dict[str, Any] = {
         "n": k,
         "temperature": sampling.temperature,
@@ -40,6 +44,10 @@ def sampling_params(vllm: Any, sampling: Any, k: int, seed: int) -> Any:
     }
     if sampling.top_k:
         kw["top_k"] = sampling.top_k
+    if ends:
+        kw["stop_token_ids"] = list(ends)
+    if sampling.stop:
+        kw["stop"] = list(sampling.stop)
     return vllm.SamplingParams(**kw)
 
 
@@ -80,7 +88,7 @@ def generate_side(
     todo = [i for i, ex in enumerate(examples) if any((ex.id, name, j, fp) not in done for j in range(k))]
     prompt_ids = encode_prompts(tok, [examples[i] for i in todo], cfg.data, cfg.prompts_file)
     llm = load_engine(side, side.sampling.seed)
-    eos = tok.eos_token_id
+    ends = stop_ids(tok)
     bar = progress(f"pairs {name} (vllm)", len(todo) * k)
     t0, tokens = time.perf_counter(), 0
     for start in range(0, len(todo), chunk):
@@ -88,7 +96,7 @@ def generate_side(
         seeds = [derive_seed(side.sampling.seed, fp, examples[todo[p]].id) for p in part]
         outs = llm.generate(
             [{"prompt_token_ids": prompt_ids[p]} for p in part],
-            [sampling_params(vllm, side.sampling, k, s) for s in seeds],
+            [sampling_params(vllm, side.sampling, k, s, ends) for s in seeds],
             use_tqdm=False,
         )
         rows = []
@@ -98,23 +106,25 @@ def generate_side(
                 if (ex.id, name, j, fp) in done:
                     continue
                 ids = list(o.token_ids)
-                finish = "eos" if o.finish_reason == "stop" else "length"
+                # vLLM may also stop at the model's generation_config EOS ids: its last token ended the row
+                by_token = o.finish_reason == "stop" and not isinstance(o.stop_reason, str) and ids
+                sample = to_sample(tok, ids, ends + ([ids[-1]] if by_token else []), side.sampling.stop)
                 rows.append(
                     {
                         "id": ex.id,
                         "side": name,
                         "index": j,
                         "fingerprint": fp,
-                        "text": tok.decode([t for t in ids if t != eos], skip_special_tokens=True),
-                        "n_tokens": len(ids),
-                        "finish": finish,
+                        "text": sample.text,
+                        "n_tokens": sample.n_tokens,
+                        "finish": sample.finish,
                         "model": side.model,
                         "backend": "vllm",
                         "sampling": to_dict(side.sampling),
                         "seed": seed,
                     }
                 )
-                tokens += len(ids)
+                tokens += sample.n_tokens
         store_rows(path, rows, done, bar, tokens / max(time.perf_counter() - t0, 1e-9))
     bar.close()
     del llm
