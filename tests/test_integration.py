@@ -4,6 +4,7 @@ micro-batch x gradient-accumulation invariance of the one training loop (DESIGN 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -695,3 +696,35 @@ def test_micro_batch_times_accumulation_invariance_encoder_decoder(
     scale = max(float(g.abs().max()) for g in grads[8].values())
     worst = max(float((grads[8][n] - grads[2][n]).abs().max()) for n in grads[8])
     assert scale > 1e-3 and worst < 1e-5, (scale, worst)
+
+
+def test_stage_pairs_reference_free_and_rouge_scorers(
+    bench: Bench, stage_pairs: Path, tmp_path: Path
+) -> None:
+    """plad-margin on a task without a scorer: teacher-logp scores each sample by the teacher's exp(mean log-prob
+    per token), stored beside it (teacher_logprobs is implied); rouge scores it against the prompt's target."""
+    import math
+
+    from plad.evaluation.metrics import rouge_l
+
+    out = tmp_path / "tl"
+    out.mkdir()
+    shutil.copyfile(stage_pairs / "samples.jsonl", out / "samples.jsonl")  # the samples exist: only scoring left
+    make_pairs(bench, out, "--scorer", "teacher-logp")
+    logps = {(r["id"], r["side"], r["index"]): r for r in read_jsonl(out / "teacher_logps.jsonl")}
+    for p in read_jsonl(out / "pairs.jsonl"):
+        t = logps[(p["prompt_id"], "teacher", 0)]
+        s = logps[(p["prompt_id"], "student", p["meta"]["sample_index"])]
+        assert p["scores"]["scorer"] == "teacher-logp"
+        assert p["scores"]["chosen"] == pytest.approx(math.exp(t["logp"] / t["n_tokens"]))
+        assert p["scores"]["rejected"] == pytest.approx(math.exp(s["logp"] / s["n_tokens"]))
+    # rouge needs the prompts' targets: the test split has them, the distillation split does not
+    assert main_inprocess("pairs", "--prompts_file", bench.distill, "--teacher.model", bench.teacher,
+                          "--student.model", bench.student, "--output_dir", tmp_path / "r", "--scorer", "rouge",
+                          "--limit", 2) == 2  # fmt: skip
+    out = tmp_path / "rouge"
+    make_pairs(bench, out, "--scorer", "rouge", "--prompts_file", bench.test)
+    targets = {r["id"]: r["target"] for r in read_jsonl(bench.test)}
+    for p in read_jsonl(out / "pairs.jsonl"):
+        assert p["scores"]["chosen"] == pytest.approx(rouge_l(p["chosen"], targets[p["prompt_id"]]))
+        assert p["scores"]["rejected"] == pytest.approx(rouge_l(p["rejected"], targets[p["prompt_id"]]))

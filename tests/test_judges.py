@@ -560,3 +560,36 @@ def test_report_over_eval_results(bench: Bench, outputs: dict, tmp_path: Path, c
         main_inprocess("report", tmp_path / "system", tmp_path / "few", "--output_dir", tmp_path / "r2") == 2
     )
     assert "made on different test sets" in capsys.readouterr().err
+
+
+def test_rouge_headline_without_a_task_scorer(bench: Bench, outputs: dict, tmp_path: Path) -> None:
+    """A user's task has no scorer: ROUGE-L is the headline: its mean, a head-to-head decided by the higher ROUGE-L
+    (equal values tie), the per-row value as `score`, and no win rate over targets (a reference scores 1 against
+    itself)."""
+    from plad.evaluation.metrics import rouge_l
+
+    args = [
+        "eval", "--test_file", bench.test, "--outputs_file", outputs["system"], "--output_dir", tmp_path / "e",
+        "--scorer", "", "--compare_to", outputs["other"], "--bootstrap_samples", 200,
+    ]  # fmt: skip
+    assert main_inprocess(*args) == 0
+    res = results(tmp_path / "e")
+    assert res["judge"] == "rouge" and list(res["judges"]) == ["rouge", "exact-match"]
+    assert "win_rate_vs_target" not in res and res["mean_score"] == res["rouge_l"]
+    tests = read_jsonl(bench.test)
+    mine = [
+        rouge_l(r["output"], t["target"]) for r, t in zip(read_jsonl(outputs["system"]), tests, strict=True)
+    ]
+    theirs = [
+        rouge_l(r["output"], t["target"]) for r, t in zip(read_jsonl(outputs["other"]), tests, strict=True)
+    ]
+    h2h = res["head_to_head"]
+    assert (h2h["wins"], h2h["ties"], h2h["losses"]) == (
+        sum(a > b for a, b in zip(mine, theirs, strict=True)),
+        sum(a == b for a, b in zip(mine, theirs, strict=True)),
+        sum(a < b for a, b in zip(mine, theirs, strict=True)),
+    )
+    assert h2h["value"] == pytest.approx((h2h["wins"] + 0.5 * h2h["ties"]) / len(tests))
+    assert [r["score"] for r in read_jsonl(tmp_path / "e" / "outputs.jsonl")] == pytest.approx(mine)
+    by_length = res["judges"]["rouge"]["by_length"]
+    assert sum(c["size"] for c in by_length) == len(tests) and "wins" not in by_length[0]
