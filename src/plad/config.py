@@ -40,6 +40,15 @@ def _copy(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+def dtype_opt(what: str) -> Any:
+    """A weights-dtype setting (float32 by default: bfloat16 is no faster than float32 on a CPU without
+    AVX512-BF16, and often far slower)."""
+    return opt("float32", f"{what}: float32, bfloat16, float16 or auto (as stored in the checkpoint)", DTYPES)
+
+
 def _check_choices(obj: Any) -> None:
     for f in dataclasses.fields(obj):
         choices = f.metadata.get("choices")
@@ -322,6 +331,7 @@ class ModelSide:
         "", "model folder or Hugging Face hub id; with backend openai: the endpoint's model name"
     )
     tokenizer: str = opt("", "tokenizer folder or hub id (default: the model's)")
+    dtype: str = dtype_opt("weights of the model that samples (hf backend) and scores (teacher log-probs)")
     sampling: SamplingConfig = opt(SamplingConfig(), "sampling settings of this side")
     api: ApiConfig = opt(ApiConfig(), "endpoint settings (backend openai)")
     vllm: VllmOptions = opt(VllmOptions(), "engine settings (backend vllm)")
@@ -342,10 +352,14 @@ class SFTConfig:
     tokenizer: str = opt("", "tokenizer folder or hub id (default: the model's)")
     train_file: str = opt("", "labeled data: JSONL file, saved dataset folder or hub dataset name")
     output_dir: str = opt("", "where the fine-tuned model, checkpoints and logs go")
+    dtype: str = dtype_opt("weights of the trained model (and of its optimizer state)")
     data: DataOptions = opt(DataOptions(), "data fields and length limits")
     train: TrainConfig = opt(TrainConfig(), "optimisation")
     threads: int = opt(0, "torch CPU threads (0: torch's default)")
     resume: bool = opt(False, "continue from the latest checkpoint in output_dir (same config required)")
+
+    def __post_init__(self) -> None:
+        _check_choices(self)
 
 
 @dataclass
@@ -415,6 +429,10 @@ class DistillConfig:
         "", "labeled data (method sft, loss.regularizer=target, token-level methods on targets)"
     )
     output_dir: str = opt("", "where the distilled model, checkpoints and logs go")
+    dtype: str = dtype_opt("weights of the trained student (and of its optimizer state)")
+    frozen_dtype: str = dtype_opt(
+        "weights of the frozen models: the token-level methods' teacher, kl-init's initial student"
+    )
     loss: LossConfig = opt(LossConfig(), "loss settings")
     data_fraction: float = opt(
         1.0,
@@ -440,6 +458,7 @@ class DistillConfig:
     resume: bool = opt(False, "continue from the latest checkpoint in output_dir (same config required)")
 
     def __post_init__(self) -> None:
+        _check_choices(self)
         if self.rounds < 1:
             raise ConfigError(f"rounds must be >= 1 (got {self.rounds})")
         if not 0 < self.data_fraction <= 1:
@@ -475,6 +494,8 @@ class HealConfig:
         "lm: next-token cross-entropy; kd: forward KL(teacher || student) at every position",
         ("lm", "kd"),
     )
+    dtype: str = dtype_opt("weights of the healed model (and of its optimizer state)")
+    teacher_dtype: str = dtype_opt("weights of the frozen teacher (objective kd)")
     max_tokens: int = opt(
         128, "row length: the texts are joined by EOS and cut into rows of this many tokens (no padding)"
     )
@@ -621,6 +642,7 @@ class EvalConfig:
         "system's outputs.jsonl, an API model's answers); model then only serves calibration",
     )
     output_dir: str = opt("", "where outputs.jsonl and results.json go")
+    dtype: str = dtype_opt("weights of the evaluated model (generation and calibration)")
     name: str = opt("", "system name in tables (default: the output folder's name)")
     scorer: str = opt("count-summary", "the task judge's scorer (`plad tasks`); empty: no task judge")
     judge: list = opt(

@@ -55,15 +55,25 @@ def load_tokenizer(name: str) -> Any:
     return tok
 
 
-def load_causal_lm(name: str, dtype: torch.dtype | None = None) -> Any:
+def torch_dtype(name: str) -> Any:
+    """A dtype setting as transformers takes it: a torch dtype, or "auto" (the checkpoint's own dtype)."""
+    return "auto" if name == "auto" else getattr(torch, name)
+
+
+def torch_dtype_of(name: str, model: Any) -> torch.dtype:
+    """The torch dtype a setting names; "auto" keeps `model`'s."""
+    return model.dtype if name == "auto" else getattr(torch, name)
+
+
+def load_causal_lm(name: str, dtype: str = "float32") -> Any:
     """A decoder-only LM (AutoModelForCausalLM) or an encoder-decoder one (AutoModelForSeq2SeqLM, e.g. T5),
-    chosen by the folder's config."""
+    chosen by the folder's config, with weights in `dtype` (float32, bfloat16, float16, or auto: as stored)."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     config = load_model_config(name)
     auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     try:
-        model = auto.from_pretrained(name, dtype=dtype or torch.float32)
+        model = auto.from_pretrained(name, dtype=torch_dtype(dtype))
     except ValueError as e:
         if "Unrecognized configuration class" in str(e) or auto.__name__ in str(e):
             raise ModelError(
@@ -76,11 +86,13 @@ def load_causal_lm(name: str, dtype: torch.dtype | None = None) -> Any:
     return model
 
 
-def load_model_and_tokenizer(model: str, tokenizer: str = "", tok: Any = None) -> tuple[Any, Any]:
-    """Model and tokenizer, checked to belong together. Pass `tok` when it was loaded already (stages load the
-    tokenizer first, so that bad data fails before the weights are read)."""
+def load_model_and_tokenizer(
+    model: str, tokenizer: str = "", tok: Any = None, dtype: str = "float32"
+) -> tuple[Any, Any]:
+    """Model (weights in `dtype`) and tokenizer, checked to belong together. Pass `tok` when it was loaded already
+    (stages load the tokenizer first, so that bad data fails before the weights are read)."""
     tok = tok if tok is not None else load_tokenizer(tokenizer or model)
-    lm = load_causal_lm(model)
+    lm = load_causal_lm(model, dtype)
     if lm.get_input_embeddings().num_embeddings < len(tok):
         raise ModelError(
             f"tokenizer {tokenizer or model} has {len(tok)} tokens but model {model} embeds only "

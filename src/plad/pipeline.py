@@ -252,7 +252,14 @@ def prepare(cfg: RunConfig, force: bool = False) -> Run:
     from plad.stages import run_sft
 
     def sft(d: Path, model: str, train) -> dict:
-        sft_cfg = SFTConfig(model=model, train_file=files["sft"], output_dir=str(d), train=train, resume=True)
+        sft_cfg = SFTConfig(
+            model=model,
+            train_file=files["sft"],
+            output_dir=str(d),
+            train=train,
+            resume=True,
+            dtype=cfg.distill.dtype,
+        )
         sft_cfg.data = cfg.distill.data
         return run_sft(sft_cfg)
 
@@ -438,7 +445,7 @@ def calibration_stage(run: Run, name: str, model: str, pairs: Path) -> dict:
     from plad.models import for_inference, load_model_and_tokenizer
 
     def measure(d: Path) -> dict:
-        m, tok = load_model_and_tokenizer(model)
+        m, tok = load_model_and_tokenizer(model, dtype=run.cfg.eval.dtype)
         res = calibration(
             for_inference(m), tok, load_calibration_pairs(str(pairs)), run.cfg.eval.data, str(pairs),
             run.cfg.eval.generation.batch_size, run.cfg.eval.bootstrap_samples, run.cfg.eval.seed + run.cfg.seed,

@@ -32,7 +32,7 @@ from plad.data import (
     load_pairs,
 )
 from plad.methods import METHODS, Frozen, Item
-from plad.models import load_model_and_tokenizer, load_tokenizer, set_threads
+from plad.models import load_model_and_tokenizer, load_tokenizer, set_threads, torch_dtype_of
 from plad.train import check_output_dir, train
 
 log = logging.getLogger("plad")
@@ -66,7 +66,7 @@ def run_sft(cfg: SFTConfig) -> dict:
     tok = load_tokenizer(cfg.tokenizer or cfg.model)
     # Over-long input fails here, before the weights are read.
     items = encode_targets(examples, tok, cfg.data, cfg.train_file)
-    model, tok = load_model_and_tokenizer(cfg.model, tok=tok)
+    model, tok = load_model_and_tokenizer(cfg.model, tok=tok, dtype=cfg.dtype)
     save_yaml(cfg, out / "plad_config.yaml")
     log.info("sft: %d examples, %d steps", len(items), cfg.train.max_steps)
     return train(
@@ -195,7 +195,7 @@ def load_frozen_teacher(cfg: DistillConfig, student_tok: object) -> Any:
         raise ConfigError(
             f"{e}; use a text-only method (seqkd, plad-rank, plad-margin, plad-list, dpkd) for this pair"
         ) from None
-    teacher, _ = load_model_and_tokenizer(cfg.teacher, tok=teacher_tok)
+    teacher, _ = load_model_and_tokenizer(cfg.teacher, tok=teacher_tok, dtype=cfg.frozen_dtype)
     return teacher
 
 
@@ -367,14 +367,16 @@ def run_distill(cfg: DistillConfig) -> dict:
     if not items:
         raise DataError(f"method {cfg.method}: no training items")
     teacher = load_frozen_teacher(cfg, tok) if method.needs_teacher_model else None
-    model, tok = load_model_and_tokenizer(cfg.model, tok=tok)
+    model, tok = load_model_and_tokenizer(cfg.model, tok=tok, dtype=cfg.dtype)
     if teacher is not None and _is_seq2seq(teacher) != _is_seq2seq(model):
         raise ConfigError(
             f"method {cfg.method} compares teacher and student token by token, so both must be decoder-only or both "
             f"encoder-decoder: teacher {cfg.teacher} is {teacher.config.model_type}, student {cfg.model} is "
             f"{model.config.model_type}; use a text-only method for this pair"
         )
-    reference = copy.deepcopy(model) if regularizer == "kl-init" else None  # the initial student, frozen
+    reference = None
+    if regularizer == "kl-init":  # the initial student, frozen, in the frozen models' dtype
+        reference = copy.deepcopy(model).to(torch_dtype_of(cfg.frozen_dtype, model))
     frozen = Frozen(teacher=teacher, reference=reference, vocab=len(tok))
     on_policy = make_on_policy(cfg, tok) if method.on_policy and cfg.loss.on_policy_frac > 0 else None
     refresh = make_rounds(cfg, tok, items, out) if cfg.rounds > 1 else None

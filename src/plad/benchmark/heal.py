@@ -82,8 +82,8 @@ def run_heal(cfg: HealConfig) -> dict:
 
         teacher_tok = load_tokenizer(cfg.teacher)
         check_same_vocab(tok, teacher_tok, f"heal objective kd: student {cfg.model}, teacher {cfg.teacher}")
-        teacher, _ = load_model_and_tokenizer(cfg.teacher, tok=teacher_tok)
-    model, tok = load_model_and_tokenizer(cfg.model, tok=tok)
+        teacher, _ = load_model_and_tokenizer(cfg.teacher, tok=teacher_tok, dtype=cfg.teacher_dtype)
+    model, tok = load_model_and_tokenizer(cfg.model, tok=tok, dtype=cfg.dtype)
     summary_path = out / "heal.json"
     before = heldout_nll(model, tok.pad_token_id, val)
     if not math.isfinite(before):
@@ -107,9 +107,8 @@ def run_heal(cfg: HealConfig) -> dict:
         resume=cfg.resume,
         frozen=Frozen(teacher=teacher, vocab=len(tok)),
     )
-    healed, _ = load_model_and_tokenizer(
-        str(out), tok=tok
-    )  # the saved model (also when resumed after the end)
+    # the saved model (also when resumed after the end)
+    healed, _ = load_model_and_tokenizer(str(out), tok=tok, dtype=cfg.dtype)
     after = heldout_nll(healed, tok.pad_token_id, val)
     info = {
         **result,

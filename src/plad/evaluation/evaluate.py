@@ -270,7 +270,7 @@ def run_eval(cfg: EvalConfig) -> dict:
 
     model = tok = None
     if cfg.model:
-        model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer)
+        model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer, dtype=cfg.dtype)
         model = for_inference(model)
     elif cfg.tokenizer:
         tok = load_tokenizer(cfg.tokenizer)

@@ -255,7 +255,7 @@ def _generate_hf(
 ) -> None:
     """Local transformers sampling: length-sorted batches (capped by batch_size and max_batch_tokens), k samples
     per prompt with num_return_sequences, one append + fsync per batch."""
-    model, tok = load_model_and_tokenizer(side.model, side.tokenizer)
+    model, tok = load_model_and_tokenizer(side.model, side.tokenizer, dtype=side.dtype)
     model = for_inference(model)
     prompt_ids = encode_prompts(tok, examples, cfg.data, cfg.prompts_file)
     batches = plan_batches(
@@ -365,7 +365,9 @@ def _teacher_logprobs(
 
         if cfg.teacher.backend == "vllm":
             log.info("teacher log-probs of a vllm teacher: scored with transformers (same weights)")
-        model, tok = load_model_and_tokenizer(cfg.teacher.model, cfg.teacher.tokenizer)
+        model, tok = load_model_and_tokenizer(
+            cfg.teacher.model, cfg.teacher.tokenizer, dtype=cfg.teacher.dtype
+        )
         model = for_inference(model)
         stats = Truncation()
         prompts = dict(
