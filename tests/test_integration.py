@@ -709,7 +709,9 @@ def test_stage_pairs_reference_free_and_rouge_scorers(
 
     out = tmp_path / "tl"
     out.mkdir()
-    shutil.copyfile(stage_pairs / "samples.jsonl", out / "samples.jsonl")  # the samples exist: only scoring left
+    shutil.copyfile(
+        stage_pairs / "samples.jsonl", out / "samples.jsonl"
+    )  # the samples exist: only scoring left
     make_pairs(bench, out, "--scorer", "teacher-logp")
     logps = {(r["id"], r["side"], r["index"]): r for r in read_jsonl(out / "teacher_logps.jsonl")}
     for p in read_jsonl(out / "pairs.jsonl"):

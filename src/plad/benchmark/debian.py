@@ -29,6 +29,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from plad.data import DataError
+
 # A system message replaces the chat template's default one (SmolLM2's is 20 tokens); the user message holds the
 # package name and its description. The synopsis alone is the answer (no "The synopsis is:" line).
 SYSTEM = "Write the one-line synopsis of a Debian package."
@@ -56,10 +58,12 @@ FAMILIES = (
     ("jsdeps", re.compile(r"^libjs-")),
 )
 SPLITS = ("test", "val", "train", "unlabeled")
+COMPRESSED = (".lz4", ".xz", ".gz", ".bz2", ".lzma", ".zst")  # what apt may store its lists as
 
 
-class DebianError(ValueError):
-    """The archive lists could not be fetched or read; the message says what to do."""
+class DebianError(DataError):
+    """The archive lists could not be fetched or read; the message says what to do (a DataError, so that the CLI
+    prints it as one line)."""
 
 
 @dataclass(frozen=True)
@@ -207,8 +211,9 @@ def _row(r: dict) -> dict:
 # The archive lists
 
 
-def fetch_lists(dest: Path, sources: Path | None = None) -> None:
-    """`apt-get update` into `dest` with English translations, without touching the system's apt state."""
+def check_apt(sources: Path | None = None) -> Path:
+    """The sources file that fetch_lists will use, after checking that apt-get and the file exist (cheap: `plad
+    prepare` calls it before any download)."""
     if shutil.which("apt-get") is None:
         raise DebianError(
             "apt-get is not installed, so the Debian lists cannot be fetched on this machine; build the data set "
@@ -220,13 +225,24 @@ def fetch_lists(dest: Path, sources: Path | None = None) -> None:
             f"{sources} does not exist: this machine has no Debian sources file to copy; set prepare.apt_sources to "
             "a deb822 .sources file naming a Debian mirror"
         )
+    return sources
+
+
+def fetch_lists(dest: Path, sources: Path | None = None) -> None:
+    """`apt-get update` into `dest` with English translations, without touching the system's apt state."""
+    sources = check_apt(sources)
+    dest = (
+        dest.resolve()
+    )  # apt reads a relative Dir::* path as relative to its own folders (/var/lib/apt, /etc/apt)
     parts = dest / "sources.d"
     (dest / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+    (dest / "cache").mkdir(parents=True, exist_ok=True)
     parts.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(sources, parts / sources.name)
     cmd = [
         "apt-get", "update", "-q",
         "-o", f"Dir::State::Lists={dest / 'lists'}",
+        "-o", f"Dir::Cache={dest / 'cache'}",  # its package cache too (pkgcache.bin), not the system's
         "-o", "Acquire::Languages=en",
         "-o", "Dir::Etc::sourcelist=/dev/null",
         "-o", f"Dir::Etc::sourceparts={parts}",
@@ -255,7 +271,9 @@ def list_files(lists: Path, suite: str) -> tuple[list[Path], list[Path]]:
 def read_list(path: Path) -> str:
     """A list file's text, decompressed by apt itself (lz4, xz, gz or plain: whatever the mirror served)."""
     helper = Path("/usr/lib/apt/apt-helper")
-    if path.suffix in ("", ".txt"):
+    # by the name's ending: Path.suffix of an uncompressed list is a piece of the mirror's host name
+    # ("deb.debian.org_debian_dists_..._Packages" -> ".org_debian_dists_..._Packages")
+    if not path.name.endswith(COMPRESSED):
         return path.read_text(encoding="utf-8", errors="replace")
     if not helper.exists():
         raise DebianError(f"{path} is compressed and apt-helper is missing to read it")
@@ -266,8 +284,9 @@ def read_list(path: Path) -> str:
 
 
 def release_info(lists: Path, suite: str) -> dict:
-    """The archive's date and version from the suite's InRelease file (for the results' provenance)."""
-    files = sorted(lists.glob(f"*_dists_{suite}_InRelease"))
+    """The archive's date and version from the suite's InRelease (else Release) file (for the results'
+    provenance)."""
+    files = sorted(lists.glob(f"*_dists_{suite}_InRelease")) or sorted(lists.glob(f"*_dists_{suite}_Release"))
     if not files:
         return {}
     fields = {}

@@ -11,6 +11,7 @@ so every later token is predicted. Checkpoints, resume and accumulation invarian
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -75,16 +76,22 @@ def run_heal(cfg: HealConfig) -> dict:
     # held out: the last texts, each alone and cut at max_tokens (the rest packed into rows of max_tokens)
     val = [Item(ids[:1], ids[1 : cfg.max_tokens]) for ids in texts[-cfg.val_texts :] if len(ids) >= 2]
     items = pack(texts[: -cfg.val_texts], tok.eos_token_id, cfg.max_tokens)
-    check_output_dir(out, cfg.resume, _resume_fingerprint(cfg))
-    teacher = None
-    if cfg.objective == "kd":
+    if cfg.objective == "kd":  # the vocabularies before anything is written or any weight read
         from plad.stages import check_same_vocab
 
         teacher_tok = load_tokenizer(cfg.teacher)
         check_same_vocab(tok, teacher_tok, f"heal objective kd: student {cfg.model}, teacher {cfg.teacher}")
+    check_output_dir(out, cfg.resume, _resume_fingerprint(cfg))
+    summary_path = out / "heal.json"
+    if cfg.resume and summary_path.is_file():  # written last: the heal is finished
+        finished = json.loads(summary_path.read_text())
+        if finished.get("fingerprint") == _resume_fingerprint(cfg):
+            log.info("heal: %s is healed already with the same settings", out)
+            return finished
+    teacher = None
+    if cfg.objective == "kd":
         teacher, _ = load_model_and_tokenizer(cfg.teacher, tok=teacher_tok, dtype=cfg.teacher_dtype)
     model, tok = load_model_and_tokenizer(cfg.model, tok=tok, dtype=cfg.dtype)
-    summary_path = out / "heal.json"
     before = heldout_nll(model, tok.pad_token_id, val)
     if not math.isfinite(before):
         raise ConfigError(f"{cfg.model}: held-out NLL is {before} before healing; the model is broken")

@@ -63,7 +63,12 @@ def pruned_config(config: Any, keep: list[int]) -> Any:
     n = config.num_hidden_layers
     new = copy.deepcopy(config)
     for name, value in vars(config).items():
-        if isinstance(value, list | tuple) and len(value) == n and name not in ("architectures",):
+        if (
+            isinstance(value, list | tuple)
+            and len(value) == n
+            and name != "architectures"
+            and not name.endswith(("token_id", "token_ids"))  # e.g. 3 EOS ids of a 3-layer model
+        ):
             setattr(new, name, type(value)(value[i] for i in keep))
     new.num_hidden_layers = len(keep)
     if isinstance(
@@ -132,6 +137,8 @@ def run_prune(cfg: PruneConfig) -> dict:
             f"{sorted(unexpected)[:3]}); this architecture is not supported by plad prune"
         )
     small.tie_weights()
+    if model.generation_config is not None:  # the teacher's decoding defaults and EOS ids
+        small.generation_config = copy.deepcopy(model.generation_config)
     out.mkdir(parents=True, exist_ok=True)
     small.save_pretrained(out)
     tok.save_pretrained(out)

