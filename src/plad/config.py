@@ -728,8 +728,8 @@ class RunConfig:
     prepared: str = opt(
         "",
         "a real benchmark made by `plad prepare` (debian-smollm2): its files fill sft_file (train), val_file, "
-        "distill_file (unlabeled) and test_file, and its teacher and student folders teacher and student; prepared "
-        "first when missing",
+        "distill_file (unlabeled) and test_file, and its fine-tuned teacher and its student teacher and student "
+        "(teacher SFT is skipped: prepare fine-tuned it once); prepared first when missing",
     )
     prepared_cache_dir: str = opt("", "cache folder of `prepared` (default: $PLAD_CACHE, else ~/.cache/plad)")
     val_limit: int = opt(

@@ -146,7 +146,8 @@ def check_presets(cfg: RunConfig) -> None:
 
 
 def with_prepared(cfg: RunConfig) -> RunConfig:
-    """The run's config with the files and models of a `plad prepare` benchmark (prepared first when missing)."""
+    """The run's config with the files and models of a `plad prepare` benchmark (prepared first when missing). Its
+    teacher is fine-tuned already: teacher SFT is skipped."""
     from plad.benchmark.real import load_prepared, run_prepare
     from plad.config import PrepareConfig
 
@@ -165,6 +166,7 @@ def with_prepared(cfg: RunConfig) -> RunConfig:
         test_file=files["test"],
         teacher=manifest["teacher"],
         student=manifest["student"],
+        skip_teacher_sft=True,  # the prepared teacher is fine-tuned on the train split already (once, for every seed)
     )
 
 
