@@ -1,7 +1,16 @@
-"""Sequence and token log-probs of outputs given prompts, from one forward pass of a causal LM."""
+"""Sequence and token log-probs of outputs given prompts, from one forward pass of a causal LM.
+
+The loss covers only the output tokens (about 10 of 130 positions per row on the real benchmark), and the output
+layer (hidden -> vocabulary) is about half of a small student's FLOPs. So for the decoder-only families whose
+forward plad knows (see _GATHERED_OUTPUT_LAYER) the model's decoder body runs to hidden states, the hidden states
+at the M labelled positions are gathered, and the output layer runs there only: logits (M, V) instead of (N, T, V).
+Every other model (encoder-decoder, an unknown class, a wrapper such as DistributedDataParallel) runs its full
+forward and the same M positions are picked from its logits: same values, more work.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,11 +27,19 @@ def decoder_start_id(model: Any) -> int | None:
     return cfg.pad_token_id if start is None else start
 
 
+def aligned_labels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The labels aligned with the logits of forward_logits: (N, T-1) decoder-only (shifted: position t predicts
+    token t+1), (N, To) encoder-decoder (already aligned)."""
+    return batch["labels"] if "decoder_input_ids" in batch else batch["labels"][:, 1:]
+
+
 def forward_logits(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels aligned for the loss: position t of the logits scores label t.
+    """The full forward: logits at every position and labels aligned for the loss (logits[:, t] scores label t).
 
     Decoder-only batch (input_ids, attention_mask, labels all (N, T)): the shift is done here, giving
     (N, T-1, V) and (N, T-1). Encoder-decoder batch (with decoder_input_ids): already aligned, (N, To, V), (N, To).
+    The losses use output_logits, which computes logits only where there is a label; this is its fallback and the
+    reference its tests compare with.
     """
     if "decoder_input_ids" in batch:
         logits = model(
@@ -33,7 +50,84 @@ def forward_logits(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
         ).logits
         return logits, batch["labels"]
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (N, T, V)
-    return logits[:, :-1], batch["labels"][:, 1:]
+    return logits[:, :-1], aligned_labels(batch)
+
+
+def _final_logit_softcapping(model: Any, logits: torch.Tensor) -> torch.Tensor:
+    """Gemma-3: cap * tanh(logits / cap), applied by its forward after the output layer."""
+    cap = model.config.final_logit_softcapping
+    return logits if cap is None else torch.tanh(logits / cap) * cap
+
+
+# The causal LMs whose forward is exactly `logits = transform(output_layer(body(input_ids, attention_mask)
+# .last_hidden_state))`, read in transformers' modeling code (5.24; the same structure in the 4.x releases):
+# class name -> (the attribute holding the decoder body, the transform after the output layer or None). A class
+# that is not listed (Cohere's logit_scale, Granite's logits_scaling, Gemma-2, ...) runs its full forward until
+# its forward has been read and added here; tests/test_logprobs.py checks every listed family it can build.
+_GATHERED_OUTPUT_LAYER: dict[str, tuple[str, Callable[[Any, torch.Tensor], torch.Tensor] | None]] = {
+    "LlamaForCausalLM": ("model", None),
+    "Qwen2ForCausalLM": ("model", None),
+    "GPT2LMHeadModel": ("transformer", None),
+    "GPTNeoXForCausalLM": ("gpt_neox", None),
+    # OPT's forward calls model.decoder; OPTModel returns exactly its decoder's output (final norm, project_out).
+    "OPTForCausalLM": ("model", None),
+    "Gemma3ForCausalLM": ("model", _final_logit_softcapping),
+}
+
+
+def gathered_output_layer(
+    model: Any,
+) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]] | None:
+    """(decoder body, hidden (M, H) -> logits (M, V)) computing exactly what the model's own forward computes, or
+    None when the model must run its full forward.
+
+    The check is by exact class, from transformers itself: a subclass may override forward, and a wrapper
+    (DistributedDataParallel, a compiled or PEFT model) must see its own forward called (DDP syncs gradients
+    there). The output layer is called as a module, so a bias and tied embeddings (the same Parameter as the input
+    embeddings: its gradient gets both uses) work as in the full forward.
+    """
+    cls = type(model)
+    known = _GATHERED_OUTPUT_LAYER.get(cls.__name__)
+    if known is None or not cls.__module__.startswith("transformers.models."):
+        return None
+    body_name, transform = known
+    body, head = getattr(model, body_name, None), model.get_output_embeddings()
+    if not isinstance(body, torch.nn.Module) or not isinstance(head, torch.nn.Linear):
+        return None
+    if transform is None:
+        return body, head
+    return body, lambda hidden: transform(model, head(hidden))
+
+
+def output_logits(
+    model: Any, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float32 logits (M, V) and labels (M,) at the M positions that have a label, and where they are: the mask
+    (N, T') over the aligned labels (N, T') of forward_logits. Rows come in row-major order of the mask
+    (all of row 0's labelled tokens, then row 1's, ...), so logits[m] scores labels[m] = aligned[mask][m].
+
+    Only the M positions go through the output layer where gathered_output_layer knows the model; otherwise the full
+    forward runs and the same positions are picked from its logits.
+    """
+    labels = aligned_labels(batch)  # (N, T')
+    mask = labels != -100  # (N, T')
+    # An encoder-decoder batch needs the model's own forward (encoder, then decoder): no table entry covers it.
+    known = gathered_output_layer(model) if "decoder_input_ids" not in batch else None
+    if known is None:
+        logits, _ = forward_logits(model, batch)  # (N, T', V)
+        return logits[mask].float(), labels[mask], mask
+    body, output_layer = known
+    hidden = body(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).last_hidden_state  # (N, T, H)
+    hidden = hidden[:, :-1][mask]  # (M, H): position t predicts token t+1, as in forward_logits
+    # The transform (softcapping) runs in the output layer's dtype, as in the model's forward; then float32.
+    return output_layer(hidden).float(), labels[mask], mask
+
+
+def _scatter_rows(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(M,) values at the True positions of mask (N, T') -> (N, T'), 0 elsewhere (differentiable in values)."""
+    return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
 
 
 def forward_token_nll(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -41,8 +135,8 @@ def forward_token_nll(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tenso
 
     Returns (N, T-1), 0 where there is no label.
     """
-    logits, labels = forward_logits(model, batch)
-    return token_nll(logits, labels)
+    logits, labels, mask = output_logits(model, batch)  # (M, V), (M,), (N, T-1)
+    return _scatter_rows(token_nll(logits, labels), mask)
 
 
 def sequence_logps(
@@ -56,21 +150,22 @@ def sequence_logps(
 
     count_labels: (N, T) labels that say which tokens the sequence log-prob counts (default: batch["labels"]); the
     divergence-aware calibration counts only the tokens from the first difference between two outputs.
-    Returns logps (N,), token_nll (N, T-1) over all of batch["labels"], n_tokens (N,) counted tokens, and with
-    return_logits the logits (N, T-1, V).
+    Returns logps (N,), token_nll (N, T-1) over all of batch["labels"] (0 where there is no label), n_tokens (N,)
+    counted tokens, and with return_logits the logits (M, V) and labels (M,) of the labelled tokens with their
+    mask (N, T-1) (see output_logits: row by row, so rows [0, B) own the first label_mask[:B].sum() of them).
     """
-    logits, labels = forward_logits(model, batch)
-    nll = token_nll(logits, labels)  # (N, T-1)
+    logits, labels, mask = output_logits(model, batch)  # (M, V), (M,), (N, T-1)
+    nll = _scatter_rows(token_nll(logits, labels), mask)  # (N, T-1)
     if count_labels is not None and "decoder_input_ids" not in batch:
         count_labels = count_labels[:, 1:]  # decoder-only: shifted like the labels
-    counted = (labels if count_labels is None else count_labels) != -100  # (N, T-1)
+    counted = mask if count_labels is None else count_labels != -100  # (N, T-1)
     n_tokens = counted.sum(-1)  # (N,)
     logps = -(nll * counted).sum(-1)
     if reduction == "mean":
         logps = logps / n_tokens.clamp(min=1)
     out = {"logps": logps, "token_nll": nll, "n_tokens": n_tokens}
     if return_logits:
-        out["logits"] = logits
+        out.update(logits=logits, labels=labels, label_mask=mask)
     return out
 
 

@@ -36,15 +36,15 @@ def margin_calibration_loss(
 
 
 def token_nll(
-    logits: torch.Tensor,  # (B, T, V), aligned: logits[:, t] scores labels[:, t]
-    labels: torch.Tensor,  # (B, T), -100 where no loss
-) -> torch.Tensor:  # (B, T), 0 where labels == -100
+    logits: torch.Tensor,  # (B, T, V) aligned: logits[:, t] scores labels[:, t]; or gathered (M, V)
+    labels: torch.Tensor,  # (B, T), -100 where no loss; or (M,)
+) -> torch.Tensor:  # (B, T) or (M,), 0 where labels == -100
     """Per-token negative log-likelihood (the CE of SFT, SeqKD and the regulariser)."""
-    B, T, V = logits.shape
+    V = logits.shape[-1]
     nll = F.cross_entropy(
-        logits.reshape(B * T, V).float(), labels.reshape(B * T), ignore_index=-100, reduction="none"
+        logits.reshape(-1, V).float(), labels.reshape(-1), ignore_index=-100, reduction="none"
     )
-    return nll.view(B, T)
+    return nll.view(labels.shape)
 
 
 def ranking_accuracy(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor) -> torch.Tensor:
@@ -102,6 +102,8 @@ def dpkd_sequence_loss(
 # Token-level losses over full-vocabulary logits. Shared conventions: logits (B, T, V) aligned with labels (B, T)
 # (logits[:, t] scores labels[:, t]), -100 = no loss; p = softmax(teacher_logits) is a constant (detached),
 # q = softmax(student_logits); computed in float32; per-token (B, T) values, exactly 0 where labels == -100.
+# Any leading shape works the same: the training loop passes the gathered labelled tokens, logits (M, V) and
+# labels (M,) (plad.logprobs.output_logits), and gets (M,) values. The shapes below name the (B, T) case.
 
 
 def _clean_logits(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:  # (B, T, V) float32

@@ -16,7 +16,7 @@ import torch
 
 from plad.config import LossConfig
 from plad.data import collate_sequences
-from plad.logprobs import forward_logits, forward_token_nll, sequence_logps
+from plad.logprobs import forward_token_nll, output_logits, sequence_logps
 from plad.losses import (
     dpkd_sequence_loss,
     dpkd_token_loss,
@@ -152,7 +152,8 @@ def _regulariser(
     model: Any, batch: dict[str, Any], loss: LossConfig, frozen: Frozen, chosen: dict[str, torch.Tensor]
 ) -> torch.Tensor | None:
     """lambda's term, as a sum over tokens: CE on the chosen outputs or the targets, or SLiC's token KL to the
-    initial student on the chosen outputs. `chosen` holds token_nll (and logits for kl-init) of the chosen rows."""
+    initial student on the chosen outputs. `chosen` holds token_nll (and logits for kl-init) of the chosen rows
+    (see _chosen_rows)."""
     if loss.regularizer == "chosen":
         return chosen["token_nll"].sum()
     if loss.regularizer == "target":
@@ -160,9 +161,18 @@ def _regulariser(
     if loss.regularizer == "kl-init":
         rows = {k: v[: len(chosen["token_nll"])] for k, v in batch["main"].items() if k in _SEQ_KEYS}
         with torch.no_grad():
-            ref_logits, labels = forward_logits(frozen.reference, rows)
+            ref_logits, labels, _ = output_logits(frozen.reference, rows)  # (Mc, V), (Mc,): the same tokens
         return token_kl_to_reference(chosen["logits"], ref_logits, labels).sum()
     return None
+
+
+def _chosen_rows(out: dict[str, torch.Tensor], B: int) -> dict[str, torch.Tensor]:
+    """The chosen outputs' part of a sequence_logps result, rows [0, B): token_nll (B, T-1) and, when it holds
+    logits (kl-init), the logits (Mc, V) of their labelled tokens, the first Mc of the gathered ones."""
+    chosen = {"token_nll": out["token_nll"][:B]}
+    if "logits" in out:
+        chosen["logits"] = out["logits"][: int(out["label_mask"][:B].sum())]
+    return chosen
 
 
 _SEQ_KEYS = ("input_ids", "attention_mask", "labels", "decoder_input_ids", "decoder_attention_mask")
@@ -209,7 +219,7 @@ def _calibration(kind: str, from_divergence: bool = False) -> Callable[..., Loss
             per_example = margin_calibration_loss(
                 chosen_logps, rejected_logps, main["chosen_scores"], main["rejected_scores"], loss.beta
             )
-        chosen = {k: v[:B] for k, v in out.items() if k in ("token_nll", "logits")}
+        chosen = _chosen_rows(out, B)
         return _with_regulariser(
             model,
             batch,
@@ -230,7 +240,7 @@ def plad_list(model: Any, batch: dict[str, Any], loss: LossConfig, frozen: Froze
     K = main["list_mask"].shape[1]
     logps = out["logps"].view(K, B).T  # (B, K)
     per_example = listwise_rank_loss(logps, main["list_ranks"], main["list_mask"], loss.beta)
-    chosen = {k: v[:B] for k, v in out.items() if k in ("token_nll", "logits")}
+    chosen = _chosen_rows(out, B)
     others = logps[:, 1:].masked_fill(~main["list_mask"][:, 1:], float("nan"))
     metrics = {
         "calibration": float(per_example.detach().mean()),
@@ -250,7 +260,7 @@ def dpkd(model: Any, batch: dict[str, Any], loss: LossConfig, frozen: Frozen = N
     per_example = dpkd_sequence_loss(
         out["logps"][:B], out["logps"][B:], teacher[:B], teacher[B:], lengths[:B], lengths[B:], loss.beta
     )
-    chosen = {k: v[:B] for k, v in out.items() if k in ("token_nll", "logits")}
+    chosen = _chosen_rows(out, B)
     metrics = _pair_metrics(out["logps"][:B], out["logps"][B:], per_example)
     ratio_c, ratio_r = out["logps"][:B] - teacher[:B], out["logps"][B:] - teacher[B:]
     metrics["reward_margin"] = float(
@@ -265,12 +275,12 @@ def _token_level(kind: str) -> Callable[..., LossParts]:
 
     def loss_fn(model: Any, batch: dict[str, Any], loss: LossConfig, frozen: Frozen = NO_FROZEN) -> LossParts:
         main = batch["main"]
-        logits, labels = forward_logits(model, main)  # (B, T-1, V), (B, T-1)
+        logits, labels, _ = output_logits(model, main)  # (M, V), (M,): the labelled tokens only
         with torch.no_grad():
-            teacher_logits, _ = forward_logits(frozen.teacher, main)
+            teacher_logits, _, _ = output_logits(frozen.teacher, main)  # (M, V'), the same tokens
         V = frozen.vocab or logits.shape[-1]
         logits, teacher_logits = logits[..., :V], teacher_logits[..., :V]  # drop embedding padding rows
-        nll = token_nll(logits, labels)
+        nll = token_nll(logits, labels)  # (M,)
         if kind == "dpkd-token":  # released code: (1 - r) * CE + r * per-token preference loss
             pref = dpkd_token_loss(logits, teacher_logits, labels, loss.dpkd_token_beta)
             per_token = (1 - loss.dpkd_token_ratio) * nll + loss.dpkd_token_ratio * pref
@@ -278,7 +288,7 @@ def _token_level(kind: str) -> Callable[..., LossParts]:
             per_token = generalized_jsd(logits, teacher_logits, labels, loss.gkd_beta)
         else:
             per_token = token_divergence(logits, teacher_logits, labels, kind, loss.skew_alpha)
-        n = max(int((labels != -100).sum()), 1)
+        n = max(labels.numel(), 1)  # every gathered token has a label
         metrics = {"divergence": float(per_token.detach().sum()) / n, "ce": float(nll.detach().sum()) / n}
         return LossParts(tok_sum=per_token.sum(), metrics=metrics)
 
