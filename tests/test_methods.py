@@ -65,12 +65,13 @@ def test_teacher_logprobs_resume_scores_only_what_is_missing(
 
 
 class _LengthScorer:
-    """A stand-in judge: longer output = better (scores 0.1 per character, capped at 1)."""
+    """A stand-in judge of stored samples (pairs.SampleScorer's interface): longer output = better (0.1 per
+    character, capped at 1)."""
 
     name = "length"
 
-    def score(self, prompt: str, output: str) -> float:
-        return min(1.0, 0.1 * len(output))
+    def score(self, ex, side: str, row: dict) -> float:
+        return min(1.0, 0.1 * len(row["text"]))
 
 
 def test_rank_by_orders_pairs_by_score_and_drops_ties() -> None:

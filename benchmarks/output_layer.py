@@ -4,7 +4,7 @@ only at the labelled positions (plad.logprobs.output_logits), on a tiny-width Ll
 Not a test (pytest does not collect it). Compare two plad source trees, e.g. the commit before the change:
 
     git archive <commit> src | tar -x -C /tmp/plad-before
-    OMP_NUM_THREADS=1 python tests/bench_output_layer.py before=/tmp/plad-before/src after=src
+    OMP_NUM_THREADS=1 python benchmarks/output_layer.py before=/tmp/plad-before/src after=src
 
 Every (repetition, method, tree) runs in its own process, trees interleaved, so that ru_maxrss is that run's peak
 (resident memory, CPU); the step time is the median over the steps of a run, then over the runs. A tree named
