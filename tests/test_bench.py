@@ -112,11 +112,12 @@ def test_report_from_bench_results(bench_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
     assert main_inprocess("report", bench_dir / "bench.json", "--output_dir", out) == 0
     md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
-    for png in ("win_rates.png", "length_buckets.png", "scaling.png", "training_curves.png"):
+    pngs = ("win_rates.png", "length_buckets.png", "calibration.png", "scaling.png", "training_curves.png")
+    for png in pngs:
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, png
         assert f"]({png})" in md
-    assert page.count("data:image/png;base64,") == 4 and "<table" in page  # self-contained
+    assert page.count("data:image/png;base64,") == len(pngs) and "<table" in page  # self-contained
     assert "plad-rank-rounds2" in md and "[" in md  # every system, with intervals
     # a folder without a bench.json or results.json is refused
     assert (
@@ -136,3 +137,51 @@ def test_report_rejects_bad_results(tmp_path: Path, capsys) -> None:
     assert main_inprocess("report", tmp_path / "missing.json", "--output_dir", tmp_path / "out") == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing written when an input is bad
+
+
+@pytest.mark.slow
+def test_bench_without_task_scorer_same_in_parallel(tmp_path: Path) -> None:
+    """A task without a scorer (the real benchmark's case): ROUGE-L is the headline, plad-margin's scores come from
+    the teacher (teacher-logp), head-to-head and length buckets are against the SFT student, calibration pairs are
+    ranked by ROUGE-L. `jobs: 2` runs the tuning, test evaluations, calibration and data-scaling stages in two
+    worker processes and gives the same results as one process."""
+    run = {k: v for k, v in RUN_CONFIG.items() if k not in ("seed", "methods")}
+    base = {
+        "seeds": [0],
+        "methods": ["sft", "plad-margin", "kd"],
+        "grid_lr": GRID,
+        "real_pairs": False,
+        "list_k": 0,
+        "rounds": 1,
+        "fractions": [0.5],
+        "fraction_methods": ["plad-margin"],
+        "length_buckets": 2,
+        "calibration_pairs": 8,
+        "run": {
+            **run,
+            "task": "",
+            "pairs": {**run["pairs"], "scorer": "teacher-logp"},
+            "distill": {**run["distill"], "train": {**run["distill"]["train"], "max_steps": 2}},
+        },
+    }
+    seeds = {}
+    for jobs in (1, 2):
+        cfg = {**base, "jobs": jobs, "output_dir": str(tmp_path / f"jobs{jobs}")}
+        (tmp_path / f"bench{jobs}.yaml").write_text(yaml.safe_dump(cfg))
+        assert main_inprocess("bench", "--config", tmp_path / f"bench{jobs}.yaml") == 0
+        per_seed = json.loads((tmp_path / f"jobs{jobs}" / "seed-0" / "bench_seed.json").read_text())
+        seeds[jobs] = {k: v for k, v in per_seed.items() if "seconds" not in k}
+    assert seeds[1] == seeds[2]
+    summary = json.loads((tmp_path / "jobs2" / "bench.json").read_text())
+    assert summary["judge"] == "rouge"
+    for name in ["teacher", "sft", "plad-margin", "kd"]:
+        row = summary["table"][name]
+        assert row["win_rate_vs_target"] is None and row["head_to_head"] is not None
+        assert row["mean_score"] == row["rouge_l"]
+    pairs = read_jsonl(tmp_path / "jobs2" / "seed-0" / "pairs" / "pairs.jsonl")
+    assert all(p["scores"]["scorer"] == "teacher-logp" for p in pairs)
+    assert summary["length_buckets"]["against"] == "student-sft"
+    assert set(summary["length_buckets"]["win_rate"]) == {"teacher", "sft", "plad-margin", "kd"}
+    assert set(summary["calibration"]) >= {"student-sft", "sft", "plad-margin", "kd"}
+    md = (tmp_path / "jobs2" / "bench.md").read_text()
+    assert "mean score (rouge)" in md and "win rate vs target" not in md and "## Calibration" in md

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import logging
 import os
 import platform
@@ -27,7 +28,17 @@ import numpy as np
 from plad.config import BenchConfig, ConfigError, save_yaml
 from plad.data import read_jsonl, write_json_atomic, write_text_atomic
 from plad.evaluation.winrate import across_seeds, bucket_labels, bucket_of, outcomes, quantile_edges
-from plad.pipeline import Run, distill_stage, eval_stage, fraction_key, fraction_stage, pairs_stage, prepare
+from plad.pipeline import (
+    Run,
+    calibration_pairs,
+    calibration_stage,
+    distill_stage,
+    eval_stage,
+    fraction_key,
+    fraction_stage,
+    pairs_stage,
+    prepare,
+)
 
 log = logging.getLogger("plad")
 
@@ -41,19 +52,57 @@ def _lr_name(lr: str) -> str:
     return f"lr-{float(lr):g}"
 
 
+def _tune_point(run: Run, method: str, label: str, lr: str, pairs=None, changes: dict | None = None) -> dict:
+    """One learning rate of a method's grid: distilled, then scored on the validation split."""
+    base = dataclasses.replace(run.cfg.distill, **(changes or {}))
+    dcfg = dataclasses.replace(base, train=dataclasses.replace(base.train, lr=float(lr)))
+    model = distill_stage(run, method, name=f"tune/{label}/{_lr_name(lr)}", dcfg=dcfg, pairs=pairs)
+    res = eval_stage(run, f"{label}@{lr}", model, split="val", stage=f"tune-eval/{label}/{_lr_name(lr)}")
+    return {"val_mean_score": res["mean_score"]["value"], "model": model}
+
+
 def _tune(
     run: Run, method: str, label: str, grid: list[str], pairs=None, changes: dict | None = None
 ) -> dict:
     """Every learning rate of the grid, scored on the validation split; returns the trials and the winner.
     changes: distill settings that define the variant (e.g. rounds)."""
-    trials, base = {}, dataclasses.replace(run.cfg.distill, **(changes or {}))
-    for lr in grid:
-        dcfg = dataclasses.replace(base, train=dataclasses.replace(base.train, lr=float(lr)))
-        model = distill_stage(run, method, name=f"tune/{label}/{_lr_name(lr)}", dcfg=dcfg, pairs=pairs)
-        res = eval_stage(run, f"{label}@{lr}", model, split="val", stage=f"tune-eval/{label}/{_lr_name(lr)}")
-        trials[lr] = {"val_mean_score": res["mean_score"]["value"], "model": model}
+    trials = {lr: _tune_point(run, method, label, lr, pairs, changes) for lr in grid}
     best = max(grid, key=lambda lr: trials[lr]["val_mean_score"])  # ties: the first in grid order
     return {"trials": trials, "lr": best, "model": trials[best]["model"]}
+
+
+def _worker_init() -> None:
+    import logging as logging_
+
+    logging_.basicConfig(level=logging_.INFO, format=f"plad[{os.getpid()}]: %(message)s", stream=sys.stderr)
+    logging_.getLogger("accelerate").setLevel(logging_.WARNING)
+
+
+def _run_task(fn, run: Run, args: tuple) -> None:
+    fn(run, *args)
+
+
+def run_parallel(run: Run, jobs: int, tasks: list[tuple]) -> None:
+    """Run stages ahead of the sequential pass, `jobs` at a time in worker processes (spawned, each with
+    run.threads // jobs torch threads); their results land in their stage folders, from which the sequential pass
+    reads them back (a finished stage is skipped), so the bench's results do not depend on `jobs`. tasks: (module-
+    level function, args) with function(run, *args). The first failure stops the bench with its error."""
+    if jobs <= 1 or len(tasks) <= 1:
+        return
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    threads = max(1, (run.cfg.threads or os.cpu_count() or 1) // jobs)
+    worker_run = dataclasses.replace(run, cfg=dataclasses.replace(run.cfg, threads=threads))
+    with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+        futures = [pool.submit(_run_task, fn, worker_run, args) for fn, args in tasks]
+        try:
+            for f in cf.as_completed(futures):
+                f.result()
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
 
 
 def _metrics(res: dict) -> dict:
@@ -105,8 +154,6 @@ def _length_buckets(run: Run, systems: dict[str, str], n_buckets: int) -> dict:
 def _calibration(run: Run, systems: dict[str, str], limit: int) -> dict:
     """How often each system's likelihood ranks the better output of held-out pairs first (pipeline's
     calibration pairs from the test prompts, the first `limit`)."""
-    from plad.pipeline import calibration_pairs, calibration_stage
-
     pairs = calibration_pairs(run, limit)
     if pairs is None:
         return {}
@@ -119,50 +166,43 @@ def _calibration(run: Run, systems: dict[str, str], limit: int) -> dict:
     return out
 
 
-def bench_seed(cfg: BenchConfig, seed: int, force: bool) -> dict:
-    t0 = time.perf_counter()
-    rcfg = dataclasses.replace(
-        cfg.run, output_dir=str(Path(cfg.output_dir) / f"seed-{seed}"), seed=seed, methods=list(cfg.methods)
-    )
-    run = prepare(rcfg, force)
-    baseline = str(run.root / "eval" / "student-sft" / "outputs.jsonl")
-    result: dict[str, Any] = {"seed": seed, "methods": {}, "systems": {}}
-    first = eval_stage(run, "student-sft", run.student_sft)
-    result["systems"]["student-sft"] = _metrics(first)
-    result["judge"] = first.get("judge")
-    result["systems"]["teacher"] = _metrics(eval_stage(run, "teacher", run.teacher_sft, compare_to=baseline))
-    systems = {"student-sft": run.student_sft, "teacher": run.teacher_sft}
+def _at_lr(cfg: BenchConfig, lr: str) -> Any:
+    base = cfg.run.distill
+    return dataclasses.replace(base, train=dataclasses.replace(base.train, lr=float(lr)))
 
-    for method in cfg.methods:
-        tuned = _tune(run, method, method, cfg.grid_lr)
-        res = eval_stage(run, method, tuned["model"], compare_to=baseline)
-        systems[method] = tuned["model"]
-        result["methods"][method] = {
-            "lr": tuned["lr"],
-            "val": {lr: t["val_mean_score"] for lr, t in tuned["trials"].items()},
-            **_metrics(res),
-        }
 
-    if cfg.real_pairs:
-        from plad.generation.pairs import NoPairsError
+def _cost_rank(method: str) -> int:
+    """Longest runs first, so that parallel workers finish together: the token-level methods hold a teacher."""
+    from plad.methods import METHODS
 
-        real_cfg = dataclasses.replace(run.pairs_cfg, rank_by=rcfg.task, scorer=rcfg.task)
-        try:
-            real_dir, real_fp, real_info = pairs_stage(run, "pairs-real", real_cfg, reuse_from=run.pairs_dir)
-        except NoPairsError as e:
-            log.warning("bench seed %d: real-pairs ablation skipped: %s", seed, e)
-            result["real_pairs"] = {"skipped": str(e)}
-        else:
-            tuned = _tune(run, "plad-rank", "plad-rank-real", cfg.grid_lr, pairs=(real_dir, real_fp))
-            res = eval_stage(run, "plad-rank-real", tuned["model"], compare_to=baseline)
-            systems["plad-rank-real"] = tuned["model"]
-            result["real_pairs"] = {
-                "lr": tuned["lr"],
-                "pairs": {k: real_info.get(k) for k in ("pairs", "pairs_dropped_ties", "pairs_swapped")},
-                **_metrics(res),
-            }
+    m = METHODS[method]
+    return 0 if m.on_policy else 1 if m.needs_teacher_model else 2 if m.source in ("pairs", "lists") else 3
 
-    # Variants measured like every method: plad-list with k > 1 student samples, iterated PLaD.
+
+def _real_pairs_point(cfg: BenchConfig, run: Run) -> dict:
+    """plad-rank on real preference pairs (the same samples ranked by the task scorer): its pairs stage, made
+    here, and its tuning point; none when the ablation is off or every pair is a tie."""
+    if not cfg.real_pairs:
+        return {}
+    from plad.generation.pairs import NoPairsError
+
+    real_cfg = dataclasses.replace(run.pairs_cfg, rank_by=run.cfg.task, scorer=run.cfg.task)
+    try:
+        real_dir, real_fp, _ = pairs_stage(run, "pairs-real", real_cfg, reuse_from=run.pairs_dir)
+    except NoPairsError as e:
+        log.warning("bench %s: real-pairs ablation skipped: %s", run.root, e)
+        run.notes["real_pairs"] = str(e)
+        return {}
+    return {"plad-rank-real": ("plad-rank", (real_dir, real_fp), None)}
+
+
+def run_real_pairs_skip(run: Run) -> str:
+    return run.notes.get("real_pairs", "no real preference pairs")
+
+
+def _variants(cfg: BenchConfig, run: Run) -> dict[str, tuple[str, tuple | None, dict | None]]:
+    """Variants measured like every method: plad-list with k > 1 student samples (its pairs made here), iterated
+    PLaD. label -> (method, pairs, distill changes)."""
     variants: dict[str, tuple[str, tuple | None, dict | None]] = {}
     if cfg.list_k > 1 and "plad-list" in cfg.methods:
         k_cfg = dataclasses.replace(run.pairs_cfg, num_student_samples=cfg.list_k, teacher_logprobs=False)
@@ -176,9 +216,84 @@ def bench_seed(cfg: BenchConfig, seed: int, force: bool) -> dict:
             None,
             {"rounds": cfg.rounds, "on_policy": sampling},
         )
+    return variants
+
+
+def bench_seed(cfg: BenchConfig, seed: int, force: bool) -> dict:
+    t0 = time.perf_counter()
+    rcfg = dataclasses.replace(
+        cfg.run, output_dir=str(Path(cfg.output_dir) / f"seed-{seed}"), seed=seed, methods=list(cfg.methods)
+    )
+    run = prepare(rcfg, force)
+    baseline = str(run.root / "eval" / "student-sft" / "outputs.jsonl")
+    result: dict[str, Any] = {"seed": seed, "methods": {}, "systems": {}}
+    first = eval_stage(run, "student-sft", run.student_sft)
+    result["systems"]["student-sft"] = _metrics(first)
+    result["judge"] = first.get("judge")
+
+    # The variants' own pairs first (sequential: one pairs store each), then every tuning run in parallel.
+    variants = _variants(cfg, run)
+    tune_points = [
+        (method, label, lr, pairs, changes)
+        for label, (method, pairs, changes) in {
+            **{m: (m, None, None) for m in cfg.methods},
+            **_real_pairs_point(cfg, run),
+            **variants,
+        }.items()
+        for lr in cfg.grid_lr
+    ]
+    run_parallel(
+        run,
+        cfg.jobs,
+        [(eval_stage, ("teacher", run.teacher_sft, "test", baseline))]
+        + sorted([(_tune_point, p) for p in tune_points], key=lambda t: _cost_rank(t[1][0])),
+    )
+    result["systems"]["teacher"] = _metrics(eval_stage(run, "teacher", run.teacher_sft, compare_to=baseline))
+    systems = {"student-sft": run.student_sft, "teacher": run.teacher_sft}
+    tuned_all = {
+        label: _tune(run, method, label, cfg.grid_lr, pairs=pairs, changes=changes)
+        for method, label, _, pairs, changes in {p[1]: p for p in tune_points}.values()
+    }
+    # test evaluations at the chosen learning rates, calibration and data scaling, in parallel as well
+    later = [(eval_stage, (label, t["model"], "test", baseline)) for label, t in tuned_all.items()]
+    later += [
+        (fraction_stage, (method, frac, _at_lr(cfg, tuned_all[method]["lr"]), baseline))
+        for method in cfg.fraction_methods
+        if method in cfg.methods
+        for frac in cfg.fractions
+    ]
+    if cfg.calibration_pairs and (held_out := calibration_pairs(run, cfg.calibration_pairs)) is not None:
+        models = {"student-sft": run.student_sft, **{label: t["model"] for label, t in tuned_all.items()}}
+        later += [(calibration_stage, (name, model, held_out)) for name, model in models.items()]
+    run_parallel(run, cfg.jobs, later)
+
+    for method in cfg.methods:
+        tuned = tuned_all[method]
+        res = eval_stage(run, method, tuned["model"], compare_to=baseline)
+        systems[method] = tuned["model"]
+        result["methods"][method] = {
+            "lr": tuned["lr"],
+            "val": {lr: t["val_mean_score"] for lr, t in tuned["trials"].items()},
+            **_metrics(res),
+        }
+
+    if cfg.real_pairs:
+        if "plad-rank-real" not in tuned_all:
+            result["real_pairs"] = {"skipped": run_real_pairs_skip(run)}
+        else:
+            tuned = tuned_all["plad-rank-real"]
+            res = eval_stage(run, "plad-rank-real", tuned["model"], compare_to=baseline)
+            systems["plad-rank-real"] = tuned["model"]
+            real_info = json.loads((run.root / "pairs-real" / "stage.json").read_text())["info"]
+            result["real_pairs"] = {
+                "lr": tuned["lr"],
+                "pairs": {k: real_info.get(k) for k in ("pairs", "pairs_dropped_ties", "pairs_swapped")},
+                **_metrics(res),
+            }
+
     result["variants"] = {}
-    for label, (method, pairs, changes) in variants.items():
-        tuned = _tune(run, method, label, cfg.grid_lr, pairs=pairs, changes=changes)
+    for label in variants:
+        tuned = tuned_all[label]
         res = eval_stage(run, label, tuned["model"], compare_to=baseline)
         systems[label] = tuned["model"]
         result["variants"][label] = {"lr": tuned["lr"], **_metrics(res)}
@@ -188,10 +303,8 @@ def bench_seed(cfg: BenchConfig, seed: int, force: bool) -> dict:
 
     scaling: dict[str, dict] = {}
     for method in [m for m in cfg.fraction_methods if m in cfg.methods]:
-        lr = result["methods"][method]["lr"]
-        base = cfg.run.distill
+        dcfg = _at_lr(cfg, result["methods"][method]["lr"])
         scaling[method] = {"1.0": {k: v for k, v in result["methods"][method].items() if k in SCALING_KEYS}}
-        dcfg = dataclasses.replace(base, train=dataclasses.replace(base.train, lr=float(lr)))
         for frac in cfg.fractions:
             _, res = fraction_stage(run, method, frac, dcfg, compare_to=baseline)
             scaling[method][fraction_key(frac)] = {k: res[k]["value"] for k in SCALING_KEYS if k in res}

@@ -826,10 +826,16 @@ class BenchConfig:
         "methods of the data-scaling analysis (at their chosen lr)",
     )
     length_buckets: int = opt(3, "win rate by target length: number of quantile buckets of the test targets")
+    jobs: int = opt(
+        1,
+        "stages run at once in worker processes (tuning runs, test evaluations, data-scaling points), each with "
+        "run.threads / jobs torch threads; each stage computes what it would alone (up to the summation order of "
+        "fewer threads). 2 on a 2-core CPU: two 1-thread processes do more work than one 2-thread process",
+    )
     calibration_pairs: int = opt(
         200,
-        "calibration analysis: held-out pairs from the first N test prompts (teacher vs SFT-student outputs, and "
-        "the reference when the judge scores it, ranked by the judge), every system's ranking accuracy (0: none)",
+        "calibration analysis: held-out pairs from the first N test prompts (the best and the worst by the judge of "
+        "the teacher's output, the SFT student's and the reference), every system's ranking accuracy (0: none)",
     )
     run: RunConfig = opt(
         RunConfig(output_dir=""),
@@ -846,8 +852,8 @@ class BenchConfig:
         )
         if not self.seeds or not self.grid_lr or not self.methods:
             raise ConfigError("seeds, grid_lr and methods must not be empty")
-        if self.length_buckets < 1 or self.calibration_pairs < 0:
-            raise ConfigError("length_buckets must be >= 1 and calibration_pairs >= 0")
+        if self.length_buckets < 1 or self.calibration_pairs < 0 or self.jobs < 1:
+            raise ConfigError("length_buckets and jobs must be >= 1 and calibration_pairs >= 0")
         if self.run.eval.judge and not set(self.run.eval.judge) & {
             "task",
             "reward-model",

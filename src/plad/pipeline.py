@@ -67,6 +67,14 @@ class StageDir:
         write_json_atomic(self.dir / "stage.json", {"fingerprint": self.fp, "done": True, **(info or {})})
 
 
+def settings(cfg: Any) -> dict:
+    """A stage's settings as its fingerprint sees them: everything but the torch thread count, which changes speed,
+    not results (so a stage made by a parallel worker with fewer threads counts as done)."""
+    d = to_dict(cfg)
+    d.pop("threads", None)
+    return d
+
+
 def _file_digest(path: str) -> str:
     p = Path(path)
     return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else path
@@ -103,6 +111,7 @@ class Run:
     pairs_dir: Path | None = None
     pairs_fp: str = ""
     pairs_info: dict | None = None
+    notes: dict[str, str] = field(default_factory=dict)  # e.g. why an ablation was skipped
 
     def stage(self, name: str, fp_parts: dict, fn, *args) -> tuple[Path, str, Any]:
         """Run `fn(stage_dir, *args)` unless done with the same fingerprint; returns (dir, fingerprint, info)."""
@@ -310,7 +319,7 @@ def pairs_stage(
         return run_pairs(dataclasses.replace(pairs_cfg, output_dir=str(d)))
 
     parts = {
-        "cfg": to_dict(pairs_cfg),
+        "cfg": settings(pairs_cfg),
         "teacher": run.teacher_fp,
         "student": run.student_fp,
         "data": run.data_fp,
@@ -346,7 +355,7 @@ def distill_stage(
     def distill(d: Path) -> dict:
         return run_distill(dataclasses.replace(dcfg, output_dir=str(d)))
 
-    parts = {"cfg": to_dict(dcfg), "student": run.student_fp, "pairs": pairs_fp, "data": run.data_fp}
+    parts = {"cfg": settings(dcfg), "student": run.student_fp, "pairs": pairs_fp, "data": run.data_fp}
     d, _, _ = run.stage(name or f"distill/{method}", parts, distill)
     return str(d)
 
@@ -395,7 +404,7 @@ def eval_stage(
 
     _, _, res = run.stage(
         stage or f"eval/{name}",
-        {"cfg": to_dict(ecfg), "model": run.model_fp(model), "data": run.data_fp},
+        {"cfg": settings(ecfg), "model": run.model_fp(model), "data": run.data_fp},
         evaluate,
     )
     return res
@@ -403,19 +412,22 @@ def eval_stage(
 
 def calibration_pairs(run: Run, limit: int = 0) -> Path | None:
     """Held-out pairs for the calibration analysis, one per test prompt (the first `limit`; 0: all), ranked by the
-    eval's headline judge: of the teacher's output, the SFT student's output and (when the judge scores references
-    too, as a task scorer does) the reference, the best is chosen and the worst rejected (first in that order on
-    equal scores); prompts where all score the same are left out. A reference metric (ROUGE-L) cannot score the
-    reference itself, so there the pair is the teacher's and the SFT student's output. None without a judge."""
+    eval's headline judge: of the teacher's output, the SFT student's output and the reference, the best is chosen
+    and the worst rejected (first in that order on equal scores); prompts where all score the same are left out. A
+    task scorer scores the reference like any output; under a reference metric (ROUGE-L) the reference scores 1.
+    None without a judge."""
     teacher = read_jsonl(run.root / "eval" / "teacher" / "outputs.jsonl")
     student = read_jsonl(run.root / "eval" / "student-sft" / "outputs.jsonl")
     if not teacher or "score" not in teacher[0]:
         return None
     rows = []
     for t, s in list(zip(teacher, student, strict=True))[: limit or None]:
-        candidates = [("teacher", t["output"], t["score"]), ("student-sft", s["output"], s["score"])]
-        if "target_score" in t:
-            candidates.append(("target", t["target"], t["target_score"]))
+        candidates = [
+            ("teacher", t["output"], t["score"]),
+            ("student-sft", s["output"], s["score"]),
+            # a reference metric's reference scores perfectly against itself
+            ("target", t["target"], t.get("target_score", 1.0)),
+        ]
         best = max(candidates, key=lambda c: c[2])
         worst = min(candidates, key=lambda c: c[2])
         if best[2] == worst[2]:
