@@ -23,7 +23,9 @@ from plad.data import (
     DataError,
     encode_prompts,
     load_examples,
+    lone_surrogate,
     read_jsonl,
+    surrogate_error,
     write_json_atomic,
     write_jsonl_atomic,
 )
@@ -68,6 +70,8 @@ def _load_outputs(path: str, examples: list, what: str) -> dict[str, dict]:
             )
         if str(r["id"]) in by_id:
             raise DataError(f"{what}: {p}:{i} repeats id {r['id']}")
+        if bad := lone_surrogate(r["output"]):
+            raise DataError(f"{what}: {surrogate_error(f'{p}:{i}', 'output', bad)}")
         by_id[str(r["id"])] = r
     ids = [ex.id for ex in examples]
     missing = [i for i in ids if i not in by_id]

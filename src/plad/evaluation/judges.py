@@ -290,7 +290,9 @@ class LlmJudge:
             "extra": self.cfg.api.extra_body,
             **params,
         }
-        return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:32]
+        # surrogatepass: a text holding a lone surrogate still has a key (every other text keeps the key it had)
+        text = json.dumps(body, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
     def compare(
         self,

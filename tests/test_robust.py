@@ -1,0 +1,178 @@
+"""Faults a user or the machine brings (issue 13): eval on a user's own task, replies holding lone surrogates, two
+processes on one folder, a full disk, SIGINT / SIGTERM, a trickling server, an oversized reply, eval results of
+another model, file modes, third-party log lines. Loopback servers only; seconds per test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import (
+    Bench,
+    main_inprocess,
+    read_jsonl,
+    subprocess_env,
+)
+from servers import ScriptedServer
+
+from plad.api import Endpoint
+from plad.config import ApiConfig, SamplingConfig
+from plad.data import (
+    DataError,
+    append_jsonl,
+    load_examples,
+    write_json_atomic,
+    write_jsonl_atomic,
+    write_text_atomic,
+)
+
+# A user's own task: prompts that no built-in task scorer reads.
+USER_ROWS = [
+    {"id": f"u{i}", "prompt": f"Describe package p{i}:", "target": f"a tool number {i}"} for i in range(6)
+]
+
+
+def user_files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(test file, outputs A, outputs B) of the user's task."""
+    test = tmp_path / "test.jsonl"
+    write_jsonl_atomic(test, USER_ROWS)
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    write_jsonl_atomic(a, [{"id": r["id"], "output": r["target"]} for r in USER_ROWS])
+    write_jsonl_atomic(b, [{"id": r["id"], "output": "a tool"} for r in USER_ROWS])
+    return test, a, b
+
+
+def one_error_line(err: str, command: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith(f"plad {command}:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 3. lone surrogates
+
+
+ODD = "caf\udce9"  # what json.loads makes of "caf\udce9": valid JSON, not encodable as UTF-8
+
+
+def test_every_writer_takes_a_lone_surrogate_and_reads_it_back(tmp_path: Path) -> None:
+    from plad.data import read_jsonl as plad_read_jsonl
+
+    rows = [{"id": 1, "text": "fine é"}, {"id": 2, "text": ODD}, {"id": 3, "text": "fine too"}]
+    path = tmp_path / "a.jsonl"
+    append_jsonl(path, rows)  # one odd row: the whole batch is kept
+    append_jsonl(path, rows[:1])
+    assert plad_read_jsonl(path) == rows + rows[:1]
+    assert "fine é" in path.read_text(encoding="utf-8")  # the other rows stay readable text
+    write_jsonl_atomic(tmp_path / "b.jsonl", rows)
+    assert plad_read_jsonl(tmp_path / "b.jsonl") == rows
+    write_json_atomic(tmp_path / "c.json", {"rows": rows})
+    assert json.loads((tmp_path / "c.json").read_text()) == {"rows": rows}
+    write_text_atomic(tmp_path / "d.md", f"# {ODD}\n")
+    assert (tmp_path / "d.md").read_text() == "# caf\\udce9\n"
+
+
+def test_a_lone_surrogate_in_the_data_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text(
+        '{"id": "a", "prompt": "ok", "target": "t"}\n{"id": "b", "prompt": "caf\\udce9", "target": "t"}\n'
+    )
+    from plad.config import DataOptions
+
+    with pytest.raises(DataError, match=rf"{path}:2: field 'prompt' holds a lone surrogate \(\\udce9"):
+        load_examples(str(path), DataOptions(), need_target=True)
+
+
+def api_pairs_args(prompts: Path, out: Path, base_url: str, *extra: object, client: str = "openai") -> list:
+    side = []
+    for name in ("teacher", "student"):
+        side += [
+            f"--{name}.backend", "openai", f"--{name}.model", f"{name}-m", f"--{name}.api.base_url", base_url,
+            f"--{name}.api.api_key_env", "", f"--{name}.api.backoff_base", 0.01, f"--{name}.api.client", client,
+            f"--{name}.sampling.max_new_tokens", 12,
+        ]  # fmt: skip
+    return ["pairs", "--prompts_file", prompts, "--output_dir", out, *side, *extra]
+
+
+def test_llm_judge_cache_keeps_a_reply_holding_a_lone_surrogate(tmp_path: Path) -> None:
+    test, a, b = user_files(tmp_path)
+    out = tmp_path / "e"
+    reply = f"Comparison: {ODD}\nPreferred: A"
+    with ScriptedServer(lambda body: reply) as server:
+        args = [
+            "eval", "--test_file", test, "--outputs_file", b, "--output_dir", out, "--judge", "llm,rouge",
+            "--llm_judge.model", "j", "--llm_judge.api.base_url", server.base_url, "--llm_judge.api.api_key_env", "",
+            "--compare_to", a, "--bootstrap_samples", 100,
+        ]  # fmt: skip
+        assert main_inprocess(*args) == 0
+        asked = server.requests
+        assert main_inprocess(*args) == 0  # every verdict from the cache
+        assert server.requests == asked > 0
+    cached = read_jsonl(out / "llm_verdicts.jsonl")
+    assert len(cached) == asked and all(r["reply"] == reply for r in cached)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 4. one process per output folder
+
+HOLDER = """
+import sys, time
+from plad.lock import folder_lock
+with folder_lock(sys.argv[1], command="plad pairs --holder"):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def sft_args(bench: Bench, out: Path, *extra: object) -> list[object]:
+    return [
+        "sft", "--model", bench.student, "--train_file", bench.sft, "--output_dir", out,
+        "--train.max_steps", 6, "--train.batch_size", 4, "--train.warmup_steps", 0, "--threads", 1, *extra,
+    ]  # fmt: skip
+
+
+def long_sft(bench: Bench, out: Path, *extra: object) -> list[object]:
+    return [
+        "sft", "--model", bench.student, "--train_file", bench.sft, "--output_dir", out, "--train.max_steps", 60,
+        "--train.batch_size", 4, "--train.warmup_steps", 5, "--train.log_every", 1, "--threads", 1, *extra,
+    ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 7. / 8. a trickling server, an oversized reply
+
+
+def ask(cfg: ApiConfig, max_new_tokens: int = 12) -> tuple[list, Endpoint]:
+    ep = Endpoint(cfg, "m", "teacher")
+
+    async def go() -> list:
+        try:
+            return (await ep.sample("prompt", SamplingConfig(max_new_tokens=max_new_tokens), 1, 0))[0]
+        finally:
+            await ep.close()
+
+    return asyncio.run(go()), ep
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 18. file modes, log lines
+
+
+def test_results_get_the_umask_mode(tmp_path: Path) -> None:
+    code = (
+        "import os, sys\nos.umask(0o027)\nfrom plad.data import write_json_atomic\n"
+        "from pathlib import Path\nwrite_json_atomic(Path(sys.argv[1]), {'a': 1})\n"
+    )
+    target = tmp_path / "r.json"
+    subprocess.run([sys.executable, "-c", code, str(target)], env=subprocess_env(), check=True)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640  # mkstemp alone gives 0o600
+    write_json_atomic(tmp_path / "here.json", {})
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "here.json").stat().st_mode) == 0o666 & ~mask
