@@ -55,6 +55,54 @@ def one_error_line(err: str, command: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# 1. eval on a user's own task
+
+
+def test_eval_of_a_users_task_needs_no_scorer(tmp_path: Path) -> None:
+    """No task judge by default: ROUGE-L is the headline (it crashed with `not a count-summary prompt`)."""
+    test, a, _ = user_files(tmp_path)
+    out = tmp_path / "e"
+    assert main_inprocess("-q", "eval", "--test_file", test, "--outputs_file", a, "--output_dir", out) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["scorer"] is None and res["judge"] == "rouge" and res["mean_score"]["value"] == 1.0
+
+
+def test_task_scorer_on_other_prompts_fails_before_generating(bench: Bench, tmp_path: Path, capsys) -> None:
+    test, _, _ = user_files(tmp_path)
+    out = tmp_path / "e"
+    args = [
+        "eval",
+        "--model",
+        bench.student,
+        "--test_file",
+        test,
+        "--output_dir",
+        out,
+        "--scorer",
+        "count-summary",
+    ]
+    assert main_inprocess(*args) == 2
+    line = one_error_line(capsys.readouterr().err, "eval")
+    assert f"{test} id u0: scorer count-summary cannot read this prompt" in line, line
+    assert not out.exists()  # nothing generated, nothing written
+
+
+def test_pairs_task_scorer_on_other_prompts_fails_before_generating(tmp_path: Path, capsys) -> None:
+    prompts = tmp_path / "p.jsonl"
+    write_jsonl_atomic(prompts, USER_ROWS)
+    with ScriptedServer(lambda body: "x") as server:
+        assert (
+            main_inprocess(
+                *api_pairs_args(prompts, tmp_path / "p", server.base_url, "--scorer", "sort-numbers")
+            )
+            == 2
+        )
+        assert server.requests == 0  # nothing was asked (nor paid for)
+    line = one_error_line(capsys.readouterr().err, "pairs")
+    assert f"{prompts} id u0: scorer sort-numbers cannot read this prompt" in line and "teacher-logp" in line
+
+
+# --------------------------------------------------------------------------------------------------------------
 # 3. lone surrogates
 
 

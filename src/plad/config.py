@@ -644,7 +644,11 @@ class EvalConfig:
     output_dir: str = opt("", "where outputs.jsonl and results.json go")
     dtype: str = dtype_opt("weights of the evaluated model (generation and calibration)")
     name: str = opt("", "system name in tables (default: the output folder's name)")
-    scorer: str = opt("count-summary", "the task judge's scorer (`plad tasks`); empty: no task judge")
+    scorer: str = opt(
+        "",
+        "the task judge's scorer: a built-in task (`plad tasks`), which reads only that task's prompts; empty: no "
+        "task judge (the headline is then ROUGE-L against the targets, or the first judge of `judge`)",
+    )
     judge: list = opt(
         [],
         "judges, each a row of the results table: task, reward-model (settings reward_model.*), llm (settings "

@@ -165,9 +165,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 def write_json_atomic(path: Path, obj: Any) -> None:
     try:
         data = (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    except (
-        UnicodeEncodeError
-    ):  # a lone surrogate somewhere: \\u escapes, read back to the same str (jsonl_line)
+    except UnicodeEncodeError:  # a lone surrogate: \u escapes, read back to the same str (as jsonl_line)
         data = (json.dumps(obj, indent=2, ensure_ascii=True) + "\n").encode("ascii")
     write_bytes_atomic(path, data)
 

@@ -154,6 +154,27 @@ def check_presets(cfg: RunConfig) -> None:
             )
 
 
+def check_task_prompts(cfg: RunConfig, what: str, path: str, examples: list) -> None:
+    """The task scorers of the run read the prompts they will score (before hours of training, not after): the
+    judge (run.task) on the test and validation prompts, the pairs' scorer on the distillation prompts."""
+    from plad.generation.pairs import SAMPLE_SCORERS
+    from plad.scorers import check_prompts, get_scorer
+
+    if what in ("test", "val") and cfg.task:
+        check_prompts(
+            get_scorer(cfg.task), examples, path, "task", "set task to '' (ROUGE-L is the headline)"
+        )
+    scorer = cfg.pairs.scorer
+    if what == "distill" and scorer and scorer not in SAMPLE_SCORERS:
+        check_prompts(
+            get_scorer(scorer),
+            examples,
+            path,
+            "pairs.scorer",
+            "use pairs.scorer teacher-logp, or '' (no scores)",
+        )
+
+
 def with_prepared(cfg: RunConfig) -> RunConfig:
     """The run's config with the files and models of a `plad prepare` benchmark (prepared first when missing). Its
     teacher is fine-tuned already: teacher SFT is skipped."""
@@ -204,9 +225,10 @@ def prepare(cfg: RunConfig, force: bool = False) -> Run:
         if cfg.val_file:
             files["val"] = cfg.val_file
         for what, path in files.items():  # validate before any training starts
-            load_examples(
+            examples = load_examples(
                 path, cfg.eval.data if what in ("test", "val") else cfg.distill.data, what != "distill", what
             )
+            check_task_prompts(cfg, what, path, examples)
         run.data_fp = fingerprint({k: _file_digest(v) for k, v in files.items()})
     else:
 
@@ -467,7 +489,10 @@ def calibration_stage(run: Run, name: str, model: str, pairs: Path) -> dict:
         write_json_atomic(d / "calibration.json", res)
         return res
 
-    parts = {"model": run.model_fp(model), "pairs": _file_digest(str(pairs)), "eval": to_dict(run.cfg.eval)}
+    # eval.scorer as it was when it defaulted to count-summary: calibration never reads it (eval stages use run.task),
+    # and stages finished before the default became empty keep their fingerprints
+    eval_settings = {**to_dict(run.cfg.eval), "scorer": run.cfg.eval.scorer or "count-summary"}
+    parts = {"model": run.model_fp(model), "pairs": _file_digest(str(pairs)), "eval": eval_settings}
     _, _, res = run.stage(f"calibration/{name}", parts, measure)
     return res
 

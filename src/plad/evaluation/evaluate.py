@@ -41,7 +41,7 @@ from plad.evaluation.winrate import (
 )
 from plad.generation.hf import derive_seed, generate, plan_batches
 from plad.models import for_inference, load_model_and_tokenizer, load_tokenizer, model_identity, set_threads
-from plad.scorers import get_scorer
+from plad.scorers import check_prompts, get_scorer
 from plad.train import check_output_dir
 
 log = logging.getLogger("plad")
@@ -249,9 +249,13 @@ def run_eval(cfg: EvalConfig) -> dict:
     if cfg.limit:
         examples = examples[: cfg.limit]
     ids = [ex.id for ex in examples]
-    for ex in examples if scorer else []:
-        if not isinstance(ex.prompt, str):
-            raise DataError(f"{cfg.test_file} id {ex.id}: task scorers need text prompts, not chat messages")
+    if scorer is not None:  # before anything is generated: a scorer of another task fails on these prompts
+        check_prompts(
+            scorer,
+            examples,
+            cfg.test_file,
+            hint="leave scorer empty (ROUGE-L is the headline) or use another judge",
+        )
     if "reward-model" in judges_wanted and any(not isinstance(ex.prompt, str) for ex in examples):
         rm_tok = load_tokenizer(cfg.reward_model.tokenizer or cfg.reward_model.model)
         if not getattr(rm_tok, "chat_template", None):
