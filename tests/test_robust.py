@@ -10,6 +10,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from conftest import (
 )
 from servers import ScriptedServer
 
-from plad.api import Endpoint
+from plad.api import ApiError, Endpoint
 from plad.config import ApiConfig, SamplingConfig
 from plad.data import (
     DataError,
@@ -148,6 +149,21 @@ def api_pairs_args(prompts: Path, out: Path, base_url: str, *extra: object, clie
     return ["pairs", "--prompts_file", prompts, "--output_dir", out, *side, *extra]
 
 
+def test_pairs_store_replies_holding_lone_surrogates(tmp_path: Path) -> None:
+    """A reply "caf\\udce9" is stored (as "caf\ufffd", what a UTF-8 decoder makes of the byte, so that tokenizers
+    take it too) and the run completes; a rerun asks for nothing."""
+    prompts = tmp_path / "p.jsonl"
+    write_jsonl_atomic(prompts, USER_ROWS)
+    out = tmp_path / "pairs"
+    with ScriptedServer(lambda body: ODD if body["model"] == "teacher-m" else "student says") as server:
+        assert main_inprocess(*api_pairs_args(prompts, out, server.base_url)) == 0
+        asked = server.requests
+        assert main_inprocess(*api_pairs_args(prompts, out, server.base_url)) == 0
+        assert server.requests == asked == 2 * len(USER_ROWS)
+    pairs = read_jsonl(out / "pairs.jsonl")
+    assert [p["chosen"] for p in pairs] == ["caf\ufffd"] * len(USER_ROWS)
+
+
 def test_llm_judge_cache_keeps_a_reply_holding_a_lone_surrogate(tmp_path: Path) -> None:
     test, a, b = user_files(tmp_path)
     out = tmp_path / "e"
@@ -192,6 +208,24 @@ def long_sft(bench: Bench, out: Path, *extra: object) -> list[object]:
     ]  # fmt: skip
 
 
+def test_api_sample_seeds_depend_only_on_prompt_side_index_and_seed(tmp_path: Path) -> None:
+    """k = 3 samples from a server that ignores n: the seed sent for sample j of a prompt is the same whether the
+    request went out before or after plad found that out (concurrency 1 vs 8), as in a resumed run."""
+    prompts = tmp_path / "p.jsonl"
+    write_jsonl_atomic(prompts, USER_ROWS)
+    seeds = {}
+    for concurrency in (1, 8):
+        out = tmp_path / f"c{concurrency}"
+        with ScriptedServer(lambda body: f"seed {body['seed']}", ignore_n=True) as server:
+            args = api_pairs_args(prompts, out, server.base_url, "--num_student_samples", 3)
+            args += ["--student.api.concurrency", concurrency]
+            assert main_inprocess(*args) == 0
+        rows = [r for r in read_jsonl(out / "samples.jsonl") if r["side"] == "student"]
+        assert all(r["text"] == f"seed {r['seed'] % 2**31}" for r in rows)
+        seeds[concurrency] = {(r["id"], r["index"]): r["seed"] for r in rows}
+    assert seeds[1] == seeds[8] and len(set(seeds[1].values())) == 3 * len(USER_ROWS)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # 7. / 8. a trickling server, an oversized reply
 
@@ -206,6 +240,51 @@ def ask(cfg: ApiConfig, max_new_tokens: int = 12) -> tuple[list, Endpoint]:
             await ep.close()
 
     return asyncio.run(go()), ep
+
+
+@pytest.mark.parametrize("client", ["openai", "lean"])
+def test_a_trickling_reply_hits_the_request_deadline(client: str) -> None:
+    with ScriptedServer(lambda body: "never done " * 20, trickle=0.02) as server:  # ~6 s in all, never silent
+        cfg = ApiConfig(
+            base_url=server.base_url, api_key_env="", client=client, timeout=0.5, request_deadline=1.0,
+            max_retries=1, backoff_base=0.01,
+        )  # fmt: skip
+        t0 = time.monotonic()
+        with pytest.raises(
+            ApiError, match=r"gave up after 2 attempts.*within 1 s \(api.request_deadline\)"
+        ) as e:
+            ask(cfg)
+        assert time.monotonic() - t0 < 4.0
+        assert e.value.retryable and server.requests == 2
+
+
+@pytest.mark.parametrize("client", ["openai", "lean"])
+def test_an_oversized_reply_is_retried_and_never_stored(tmp_path: Path, client: str) -> None:
+    """A server that ignores max_tokens (2 MB for max_new_tokens 12): the reply counts as malformed and is asked
+    again; what is stored is the sane retry."""
+    seen: dict[str, int] = {}
+
+    def reply(body: dict) -> str:
+        key = body["prompt"]
+        seen[key] = seen.get(key, 0) + 1
+        return "x" * 2_000_000 if seen[key] == 1 else "short"
+
+    prompts = tmp_path / "p.jsonl"
+    write_jsonl_atomic(prompts, USER_ROWS[:3])
+    out = tmp_path / "pairs"
+    with ScriptedServer(reply) as server:
+        assert main_inprocess(*api_pairs_args(prompts, out, server.base_url, client=client)) == 0
+    rows = read_jsonl(out / "samples.jsonl")
+    assert len(rows) == 6 and {r["text"] for r in rows} == {"short"}
+    usage = json.loads((out / "summary.json").read_text())["api_usage_this_run"]
+    assert usage["teacher"]["retries_by_reason"] == {"malformed": 3}
+    with ScriptedServer(lambda body: "y" * 5000) as server:  # always too long: a clear stop
+        cfg = ApiConfig(
+            base_url=server.base_url, api_key_env="", client=client, max_retries=1, backoff_base=0.01
+        )
+        with pytest.raises(ApiError, match="malformed reply"):
+            ask(cfg, max_new_tokens=2)
+        assert ask(cfg, max_new_tokens=100)[0] == [{"text": "y" * 5000, "finish": "stop"}]  # within the bound
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -27,9 +27,11 @@ class ConfigError(ValueError):
     """A configuration the user must change; the message names the key and what to do."""
 
 
-def opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    """A dataclass field with a help text (and allowed values); mutable defaults go through a factory."""
-    meta = {"help": help, "choices": choices}
+def opt(default: Any, help: str, choices: tuple[str, ...] | None = None, in_fingerprint: bool = True) -> Any:
+    """A dataclass field with a help text (and allowed values); mutable defaults go through a factory.
+    in_fingerprint=False: a setting that cannot change a result (a time limit) and came after stage fingerprints
+    existed, left out of them (`result_settings`) so that stages finished before it was added stay valid."""
+    meta = {"help": help, "choices": choices, "in_fingerprint": in_fingerprint}
     if dataclasses.is_dataclass(default) or isinstance(default, list | dict):
         proto = default
         return field(default_factory=lambda: _copy(proto), metadata=meta)
@@ -280,6 +282,12 @@ class ApiConfig:
         300.0,
         "longest server-requested wait (Retry-After) honoured, in seconds; longer requests stop the run",
     )
+    request_deadline: float = opt(
+        600.0,
+        "longest time one request may take in all, in seconds, however steadily its reply trickles in (`timeout` "
+        "counts only time without progress); past it the request counts as timed out and is retried",
+        in_fingerprint=False,
+    )
     price_input_per_mtok: float = opt(0.0, "price per million prompt tokens, for the cost in the run summary")
     price_output_per_mtok: float = opt(
         0.0, "price per million completion tokens, for the cost in the summary"
@@ -287,8 +295,10 @@ class ApiConfig:
 
     def __post_init__(self) -> None:
         _check_choices(self)
-        if self.concurrency < 1 or self.max_retries < 0 or self.timeout <= 0:
-            raise ConfigError("concurrency must be >= 1, max_retries >= 0 and timeout > 0")
+        if self.concurrency < 1 or self.max_retries < 0 or self.timeout <= 0 or self.request_deadline <= 0:
+            raise ConfigError(
+                "concurrency must be >= 1, max_retries >= 0, timeout > 0 and request_deadline > 0"
+            )
         if "{prompt}" not in self.prompt_template:
             raise ConfigError(f"prompt_template must contain {{prompt}} (got {self.prompt_template!r})")
         if self.base_url:
@@ -1015,6 +1025,17 @@ def from_dict(cls: type, data: dict, prefix: str = "", base: Any = None) -> Any:
 
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def result_settings(cfg: Any) -> dict:
+    """`to_dict(cfg)` without the fields marked in_fingerprint=False (at any depth): what fingerprints hash."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if not f.metadata.get("in_fingerprint", True):
+            continue
+        value = getattr(cfg, f.name)
+        out[f.name] = result_settings(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
+    return out
 
 
 def set_dotted(data: dict, cls: type, dotted: str, raw: str) -> None:

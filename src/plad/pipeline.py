@@ -25,6 +25,7 @@ from plad.config import (
     RunConfig,
     SFTConfig,
     fingerprint,
+    result_settings,
     save_yaml,
     to_dict,
 )
@@ -70,7 +71,7 @@ class StageDir:
 def settings(cfg: Any) -> dict:
     """A stage's settings as its fingerprint sees them: everything but the torch thread count, which changes speed,
     not results (so a stage made by a parallel worker with fewer threads counts as done)."""
-    d = to_dict(cfg)
+    d = result_settings(cfg)
     d.pop("threads", None)
     return d
 
@@ -491,7 +492,7 @@ def calibration_stage(run: Run, name: str, model: str, pairs: Path) -> dict:
 
     # eval.scorer as it was when it defaulted to count-summary: calibration never reads it (eval stages use run.task),
     # and stages finished before the default became empty keep their fingerprints
-    eval_settings = {**to_dict(run.cfg.eval), "scorer": run.cfg.eval.scorer or "count-summary"}
+    eval_settings = {**result_settings(run.cfg.eval), "scorer": run.cfg.eval.scorer or "count-summary"}
     parts = {"model": run.model_fp(model), "pairs": _file_digest(str(pairs)), "eval": eval_settings}
     _, _, res = run.stage(f"calibration/{name}", parts, measure)
     return res

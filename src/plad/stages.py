@@ -18,8 +18,8 @@ from plad.config import (
     SFTConfig,
     fingerprint,
     require,
+    result_settings,
     save_yaml,
-    to_dict,
 )
 from plad.config import _suggest as suggest
 from plad.data import (
@@ -40,7 +40,7 @@ log = logging.getLogger("plad")
 
 def _resume_fingerprint(cfg: object) -> str:
     """Settings that must not change across --resume (not the flag itself, not the thread count)."""
-    d = to_dict(cfg)
+    d = result_settings(cfg)
     d.pop("resume", None)
     d.pop("threads", None)
     return fingerprint(d)

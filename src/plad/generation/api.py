@@ -136,7 +136,10 @@ def generate_side(
         ex, remaining = job
         while remaining:
             n = len(remaining) if len(remaining) > 1 and endpoint.n_supported is not False else 1
-            seed = derive_seed(side.sampling.seed, fp, ex.id, remaining[0], n)
+            # the seed of the first sample asked for: not of n, which depends on when the request was made (before
+            # or after `api.n auto` found out whether the server honours n), so that sample j of a prompt is asked
+            # with the same seed in an interrupted and an uninterrupted run
+            seed = derive_seed(side.sampling.seed, fp, ex.id, remaining[0])
             samples, response = await endpoint.sample(ex.prompt, side.sampling, n, seed)
             if n > 1 and endpoint.n_supported is None:
                 endpoint.n_supported = len(samples) >= n
