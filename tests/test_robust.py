@@ -288,6 +288,26 @@ def test_an_oversized_reply_is_retried_and_never_stored(tmp_path: Path, client: 
 
 
 # --------------------------------------------------------------------------------------------------------------
+# 9. eval results of another model
+
+
+def test_eval_refuses_to_overwrite_another_systems_results(tmp_path: Path, capsys) -> None:
+    test, a, b = user_files(tmp_path)
+    out = tmp_path / "e"
+    base = ["eval", "--test_file", test, "--output_dir", out, "--scorer", ""]
+    assert main_inprocess(*base, "--outputs_file", a) == 0
+    before = (out / "results.json").read_bytes()
+    capsys.readouterr()
+    assert main_inprocess(*base, "--outputs_file", b) == 2
+    line = one_error_line(capsys.readouterr().err, "eval")
+    assert f"output_dir {out} holds the results of outputs_file {a}" in line and "--force" in line, line
+    assert (out / "results.json").read_bytes() == before
+    assert main_inprocess(*base, "--outputs_file", a, "--judge", "rouge") == 0  # the same system: re-judged
+    assert main_inprocess(*base, "--outputs_file", b, "--force") == 0
+    assert json.loads((out / "results.json").read_text())["outputs_file"] == str(b)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # 18. file modes, log lines
 
 

@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if name in ("run", "demo", "bench", "sweep", "prepare"):
             p.add_argument("--force", action="store_true", help="re-run stages whose settings changed")
+        if name == "eval":
+            p.add_argument(
+                "--force",
+                action="store_true",
+                help="replace the results of another model, test file or outputs file in output_dir",
+            )
         if name == "pairs":
             p.add_argument(
                 "--status",
@@ -219,7 +225,10 @@ def _dispatch(ns: argparse.Namespace) -> int:
     elif ns.command == "pairs":
         from plad.generation.pairs import run_pairs as runner
     else:
-        from plad.evaluation.evaluate import run_eval as runner
+        from plad.evaluation.evaluate import run_eval
+
+        _print_json(run_eval(cfg, force=ns.force))
+        return 0
     _print_json(runner(cfg))
     return 0
 

@@ -234,7 +234,47 @@ def _pairwise_judge(j, ids, prompts, texts, targets, others, rows, n: int, seed:
     return entry, res["outcomes"]
 
 
-def run_eval(cfg: EvalConfig) -> dict:
+def _same_path(a: str | None, b: str | None) -> bool:
+    """Two settings name the same file or model: equal, or the same existing path."""
+    if (a or "") == (b or ""):
+        return True
+    return bool(a and b and Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
+
+
+def check_results_owner(cfg: EvalConfig, out: Path, force: bool) -> None:
+    """Refuse an output_dir holding the results (or generated outputs) of another model, test file or outputs file:
+    they would be overwritten. The same ones are re-judged (outputs reused when made the same way); --force
+    replaces them."""
+    if force:
+        return
+    made: dict[str, Any] = {}
+    for name in ("results.json", GENERATION_STAMP):
+        try:
+            info = json.loads((out / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict):
+            made = {**info, **made}  # results.json says the most
+            made.setdefault("source", name)
+    if not made:
+        return
+    if "test_file" not in made:  # only generation.json: outputs of a model, on test data not recorded there
+        made["test_file"] = cfg.test_file
+    was = {"model": made.get("model") or "", "test_file": made.get("test_file") or "", "outputs_file": ""}
+    was["outputs_file"] = made.get("outputs_file") or ""
+    now = {"model": cfg.model, "test_file": cfg.test_file, "outputs_file": cfg.outputs_file}
+    differ = [k for k in now if not _same_path(was[k], now[k])]
+    if differ:
+        held = ", ".join(
+            f"{k} {was[k] or '(none)'}" for k in ("model", "outputs_file", "test_file") if was[k]
+        )
+        raise ConfigError(
+            f"output_dir {out} holds the results of {held} ({made['source']}), not of this {', '.join(differ)}; "
+            "choose another output_dir, or pass --force to replace them (nothing was changed)"
+        )
+
+
+def run_eval(cfg: EvalConfig, force: bool = False) -> dict:
     require(cfg, "test_file", "output_dir")
     if not cfg.model and not cfg.outputs_file:
         raise ConfigError("eval needs model (to generate outputs) or outputs_file (outputs to judge)")
@@ -270,6 +310,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     pairs = load_calibration_pairs(cfg.calibration_file) if cfg.calibration_file else None
     out = Path(cfg.output_dir)
     check_output_dir(out, resume=True)
+    check_results_owner(cfg, out, force)
     name = cfg.name or out.name
     judges = _make_judges(cfg, scorer, out)  # loads a reward model; opens the LLM judge's cache
     for j in judges:
