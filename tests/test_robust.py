@@ -5,8 +5,10 @@ another model, file modes, third-party log lines. Loopback servers only; seconds
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -16,8 +18,11 @@ from pathlib import Path
 import pytest
 from conftest import (
     Bench,
+    load_safetensors,
     main_inprocess,
+    popen_plad,
     read_jsonl,
+    run_plad,
     subprocess_env,
 )
 from servers import ScriptedServer
@@ -194,6 +199,80 @@ with folder_lock(sys.argv[1], command="plad pairs --holder"):
 """
 
 
+def test_a_folder_in_use_is_refused_and_a_killed_holders_lock_does_not_block(tmp_path: Path, capsys) -> None:
+    test, a, _ = user_files(tmp_path)
+    out = tmp_path / "e"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(out)], env=subprocess_env(), stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        args = ["eval", "--test_file", test, "--outputs_file", a, "--output_dir", out]
+        assert main_inprocess(*args) == 2
+        line = one_error_line(capsys.readouterr().err, "eval")
+        assert (
+            f"output_dir {out} is in use by pid {holder.pid} on " in line and "plad pairs --holder" in line
+        ), line
+        assert not (out / "results.json").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    assert (out / ".plad.lock").is_file()  # left behind by the killed holder: it does not block
+    assert main_inprocess(*args) == 0
+    assert (out / "results.json").is_file() and not (out / ".plad.lock").exists()
+
+
+def test_the_lock_is_reentrant_and_leaves_no_folder_behind(tmp_path: Path) -> None:
+    from plad.lock import FolderBusy, folder_lock
+
+    out = tmp_path / "new" / "deeper"
+    with folder_lock(out):
+        with folder_lock(out):  # the same process again: goes on
+            assert (out / ".plad.lock").is_file()
+    assert not (tmp_path / "new").exists()  # created by the lock, nothing written: removed again
+    probe = f"from plad.lock import folder_lock\nwith folder_lock({str(out)!r}): pass\nprint('ok')"
+    with folder_lock(out, command="me"):
+        proc = subprocess.run(
+            [sys.executable, "-c", probe], env=subprocess_env(), capture_output=True, text=True
+        )
+        assert "FolderBusy" in proc.stderr and f"pid {os.getpid()}" in proc.stderr and ": me;" in proc.stderr
+    assert issubclass(FolderBusy, Exception)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 5. a full disk
+
+
+def test_full_disk_in_pairs_says_so_and_the_same_command_resumes(tmp_path: Path, capsys, monkeypatch) -> None:
+    import plad.generation.api as gen_api
+
+    prompts = tmp_path / "p.jsonl"
+    write_jsonl_atomic(prompts, USER_ROWS)
+    out = tmp_path / "pairs"
+    writes = []
+
+    def full_after_one(path: Path, rows: list) -> None:
+        if writes:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        writes.append(rows)
+        append_jsonl(path, rows)
+
+    with ScriptedServer(lambda body: "text") as server:
+        args = api_pairs_args(prompts, out, server.base_url, "--teacher.api.concurrency", 1)
+        monkeypatch.setattr(gen_api, "append_jsonl", full_after_one)
+        assert main_inprocess(*args) == 3
+        line = one_error_line(capsys.readouterr().err, "pairs")
+        assert "the disk is full (No space left on device writing" in line and "samples.jsonl" in line, line
+        assert "everything written before it is kept" in line and "run the same command again" in line
+        kept = read_jsonl(out / "samples.jsonl")
+        assert len(kept) == len(writes[0]) >= 1
+        monkeypatch.undo()
+        assert main_inprocess(*args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pairs"] == len(USER_ROWS)
+    assert summary["generated_rows_this_run"] == 2 * len(USER_ROWS) - len(kept)  # nothing stored twice
+
+
 def sft_args(bench: Bench, out: Path, *extra: object) -> list[object]:
     return [
         "sft", "--model", bench.student, "--train_file", bench.sft, "--output_dir", out,
@@ -201,11 +280,108 @@ def sft_args(bench: Bench, out: Path, *extra: object) -> list[object]:
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("failure", ["oserror", "torch"])
+def test_full_disk_in_a_checkpoint_save(bench: Bench, tmp_path: Path, capsys, monkeypatch, failure) -> None:
+    """ENOSPC in a checkpoint save (an OSError, or torch.save's bare "unexpected pos" on a disk with no room left)
+    ends with one line: disk full, nothing lost, --resume continues; the partial checkpoint is removed."""
+    import accelerate
+
+    import plad.train
+
+    def full(self, output_dir: str, **kwargs) -> None:
+        Path(output_dir).mkdir(parents=True)
+        (Path(output_dir) / "part").write_bytes(b"x")
+        if failure == "oserror":
+            raise OSError(errno.ENOSPC, "No space left on device", output_dir + "/optimizer.bin")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    monkeypatch.setattr(accelerate.Accelerator, "save_state", full)
+    monkeypatch.setattr(plad.train, "disk_nearly_full", lambda path: True, raising=False)
+    out = tmp_path / "sft"
+    assert main_inprocess(*sft_args(bench, out, "--train.save_every", 2)) == 3
+    line = one_error_line(capsys.readouterr().err, "sft")
+    assert "the disk is full" in line and "--resume" in line, line
+    assert not list((out / "checkpoints").iterdir())  # the partial checkpoint is gone: its space is free
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 6. SIGINT / SIGTERM
+
+
+@pytest.fixture(scope="module")
+def sft_reference(bench: Bench, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("sft-ref")
+    assert main_inprocess(*long_sft(bench, out)) == 0
+    return load_safetensors(out / "model.safetensors")
+
+
 def long_sft(bench: Bench, out: Path, *extra: object) -> list[object]:
     return [
         "sft", "--model", bench.student, "--train_file", bench.sft, "--output_dir", out, "--train.max_steps", 60,
         "--train.batch_size", 4, "--train.warmup_steps", 5, "--train.log_every", 1, "--threads", 1, *extra,
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_training_stops_cleanly_and_resumes_exactly(
+    bench: Bench, tmp_path: Path, sft_reference: dict, signum: int
+) -> None:
+    """save_every is 0 (the default), yet the interrupted run leaves a checkpoint of its last step; --resume then
+    gives the uninterrupted run's weights bit for bit."""
+    out, log = tmp_path / "run", tmp_path / "run.log"
+    proc = popen_plad(*long_sft(bench, out), log=log)
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.jsonl").is_file() or (out / "metrics.jsonl").read_bytes().count(b"\n") < 3:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.01)
+    proc.send_signal(signum)
+    assert proc.wait(timeout=60) == 128 + signum
+    text = log.read_text()
+    line = one_error_line(text, "sft")
+    name = signal.Signals(signum).name
+    assert (
+        line
+        == f"plad sft: interrupted ({name}); run the same command with --resume to continue from the last checkpoint"
+    )
+    assert not (out / "train_summary.json").exists(), "the run finished before the signal; make it longer"
+    (ckpt,) = (out / "checkpoints").glob("step-*")
+    step = int(ckpt.name.split("-")[1])
+    assert f"stopped at step {step} of 60" in text
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")][-1] == step
+    assert main_inprocess(*long_sft(bench, out, "--resume")) == 0
+    got = load_safetensors(out / "model.safetensors")
+    assert all((got[k] == v).all() for k, v in sft_reference.items())
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == list(range(1, 61))
+
+
+def test_interrupted_api_pairs_store_every_paid_request(tmp_path: Path) -> None:
+    """SIGINT while requests are in flight: no new request, those in flight finish and are stored (they are paid
+    for), exit 130; the same command then asks only for what is missing."""
+    rows = [{"id": f"u{i}", "prompt": f"p{i}"} for i in range(20)]
+    prompts, out, log = tmp_path / "p.jsonl", tmp_path / "pairs", tmp_path / "pairs.log"
+    write_jsonl_atomic(prompts, rows)
+
+    def slow(body: dict) -> str:
+        time.sleep(0.2)
+        return "text"
+
+    with ScriptedServer(slow) as server:
+        args = api_pairs_args(prompts, out, server.base_url, "--teacher.api.concurrency", 3)
+        proc = popen_plad(*args, log=log)
+        deadline = time.monotonic() + 120
+        while not (out / "samples.jsonl").is_file() or (out / "samples.jsonl").read_bytes().count(b"\n") < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+        line = one_error_line(log.read_text(), "pairs")
+        assert line == "plad pairs: interrupted (SIGINT); run the same command again to continue"
+        stored = read_jsonl(out / "samples.jsonl")
+        assert len(stored) == server.requests < len(rows)  # every request asked was stored
+        assert main_inprocess(*args) == 0
+        assert server.requests == 2 * len(rows)  # nothing asked twice
+    assert len(read_jsonl(out / "samples.jsonl")) == 2 * len(rows)
 
 
 def test_api_sample_seeds_depend_only_on_prompt_side_index_and_seed(tmp_path: Path) -> None:
@@ -323,3 +499,23 @@ def test_results_get_the_umask_mode(tmp_path: Path) -> None:
     mask = os.umask(0o022)
     os.umask(mask)
     assert stat.S_IMODE((tmp_path / "here.json").stat().st_mode) == 0o666 & ~mask
+
+
+def test_only_plads_own_log_lines_say_plad(tmp_path: Path) -> None:
+    test, a, _ = user_files(tmp_path)
+    proc = run_plad(
+        "eval", "--test_file", test, "--outputs_file", a, "--output_dir", tmp_path / "e", "--scorer", ""
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Using default tokenizer" not in proc.stderr  # rouge-score's INFO line, once shown as plad's
+    assert all(line.startswith("plad: ") for line in proc.stderr.splitlines() if line.strip()), proc.stderr
+
+    import logging
+
+    from plad.cli import _Format
+
+    fmt = _Format("%(source)s: %(message)s")
+    record = logging.LogRecord("absl", logging.WARNING, "", 0, "Using default tokenizer.", None, None)
+    assert fmt.format(record) == "absl: Using default tokenizer."
+    record = logging.LogRecord("plad", logging.INFO, "", 0, "eval: done", None, None)
+    assert fmt.format(record) == "plad: eval: done"

@@ -185,8 +185,14 @@ def with_prepared(cfg: RunConfig) -> RunConfig:
     try:
         manifest = load_prepared(cfg.prepared, cfg.prepared_cache_dir)
     except ConfigError:
+        from plad.benchmark.real import cache_root
+        from plad.lock import folder_lock
+
         log.info("%s is not prepared yet: preparing it now (one time, cached)", cfg.prepared)
-        manifest = run_prepare(PrepareConfig(name=cfg.prepared, cache_dir=cfg.prepared_cache_dir))
+        prepare_cfg = PrepareConfig(name=cfg.prepared, cache_dir=cfg.prepared_cache_dir)
+        # one `plad prepare` at a time on a cache, as the command itself does
+        with folder_lock(cache_root(prepare_cfg).parent, "prepared_cache_dir"):
+            manifest = run_prepare(prepare_cfg)
     files = manifest["files"]
     return dataclasses.replace(
         cfg,

@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from plad import signals
 from plad.api import ApiError
 from plad.config import ConfigError, EvalConfig, LlmJudgeConfig, RewardModelOptions
 from plad.data import DataError, read_jsonl, repair_torn_tail
@@ -375,6 +376,7 @@ class LlmJudge:
                 ) from None
             finally:
                 bar.close()
+            signals.raise_pending()  # interrupted: every verdict received is in the cache
             if failed:
                 raise ApiStopped(
                     f"{failed[0][1]}\nstopped: every verdict received so far is stored in {self.cache_path} "
