@@ -1119,4 +1119,7 @@ def require(cfg: Any, *names: str) -> None:
 
 
 def save_yaml(cfg: Any, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    from plad.data import write_text_atomic  # plad.data imports this module
+
+    # temp-then-rename: a kill never leaves half a config
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
