@@ -121,7 +121,11 @@ class TrainConfig:
     warmup_steps: int = opt(10, "linear warm-up steps")
     schedule: str = opt("cosine", "learning-rate decay after warm-up", ("cosine", "linear", "constant"))
     max_grad_norm: float = opt(1.0, "gradient clipping norm (0 disables)")
-    save_every: int = opt(0, "write a resumable checkpoint every N steps (0: only the final model)")
+    save_every: int = opt(
+        0,
+        "write a resumable checkpoint every N steps (0: none; a run stopped by SIGINT / SIGTERM always writes one of "
+        "its last step, so --resume continues it)",
+    )
     keep_checkpoints: int = opt(2, "how many resumable checkpoints to keep")
     log_every: int = opt(10, "steps between logged scalars (TensorBoard and metrics.jsonl)")
     seed: int = opt(0, "seed for initialisation-independent randomness: data order, dropout")
