@@ -8,6 +8,8 @@
   a stall past the client's timeout, a connection reset, or a truncated JSON body (after the upstream did the
   work), and records every request by a hash of its body, so the tests can count what was paid for.
 - `RuleJudgeServer`: an OpenAI-compatible chat server whose verdicts come from a rule (the LLM judge's tests).
+- `ScriptedServer`: an OpenAI-compatible completions/chat server whose replies come from a function, sent whole
+  or trickled a byte at a time (deadlines, oversized or odd replies).
 """
 
 from __future__ import annotations
@@ -334,6 +336,86 @@ class RuleJudgeServer:
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> RuleJudgeServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A scripted endpoint: completions and chat replies from a function, sent whole or trickled
+
+
+class ScriptedServer:
+    """A loopback OpenAI-compatible server (GET /v1/models, POST /v1/completions and /v1/chat/completions) whose
+    reply text comes from `reply(body) -> str` (a completions choice's text, a chat choice's message content; as
+    many choices as the request's n). `trickle`: seconds between the bytes of a reply's body, sent one at a time
+    (a server that is never silent for long, but never done either). `ignore_n`: one choice whatever n asks (as
+    llama.cpp's server and `transformers serve` do). `requests` counts the POSTs answered."""
+
+    def __init__(self, reply: Any, trickle: float = 0.0, ignore_n: bool = False):
+        self.reply, self.trickle, self.ignore_n = reply, trickle, ignore_n
+        self.lock = threading.Lock()
+        self.requests = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _send(self, obj: dict) -> None:
+                body = json.dumps(obj).encode()  # ensure_ascii: a lone surrogate goes out as a \udcXX escape
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    if not server.trickle:
+                        self.wfile.write(body)
+                        return
+                    for i in range(len(body)):
+                        self.wfile.write(body[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(server.trickle)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up
+                    pass
+
+            def do_GET(self) -> None:
+                self._send({"object": "list", "data": [{"id": "scripted", "object": "model"}]})
+
+            def do_POST(self) -> None:
+                req = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                with server.lock:
+                    server.requests += 1
+                chat = self.path.endswith("/chat/completions")
+                choices = []
+                for i in range(1 if server.ignore_n else int(req.get("n") or 1)):
+                    text = server.reply(req)
+                    choice = {"index": i, "finish_reason": "stop"}
+                    choice.update(
+                        {"message": {"role": "assistant", "content": text}} if chat else {"text": text}
+                    )
+                    choices.append(choice)
+                self._send(
+                    {
+                        "id": "x",
+                        "object": "chat.completion" if chat else "text_completion",
+                        "model": req.get("model"),
+                        "choices": choices,
+                        "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+                    }
+                )
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> ScriptedServer:
         self._thread.start()
         return self
 

@@ -321,8 +321,15 @@ def test_eval_and_pairs_cli_reject_bad_data_before_loading_anything(tmp_path, ca
     )
     out = tmp_path / "out"
     model = str(tmp_path / "no-such-model")
-    assert main(["-q", "eval", "--model", model, "--test_file", str(chat), "--output_dir", str(out)]) == 2
-    assert f"{chat} id q1: task scorers need text prompts" in capsys.readouterr().err
+    scorer = ["--scorer", "count-summary"]  # eval's scorer defaults to none
+    assert (
+        main(["-q", "eval", "--model", model, "--test_file", str(chat), "--output_dir", str(out), *scorer])
+        == 2
+    )
+    assert (
+        f"{chat} id q1: scorer count-summary is a task scorer, which needs text prompts"
+        in capsys.readouterr().err
+    )
     bad = write_lines(tmp_path / "d.jsonl", [{"id": "1", "prompt": "count: a"}, "{"])
     args = ["-q", "pairs", "--prompts_file", str(bad), "--output_dir", str(out)]
     assert main([*args, "--teacher.model", model, "--student.model", model]) == 2

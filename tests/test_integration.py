@@ -388,6 +388,7 @@ def test_stage_distill_margin_needs_scores(bench: Bench, stage_pairs: Path, tmp_
 
 def test_stage_eval_with_compare_to(bench: Bench, stage_distilled: Path, tmp_path: Path) -> None:
     common = ["--test_file", bench.test, "--generation.max_new_tokens", 12, "--bootstrap_samples", 200]
+    common += ["--scorer", "count-summary"]  # eval's scorer defaults to none (a user's task)
     base, dist = tmp_path / "base", tmp_path / "distilled"
     assert (
         main_inprocess("eval", "--model", bench.student, "--output_dir", base, *common, "--threads", 1) == 0

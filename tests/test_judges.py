@@ -126,7 +126,8 @@ def by_task_score(prompt: str, a: str, b: str) -> str:
 def judge_args(bench: Bench, out: Path, outputs: Path, base_url: str, *extra: object) -> list[object]:
     return [
         "eval", "--test_file", bench.test, "--outputs_file", outputs, "--output_dir", out,
-        "--judge", "task,llm,rouge", "--llm_judge.model", "rule-judge", "--llm_judge.api.base_url", base_url,
+        "--judge", "task,llm,rouge", "--scorer", "count-summary", "--llm_judge.model", "rule-judge",
+        "--llm_judge.api.base_url", base_url,
         "--llm_judge.api.api_key_env", "", "--llm_judge.api.backoff_base", 0.01, "--llm_judge.api.timeout", 10,
         "--bootstrap_samples", 200, *extra,
     ]  # fmt: skip
@@ -363,7 +364,8 @@ def test_reward_model_judge(bench: Bench, outputs: dict, tmp_path: Path) -> None
     rm = build_reward_model(bench, tmp_path / "rm")
     args = [
         "eval", "--test_file", bench.test, "--outputs_file", outputs["system"], "--output_dir", tmp_path / "e",
-        "--judge", "reward-model,task", "--reward_model.model", rm, "--reward_model.batch_size", 3,
+        "--judge", "reward-model,task", "--scorer", "count-summary", "--reward_model.model", rm,
+        "--reward_model.batch_size", 3,
         "--compare_to", outputs["other"], "--bootstrap_samples", 200,
     ]  # fmt: skip
     assert main_inprocess(*args) == 0
@@ -449,7 +451,7 @@ def test_bad_outputs_and_mismatched_prompt_sets(bench: Bench, outputs: dict, tmp
 def test_length_edges_and_word_lengths(bench: Bench, outputs: dict, tmp_path: Path) -> None:
     args = [
         "eval", "--test_file", bench.test, "--outputs_file", outputs["system"], "--output_dir", tmp_path / "e",
-        "--length_edges", "3,4", "--bootstrap_samples", 200,
+        "--length_edges", "3,4", "--bootstrap_samples", 200, "--scorer", "count-summary",
     ]  # fmt: skip
     assert main_inprocess(*args) == 0
     res = results(tmp_path / "e")
@@ -460,7 +462,7 @@ def test_length_edges_and_word_lengths(bench: Bench, outputs: dict, tmp_path: Pa
         sum(3 < n <= 4 for n in lengths),
         sum(n > 4 for n in lengths),
     ]
-    assert list(res["judges"]) == ["task", "rouge", "exact-match"]  # the default judges
+    assert list(res["judges"]) == ["task", "rouge", "exact-match"]  # the default judges with a scorer
     assert main_inprocess(*args, "--length_by", "output", "--output_dir", tmp_path / "o") == 0
     by_output = results(tmp_path / "o")["length_buckets"]
     words = [len(r["output"].split()) for r in read_jsonl(outputs["system"])]
@@ -538,7 +540,7 @@ def test_report_over_eval_results(bench: Bench, outputs: dict, tmp_path: Path, c
     for name in ("system", "other"):
         args = [
             "eval", "--test_file", bench.test, "--outputs_file", outputs[name], "--output_dir", tmp_path / name,
-            "--bootstrap_samples", 200,
+            "--bootstrap_samples", 200, "--scorer", "count-summary",
         ]  # fmt: skip
         assert main_inprocess(*args) == 0
     out = tmp_path / "report"

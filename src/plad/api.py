@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import random
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -192,12 +193,17 @@ class Endpoint:
         body = {"model": self.model, **params}
         extra = {**self.extra_body, **body.pop("extra_body", {})}
         body.update(extra)
+        limit = reply_limit(body)
+        max_bytes = (
+            None if limit is None else int(body.get("n") or 1) * 12 * limit + (1 << 20)
+        )  # 12: \\u escapes
+        deadline = self.cfg.request_deadline
         attempt = 0
         while True:
             self.usage.attempts += 1
             try:
-                data = await self.client.post(path, body)
-                response = _check_reply(data, kind)
+                data = await _within(self.client.post(path, body, max_bytes), deadline)
+                response = _check_reply(data, kind, limit)
                 self.usage.add(response)
                 return response
             except asyncio.CancelledError:
@@ -246,6 +252,8 @@ class Endpoint:
             return reason, None, False, f"HTTP {status}{' (' + what + ')' if what else ''}: {body}"
         import aiohttp
 
+        if isinstance(e, DeadlineExceeded):
+            return "timeout", None, True, str(e)
         chain = _causes(e)
         # the openai client's aiohttp transport reports a dropped connection as a connect timeout: look beneath
         dropped = [x for x in chain if isinstance(x, aiohttp.ClientError) and not _is_timeout(x)]
@@ -313,7 +321,7 @@ class Endpoint:
         out = []
         for choice in sorted(response.choices, key=lambda c: c.index or 0)[:n]:
             text = choice.message.content if self.cfg.mode == "chat" else choice.text
-            text, cut = cut_at_stop(text or "", self.stops(sampling))
+            text, cut = cut_at_stop(valid_text(text or ""), self.stops(sampling))
             out.append({"text": text, "finish": "stop" if cut else (choice.finish_reason or "stop")})
         return out, response
 
@@ -405,7 +413,8 @@ class OpenaiClient:
             base_url=base_url, api_key=key or "none", max_retries=0, timeout=timeout, **http
         )
 
-    async def post(self, path: str, body: dict) -> Any:
+    async def post(self, path: str, body: dict, max_bytes: int | None = None) -> Any:
+        # max_bytes is not enforced here (the openai client reads a reply whole); texts are bounded after parsing
         return await self._client.post(path, body=body, cast_to=object)
 
     async def close(self) -> None:
@@ -444,7 +453,9 @@ class LeanClient:
         self.proxy = env_proxy(self.base_url)
         self._session: Any = None
 
-    async def post(self, path: str, body: dict) -> Any:
+    async def post(self, path: str, body: dict, max_bytes: int | None = None) -> Any:
+        """The parsed reply; one longer than `max_bytes` is refused as malformed as soon as it gets longer (a
+        server that ignores max_tokens cannot fill the memory)."""
         if self._session is None:  # made inside the event loop that uses it
             import aiohttp
 
@@ -457,7 +468,18 @@ class LeanClient:
         data = json.dumps(body).encode()
         url = self.base_url + path
         async with self._session.post(url, data=data, headers=self.headers, proxy=self.proxy) as r:
-            raw = await r.read()
+            if max_bytes is None:
+                raw = await r.read()
+            else:
+                chunks, size = [], 0
+                async for chunk in r.content.iter_chunked(1 << 16):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise MalformedReply(
+                            f"a reply of more than {max_bytes} bytes (max_tokens {body['max_tokens']})"
+                        )
+                    chunks.append(chunk)
+                raw = b"".join(chunks)
             if r.status >= 400:
                 raise HttpStatusError(r.status, _error_message(raw), r.headers)
         return json.loads(raw)
@@ -496,6 +518,28 @@ def _error_message(raw: bytes) -> str:
     return raw.decode("utf-8", "replace").strip()
 
 
+async def _within(coro: Any, seconds: float) -> Any:
+    """Await `coro` for at most `seconds` in all; DeadlineExceeded past them (a TimeoutError from inside, the
+    client's own no-progress timeout, passes unchanged)."""
+    message = f"no complete reply within {seconds:g} s (api.request_deadline)"
+    if hasattr(asyncio, "timeout"):  # Python 3.11+: no extra task per request
+        cm = asyncio.timeout(seconds)
+        try:
+            async with cm:
+                return await coro
+        except TimeoutError:
+            if cm.expired():
+                raise DeadlineExceeded(message) from None
+            raise
+    t0 = time.monotonic()
+    try:
+        return await asyncio.wait_for(coro, seconds)
+    except asyncio.TimeoutError:
+        if time.monotonic() - t0 < seconds * 0.99:
+            raise
+        raise DeadlineExceeded(message) from None
+
+
 def _causes(e: BaseException) -> list[BaseException]:
     """e, its cause, that one's cause, ... (each once)."""
     out: list[BaseException] = []
@@ -511,7 +555,29 @@ def _is_timeout(e: BaseException) -> bool:
 
 
 class MalformedReply(ValueError):
-    """A reply that parsed but lacks what every OpenAI-compatible reply has (choices)."""
+    """A reply that parsed but lacks what every OpenAI-compatible reply has (choices), or is far longer than its
+    max_tokens allows."""
+
+
+class DeadlineExceeded(TimeoutError):
+    """A request took longer than api.request_deadline in all (retried like a timeout)."""
+
+
+# A reply's text may hold at most this many characters per max_tokens token, plus REPLY_SLACK: generous (a token is
+# a few characters; the longest tokens of common vocabularies are a few dozen), so only a server that ignores
+# max_tokens hits it. Such a reply is malformed: retried, and after api.max_retries the run stops, naming it; it is
+# never stored (a 20 MB reply to max_tokens 12 would otherwise fill samples.jsonl and the memory).
+REPLY_CHARS_PER_TOKEN = 64
+REPLY_SLACK = 1024
+
+
+def reply_limit(body: dict) -> int | None:
+    """The most characters a choice's text may hold for this request; None when its max_tokens does not bound
+    them (no max_tokens, or echo: the prompt comes back too)."""
+    max_tokens = body.get("max_tokens")
+    if not isinstance(max_tokens, int) or body.get("echo"):
+        return None
+    return REPLY_CHARS_PER_TOKEN * max_tokens + REPLY_SLACK
 
 
 class Reply(dict):
@@ -533,12 +599,34 @@ def _wrap(value: Any) -> Any:
     return value
 
 
-def _check_reply(data: Any, kind: str) -> Reply:
+def _check_reply(data: Any, kind: str, limit: int | None = None) -> Reply:
     if not isinstance(data, dict):
         raise MalformedReply(f"not a {kind} object: {str(data)[:120]!r}")
     if not isinstance(data.get("choices"), list) or not data["choices"]:
         raise MalformedReply(f"{kind} reply without choices: {str(data)[:120]!r}")
+    for choice in data["choices"] if limit is not None else ():
+        message = choice.get("message") if isinstance(choice, dict) else None
+        text = choice.get("text") if isinstance(choice, dict) else None
+        text = message.get("content") if isinstance(message, dict) else text
+        if isinstance(text, str) and len(text) > limit:
+            raise MalformedReply(
+                f"a reply text of {len(text)} characters, more than {limit} ({REPLY_CHARS_PER_TOKEN} per max_tokens "
+                f"token + {REPLY_SLACK}): the server does not honour max_tokens"
+            )
     return Reply(data)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """`text` with every lone surrogate (a reply's "\\udce9": valid JSON, but an undecodable byte, not a character;
+    tokenizers refuse it) replaced by U+FFFD, as a UTF-8 decoder replaces a bad byte; proper text unchanged."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
 
 
 def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:

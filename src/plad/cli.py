@@ -6,7 +6,9 @@ Every stage takes `--config FILE.yaml` and overrides any field with a dotted opt
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import signal
 import sys
 from typing import Any
 
@@ -95,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if name in ("run", "demo", "bench", "sweep", "prepare"):
             p.add_argument("--force", action="store_true", help="re-run stages whose settings changed")
+        if name == "eval":
+            p.add_argument(
+                "--force",
+                action="store_true",
+                help="replace the results of another model, test file or outputs file in output_dir",
+            )
         if name == "pairs":
             p.add_argument(
                 "--status",
@@ -130,14 +138,63 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    ns = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if ns.quiet else logging.INFO, format="plad: %(message)s", stream=sys.stderr
-    )
-    for noisy in ("httpx", "accelerate", "torch.distributed"):
+class _Format(logging.Formatter):
+    """plad's own lines as `plad: message`; another library's (a warning of transformers, absl, ...) under its own
+    logger name, so that nobody takes them for plad's."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.source = "plad" if record.name.split(".")[0] == "plad" else record.name
+        return super().format(record)
+
+
+def _setup_logging(quiet: bool) -> None:
+    """plad's logger at INFO (-q: WARNING); other libraries' loggers at WARNING (their INFO lines, like rouge-score's
+    "Using default tokenizer.", are not shown)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Format("%(source)s: %(message)s"))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_plad", False)]:  # main() called again in one process
+        root.removeHandler(old)
+    handler._plad = True  # type: ignore[attr-defined]
+    if not root.handlers:
+        root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("plad").setLevel(logging.WARNING if quiet else logging.INFO)
+    for noisy in ("httpx", "accelerate", "torch.distributed", "absl"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+TRAINING = ("sft", "distill", "heal")
+
+
+def _resume_hint(command: str) -> str:
+    if command in TRAINING:
+        return "run the same command with --resume to continue from the last checkpoint"
+    return "run the same command again to continue"
+
+
+def _disk_full(e: BaseException) -> BaseException | None:
+    """The full-disk (or over-quota) error in `e`'s chain, if that is what it is."""
+    x: BaseException | None = e
+    seen = []
+    while x is not None and x not in seen:
+        seen.append(x)
+        if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT):
+            return x
+        if any(s in str(x) for s in ("No space left on device", "Disk quota exceeded")):  # safetensors, ...
+            return x
+        x = x.__cause__ or x.__context__
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done; 2 a setting or an input is wrong, or the output folder is in use (nothing was done);
+    3 stopped by something outside plad (an endpoint, a full disk): everything finished is kept and the same
+    command continues; 130 / 143 interrupted by SIGINT / SIGTERM (the same command continues)."""
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    ns = parser.parse_args(argv)
+    _setup_logging(ns.quiet)
 
     from transformers.utils import logging as hf_logging
 
@@ -146,18 +203,51 @@ def main(argv: list[str] | None = None) -> int:
     from plad.data import DataError
     from plad.models import ModelError
     from plad.scorers import UnknownScorer
+    from plad.signals import Interrupted, handle_signals
 
+    command = " ".join(["plad", *argv])
     try:
-        return _dispatch(ns)
+        with handle_signals():
+            return _dispatch(ns, command)
     except (ConfigError, DataError, ModelError, UnknownScorer) as e:
         print(f"plad {ns.command}: error: {e}", file=sys.stderr)
         return 2
     except (ApiError, ApiStopped) as e:
         print(f"plad {ns.command}: endpoint error: {e}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt as e:
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        name = signal.Signals(signum).name
+        print(f"plad {ns.command}: interrupted ({name}); {_resume_hint(ns.command)}", file=sys.stderr)
+        return 128 + signum
+    except Exception as e:
+        full = _disk_full(e)
+        if full is None:
+            raise
+        what = getattr(full, "filename", None) or ""
+        print(
+            f"plad {ns.command}: error: the disk is full ({getattr(full, 'strerror', None) or full}"
+            f"{' writing ' + str(what) if what else ''}); everything written before it is kept: free some space "
+            f"and {_resume_hint(ns.command)}",
+            file=sys.stderr,
+        )
+        return 3
 
 
-def _dispatch(ns: argparse.Namespace) -> int:
+def _lock_target(ns: argparse.Namespace, cfg: Any) -> tuple[str, str] | None:
+    """(folder, setting) that this command writes into and locks: its output_dir (the top folder of run, demo,
+    bench and sweep), or prepare's cache folder; None for what writes nothing (`pairs --status`)."""
+    if ns.command == "prepare":
+        from plad.benchmark.real import cache_root
+
+        return str(cache_root(cfg).parent), "cache_dir"
+    if ns.command == "pairs" and ns.status:
+        return None
+    folder = getattr(cfg, "output_dir", "")
+    return (folder, "output_dir") if folder else None
+
+
+def _dispatch(ns: argparse.Namespace, command: str) -> int:
     if ns.command == "methods":
         from plad.methods import METHODS
 
@@ -187,11 +277,21 @@ def _dispatch(ns: argparse.Namespace) -> int:
 
     cls, _ = STAGES[ns.command]
     cfg = load_config(cls, ns.config_file, _overrides(ns, cls))
+    if ns.command == "demo" and not hasattr(ns, "output_dir"):
+        cfg.output_dir = "runs/demo"
+    target = _lock_target(ns, cfg)
+    if target is None:
+        return _run_stage(ns, cfg)
+    from plad.lock import folder_lock
+
+    with folder_lock(*target, command=command):
+        return _run_stage(ns, cfg)
+
+
+def _run_stage(ns: argparse.Namespace, cfg: Any) -> int:
     if ns.command in ("run", "demo"):
         from plad.pipeline import run_pipeline
 
-        if ns.command == "demo" and not hasattr(ns, "output_dir"):
-            cfg.output_dir = "runs/demo"
         return run_pipeline(cfg, force=ns.force)
     if ns.command == "bench":
         from plad.bench import run_bench
@@ -219,7 +319,10 @@ def _dispatch(ns: argparse.Namespace) -> int:
     elif ns.command == "pairs":
         from plad.generation.pairs import run_pairs as runner
     else:
-        from plad.evaluation.evaluate import run_eval as runner
+        from plad.evaluation.evaluate import run_eval
+
+        _print_json(run_eval(cfg, force=ns.force))
+        return 0
     _print_json(runner(cfg))
     return 0
 

@@ -27,9 +27,11 @@ class ConfigError(ValueError):
     """A configuration the user must change; the message names the key and what to do."""
 
 
-def opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    """A dataclass field with a help text (and allowed values); mutable defaults go through a factory."""
-    meta = {"help": help, "choices": choices}
+def opt(default: Any, help: str, choices: tuple[str, ...] | None = None, in_fingerprint: bool = True) -> Any:
+    """A dataclass field with a help text (and allowed values); mutable defaults go through a factory.
+    in_fingerprint=False: a setting that cannot change a result (a time limit) and came after stage fingerprints
+    existed, left out of them (`result_settings`) so that stages finished before it was added stay valid."""
+    meta = {"help": help, "choices": choices, "in_fingerprint": in_fingerprint}
     if dataclasses.is_dataclass(default) or isinstance(default, list | dict):
         proto = default
         return field(default_factory=lambda: _copy(proto), metadata=meta)
@@ -119,7 +121,11 @@ class TrainConfig:
     warmup_steps: int = opt(10, "linear warm-up steps")
     schedule: str = opt("cosine", "learning-rate decay after warm-up", ("cosine", "linear", "constant"))
     max_grad_norm: float = opt(1.0, "gradient clipping norm (0 disables)")
-    save_every: int = opt(0, "write a resumable checkpoint every N steps (0: only the final model)")
+    save_every: int = opt(
+        0,
+        "write a resumable checkpoint every N steps (0: none; a run stopped by SIGINT / SIGTERM always writes one of "
+        "its last step, so --resume continues it)",
+    )
     keep_checkpoints: int = opt(2, "how many resumable checkpoints to keep")
     log_every: int = opt(10, "steps between logged scalars (TensorBoard and metrics.jsonl)")
     seed: int = opt(0, "seed for initialisation-independent randomness: data order, dropout")
@@ -280,6 +286,12 @@ class ApiConfig:
         300.0,
         "longest server-requested wait (Retry-After) honoured, in seconds; longer requests stop the run",
     )
+    request_deadline: float = opt(
+        600.0,
+        "longest time one request may take in all, in seconds, however steadily its reply trickles in (`timeout` "
+        "counts only time without progress); past it the request counts as timed out and is retried",
+        in_fingerprint=False,
+    )
     price_input_per_mtok: float = opt(0.0, "price per million prompt tokens, for the cost in the run summary")
     price_output_per_mtok: float = opt(
         0.0, "price per million completion tokens, for the cost in the summary"
@@ -287,8 +299,10 @@ class ApiConfig:
 
     def __post_init__(self) -> None:
         _check_choices(self)
-        if self.concurrency < 1 or self.max_retries < 0 or self.timeout <= 0:
-            raise ConfigError("concurrency must be >= 1, max_retries >= 0 and timeout > 0")
+        if self.concurrency < 1 or self.max_retries < 0 or self.timeout <= 0 or self.request_deadline <= 0:
+            raise ConfigError(
+                "concurrency must be >= 1, max_retries >= 0, timeout > 0 and request_deadline > 0"
+            )
         if "{prompt}" not in self.prompt_template:
             raise ConfigError(f"prompt_template must contain {{prompt}} (got {self.prompt_template!r})")
         if self.base_url:
@@ -644,7 +658,11 @@ class EvalConfig:
     output_dir: str = opt("", "where outputs.jsonl and results.json go")
     dtype: str = dtype_opt("weights of the evaluated model (generation and calibration)")
     name: str = opt("", "system name in tables (default: the output folder's name)")
-    scorer: str = opt("count-summary", "the task judge's scorer (`plad tasks`); empty: no task judge")
+    scorer: str = opt(
+        "",
+        "the task judge's scorer: a built-in task (`plad tasks`), which reads only that task's prompts; empty: no "
+        "task judge (the headline is then ROUGE-L against the targets, or the first judge of `judge`)",
+    )
     judge: list = opt(
         [],
         "judges, each a row of the results table: task, reward-model (settings reward_model.*), llm (settings "
@@ -1013,6 +1031,17 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def result_settings(cfg: Any) -> dict:
+    """`to_dict(cfg)` without the fields marked in_fingerprint=False (at any depth): what fingerprints hash."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if not f.metadata.get("in_fingerprint", True):
+            continue
+        value = getattr(cfg, f.name)
+        out[f.name] = result_settings(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
+    return out
+
+
 def set_dotted(data: dict, cls: type, dotted: str, raw: str) -> None:
     """Apply one `--a.b.c VALUE` override to a nested dict, validating the key path against `cls`."""
     parts = dotted.split(".")
@@ -1094,4 +1123,7 @@ def require(cfg: Any, *names: str) -> None:
 
 
 def save_yaml(cfg: Any, path: Path) -> None:
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    from plad.data import write_text_atomic  # plad.data imports this module
+
+    # temp-then-rename: a kill never leaves half a config
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -59,6 +59,23 @@ def read_jsonl(path: str | Path, tolerate_torn_tail: bool = False) -> list[dict]
     return rows
 
 
+def lone_surrogate(value: Any) -> str | None:
+    """The first lone surrogate (e.g. "\\udce9": valid JSON, but an undecodable byte rather than a character, which
+    tokenizers refuse) in the text(s) of `value`, as an escape to show; None when every text is proper Unicode."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return None
+    except UnicodeEncodeError as e:
+        return e.object[e.start : e.end].encode("unicode_escape").decode("ascii")
+
+
+def surrogate_error(where: str, field_name: str, escape: str) -> str:
+    return (
+        f"{where}: field {field_name!r} holds a lone surrogate ({escape}: a byte that was not valid UTF-8, "
+        "not a character); fix the file's text encoding"
+    )
+
+
 def repair_torn_tail(path: Path) -> int:
     """Cut an unterminated last line (an interrupted append) so that the next append starts clean.
     Returns the number of bytes dropped."""
@@ -80,26 +97,57 @@ def repair_torn_tail(path: Path) -> int:
     return size - keep
 
 
+def jsonl_line(row: Any) -> bytes:
+    """One JSONL line as UTF-8 bytes, for any Python value: text is written as it is (ensure_ascii=False, readable),
+    except a row whose text holds a lone surrogate (valid JSON "\\udce9" read back from a file or a server, but not
+    a character, so not encodable as UTF-8): that row is written with \\u escapes (ensure_ascii=True), which
+    json.loads reads back to exactly the same str. One odd row never costs the rows written with it."""
+    text = json.dumps(row, ensure_ascii=False) + "\n"
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(row, ensure_ascii=True) + "\n").encode("ascii")
+
+
 def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
     """Append whole rows, then flush and fsync: a crash loses at most the rows of this call."""
-    payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    with path.open("a", encoding="utf-8") as f:
+    payload = b"".join(jsonl_line(r) for r in rows)
+    with path.open("ab") as f:
         f.write(payload)
         f.flush()
         os.fsync(f.fileno())
 
 
 def write_jsonl_atomic(path: Path, rows: Iterable[dict]) -> None:
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_bytes_atomic(path, b"".join(jsonl_line(r) for r in rows))
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temp file in the same folder, fsync, rename: readers see the old or the new file, never half."""
+def _read_umask() -> int:
+    """The process's umask, read once at import (before any thread starts: os.umask can only be read by setting
+    it, which would race with files other threads create)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, rename: readers see the old or the new file, never half.
+    The file gets the mode a plain open() would give it (0o666 less the umask), not mkstemp's 0o600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -108,8 +156,18 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """`write_bytes_atomic` of UTF-8 text; a lone surrogate (not a character) is written as a \\udcXX escape
+    (backslashreplace) rather than failing the whole file."""
+    write_bytes_atomic(path, text.encode("utf-8", "backslashreplace"))
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    try:
+        data = (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: \u escapes, read back to the same str (as jsonl_line)
+        data = (json.dumps(obj, indent=2, ensure_ascii=True) + "\n").encode("ascii")
+    write_bytes_atomic(path, data)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -166,7 +224,11 @@ def load_examples(source: str, options: DataOptions, need_target: bool, what: st
                 )
         elif not isinstance(prompt, str) or not prompt.strip():
             raise DataError(f"{loc}: field {options.prompt_field!r} must be non-empty text")
+        if bad := lone_surrogate(prompt):
+            raise DataError(surrogate_error(loc, options.prompt_field, bad))
         target = row.get(options.target_field)
+        if isinstance(target, str) and (bad := lone_surrogate(target)):
+            raise DataError(surrogate_error(loc, options.target_field, bad))
         if need_target and (not isinstance(target, str) or not target.strip()):
             raise DataError(
                 f"{loc}: missing or empty target field {options.target_field!r}; this stage needs references"
@@ -192,6 +254,8 @@ def load_pairs(path: str, need_scores: bool = False, need_teacher_logps: bool = 
         for key in ("id", "prompt", "chosen", "rejected"):
             if key not in row:
                 raise DataError(f"{p}:{i}: missing field {key!r}")
+            if key != "id" and (bad := lone_surrogate(row[key])):
+                raise DataError(surrogate_error(f"{p}:{i}", key, bad))
         if need_scores:
             s = row.get("scores") or {}
             if not all(isinstance(s.get(k), int | float) for k in ("chosen", "rejected")):

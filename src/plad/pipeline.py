@@ -25,6 +25,7 @@ from plad.config import (
     RunConfig,
     SFTConfig,
     fingerprint,
+    result_settings,
     save_yaml,
     to_dict,
 )
@@ -70,7 +71,7 @@ class StageDir:
 def settings(cfg: Any) -> dict:
     """A stage's settings as its fingerprint sees them: everything but the torch thread count, which changes speed,
     not results (so a stage made by a parallel worker with fewer threads counts as done)."""
-    d = to_dict(cfg)
+    d = result_settings(cfg)
     d.pop("threads", None)
     return d
 
@@ -154,6 +155,27 @@ def check_presets(cfg: RunConfig) -> None:
             )
 
 
+def check_task_prompts(cfg: RunConfig, what: str, path: str, examples: list) -> None:
+    """The task scorers of the run read the prompts they will score (before hours of training, not after): the
+    judge (run.task) on the test and validation prompts, the pairs' scorer on the distillation prompts."""
+    from plad.generation.pairs import SAMPLE_SCORERS
+    from plad.scorers import check_prompts, get_scorer
+
+    if what in ("test", "val") and cfg.task:
+        check_prompts(
+            get_scorer(cfg.task), examples, path, "task", "set task to '' (ROUGE-L is the headline)"
+        )
+    scorer = cfg.pairs.scorer
+    if what == "distill" and scorer and scorer not in SAMPLE_SCORERS:
+        check_prompts(
+            get_scorer(scorer),
+            examples,
+            path,
+            "pairs.scorer",
+            "use pairs.scorer teacher-logp, or '' (no scores)",
+        )
+
+
 def with_prepared(cfg: RunConfig) -> RunConfig:
     """The run's config with the files and models of a `plad prepare` benchmark (prepared first when missing). Its
     teacher is fine-tuned already: teacher SFT is skipped."""
@@ -163,8 +185,14 @@ def with_prepared(cfg: RunConfig) -> RunConfig:
     try:
         manifest = load_prepared(cfg.prepared, cfg.prepared_cache_dir)
     except ConfigError:
+        from plad.benchmark.real import cache_root
+        from plad.lock import folder_lock
+
         log.info("%s is not prepared yet: preparing it now (one time, cached)", cfg.prepared)
-        manifest = run_prepare(PrepareConfig(name=cfg.prepared, cache_dir=cfg.prepared_cache_dir))
+        prepare_cfg = PrepareConfig(name=cfg.prepared, cache_dir=cfg.prepared_cache_dir)
+        # one `plad prepare` at a time on a cache, as the command itself does
+        with folder_lock(cache_root(prepare_cfg).parent, "prepared_cache_dir"):
+            manifest = run_prepare(prepare_cfg)
     files = manifest["files"]
     return dataclasses.replace(
         cfg,
@@ -204,9 +232,10 @@ def prepare(cfg: RunConfig, force: bool = False) -> Run:
         if cfg.val_file:
             files["val"] = cfg.val_file
         for what, path in files.items():  # validate before any training starts
-            load_examples(
+            examples = load_examples(
                 path, cfg.eval.data if what in ("test", "val") else cfg.distill.data, what != "distill", what
             )
+            check_task_prompts(cfg, what, path, examples)
         run.data_fp = fingerprint({k: _file_digest(v) for k, v in files.items()})
     else:
 
@@ -467,7 +496,10 @@ def calibration_stage(run: Run, name: str, model: str, pairs: Path) -> dict:
         write_json_atomic(d / "calibration.json", res)
         return res
 
-    parts = {"model": run.model_fp(model), "pairs": _file_digest(str(pairs)), "eval": to_dict(run.cfg.eval)}
+    # eval.scorer as it was when it defaulted to count-summary: calibration never reads it (eval stages use run.task),
+    # and stages finished before the default became empty keep their fingerprints
+    eval_settings = {**result_settings(run.cfg.eval), "scorer": run.cfg.eval.scorer or "count-summary"}
+    parts = {"model": run.model_fp(model), "pairs": _file_digest(str(pairs)), "eval": eval_settings}
     _, _, res = run.stage(f"calibration/{name}", parts, measure)
     return res
 

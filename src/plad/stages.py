@@ -18,8 +18,8 @@ from plad.config import (
     SFTConfig,
     fingerprint,
     require,
+    result_settings,
     save_yaml,
-    to_dict,
 )
 from plad.config import _suggest as suggest
 from plad.data import (
@@ -40,7 +40,7 @@ log = logging.getLogger("plad")
 
 def _resume_fingerprint(cfg: object) -> str:
     """Settings that must not change across --resume (not the flag itself, not the thread count)."""
-    d = to_dict(cfg)
+    d = result_settings(cfg)
     d.pop("resume", None)
     d.pop("threads", None)
     return fingerprint(d)
@@ -353,6 +353,11 @@ def run_distill(cfg: DistillConfig) -> dict:
         raise ConfigError(
             "rounds > 1 needs pseudo pairs (teacher first); these pairs were ranked by a scorer"
         )
+    if cfg.rounds > 1 and cfg.scorer:  # it scores each round's samples: it must read these prompts
+        from plad.scorers import check_prompts, get_scorer
+
+        prompts = {str(p.get("prompt_id", p["id"])): p["prompt"] for p in pairs}
+        check_prompts(get_scorer(cfg.scorer), [Example(i, q) for i, q in prompts.items()], cfg.pairs_file)
     if cfg.data_fraction < 1:
         pairs, examples = _fraction(pairs, cfg.data_fraction), _fraction(examples, cfg.data_fraction)
     check_output_dir(out, cfg.resume, _resume_fingerprint(cfg))

@@ -10,9 +10,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from typing import Any
 
 import torch
 
+from plad import signals
 from plad.config import ConfigError, LossConfig, TrainConfig
 from plad.data import append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
 from plad.generation.hf import derive_seed
@@ -197,70 +200,90 @@ def train(
     window_log: dict[str, list[float]] = {}
     t_log, tokens_log, t_start = time.perf_counter(), 0, time.perf_counter()
     last_loss = float("nan")
-    while step < cfg.max_steps:
-        if refresh is not None and (fresh := refresh(accelerator, accelerator.unwrap_model(model), step)):
-            main_stream = BatchStream(fresh, cfg.batch_size, cfg.seed, "main")
-        # One optimizer step = grad_accum micro-batches; build them all first to know the window's normalisers.
-        micro = []
-        for a in range(cfg.grad_accum):
-            g = (step * cfg.grad_accum + a) * world + rank
-            reg = reg_stream[g] if reg_stream else None
-            batch_items = main_stream[g]
-            if on_policy is not None:
-                batch_items = on_policy(accelerator.unwrap_model(model), batch_items, g)
-            micro.append(make_batch(batch_items, reg, pad_id, loss_cfg, start_id))
-        counts = torch.tensor(
-            [sum(b["n_examples"] for b in micro), sum(b["n_tokens"] for b in micro)],
-            dtype=torch.float64,
-            device=accelerator.device,
-        )
-        n_examples, n_tokens = accelerator.reduce(counts, reduction="sum").tolist()
-        step_loss = 0.0
-        for a, batch in enumerate(micro):
-            batch = _to_device(batch, accelerator.device)
-            sync = a == len(micro) - 1
-            ctx = accelerator.no_sync(model) if not sync and world > 1 else contextlib.nullcontext()
-            with ctx, accelerator.autocast():
-                parts = method.loss(model, batch, loss_cfg, frozen)
-                loss = torch.zeros((), device=accelerator.device)
-                if parts.seq_sum is not None:
-                    loss = loss + parts.seq_sum / max(n_examples, 1)
-                if parts.tok_sum is not None:
-                    loss = loss + parts.tok_weight * parts.tok_sum / max(n_tokens, 1)
-                # DDP averages gradients over processes; the normalisers above are global sums already.
-                accelerator.backward(loss * world)
-            step_loss += float(loss.detach())
-            for k, v in parts.metrics.items():
-                window_log.setdefault(k, []).append(v)
-            tokens_log += int(batch["main"]["attention_mask"].sum())
-            tokens_log += int(batch["main"].get("decoder_attention_mask", torch.zeros(())).sum())
-        grad_norm = (
-            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
-        )
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        last_loss = step_loss
-        window_log.setdefault("loss", []).append(step_loss)
-        if grad_norm is not None:
-            window_log.setdefault("grad_norm", []).append(float(grad_norm))
-        bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.4f}", refresh=False)
-
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
-            elapsed = time.perf_counter() - t_log
-            row = {k: sum(v) / len(v) for k, v in window_log.items()}
-            row.update(
-                step=step, lr=scheduler.get_last_lr()[0], tokens_per_s=tokens_log * world / max(elapsed, 1e-9)
+    saved_step = step  # the newest checkpoint (or the resumed one)
+    with signals.deferred("the step in progress ends and a checkpoint of it is written"):
+        while step < cfg.max_steps:
+            if refresh is not None and (fresh := refresh(accelerator, accelerator.unwrap_model(model), step)):
+                main_stream = BatchStream(fresh, cfg.batch_size, cfg.seed, "main")
+            # One optimizer step = grad_accum micro-batches; build them all first to know the window's normalisers.
+            micro = []
+            for a in range(cfg.grad_accum):
+                g = (step * cfg.grad_accum + a) * world + rank
+                reg = reg_stream[g] if reg_stream else None
+                batch_items = main_stream[g]
+                if on_policy is not None:
+                    batch_items = on_policy(accelerator.unwrap_model(model), batch_items, g)
+                micro.append(make_batch(batch_items, reg, pad_id, loss_cfg, start_id))
+            counts = torch.tensor(
+                [sum(b["n_examples"] for b in micro), sum(b["n_tokens"] for b in micro)],
+                dtype=torch.float64,
+                device=accelerator.device,
             )
-            accelerator.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=step)
-            if accelerator.is_main_process:
-                append_jsonl(metrics_path, [row])
-            window_log, t_log, tokens_log = {}, time.perf_counter(), 0
+            n_examples, n_tokens = accelerator.reduce(counts, reduction="sum").tolist()
+            step_loss = 0.0
+            for a, batch in enumerate(micro):
+                batch = _to_device(batch, accelerator.device)
+                sync = a == len(micro) - 1
+                ctx = accelerator.no_sync(model) if not sync and world > 1 else contextlib.nullcontext()
+                with ctx, accelerator.autocast():
+                    parts = method.loss(model, batch, loss_cfg, frozen)
+                    loss = torch.zeros((), device=accelerator.device)
+                    if parts.seq_sum is not None:
+                        loss = loss + parts.seq_sum / max(n_examples, 1)
+                    if parts.tok_sum is not None:
+                        loss = loss + parts.tok_weight * parts.tok_sum / max(n_tokens, 1)
+                    # DDP averages gradients over processes; the normalisers above are global sums already.
+                    accelerator.backward(loss * world)
+                step_loss += float(loss.detach())
+                for k, v in parts.metrics.items():
+                    window_log.setdefault(k, []).append(v)
+                tokens_log += int(batch["main"]["attention_mask"].sum())
+                tokens_log += int(batch["main"].get("decoder_attention_mask", torch.zeros(())).sum())
+            grad_norm = (
+                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                if cfg.max_grad_norm
+                else None
+            )
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            last_loss = step_loss
+            window_log.setdefault("loss", []).append(step_loss)
+            if grad_norm is not None:
+                window_log.setdefault("grad_norm", []).append(float(grad_norm))
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}", refresh=False)
 
-        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
-            _save_checkpoint(accelerator, output_dir, step, config_fingerprint, cfg.keep_checkpoints)
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                elapsed = time.perf_counter() - t_log
+                row = {k: sum(v) / len(v) for k, v in window_log.items()}
+                row.update(
+                    step=step,
+                    lr=scheduler.get_last_lr()[0],
+                    tokens_per_s=tokens_log * world / max(elapsed, 1e-9),
+                )
+                accelerator.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=step)
+                if accelerator.is_main_process:
+                    append_jsonl(metrics_path, [row])
+                window_log, t_log, tokens_log = {}, time.perf_counter(), 0
+
+            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
+                _save_checkpoint(accelerator, output_dir, step, config_fingerprint, cfg.keep_checkpoints)
+                saved_step = step
+            if step < cfg.max_steps and (signum := signals.take_pending()) is not None:
+                # every process got the signal (a terminal's Ctrl-C, a scheduler's SIGTERM): all save, then stop
+                if saved_step != step:
+                    _save_checkpoint(accelerator, output_dir, step, config_fingerprint, cfg.keep_checkpoints)
+                bar.close()
+                accelerator.end_training()
+                log.warning(
+                    "stopped at step %d of %d; checkpoint %s written: --resume continues from it",
+                    step,
+                    cfg.max_steps,
+                    output_dir / "checkpoints" / f"step-{step:07d}",
+                )
+                raise signals.Interrupted(signum)
     bar.close()
     accelerator.end_training()
 
@@ -274,28 +297,48 @@ def train(
         **({"data_used": data_used} if data_used is not None else {}),
     }
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        unwrapped.save_pretrained(output_dir, state_dict=accelerator.get_state_dict(model))
-        tokenizer.save_pretrained(output_dir)
-        write_json_atomic(output_dir / SUMMARY_FILE, summary)
-        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)  # the final model supersedes them
+        with signals.deferred("the final model is written"):
+            unwrapped = accelerator.unwrap_model(model)
+            unwrapped.save_pretrained(output_dir, state_dict=accelerator.get_state_dict(model))
+            tokenizer.save_pretrained(output_dir)
+            write_json_atomic(output_dir / SUMMARY_FILE, summary)
+            shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)  # the final model supersedes them
+    signals.raise_pending()  # a signal in the last step or the final save: the run is done, then it stops
     return summary
 
 
 def _save_checkpoint(accelerator: Any, output_dir: Path, step: int, fingerprint: str, keep: int) -> None:
-    """Write to checkpoints/.tmp-step-N, then rename: a kill mid-save leaves the previous checkpoint intact."""
+    """Write to checkpoints/.tmp-step-N, then rename: a kill mid-save leaves the previous checkpoint intact. A save
+    that fails (a full disk) removes its partial folder, so the space it took is free again."""
     root = output_dir / "checkpoints"
     tmp, final = root / f".tmp-step-{step:07d}", root / f"step-{step:07d}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    try:
+        accelerator.save_state(str(tmp))
+        if accelerator.is_main_process:
+            write_json_atomic(tmp / STATE_FILE, {"step": step, "fingerprint": fingerprint})
+    except Exception as e:
+        full = disk_nearly_full(root)  # measured before the partial checkpoint is removed
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full and not isinstance(e, OSError):  # torch.save says only "unexpected pos ..." on a full disk
+            raise OSError(errno.ENOSPC, "No space left on device", str(final)) from e
+        raise
     if accelerator.is_main_process:
-        write_json_atomic(tmp / STATE_FILE, {"step": step, "fingerprint": fingerprint})
         tmp.rename(final)
         for old in _checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def disk_nearly_full(path: Path, margin: int = 16 << 20) -> bool:
+    """Less than `margin` bytes free for this user on the file system of `path`."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < margin
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:

@@ -23,7 +23,9 @@ from plad.data import (
     DataError,
     encode_prompts,
     load_examples,
+    lone_surrogate,
     read_jsonl,
+    surrogate_error,
     write_json_atomic,
     write_jsonl_atomic,
 )
@@ -39,7 +41,7 @@ from plad.evaluation.winrate import (
 )
 from plad.generation.hf import derive_seed, generate, plan_batches
 from plad.models import for_inference, load_model_and_tokenizer, load_tokenizer, model_identity, set_threads
-from plad.scorers import get_scorer
+from plad.scorers import check_prompts, get_scorer
 from plad.train import check_output_dir
 
 log = logging.getLogger("plad")
@@ -68,6 +70,8 @@ def _load_outputs(path: str, examples: list, what: str) -> dict[str, dict]:
             )
         if str(r["id"]) in by_id:
             raise DataError(f"{what}: {p}:{i} repeats id {r['id']}")
+        if bad := lone_surrogate(r["output"]):
+            raise DataError(f"{what}: {surrogate_error(f'{p}:{i}', 'output', bad)}")
         by_id[str(r["id"])] = r
     ids = [ex.id for ex in examples]
     missing = [i for i in ids if i not in by_id]
@@ -230,7 +234,47 @@ def _pairwise_judge(j, ids, prompts, texts, targets, others, rows, n: int, seed:
     return entry, res["outcomes"]
 
 
-def run_eval(cfg: EvalConfig) -> dict:
+def _same_path(a: str | None, b: str | None) -> bool:
+    """Two settings name the same file or model: equal, or the same existing path."""
+    if (a or "") == (b or ""):
+        return True
+    return bool(a and b and Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
+
+
+def check_results_owner(cfg: EvalConfig, out: Path, force: bool) -> None:
+    """Refuse an output_dir holding the results (or generated outputs) of another model, test file or outputs file:
+    they would be overwritten. The same ones are re-judged (outputs reused when made the same way); --force
+    replaces them."""
+    if force:
+        return
+    made: dict[str, Any] = {}
+    for name in ("results.json", GENERATION_STAMP):
+        try:
+            info = json.loads((out / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict):
+            made = {**info, **made}  # results.json says the most
+            made.setdefault("source", name)
+    if not made:
+        return
+    if "test_file" not in made:  # only generation.json: outputs of a model, on test data not recorded there
+        made["test_file"] = cfg.test_file
+    was = {"model": made.get("model") or "", "test_file": made.get("test_file") or "", "outputs_file": ""}
+    was["outputs_file"] = made.get("outputs_file") or ""
+    now = {"model": cfg.model, "test_file": cfg.test_file, "outputs_file": cfg.outputs_file}
+    differ = [k for k in now if not _same_path(was[k], now[k])]
+    if differ:
+        held = ", ".join(
+            f"{k} {was[k] or '(none)'}" for k in ("model", "outputs_file", "test_file") if was[k]
+        )
+        raise ConfigError(
+            f"output_dir {out} holds the results of {held} ({made['source']}), not of this {', '.join(differ)}; "
+            "choose another output_dir, or pass --force to replace them (nothing was changed)"
+        )
+
+
+def run_eval(cfg: EvalConfig, force: bool = False) -> dict:
     require(cfg, "test_file", "output_dir")
     if not cfg.model and not cfg.outputs_file:
         raise ConfigError("eval needs model (to generate outputs) or outputs_file (outputs to judge)")
@@ -245,9 +289,13 @@ def run_eval(cfg: EvalConfig) -> dict:
     if cfg.limit:
         examples = examples[: cfg.limit]
     ids = [ex.id for ex in examples]
-    for ex in examples if scorer else []:
-        if not isinstance(ex.prompt, str):
-            raise DataError(f"{cfg.test_file} id {ex.id}: task scorers need text prompts, not chat messages")
+    if scorer is not None:  # before anything is generated: a scorer of another task fails on these prompts
+        check_prompts(
+            scorer,
+            examples,
+            cfg.test_file,
+            hint="leave scorer empty (ROUGE-L is the headline) or use another judge",
+        )
     if "reward-model" in judges_wanted and any(not isinstance(ex.prompt, str) for ex in examples):
         rm_tok = load_tokenizer(cfg.reward_model.tokenizer or cfg.reward_model.model)
         if not getattr(rm_tok, "chat_template", None):
@@ -262,6 +310,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     pairs = load_calibration_pairs(cfg.calibration_file) if cfg.calibration_file else None
     out = Path(cfg.output_dir)
     check_output_dir(out, resume=True)
+    check_results_owner(cfg, out, force)
     name = cfg.name or out.name
     judges = _make_judges(cfg, scorer, out)  # loads a reward model; opens the LLM judge's cache
     for j in judges:

@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from plad import signals
 from plad.api import ApiError
 from plad.config import ConfigError, EvalConfig, LlmJudgeConfig, RewardModelOptions
 from plad.data import DataError, read_jsonl, repair_torn_tail
@@ -290,7 +291,9 @@ class LlmJudge:
             "extra": self.cfg.api.extra_body,
             **params,
         }
-        return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:32]
+        # surrogatepass: a text holding a lone surrogate still has a key (every other text keeps the key it had)
+        text = json.dumps(body, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
     def compare(
         self,
@@ -373,6 +376,7 @@ class LlmJudge:
                 ) from None
             finally:
                 bar.close()
+            signals.raise_pending()  # interrupted: every verdict received is in the cache
             if failed:
                 raise ApiStopped(
                     f"{failed[0][1]}\nstopped: every verdict received so far is stored in {self.cache_path} "

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from plad import signals
 from plad.api import ApiError, ApiStopped, Endpoint
 from plad.config import ModelSide, to_dict
 from plad.data import append_jsonl
@@ -58,7 +59,8 @@ async def run_pool(
     """Run `work(job, put)` over `jobs` with `concurrency` workers; `put(rows)` hands the rows of one finished
     request to the single writer, which appends them to `path` (flush + fsync) right away.
 
-    The first ApiError stops new jobs (in-flight ones finish and are stored); returns the failed jobs."""
+    The first ApiError stops new jobs (in-flight ones finish and are stored); returns the failed jobs. So does a
+    SIGINT / SIGTERM under `plad` (the caller then calls `signals.raise_pending`)."""
     queue: asyncio.Queue = asyncio.Queue()
     todo = list(reversed(jobs))
     failed: list[tuple[Any, ApiError]] = []
@@ -86,7 +88,7 @@ async def run_pool(
                 on_rows(batch)
 
     async def worker() -> None:
-        while todo and not stop.is_set():
+        while todo and not stop.is_set() and signals.pending() is None:
             job = todo.pop()
             try:
                 await work(job, queue.put)
@@ -100,9 +102,11 @@ async def run_pool(
 
     writer_task = asyncio.create_task(writer())
     try:
-        done = await asyncio.gather(
-            *(worker() for _ in range(min(concurrency, max(len(jobs), 1)))), return_exceptions=True
-        )
+        # SIGINT / SIGTERM (under `plad`): no new request; those in flight are paid for, so they finish and are stored
+        with signals.deferred("the requests in flight finish and are stored"):
+            done = await asyncio.gather(
+                *(worker() for _ in range(min(concurrency, max(len(jobs), 1)))), return_exceptions=True
+            )
     finally:
         await queue.put(None)
         await writer_task  # a failed write raises here
@@ -136,7 +140,10 @@ def generate_side(
         ex, remaining = job
         while remaining:
             n = len(remaining) if len(remaining) > 1 and endpoint.n_supported is not False else 1
-            seed = derive_seed(side.sampling.seed, fp, ex.id, remaining[0], n)
+            # the seed of the first sample asked for: not of n, which depends on when the request was made (before
+            # or after `api.n auto` found out whether the server honours n), so that sample j of a prompt is asked
+            # with the same seed in an interrupted and an uninterrupted run
+            seed = derive_seed(side.sampling.seed, fp, ex.id, remaining[0])
             samples, response = await endpoint.sample(ex.prompt, side.sampling, n, seed)
             if n > 1 and endpoint.n_supported is None:
                 endpoint.n_supported = len(samples) >= n
@@ -210,6 +217,7 @@ def _run(
         failed = asyncio.run(main())
     finally:
         bar.close()
+    signals.raise_pending()  # interrupted: what finished is stored, the same command continues
     usage = endpoint.usage.as_dict(endpoint.cfg)
     usage["seconds"] = round(time.perf_counter() - t0, 2)
     if failed:

@@ -91,7 +91,7 @@ class SampleScorer:
     """Scores a stored sample (a row of samples.jsonl) of a prompt: a task scorer (text prompts), the teacher's
     length-normalised likelihood (teacher-logp), or ROUGE-L against the prompt's target (rouge)."""
 
-    def __init__(self, name: str, examples: list) -> None:
+    def __init__(self, name: str, examples: list, where: str = "prompts") -> None:
         self.name, self.task, self.teacher_logps = name, None, {}
         if name == "rouge":
             if missing := next((ex for ex in examples if not ex.target), None):
@@ -100,14 +100,11 @@ class SampleScorer:
                     "use scorer teacher-logp (needs no reference) or give the prompts file a target field"
                 )
         elif name != "teacher-logp":
-            from plad.scorers import get_scorer
+            from plad.scorers import check_prompts, get_scorer
 
             self.task = get_scorer(name)
-            if chat := next((ex for ex in examples if not isinstance(ex.prompt, str)), None):
-                raise ConfigError(
-                    f"scorer {name} is a task scorer, which needs text prompts, but prompt {chat.id} is chat "
-                    "messages; use scorer teacher-logp or rouge"
-                )
+            # before any sample is generated: a scorer of another task fails on these prompts
+            check_prompts(self.task, examples, where, hint="use scorer teacher-logp or rouge")
 
     def score(self, ex: Any, side: str, row: dict) -> float:
         if self.task is not None:
@@ -126,7 +123,7 @@ def run_pairs(cfg: PairsConfig) -> dict:
     examples = load_examples(cfg.prompts_file, cfg.data, need_target=False, what="distillation prompts")
     if cfg.limit:
         examples = examples[: cfg.limit]
-    scorer = SampleScorer(cfg.scorer, examples) if cfg.scorer else None
+    scorer = SampleScorer(cfg.scorer, examples, cfg.prompts_file) if cfg.scorer else None
     out = Path(cfg.output_dir)
     check_output_dir(out, resume=True)  # only checks that it is writable: the store is resumable by design
     samples_path = out / SAMPLES
