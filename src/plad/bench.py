@@ -72,10 +72,17 @@ def _tune(
 
 
 def _worker_init() -> None:
+    """A worker logs like plad with its pid, and stops on SIGINT / SIGTERM as plad does: a training run finishes
+    its step and writes a checkpoint first (Ctrl-C reaches every process of the terminal's group)."""
     import logging as logging_
+    import signal
+
+    from plad import signals
 
     logging_.basicConfig(level=logging_.INFO, format=f"plad[{os.getpid()}]: %(message)s", stream=sys.stderr)
     logging_.getLogger("accelerate").setLevel(logging_.WARNING)
+    for s in signals.SIGNALS:
+        signal.signal(s, signals._handler)
 
 
 def _run_task(fn, run: Run, args: tuple) -> None:
