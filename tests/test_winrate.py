@@ -106,3 +106,18 @@ def test_rouge_l_against_hand_values() -> None:
     )  # stemming: cats->cat, running->run
     assert rouge_l("same words", "same words") == 1.0
     assert rouge_l("", "something") == 0.0
+
+
+def test_t_quantile_beyond_the_table():
+    """Issue 13: 1.96 beyond 10 degrees of freedom made the interval 11% too narrow at 12 seeds. Exact 97.5%
+    quantiles of Student's t (printed tables: 2.201 at 11, 2.179 at 12, 2.042 at 30, 1.980 at 120)."""
+    import numpy as np
+
+    from plad.evaluation.winrate import across_seeds, t_975
+
+    for df, exact in ((10, 2.228), (11, 2.201), (12, 2.179), (30, 2.042), (120, 1.980)):
+        assert abs(t_975(df) - exact) < 6e-4, df
+    values = [0.1 * i for i in range(12)]
+    cell = across_seeds(values)
+    half = 2.201 * np.std(values, ddof=1) / 12**0.5
+    assert cell["ci95"][1] - cell["mean"] == pytest.approx(half, rel=1e-3)

@@ -88,7 +88,7 @@ def by_bucket(o, lengths, edges: list[float], n_resamples: int = 1000, seed: int
     return out
 
 
-# Two-sided 97.5% quantiles of Student's t by degrees of freedom (n - 1); 1.96 beyond the table.
+# 97.5% quantiles of Student's t by degrees of freedom (n - 1); t_975 expands beyond the table.
 _T_975 = {
     1: 12.706,
     2: 4.303,
@@ -103,11 +103,26 @@ _T_975 = {
 }
 
 
+def t_975(df: int) -> float:
+    """The 97.5% quantile of Student's t with `df` degrees of freedom: the table up to 10, beyond it the
+    Cornish-Fisher expansion around the normal quantile (Abramowitz & Stegun 26.7.5), within 2e-4 of the exact
+    value from df = 11 on (2.2010 at 11, 2.0423 at 30)."""
+    if df in _T_975:
+        return _T_975[df]
+    z = 1.959963984540054
+    return (
+        z
+        + (z**3 + z) / (4 * df)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+    )
+
+
 def across_seeds(values: list[float]) -> dict:
     """Mean over seeds with a 95% t-interval (seeds are few: a bootstrap over 3 values says nothing)."""
     v = np.asarray(values, dtype=float)
     mean = float(v.mean()) if v.size else float("nan")
     if v.size < 2:
         return {"mean": mean, "ci95": [mean, mean], "values": v.tolist()}
-    half = _T_975.get(v.size - 1, 1.96) * float(v.std(ddof=1)) / v.size**0.5
+    half = t_975(v.size - 1) * float(v.std(ddof=1)) / v.size**0.5
     return {"mean": mean, "ci95": [mean - half, mean + half], "values": v.tolist()}
