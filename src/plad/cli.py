@@ -6,11 +6,12 @@ Every stage takes `--config FILE.yaml` and overrides any field with a dotted opt
 from __future__ import annotations
 
 import argparse
+import difflib
 import errno
 import logging
 import signal
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from plad.config import (
     BenchConfig,
@@ -79,14 +80,71 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
         group.add_argument(*flags, **kwargs)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (its usage of a stage lists hundreds of settings) that name the closest known
+    settings for an unknown one."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments:"):
+            unknown = message.split(":", 1)[1].split()
+            option = next((u.split("=")[0] for u in unknown if u.startswith("-")), unknown[0])
+            known = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+            known = [
+                o for o in known if "-" not in o[2:] or o.replace("-", "_")[2:] not in {k[2:] for k in known}
+            ]
+            close = difflib.get_close_matches(option, known, n=3, cutoff=0.6)
+            if not close:  # a section's key: --train.learning_rate -> the keys of --train.*
+                section = option.rsplit(".", 1)[0] + "." if "." in option else ""
+                keys = {o[len(section) :]: o for o in known if section and o.startswith(section)}
+                close = [
+                    keys[k] for k in difflib.get_close_matches(option[len(section) :], keys, n=3, cutoff=0.3)
+                ]
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            message = f"unknown setting {option}{hint} (the settings: {self.prog} --help)"
+        else:
+            message += f" (see {self.prog} --help)"
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _numbers_as_values(argv: list[str]) -> list[str]:
+    """`--train.lr -1e-3`: a value that looks like a number is the option's value, not an option (argparse only
+    takes plain negative numbers like -1 or -0.5), so it is joined as `--train.lr=-1e-3`."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if (
+            a.startswith("--")
+            and "=" not in a
+            and nxt is not None
+            and nxt.startswith("-")
+            and _is_number(nxt)
+        ):
+            out.append(f"{a}={nxt}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="plad",
         description="Preference-based distillation of LLMs: PLaD, DPKD and their baselines.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = sub.choices  # type: ignore[attr-defined]  # name -> its parser
     for name, (cls, help_) in STAGES.items():
         p = sub.add_parser(name, help=help_.replace("%", "%%"), description=(cls.__doc__ or help_).strip())
         if name == "run":
@@ -193,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     command continues; 130 / 143 interrupted by SIGINT / SIGTERM (the same command continues)."""
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    ns = parser.parse_args(argv)
+    ns, unknown = parser.parse_known_args(_numbers_as_values(argv))
+    if unknown:  # named by the command's own parser, which knows its settings
+        parser.commands[ns.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     _setup_logging(ns.quiet)
 
     from transformers.utils import logging as hf_logging

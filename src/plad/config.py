@@ -1021,6 +1021,8 @@ def from_dict(cls: type, data: dict, prefix: str = "", base: Any = None) -> Any:
         if dataclasses.is_dataclass(types_[k]):
             default = getattr(base, k) if base is not None else _field_default(cls, k)
         kwargs[k] = _coerce(v, types_[k], prefix + k, default)
+    if isinstance(kwargs.get("threads"), int) and kwargs["threads"] < 0:
+        raise ConfigError(f"{prefix}threads must be >= 0 (0: torch's default), got {kwargs['threads']}")
     try:
         return cls(**kwargs)
     except ConfigError as e:
