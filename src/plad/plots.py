@@ -438,7 +438,7 @@ def plot_calibration(results: dict[str, dict], out: Path) -> Path | None:
     )
     ax.set_title("Calibration: does the likelihood rank the better output first?")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: it never covers a bar
     return _save(fig, out / "calibration.png")
 
 
@@ -470,23 +470,50 @@ def _curves(res: dict) -> dict[str, list[dict]]:
     return found
 
 
+# Loss parts in metrics.jsonl besides the total (each method logs those it has), and how they are drawn.
+LOSS_PARTS = (
+    ("calibration", "calibration / preference term", "--", "#DD8452"),
+    ("divergence", "divergence term", "--", "#DD8452"),
+    ("reg_ce", "regulariser (CE)", ":", "#55A868"),
+    ("reg_kl", "regulariser (KL to the initial student)", ":", "#55A868"),
+)
+
+
 def plot_training(res: dict, out: Path) -> Path | None:
+    """One panel per run, each with its own y axis (the methods' losses are different quantities: CE in nats per
+    token, a hinge on log-probs, a KL): the total loss and the parts the method logs."""
     plt = _pyplot()
+
+    from matplotlib.ticker import MaxNLocator
 
     curves = _curves(res)
     if not curves:
         return None
-    fig, ax = plt.subplots(figsize=(10, 4.8))
-    for i, (name, rows) in enumerate(curves.items()):
-        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=name, **_style(i, name))
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss (window-normalised, log scale)")
-    ax.set_yscale("symlog", linthresh=1e-3)
-    ax.set_title(
-        "Training curves" + {"bench": " (seed 0, chosen lr)", "sweep": " (first seed)"}.get(res["kind"], "")
+    cols = min(3, len(curves))
+    rows = -(-len(curves) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.0 * rows + 0.8), squeeze=False)
+    for ax, (name, metrics) in zip(axes.flat, curves.items(), strict=False):
+        steps = [r["step"] for r in metrics]
+        marker = {"marker": "o", "markersize": 3}  # a run logged once still shows its point
+        ax.plot(
+            steps, [r["loss"] for r in metrics], color="#4C72B0", linewidth=2, label="loss (total)", **marker
+        )
+        for key, label, style, color in LOSS_PARTS:
+            if all(key in r for r in metrics):
+                ax.plot(steps, [r[key] for r in metrics], color=color, linestyle=style, label=label, **marker)
+        ax.set_title(name, fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("optimizer step", fontsize=8)
+        ax.set_ylabel("loss", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="best")
+    for ax in list(axes.flat)[len(curves) :]:
+        ax.set_visible(False)
+    fig.suptitle(
+        "Training curves, window means per logged step"
+        + {"bench": " (seed 0, chosen lr)", "sweep": " (first seed)"}.get(res["kind"], "")
     )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
     return _save(fig, out / "training_curves.png")
 
 
