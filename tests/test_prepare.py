@@ -410,3 +410,73 @@ def test_load_prepared_before_prepare(tmp_path):
         ConfigError, match="debian-smollm2 is not prepared in .*run `plad prepare --name debian-smollm2`"
     ):
         load_prepared("debian-smollm2", str(tmp_path))
+
+
+@pytest.mark.slow
+def test_bench_on_a_prepared_benchmark(tiny, tmp_path, monkeypatch):
+    """The real benchmark's path end to end on tiny parts: `plad bench` with `run.prepared` takes the prepared data
+    (chat-message prompts), the fine-tuned teacher (no teacher SFT again) and the healed student; ROUGE-L is the
+    headline; plad-margin scores samples with teacher-logp; kd holds the prepared teacher."""
+    import yaml
+
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    cache = tmp_path / "cache"
+    assert main_inprocess(*prepare_args(tiny, cache, data_dir(tmp_path / "data"))) == 0
+    manifest = load_prepared("debian-smollm2", str(cache))
+    cfg = {
+        "output_dir": str(tmp_path / "bench"),
+        "seeds": [0],
+        "methods": ["sft", "plad-margin", "kd"],
+        "grid_lr": ["1e-3"],
+        "real_pairs": False,
+        "list_k": 0,
+        "rounds": 1,
+        "fractions": [],
+        "fraction_methods": [],
+        "length_buckets": 2,
+        "calibration_pairs": 3,
+        "run": {
+            "prepared": "debian-smollm2",
+            "prepared_cache_dir": str(cache),
+            "task": "",
+            "threads": 1,
+            "student_sft": {"max_steps": 2, "batch_size": 4, "lr": 1e-3, "warmup_steps": 0},
+            "pairs": {
+                "scorer": "teacher-logp",
+                "limit": 6,
+                "teacher": {"sampling": {"max_new_tokens": 6, "stop": ["\n"]}},
+                "student": {"sampling": {"max_new_tokens": 6, "stop": ["\n"]}},
+            },
+            "distill": {"train": {"max_steps": 2, "batch_size": 4, "warmup_steps": 0}},
+            "eval": {"bootstrap_samples": 100, "generation": {"temperature": 0.0, "max_new_tokens": 6}},
+        },
+    }
+    (tmp_path / "bench.yaml").write_text(yaml.safe_dump(cfg))
+    assert main_inprocess("bench", "--config", tmp_path / "bench.yaml") == 0
+    seed = tmp_path / "bench" / "seed-0"
+    summary = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert summary["judge"] == "rouge" and set(summary["table"]) == {
+        "student-sft",
+        "teacher",
+        "sft",
+        "plad-margin",
+        "kd",
+    }
+    assert not (seed / "teacher-sft").exists()  # the prepared teacher is fine-tuned already
+    teacher_eval = json.loads((seed / "eval" / "teacher" / "results.json").read_text())
+    assert (
+        teacher_eval["model"] == manifest["teacher"]
+        and teacher_eval["test_file"] == manifest["files"]["test"]
+    )
+    assert (seed / "student-sft" / "model.safetensors").is_file()
+    assert (
+        yaml.safe_load((seed / "student-sft" / "plad_config.yaml").read_text())["model"]
+        == manifest["student"]
+    )
+    pairs = [json.loads(line) for line in (seed / "pairs" / "pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == 6 and all(isinstance(p["prompt"], list) for p in pairs)  # chat messages
+    assert all(p["scores"]["scorer"] == "teacher-logp" and 0 < p["scores"]["chosen"] <= 1 for p in pairs)
+    kd = yaml.safe_load((seed / "tune" / "kd" / "lr-0.001" / "plad_config.yaml").read_text())
+    assert kd["teacher"] == manifest["teacher"]
+    # prepared supplies the data and models: setting them too is a contradiction, refused at load
+    assert main_inprocess("bench", "--config", tmp_path / "bench.yaml", "--run.sft_file", "x.jsonl") == 2
