@@ -595,3 +595,19 @@ def test_rouge_headline_without_a_task_scorer(bench: Bench, outputs: dict, tmp_p
     assert [r["score"] for r in read_jsonl(tmp_path / "e" / "outputs.jsonl")] == pytest.approx(mine)
     by_length = res["judges"]["rouge"]["by_length"]
     assert sum(c["size"] for c in by_length) == len(tests) and "wins" not in by_length[0]
+
+
+def test_generation_cache_shared_across_output_folders(bench: Bench, tmp_path: Path) -> None:
+    """Outputs made by the same model, prompts and decoding come from eval.generation_cache instead of being
+    generated again (plad bench's fixed teacher across seeds); another model's are not taken."""
+    common = ["eval", "--test_file", bench.test, "--generation_cache", tmp_path / "cache", "--bootstrap_samples", 200,
+              "--generation.max_new_tokens", 8]  # fmt: skip
+    assert main_inprocess(*common, "--model", bench.student, "--output_dir", tmp_path / "a") == 0
+    assert len(list((tmp_path / "cache").glob("*.jsonl"))) == 1
+    assert main_inprocess(*common, "--model", bench.student, "--output_dir", tmp_path / "b") == 0
+    a, b = results(tmp_path / "a"), results(tmp_path / "b")
+    assert a["generation_seconds"] > 0 and b["generation_seconds"] == 0
+    assert read_jsonl(tmp_path / "a" / "outputs.jsonl") == read_jsonl(tmp_path / "b" / "outputs.jsonl")
+    assert main_inprocess(*common, "--model", bench.teacher, "--output_dir", tmp_path / "c") == 0
+    assert results(tmp_path / "c")["generation_seconds"] > 0
+    assert len(list((tmp_path / "cache").glob("*.jsonl"))) == 2

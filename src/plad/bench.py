@@ -231,6 +231,9 @@ def bench_seed(cfg: BenchConfig, seed: int, force: bool) -> dict:
     rcfg = dataclasses.replace(
         cfg.run, output_dir=str(Path(cfg.output_dir) / f"seed-{seed}"), seed=seed, methods=list(cfg.methods)
     )
+    if not rcfg.eval.generation_cache:  # a fixed teacher (skip_teacher_sft, prepared) is generated for once
+        gen_cache = str(Path(cfg.output_dir) / "generations")
+        rcfg = dataclasses.replace(rcfg, eval=dataclasses.replace(rcfg.eval, generation_cache=gen_cache))
     run = prepare(rcfg, force)
     baseline = str(run.root / "eval" / "student-sft" / "outputs.jsonl")
     result: dict[str, Any] = {"seed": seed, "methods": {}, "systems": {}}

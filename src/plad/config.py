@@ -689,6 +689,13 @@ class EvalConfig:
     bootstrap_samples: int = opt(1000, "bootstrap resamples for the 95% intervals")
     seed: int = opt(0, "seed of the bootstrap")
     limit: int = opt(0, "evaluate only the first N test prompts (0: all)")
+    generation_cache: str = opt(
+        "",
+        "a folder of generated outputs shared by evaluations: outputs made by the same model (weights), prompts and "
+        "decoding are taken from it instead of being generated again (plad bench shares the fixed teacher's test "
+        "outputs across seeds); empty: none",
+        in_fingerprint=False,
+    )
     data: DataOptions = opt(DataOptions(split="test"), "data fields and length limits")
     threads: int = opt(0, "torch CPU threads (0: torch's default)")
 

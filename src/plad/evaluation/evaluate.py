@@ -114,6 +114,18 @@ def _generate(cfg: EvalConfig, model: Any, tok: Any, examples: list, out: Path) 
             )
             info = json.loads(stamp.read_text())
             return [{k: r[k] for k in ("output", "n_tokens", "finish")} for r in rows], info["seconds"]
+    shared = Path(cfg.generation_cache) / f"{fp}.jsonl" if cfg.generation_cache else None
+    if shared is not None and shared.is_file():
+        rows = read_jsonl(shared)
+        if [r.get("id") for r in rows] == [ex.id for ex in examples]:
+            log.info(
+                "eval: outputs of %s taken from %s (same model, prompts and decoding)", cfg.model, shared
+            )
+            write_jsonl_atomic(saved, rows)
+            write_json_atomic(
+                stamp, {"fingerprint": fp, "model": cfg.model, "seconds": 0.0, "from": str(shared)}
+            )
+            return [{k: r[k] for k in ("output", "n_tokens", "finish")} for r in rows], 0.0
     prompt_ids = encode_prompts(tok, examples, cfg.data, cfg.test_file)
     t0 = time.perf_counter()
     outputs: list[dict] = [{}] * len(examples)
@@ -130,8 +142,11 @@ def _generate(cfg: EvalConfig, model: Any, tok: Any, examples: list, out: Path) 
             outputs[i] = {"output": s.text, "n_tokens": s.n_tokens, "finish": s.finish}
     seconds = round(time.perf_counter() - t0, 2)
     # kept before any judge runs: a judge that stops (endpoint down) does not cost the generation again
-    write_jsonl_atomic(saved, [{"id": ex.id, **o} for ex, o in zip(examples, outputs, strict=True)])
+    rows = [{"id": ex.id, **o} for ex, o in zip(examples, outputs, strict=True)]
+    write_jsonl_atomic(saved, rows)
     write_json_atomic(stamp, {"fingerprint": fp, "model": cfg.model, "seconds": seconds})
+    if shared is not None:
+        write_jsonl_atomic(shared, rows)
     return outputs, seconds
 
 
