@@ -33,6 +33,7 @@ def main() -> int:
 
     from plad.bench import provenance
     from plad.config import RunConfig, SFTConfig, load_config
+    from plad.models import model_identity
     from plad.pipeline import _with_seed, eval_stage, prepare
     from plad.stages import run_sft
 
@@ -52,13 +53,17 @@ def main() -> int:
             dataclasses.replace(cfg.student_sft, max_steps=k * cfg.student_sft.max_steps), cfg.seed
         )
 
-        def sft(d: Path, train=train) -> dict:
+        student = (
+            run.cfg.student
+        )  # the prepared student (run.cfg has the prepared benchmark's paths filled in)
+
+        def sft(d: Path, train=train, student=student) -> dict:
             return run_sft(SFTConfig(
-                model=cfg.student, train_file=run.files["sft"], output_dir=str(d), train=train, resume=True,
+                model=student, train_file=run.files["sft"], output_dir=str(d), train=train, resume=True,
                 data=cfg.distill.data, dtype=cfg.distill.dtype, threads=cfg.threads,
             ))  # fmt: skip
 
-        parts = {"student": cfg.student, "data": run.data_fp, "train": dataclasses.asdict(train)}
+        parts = {"student": model_identity(student), "data": run.data_fp, "train": dataclasses.asdict(train)}
         d, _, _ = run.stage(f"plateau/student-sft-x{k}", parts, sft)
         name = f"student-sft x{k} ({train.max_steps} steps)"
         res[name] = eval_stage(

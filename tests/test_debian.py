@@ -54,9 +54,10 @@ def ok(name: str, source: str = "", synopsis: str = "file manager for the consol
     return (name, source, synopsis, filler(12))
 
 
+# the fixtures' descriptions are one filler text: near-duplicate dropping has its own test
 OPTS = DebianOptions(
     min_words=8, max_words=20, min_synopsis_words=2, max_synopsis_words=6, family_cap=2, n_test=1, n_val=1,
-    salt="test",
+    salt="test", drop_near_duplicates=False,
 )  # fmt: skip
 
 
@@ -204,10 +205,16 @@ def test_split_is_deterministic_salted_and_keeps_sources_apart():
     sizes = {s: len(v) for s, v in splits.items()}
     assert sizes["test"] == 5 and sizes["val"] == 4 and sizes["train"] + sizes["unlabeled"] == 31
     assert sizes["train"] > 0 and sizes["unlabeled"] > 0
-    # test and val are the first sources in salted-hash order; train / unlabeled by a second hash
+    # test and val are the first sources in salted-hash order, and every file is in that order (its first N rows
+    # are a random sample of it); train / unlabeled by a second hash
     order = hash_order([f"prog{i}" for i in range(40)], opts.salt)
-    assert [r["id"] for r in splits["test"]] == sorted(order[:5])
-    assert [r["id"] for r in splits["val"]] == sorted(order[5:9])
+    assert [r["id"] for r in splits["test"]] == order[:5]
+    assert [r["id"] for r in splits["val"]] == order[5:9]
+    for split in ("train", "unlabeled"):
+        assert [r["id"] for r in splits[split]] == [
+            p for p in order[9:] if p in {r["id"] for r in splits[split]}
+        ]
+    assert all("target" not in r for r in splits["unlabeled"])  # no label in the unlabeled split
     sources = [r["meta"]["source"] for rows in splits.values() for r in rows]
     assert len(sources) == len(set(sources)) == 40  # no source in two splits, none lost
     # the same input in another order: the same splits; another salt: other splits
@@ -364,3 +371,31 @@ def test_fetch_lists_with_the_real_apt_from_a_local_mirror(tmp_path, monkeypatch
     splits = extract([debian.read_list(p) for p in pkgs], [debian.read_list(p) for p in trans_files], OPTS)
     assert len(all_rows(splits)) == 8
     assert debian.release_info(tmp_path / "apt" / "lists", "bookworm")["version"] == "12.5"
+
+
+def test_near_duplicates_of_training_text_leave_test_and_val():
+    """A held-out row whose source is a version of a training row's (gtkmm3.0 / gtkmm2.4), or whose description is
+    a near copy of a training description (a renamed source), is dropped; distinct rows stay."""
+    from plad.benchmark.debian import near_duplicates
+
+    def row(package, source, description):
+        return {"package": package, "source": source, "description": description}
+
+    pool = [
+        row("libgtkmm-2.4-1v5", "gtkmm2.4", "C++ wrappers for GTK widgets and more"),
+        row("libqt5gui5", "qtbase-opensource-src", "The Qt GUI module provides classes for windowing system "
+            "integration event handling OpenGL and OpenGL ES integration 2D graphics imaging fonts and typography"),
+        row("cowsay", "cowsay", "A configurable talking cow written in Perl"),
+    ]  # fmt: skip
+    held_out = [
+        row("libgtkmm-3.0-1v5", "gtkmm3.0", "entirely different words here"),
+        row("libqt6gui6", "qt6-base", "The Qt GUI module provides classes for windowing system integration event "
+            "handling OpenGL and OpenGL ES integration 2D graphics imaging fonts and typography too"),
+        row("figlet", "figlet", "Make large character ASCII banners out of ordinary text"),
+    ]  # fmt: skip
+    assert near_duplicates(held_out, pool, 0.8) == [
+        ("libgtkmm-3.0-1v5", "libgtkmm-2.4-1v5"),
+        ("libqt6gui6", "libqt5gui5"),
+    ]
+    # the qt pair shares all but one of its distinct words: more than 0.8 of them, not more than 0.97
+    assert near_duplicates(held_out[1:], pool, 0.97) == []

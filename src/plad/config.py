@@ -800,6 +800,12 @@ class RunConfig:
                 f"prepared = {self.prepared} supplies the data files, teacher and student; remove sft_file, "
                 "distill_file, test_file, val_file, teacher and student (or prepared)"
             )
+        if self.prepared and (self.task or self.pairs.scorer not in ("", "teacher-logp")):
+            raise ConfigError(
+                f"prepared = {self.prepared}: its prompts are chat messages with human references and its distillation "
+                "prompts have no targets, so no task scorer applies: set task '' (ROUGE-L is the headline) and "
+                f"pairs.scorer teacher-logp or '' (got task {self.task!r}, pairs.scorer {self.pairs.scorer!r})"
+            )
         if self.val_limit < 0:
             raise ConfigError(f"val_limit must be >= 0 (got {self.val_limit})")
         if self.val_file and not all(files):
@@ -879,15 +885,17 @@ class BenchConfig:
             raise ConfigError("seeds, grid_lr and methods must not be empty")
         if self.length_buckets < 1 or self.calibration_pairs < 0 or self.jobs < 1:
             raise ConfigError("length_buckets and jobs must be >= 1 and calibration_pairs >= 0")
-        if self.run.eval.judge and not set(self.run.eval.judge) & {
-            "task",
-            "reward-model",
-            "rouge",
-            "exact-match",
-        }:
+        judges = self.run.eval.judge
+        if judges and "llm" in judges and not {"task", "reward-model"} & set(judges):
             raise ConfigError(
-                f"run.eval.judge = {','.join(self.run.eval.judge)}: plad bench chooses learning rates by a mean "
-                "score on the validation split; include task, reward-model, rouge or exact-match"
+                f"run.eval.judge = {','.join(judges)}: the headline judge would be llm (win rates first), but plad "
+                "bench chooses learning rates by a mean score on the validation split; add task or reward-model, "
+                "or judge with llm in a separate `plad eval --outputs_file`"
+            )
+        if judges and not set(judges) & {"task", "reward-model", "rouge", "exact-match"}:
+            raise ConfigError(
+                f"run.eval.judge = {','.join(judges)}: plad bench chooses learning rates by a mean score on the "
+                "validation split; include task, reward-model, rouge or exact-match"
             )
         if self.run.eval.judge and "task" in self.run.eval.judge and not self.run.task:
             raise ConfigError(
@@ -945,8 +953,6 @@ class SweepConfig:
                 raise ConfigError(f"{name}: {', '.join(values)} names one value twice")
         if self.run.output_dir or self.run.seed:
             raise ConfigError("run.output_dir and run.seed are set by the sweep; use output_dir and seeds")
-        if not self.run.task:
-            raise ConfigError("plad sweep needs a judge: set run.task to a task scorer (`plad tasks`)")
 
 
 # --------------------------------------------------------------------------------------------------------------

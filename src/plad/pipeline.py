@@ -308,11 +308,14 @@ def prepare(cfg: RunConfig, force: bool = False) -> Run:
             return model, _stage_fp(root, model) or fingerprint({"model": model_identity(model)})
         train = _with_seed(train, cfg.seed)
         parts = {
-            "model": model,
+            # a user's (or a prepared) model by its weights, so that a folder rewritten in place is new input; the
+            # built-in models by the models stage that made them
+            "model": model if models_fp else model_identity(model),
             "models": models_fp,
             "data": run.data_fp,
             "train": to_dict(train),
             "opts": to_dict(cfg.distill.data),
+            "dtype": cfg.distill.dtype,
         }
         d, fp, _ = run.stage(name, parts, sft, model, train)
         return str(d), fp

@@ -62,6 +62,7 @@ def sweep_seed(cfg: SweepConfig, seed: int, force: bool) -> dict:
             points[method][fraction_key(fraction)] = {**_cells(res), "data_used": trained.get("data_used")}
     result = {
         "seed": seed,
+        "judge": reference.get("judge"),
         "reference": {"student-sft": _cells(reference)},
         "points": points,
         "pairs": (run.pairs_info or {}).get("pairs"),
@@ -99,6 +100,7 @@ def aggregate(cfg: SweepConfig, per_seed: list[dict]) -> dict:
     return {
         **provenance("plad sweep"),
         "seeds": [r["seed"] for r in per_seed],
+        "judge": per_seed[0].get("judge"),
         "methods": list(cfg.methods),
         "fractions": fractions,
         "lr": cfg.run.distill.train.lr,
@@ -144,8 +146,8 @@ def to_markdown(summary: dict) -> str:
         "training prompts (distillation prompts; labeled data for sft); compute time per seed (s, sum of its "
         "stages): " + ", ".join(f"{s:g}" for s in summary["seconds_per_seed"]) + ".",
         "",
-        f"Test split, task scorer as judge; ties count 1/2. Intervals: {summary['interval']}. student-sft (the "
-        "initial student, no distillation) is the fraction-0 reference.",
+        f"Test split, judge `{summary.get('judge') or 'task'}`; ties count 1/2. Intervals: {summary['interval']}. "
+        "student-sft (the initial student, no distillation) is the fraction-0 reference.",
         "",
     ]
     for metric, title in METRIC_NAMES.items():
@@ -156,6 +158,8 @@ def to_markdown(summary: dict) -> str:
         ref = summary["reference"]["student-sft"].get(metric)
         if ref:
             rows.append(["student-sft (0%)", *([interval_text(ref)] * len(fracs))])
+        if all(c == "-" for r in rows for c in r[1:]):  # a judge without this metric (ROUGE-L: no win rate)
+            continue
         parts += [f"## {title}", "", markdown_table(head, rows), ""]
     used = [
         [name, *(_data_text(by_frac[f]["data_used"]) for f in fracs)]
@@ -176,15 +180,18 @@ def print_summary(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"plad sweep: win rate over targets vs fraction of the data [{summary['interval']}]")
+    ref = summary["reference"]["student-sft"]
+    metric = "win_rate_vs_target" if ref.get("win_rate_vs_target") else "mean_score"
+    what = (
+        "win rate over targets" if metric == "win_rate_vs_target" else f"mean score ({summary.get('judge')})"
+    )
+    table = Table(title=f"plad sweep: {what} vs fraction of the data [{summary['interval']}]")
     table.add_column("method")
     for f in summary["fractions"]:
         table.add_column(_percent(f), justify="right")
     for name, by_frac in summary["scaling"].items():
-        table.add_row(
-            name, *(interval_text(by_frac[f].get("win_rate_vs_target")) for f in summary["fractions"])
-        )
-    ref = summary["reference"]["student-sft"].get("win_rate_vs_target")
+        table.add_row(name, *(interval_text(by_frac[f].get(metric)) for f in summary["fractions"]))
+    ref = ref.get(metric)
     table.add_row("student-sft (0%)", *([interval_text(ref)] * len(summary["fractions"])))
     Console(width=160).print(table)
 

@@ -16,12 +16,17 @@ Rules (each tested in tests/test_debian.py):
   binary named like its source, else the shortest name;
 - cap formulaic families (r-cran-*, libghc-*, lib*-perl, ...) at `family_cap` packages each, so that no method can
   win on templates alone;
-- split by a salted hash of the source name (deterministic, and no source in two splits).
+- split by a salted hash of the source name (deterministic, and no source in two splits), and drop a test or
+  validation row whose source is a version of a training row's (gtkmm3.0 / gtkmm2.4) or whose description is a
+  near copy of a training description (renamed sources: qtbase-opensource-src / qt6-base);
+- write every split in that hash order, so that the first N rows of a file are a random sample of it; the
+  unlabeled split carries no targets.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import shutil
 import subprocess
@@ -30,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from plad.data import DataError
+
+log = logging.getLogger("plad")
 
 # A system message replaces the chat template's default one (SmolLM2's is 20 tokens); the user message holds the
 # package name and its description. The synopsis alone is the answer (no "The synopsis is:" line).
@@ -75,6 +82,10 @@ class DebianOptions:
     family_cap: int = 150
     n_test: int = 500
     n_val: int = 300
+    # test/val rows whose source is a version of a training row's, or whose description shares more than
+    # max_jaccard of its words with a training description, are dropped
+    drop_near_duplicates: bool = True
+    max_jaccard: float = 0.8
     salt: str = "plad-debian-v1"
 
 
@@ -193,18 +204,61 @@ def extract(
                 "train" if int(_split_key(r["source"], options.salt + ":half"), 16) % 2 == 0 else "unlabeled"
             )
         splits[split].append(r)
-    return {s: [_row(r) for r in sorted(rows, key=lambda r: r["package"])] for s, rows in splits.items()}
+    pool = splits["train"] + splits["unlabeled"]
+    for held_out in ("test", "val") if options.drop_near_duplicates else ():
+        leaks = near_duplicates(splits[held_out], pool, options.max_jaccard)
+        if leaks:
+            log.info("debian: %d %s rows dropped, near-duplicates of training text: %s", len(leaks), held_out,
+                     ", ".join(f"{a}~{b}" for a, b in leaks[:5]) + (" ..." if len(leaks) > 5 else ""))  # fmt: skip
+            dropped = {a for a, _ in leaks}
+            splits[held_out] = [r for r in splits[held_out] if r["package"] not in dropped]
+    # rows in the salted-hash order: the first N of a file (pairs.limit, eval.limit, val_limit, data fractions)
+    # are a random sample of it, not the packages whose names start with "a"
+    return {s: [_row(r, labeled=s != "unlabeled") for r in rows] for s, rows in splits.items()}
 
 
-def _row(r: dict) -> dict:
+def _group(source: str) -> str:
+    """A source package's name without version numbers: gtkmm3.0 and gtkmm2.4, cpp-11 and cpp are one group."""
+    return re.sub(r"[\d.+~]+", "", source).strip("-")
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def near_duplicates(held_out: list[dict], pool: list[dict], max_jaccard: float) -> list[tuple[str, str]]:
+    """(held-out package, training package) for every held-out row whose source is a version of a training row's
+    source, or whose description shares more than `max_jaccard` of its words with a training description
+    (Jaccard; renamed sources such as qtbase-opensource-src / qt6-base carry the same text)."""
+    groups = {_group(r["source"]): r["package"] for r in pool}
+    pool_words = [(_words(r["description"]), r["package"]) for r in pool]
+    out = []
+    for r in held_out:
+        if (match := groups.get(_group(r["source"]))) is not None:
+            out.append((r["package"], match))
+            continue
+        w = _words(r["description"])
+        for pw, name in pool_words:
+            small, large = (w, pw) if len(w) <= len(pw) else (pw, w)
+            if len(small) > max_jaccard * len(large) and len(w & pw) > max_jaccard * len(w | pw):
+                out.append((r["package"], name))
+                break
+    return out
+
+
+def _row(r: dict, labeled: bool = True) -> dict:
+    """A data row; an unlabeled one (the distillation prompts) carries no target: no method may read its label."""
     user = f"Package: {r['package']}\n\n{r['description']}"
-    return {
+    row = {
         "id": r["package"],
         "prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}],
         "target": r["synopsis"],
         "meta": {"source": r["source"], "section": r["section"], "family": r["family"]},
         "text": r["description"],  # the unlabeled text that heals a pruned student
     }
+    if not labeled:
+        del row["target"]
+    return row
 
 
 # --------------------------------------------------------------------------------------------------------------

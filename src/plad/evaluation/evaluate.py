@@ -53,8 +53,9 @@ def _normalise(text: str) -> str:
     return " ".join(text.split())
 
 
-def _load_outputs(path: str, examples: list, what: str) -> dict[str, dict]:
-    """Rows {id, output} of another system (or the given outputs), one per test prompt id."""
+def _load_outputs(path: str, examples: list, what: str, limited: bool = False) -> dict[str, dict]:
+    """Rows {id, output} of another system (or the given outputs), one per test prompt id. `limited`: the test set
+    is the first eval.limit prompts, so rows of the prompts after them are left out (a full run's outputs)."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{what}: {p} does not exist; give a JSONL with id and output per test prompt")
@@ -75,7 +76,7 @@ def _load_outputs(path: str, examples: list, what: str) -> dict[str, dict]:
         by_id[str(r["id"])] = r
     ids = [ex.id for ex in examples]
     missing = [i for i in ids if i not in by_id]
-    extra = [i for i in by_id if i not in set(ids)]
+    extra = [] if limited else [i for i in by_id if i not in set(ids)]
     if missing or extra:
         raise DataError(
             f"{what}: {p} was made on other prompts ({len(missing)} test ids missing, e.g. {missing[:3]}; "
@@ -93,6 +94,7 @@ def _generation_fp(cfg: EvalConfig, examples: list) -> str:
     h = hashlib.sha256()
     parts = {
         "model": model_identity(cfg.model),
+        "dtype": cfg.dtype,
         "tokenizer": cfg.tokenizer,
         "generation": to_dict(cfg.generation),
         "data": to_dict(cfg.data),
@@ -318,8 +320,9 @@ def run_eval(cfg: EvalConfig, force: bool = False) -> dict:
                 f"{cfg.test_file}: the prompts are chat messages but the reward model's tokenizer has no chat "
                 "template; set reward_model.tokenizer to one that has"
             )
-    given = _load_outputs(cfg.outputs_file, examples, "outputs_file") if cfg.outputs_file else None
-    other = _load_outputs(cfg.compare_to, examples, "compare_to") if cfg.compare_to else None
+    limited = bool(cfg.limit)
+    given = _load_outputs(cfg.outputs_file, examples, "outputs_file", limited) if cfg.outputs_file else None
+    other = _load_outputs(cfg.compare_to, examples, "compare_to", limited) if cfg.compare_to else None
     if cfg.calibration_file and not cfg.model:
         raise ConfigError("calibration_file needs model: calibration measures a model's log-probs")
     pairs = load_calibration_pairs(cfg.calibration_file) if cfg.calibration_file else None
@@ -440,9 +443,12 @@ def run_eval(cfg: EvalConfig, force: bool = False) -> dict:
         for key in ("mean_score", "perfect_rate", "target_mean_score", "win_rate_vs_target", "head_to_head"):
             if key in judged[primary]:
                 results[key] = judged[primary][key]
-    if primary in METRIC_JUDGES:  # every row's headline value under one name (`score`, as the task judge's)
-        for r in rows:
-            r["score"] = r[METRIC_JUDGES[primary][0]]
+    # every row's headline value under one name, `score` (and `target_score` when the judge scores the reference),
+    # as the task judge writes them: what plad bench's length buckets and the calibration pairs read
+    for r in rows if primary in METRIC_JUDGES else []:
+        r["score"] = r[METRIC_JUDGES[primary][0]]
+    for r in rows if primary == "reward-model" else []:
+        r["score"], r["target_score"] = r["rm_score"], r["rm_target_score"]
     write_jsonl_atomic(
         out / "outputs.jsonl",
         [{**r, "n_tokens": o["n_tokens"], "finish": o["finish"]} for r, o in zip(rows, outputs, strict=True)],

@@ -66,6 +66,7 @@ def side_fingerprint(side: ModelSide, num_samples: int, cfg: PairsConfig) -> str
         return fingerprint({**endpoint_identity(side), "sampling": sampling, "num_samples": num_samples})
     ident = {
         "model": model_identity(side.model),
+        "dtype": side.dtype,
         "tokenizer": model_identity(side.tokenizer) if side.tokenizer else "",
         "sampling": to_dict(side.sampling),
         "num_samples": num_samples,
@@ -319,6 +320,7 @@ def _teacher_logprobs(
     else:
         scorer_ident = {
             "model": model_identity(cfg.teacher.model),
+            "dtype": cfg.teacher.dtype,
             "tokenizer": model_identity(cfg.teacher.tokenizer) if cfg.teacher.tokenizer else "",
             "data": to_dict(cfg.data),
         }
