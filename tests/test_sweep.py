@@ -134,7 +134,6 @@ def test_sweep_config_errors(tmp_path: Path, capsys) -> None:
         (["--fractions", "1.5"], "fractions: '1.5' is not a valid value"),
         (["--fractions", "0.5,0.50"], "names one value twice"),
         (["--methods", "sft,plad-rnak"], "unknown method 'plad-rnak' (did you mean plad-rank"),
-        (["--run.task", ""], "needs a judge"),
         (["--run.seed", "1"], "use output_dir and seeds"),
     ):
         assert main_inprocess("sweep", "--output_dir", out, *args) == 2, args

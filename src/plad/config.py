@@ -886,6 +886,11 @@ class BenchConfig:
         if self.length_buckets < 1 or self.calibration_pairs < 0 or self.jobs < 1:
             raise ConfigError("length_buckets and jobs must be >= 1 and calibration_pairs >= 0")
         judges = self.run.eval.judge
+        if self.jobs > 1 and "llm" in judges:
+            raise ConfigError(
+                f"jobs = {self.jobs} with the llm judge: parallel evaluations would share one verdict cache file; "
+                "use jobs 1 (or judge with llm afterwards, `plad eval --outputs_file`)"
+            )
         if judges and "llm" in judges and not {"task", "reward-model"} & set(judges):
             raise ConfigError(
                 f"run.eval.judge = {','.join(judges)}: the headline judge would be llm (win rates first), but plad "
