@@ -238,12 +238,26 @@ def test_load_pairs_validation(tmp_path):
     p = write_lines(tmp_path / "pairs.jsonl", [pair, {k: v for k, v in pair.items() if k != "rejected"}])
     with pytest.raises(DataError, match=rf"{p}:2: missing field 'rejected'"):
         load_pairs(str(p))
-    q = write_lines(tmp_path / "p2.jsonl", [{**pair, "scores": {"chosen": 1.0, "rejected": 0.5}}, pair])
+    q = write_lines(tmp_path / "p2.jsonl", [{**pair, "scores": {"chosen": 1.0, "rejected": 0.5}}, {**pair, "id": "2"}])
     assert len(load_pairs(str(q))) == 2
-    with pytest.raises(DataError, match=rf"{q}:2: this method needs scores.*--scorer"):
+    with pytest.raises(DataError, match=rf"{q}:2: this method needs scores.*--scorer teacher-logp"):
         load_pairs(str(q), need_scores=True)
     with pytest.raises(DataError, match="run `plad pairs` first"):
         load_pairs(str(tmp_path / "none.jsonl"))
+
+
+def test_load_pairs_repeated_and_conflicting_rows(tmp_path, caplog):
+    """A row repeated exactly (e.g. a file appended to itself) is used once, with a warning naming its lines;
+    one id with two different contents is an error naming both lines (distill once trained on 161 of 160 pairs)."""
+    pairs = [{"id": str(i), "prompt": f"p{i}", "chosen": "c", "rejected": "r"} for i in range(3)]
+    p = write_lines(tmp_path / "pairs.jsonl", [*pairs, pairs[1], pairs[2]])
+    with caplog.at_level(logging.WARNING, logger="plad"):
+        rows = load_pairs(str(p))
+    assert rows == pairs
+    assert "2 rows repeat an earlier row exactly (lines 4, 5)" in caplog.text
+    q = write_lines(tmp_path / "joined.jsonl", [*pairs, {**pairs[1], "chosen": "other"}])
+    with pytest.raises(DataError, match=rf"{q}:4: pair id '1' already used on line 2 with other content"):
+        load_pairs(str(q))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import logging
 import os
 import signal
 import stat
@@ -519,3 +520,24 @@ def test_only_plads_own_log_lines_say_plad(tmp_path: Path) -> None:
     assert fmt.format(record) == "absl: Using default tokenizer."
     record = logging.LogRecord("plad", logging.INFO, "", 0, "eval: done", None, None)
     assert fmt.format(record) == "plad: eval: done"
+
+
+def test_a_store_holding_a_key_twice_uses_it_once(tmp_path: Path, caplog) -> None:
+    """Two writers before the lock (or a store appended to itself) can leave one key twice in samples.jsonl: the
+    pairs use it once (the first row), with a warning, and a rerun requests nothing."""
+    prompts = tmp_path / "prompts.jsonl"
+    write_jsonl_atomic(prompts, USER_ROWS)
+    out = tmp_path / "pairs"
+    with ScriptedServer(lambda body: "text") as server:
+        args = api_pairs_args(prompts, out, server.base_url)
+        assert main_inprocess(*args) == 0
+        asked = server.requests
+        rows = read_jsonl(out / "samples.jsonl")
+        append_jsonl(out / "samples.jsonl", [{**r, "text": "a second writer's text"} for r in rows[:3]])
+        with caplog.at_level(logging.WARNING, logger="plad"):
+            assert main_inprocess(*args) == 0
+        assert server.requests == asked
+    assert "3 rows repeat a stored key" in caplog.text
+    pairs = read_jsonl(out / "pairs.jsonl")
+    assert len(pairs) == len(USER_ROWS)
+    assert not any("a second writer's text" in (p["chosen"], p["rejected"]) for p in pairs)

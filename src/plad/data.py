@@ -250,18 +250,32 @@ def load_pairs(path: str, need_scores: bool = False, need_teacher_logps: bool = 
     rows = read_jsonl(p)
     if not rows:
         raise DataError(f"{p}: no pairs")
+    first_line: dict[str, tuple[int, dict]] = {}
+    unique, repeated = [], []
     for i, row in enumerate(rows, start=1):
         for key in ("id", "prompt", "chosen", "rejected"):
             if key not in row:
                 raise DataError(f"{p}:{i}: missing field {key!r}")
             if key != "id" and (bad := lone_surrogate(row[key])):
                 raise DataError(surrogate_error(f"{p}:{i}", key, bad))
+        key = str(row["id"])
+        if key in first_line:
+            line, other = first_line[key]
+            if other != row:
+                raise DataError(
+                    f"{p}:{i}: pair id {key!r} already used on line {line} with other content; each pair needs its "
+                    "own id (were two pairs files joined?)"
+                )
+            repeated.append(i)
+            continue
+        first_line[key] = (i, row)
+        unique.append(row)
         if need_scores:
             s = row.get("scores") or {}
             if not all(isinstance(s.get(k), int | float) for k in ("chosen", "rejected")):
                 raise DataError(
-                    f"{p}:{i}: this method needs scores.chosen and scores.rejected; generate the pairs with "
-                    "--scorer TASK"
+                    f"{p}:{i}: this method needs scores.chosen and scores.rejected; generate the pairs with a "
+                    "scorer (`plad pairs --scorer teacher-logp`, `rouge` or a task name)"
                 )
         if need_teacher_logps:
             t = row.get("teacher_logps") or {}
@@ -270,7 +284,12 @@ def load_pairs(path: str, need_scores: bool = False, need_teacher_logps: bool = 
                     f"{p}:{i}: this method needs the teacher's log-probs of both outputs (teacher_logps.chosen and "
                     "teacher_logps.rejected); generate the pairs with --teacher_logprobs true"
                 )
-    return rows
+    if repeated:
+        lines = ", ".join(map(str, repeated[:5])) + (" ..." if len(repeated) > 5 else "")
+        logging.getLogger("plad").warning(
+            "%s: %d rows repeat an earlier row exactly (lines %s); each pair is used once", p, len(repeated), lines
+        )
+    return unique
 
 
 # --------------------------------------------------------------------------------------------------------------

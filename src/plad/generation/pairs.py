@@ -137,7 +137,7 @@ def run_pairs(cfg: PairsConfig) -> dict:
     sides = {"teacher": (cfg.teacher, 1), "student": (cfg.student, cfg.num_student_samples)}
     fps = {name: side_fingerprint(side, k, cfg) for name, (side, k) in sides.items()}
     stored = read_jsonl(samples_path) if samples_path.exists() else []
-    done = {(r["id"], r["side"], r["index"], r["fingerprint"]): r for r in stored}
+    done = stored_samples(stored, samples_path)
     t0, generated_tokens, generated_rows = time.perf_counter(), 0, 0
 
     usage: dict[str, Any] = {}
@@ -188,6 +188,21 @@ def run_pairs(cfg: PairsConfig) -> dict:
     return summary
 
 
+def stored_samples(rows: list[dict], path: Path) -> dict[tuple, dict]:
+    """The store's rows by key (id, side, index, fingerprint). A key stored twice (e.g. by two writers before
+    plad locked its folders) is used once: its first row, with a warning."""
+    done: dict[tuple, dict] = {}
+    for r in rows:
+        done.setdefault((r["id"], r["side"], r["index"], r["fingerprint"]), r)
+    if len(done) < len(rows):
+        log.warning(
+            "%s: %d rows repeat a stored key (id, side, index, settings); the first row of each key is used",
+            path,
+            len(rows) - len(done),
+        )
+    return done
+
+
 def pairs_status(cfg: PairsConfig) -> dict[str, Any]:
     """Done / pending / failed rows per side for this config's store, without loading a model or calling an
     endpoint. `failed`: pending rows of prompts whose last request ran out of retries (see failures.jsonl)."""
@@ -201,7 +216,7 @@ def pairs_status(cfg: PairsConfig) -> dict[str, Any]:
     failures = read_jsonl(out / FAILURES, tolerate_torn_tail=True) if (out / FAILURES).exists() else []
     sides = {"teacher": (cfg.teacher, 1), "student": (cfg.student, cfg.num_student_samples)}
     fps = {name: side_fingerprint(side, k, cfg) for name, (side, k) in sides.items()}
-    done = {(r["id"], r["side"], r["index"], r["fingerprint"]): r for r in stored}
+    done = stored_samples(stored, samples_path)
     status: dict[str, Any] = {"store": str(out), "prompts": len(examples)}
     usage = _stored_usage(cfg, done, fps)
     for name, (side, k) in sides.items():
