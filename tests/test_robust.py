@@ -541,3 +541,55 @@ def test_a_store_holding_a_key_twice_uses_it_once(tmp_path: Path, caplog) -> Non
     pairs = read_jsonl(out / "pairs.jsonl")
     assert len(pairs) == len(USER_ROWS)
     assert not any("a second writer's text" in (p["chosen"], p["rejected"]) for p in pairs)
+
+
+def test_rows_longer_than_the_models_positions_fit_instead_of_crashing(
+    bench: Bench, tmp_path: Path, caplog, capsys
+) -> None:
+    """A GPT-2 style model has a learned table of 24 positions; default limits (256 + 256) and long rows once
+    crashed sft and eval with `IndexError: index out of range in self`. Every stage now fits prompts and outputs
+    into the positions (counted as truncated), and data.overlong=error names the row and the limit instead."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from plad.benchmark.build import family_config
+
+    tok = AutoTokenizer.from_pretrained(bench.tokenizer)
+    model = tmp_path / "gpt2-24"
+    AutoModelForCausalLM.from_config(family_config("gpt2", tok, max_positions=24)).save_pretrained(model)
+    tok.save_pretrained(model)
+    words = "count: " + " ".join("abcdefgh"[i % 8] for i in range(60))
+    rows = [{"id": str(i), "prompt": f"{words} {i} summary:", "target": " ".join("ab" * 20)} for i in range(6)]
+    data = tmp_path / "long.jsonl"
+    write_jsonl_atomic(data, rows)
+    one = ["--threads", 1]
+    with caplog.at_level(logging.INFO, logger="plad"):
+        assert main_inprocess(
+            "sft", "--model", model, "--train_file", data, "--output_dir", tmp_path / "sft",
+            "--train.max_steps", 2, "--train.batch_size", 3, *one,
+        ) == 0  # fmt: skip
+    assert "reads 24 positions" in caplog.text and "truncated 6 prompts and 6 outputs" in caplog.text
+    pairs = tmp_path / "pairs"
+    assert main_inprocess(
+        "pairs", "--prompts_file", data, "--teacher.model", model, "--student.model", tmp_path / "sft",
+        "--output_dir", pairs, "--teacher.sampling.max_new_tokens", 40, "--student.sampling.max_new_tokens", 40,
+        "--teacher_logprobs", "true", *one,
+    ) == 0  # fmt: skip
+    for method in ("plad-rank", "kd"):
+        assert main_inprocess(
+            "distill", "--method", method, "--model", tmp_path / "sft", "--teacher", model, "--train_file", data,
+            "--pairs_file", pairs / "pairs.jsonl", "--output_dir", tmp_path / method, "--train.max_steps", 2,
+            "--train.batch_size", 3, *one,
+        ) == 0, method  # fmt: skip
+    assert main_inprocess(
+        "eval", "--model", tmp_path / "plad-rank", "--test_file", data, "--output_dir", tmp_path / "eval",
+        "--generation.max_new_tokens", 40, "--bootstrap_samples", 100, *one,
+    ) == 0  # fmt: skip
+    assert all(r["n_tokens"] <= 12 for r in read_jsonl(tmp_path / "eval" / "outputs.jsonl"))
+    capsys.readouterr()
+    out = tmp_path / "strict"
+    assert main_inprocess(
+        "sft", "--model", model, "--train_file", data, "--output_dir", out, "--data.overlong", "error", *one
+    ) == 2  # fmt: skip
+    line = one_error_line(capsys.readouterr().err, "sft")
+    assert f"{data} id 0: prompt has" in line and "data.max_prompt_tokens=12" in line, line
+    assert not out.exists()

@@ -32,6 +32,61 @@ def load_model_config(name: str, what: str = "model") -> Any:
         raise ModelError(f"{what} {name} is not a model folder or hub id with a config.json: {e}") from None
 
 
+def position_limit(config: Any) -> int | None:
+    """How many positions a decoder-only model reads (prompt + output together): its config's
+    max_position_embeddings (n_positions / n_ctx in GPT-2 style configs). None for an encoder-decoder (the prompt
+    and the output have their own positions) or a config that names no limit."""
+    if getattr(config, "is_encoder_decoder", False):
+        return None
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def fit_positions(options: Any, models: list[Any], output_tokens: int, output_setting: str) -> Any:
+    """The data options with prompt and output limits that fit the positions of every model in `models` (folders or hub
+    ids, or loaded models' configs): a row
+    over a learned position table fails mid-run (`IndexError: index out of range in self`). When
+    data.max_prompt_tokens + `output_tokens` (the setting `output_setting`) exceeds a model's limit, the output
+    keeps min(output_tokens, max(limit - prompt limit, limit // 2)) tokens and prompts the rest; this is logged once
+    and the rows actually cut are counted as truncated (or refused, with data.overlong=error). Reads only configs."""
+    import dataclasses
+
+    limits = {}
+    for m in models:
+        if m:  # a model folder / hub id, or a loaded model's config
+            config = load_model_config(m) if isinstance(m, str) else m
+            name = m if isinstance(m, str) else getattr(config, "_name_or_path", "") or config.model_type
+            if (n := position_limit(config)) is not None:
+                limits[name] = n
+    if not limits:
+        return options
+    name, limit = min(limits.items(), key=lambda kv: kv[1])
+    prompt = options.max_prompt_tokens
+    if prompt + output_tokens <= limit:
+        return options
+    if limit < 2:
+        raise ModelError(f"model {name} reads only {limit} position(s); it cannot hold a prompt and an output")
+    output = min(output_tokens, max(limit - prompt, limit // 2))
+    fitted = dataclasses.replace(
+        options, max_prompt_tokens=limit - output, max_target_tokens=min(options.max_target_tokens, output)
+    )
+    (log.warning if options.overlong == "error" else log.info)(
+        "model %s reads %d positions: data.max_prompt_tokens=%d + %s=%d do not fit, so prompts keep at most %d "
+        "tokens and outputs %d",
+        name,
+        limit,
+        prompt,
+        output_setting,
+        output_tokens,
+        fitted.max_prompt_tokens,
+        output,
+    )
+    return fitted
+
+
 def load_tokenizer(name: str) -> Any:
     from transformers import AutoTokenizer
 

@@ -32,7 +32,7 @@ from plad.data import (
     load_pairs,
 )
 from plad.methods import METHODS, Frozen, Item
-from plad.models import load_model_and_tokenizer, load_tokenizer, set_threads, torch_dtype_of
+from plad.models import fit_positions, load_model_and_tokenizer, load_tokenizer, set_threads, torch_dtype_of
 from plad.train import check_output_dir, train
 
 log = logging.getLogger("plad")
@@ -64,8 +64,9 @@ def run_sft(cfg: SFTConfig) -> dict:
     examples = load_examples(cfg.train_file, cfg.data, need_target=True, what="training data")
     check_output_dir(out, cfg.resume, _resume_fingerprint(cfg))
     tok = load_tokenizer(cfg.tokenizer or cfg.model)
+    data = fit_positions(cfg.data, [cfg.model], cfg.data.max_target_tokens, "data.max_target_tokens")
     # Over-long input fails here, before the weights are read.
-    items = encode_targets(examples, tok, cfg.data, cfg.train_file)
+    items = encode_targets(examples, tok, data, cfg.train_file)
     model, tok = load_model_and_tokenizer(cfg.model, tok=tok, dtype=cfg.dtype)
     save_yaml(cfg, out / "plad_config.yaml")
     log.info("sft: %d examples, %d steps", len(items), cfg.train.max_steps)
@@ -362,13 +363,16 @@ def run_distill(cfg: DistillConfig) -> dict:
         pairs, examples = _fraction(pairs, cfg.data_fraction), _fraction(examples, cfg.data_fraction)
     check_output_dir(out, cfg.resume, _resume_fingerprint(cfg))
     tok = load_tokenizer(cfg.tokenizer or cfg.model)
+    # the teacher of the token-level methods reads the same rows (on-policy samples are fitted in generation)
+    models = [cfg.model] + ([cfg.teacher] if method.needs_teacher_model else [])
+    data = fit_positions(cfg.data, models, cfg.data.max_target_tokens, "data.max_target_tokens")
     if source == "targets":
-        items = encode_targets(examples, tok, cfg.data, cfg.train_file)
+        items = encode_targets(examples, tok, data, cfg.train_file)
     elif source == "lists":
-        items = list_items(pairs, tok, cfg.data, cfg.pairs_file)
+        items = list_items(pairs, tok, data, cfg.pairs_file)
     else:
-        items = pair_items(pairs, tok, cfg.data, cfg.pairs_file, source)
-    reg_items = encode_targets(examples, tok, cfg.data, cfg.train_file) if regularizer == "target" else None
+        items = pair_items(pairs, tok, data, cfg.pairs_file, source)
+    reg_items = encode_targets(examples, tok, data, cfg.train_file) if regularizer == "target" else None
     if not items:
         raise DataError(f"method {cfg.method}: no training items")
     teacher = load_frozen_teacher(cfg, tok) if method.needs_teacher_model else None

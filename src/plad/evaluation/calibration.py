@@ -15,6 +15,7 @@ from plad.config import DataOptions
 from plad.data import DataError, Truncation, encode_output, encode_prompt, read_jsonl
 from plad.evaluation.winrate import outcomes, summarise_outcomes
 from plad.logprobs import score_outputs
+from plad.models import fit_positions
 
 
 def load_calibration_pairs(path: str) -> list[dict]:
@@ -52,6 +53,7 @@ def calibration(
 ) -> dict:
     """Ranking accuracy of the model's summed and per-token log-probs on `rows` (chosen should rank first)."""
     stats = Truncation()
+    options = fit_positions(options, [model.config], options.max_target_tokens, "data.max_target_tokens")
     prompts, outputs = [], []
     for i, r in enumerate(rows, start=1):
         where = f"{source}:{i}"

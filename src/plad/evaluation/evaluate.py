@@ -40,7 +40,14 @@ from plad.evaluation.winrate import (
     summarise_outcomes,
 )
 from plad.generation.hf import derive_seed, generate, plan_batches
-from plad.models import for_inference, load_model_and_tokenizer, load_tokenizer, model_identity, set_threads
+from plad.models import (
+    fit_positions,
+    for_inference,
+    load_model_and_tokenizer,
+    load_tokenizer,
+    model_identity,
+    set_threads,
+)
 from plad.scorers import check_prompts, get_scorer
 from plad.train import check_output_dir
 
@@ -128,7 +135,8 @@ def _generate(cfg: EvalConfig, model: Any, tok: Any, examples: list, out: Path) 
                 stamp, {"fingerprint": fp, "model": cfg.model, "seconds": 0.0, "from": str(shared)}
             )
             return [{k: r[k] for k in ("output", "n_tokens", "finish")} for r in rows], 0.0
-    prompt_ids = encode_prompts(tok, examples, cfg.data, cfg.test_file)
+    data = fit_positions(cfg.data, [model.config], cfg.generation.max_new_tokens, "generation.max_new_tokens")
+    prompt_ids = encode_prompts(tok, examples, data, cfg.test_file)
     t0 = time.perf_counter()
     outputs: list[dict] = [{}] * len(examples)
     for batch in plan_batches(

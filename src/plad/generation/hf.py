@@ -14,6 +14,7 @@ import torch
 
 from plad.config import SamplingConfig
 from plad.data import left_pad, stop_ids
+from plad.models import ModelError, position_limit
 
 
 @dataclass
@@ -69,6 +70,14 @@ def generate(
 
     device = next(model.parameters()).device
     input_ids, attention_mask = left_pad(prompt_ids, tokenizer.pad_token_id)
+    max_new_tokens = sampling.max_new_tokens
+    if (limit := position_limit(model.config)) is not None:  # never past the position table (an IndexError)
+        if input_ids.shape[1] >= limit:
+            raise ModelError(
+                f"a prompt of {input_ids.shape[1]} tokens leaves no room for an output in the model's {limit} "
+                "positions; lower data.max_prompt_tokens"
+            )
+        max_new_tokens = min(max_new_tokens, limit - input_ids.shape[1])
     greedy = sampling.temperature == 0
     ends = stop_ids(tokenizer)
     gen_cfg = GenerationConfig(
@@ -76,7 +85,7 @@ def generate(
         temperature=None if greedy else sampling.temperature,
         top_p=None if greedy or sampling.top_p >= 1 else sampling.top_p,
         top_k=None if greedy or sampling.top_k == 0 else sampling.top_k,
-        max_new_tokens=sampling.max_new_tokens,
+        max_new_tokens=max_new_tokens,
         num_return_sequences=num_samples,
         eos_token_id=ends,
         pad_token_id=tokenizer.pad_token_id,

@@ -42,7 +42,7 @@ from plad.data import (
 )
 from plad.generation.api import FAILURES, endpoint_identity, usage_from_rows
 from plad.generation.hf import derive_seed, generate, plan_batches
-from plad.models import for_inference, load_model_and_tokenizer, model_identity, set_threads
+from plad.models import fit_positions, for_inference, load_model_and_tokenizer, model_identity, set_threads
 from plad.train import check_output_dir
 
 log = logging.getLogger("plad")
@@ -270,7 +270,8 @@ def _generate_hf(
     per prompt with num_return_sequences, one append + fsync per batch."""
     model, tok = load_model_and_tokenizer(side.model, side.tokenizer, dtype=side.dtype)
     model = for_inference(model)
-    prompt_ids = encode_prompts(tok, examples, cfg.data, cfg.prompts_file)
+    data = fit_positions(cfg.data, [model.config], side.sampling.max_new_tokens, f"{name}.sampling.max_new_tokens")
+    prompt_ids = encode_prompts(tok, examples, data, cfg.prompts_file)
     batches = plan_batches(
         [len(p) for p in prompt_ids],
         side.sampling.batch_size,
@@ -384,10 +385,12 @@ def _teacher_logprobs(
         )
         model = for_inference(model)
         stats = Truncation()
+        longest = max(cfg.teacher.sampling.max_new_tokens, cfg.student.sampling.max_new_tokens)
+        data = fit_positions(cfg.data, [model.config], longest, "sampling.max_new_tokens")
         prompts = dict(
             zip(
                 [ex.id for ex in examples],
-                encode_prompts(tok, examples, cfg.data, cfg.prompts_file),
+                encode_prompts(tok, examples, data, cfg.prompts_file),
                 strict=True,
             )
         )
@@ -397,7 +400,7 @@ def _teacher_logprobs(
             part = todo[start : start + chunk]
             outputs = [
                 encode_output(
-                    tok, done[(ex.id, side, j, fps[side])]["text"], cfg.data, stats, f"{ex.id}", ex.prompt
+                    tok, done[(ex.id, side, j, fps[side])]["text"], data, stats, f"{ex.id}", ex.prompt
                 )
                 for ex, side, j in part
             ]
