@@ -136,6 +136,9 @@ def test_report_rejects_bad_results(tmp_path: Path, capsys) -> None:
     assert "neither plad bench results" in capsys.readouterr().err
     assert main_inprocess("report", tmp_path / "missing.json", "--output_dir", tmp_path / "out") == 2
     assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "no-results").mkdir()
+    assert main_inprocess("report", tmp_path / "no-results", "--output_dir", tmp_path / "out") == 2
+    assert "no-results holds no results: no bench.json" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing written when an input is bad
 
 

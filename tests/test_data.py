@@ -238,7 +238,9 @@ def test_load_pairs_validation(tmp_path):
     p = write_lines(tmp_path / "pairs.jsonl", [pair, {k: v for k, v in pair.items() if k != "rejected"}])
     with pytest.raises(DataError, match=rf"{p}:2: missing field 'rejected'"):
         load_pairs(str(p))
-    q = write_lines(tmp_path / "p2.jsonl", [{**pair, "scores": {"chosen": 1.0, "rejected": 0.5}}, {**pair, "id": "2"}])
+    q = write_lines(
+        tmp_path / "p2.jsonl", [{**pair, "scores": {"chosen": 1.0, "rejected": 0.5}}, {**pair, "id": "2"}]
+    )
     assert len(load_pairs(str(q))) == 2
     with pytest.raises(DataError, match=rf"{q}:2: this method needs scores.*--scorer teacher-logp"):
         load_pairs(str(q), need_scores=True)
@@ -275,6 +277,14 @@ def _bad_sft_files(tmp_path: Path) -> list[tuple[Path, str]]:
             ":1: missing or empty target",
         ),
         (write_lines(d / "dup.jsonl", [GOOD[0], GOOD[0]]), ":2: duplicate id 'a'"),
+        (
+            write_lines(d / "nullprompt.jsonl", [{"id": "z", "prompt": None, "target": "a"}]),
+            ":1: field 'prompt' is null",
+        ),
+        (
+            write_lines(d / "numtarget.jsonl", [{"id": "z", "prompt": "count: a", "target": 5}]),
+            ":1: field 'target' holds a number (5), not text",
+        ),
         (
             write_lines(d / "badchat.jsonl", [{"prompt": [{"content": "x"}], "target": "a"}]),
             ":1: field 'prompt'",
@@ -438,8 +448,12 @@ def test_load_tokenizer_without_eos_fails(tmp_path):
     make_tokenizer(eos=False).save_pretrained(tmp_path / "noeos")
     with pytest.raises(ModelError, match=r"has no EOS token.*eos_token"):
         load_tokenizer(str(tmp_path / "noeos"))
-    with pytest.raises(ModelError, match="does not exist"):
+    with pytest.raises(ModelError, match="tokenizer folder .*none does not exist"):
         load_tokenizer(str(tmp_path / "none"))
+    with pytest.raises(
+        ModelError, match="^model folder .*none does not exist"
+    ):  # read from the model's folder
+        load_model_and_tokenizer(str(tmp_path / "none"))
 
 
 def test_tokenizer_bigger_than_model_vocab(tmp_path, tiny_model_dir):

@@ -171,6 +171,7 @@ def test_sft_killed_after_checkpoint_resumes_exactly(
     assert main_inprocess(*changed) == 2
     err = capsys.readouterr().err
     assert "--resume" in err and "different config" in err and str(out) in err
+    assert "(train.lr: " in err and " -> 0.005)" in err, err  # names the setting that changed
     assert run_files() == files_before
 
     caplog.set_level("INFO", logger="plad")

@@ -558,7 +558,9 @@ def test_rows_longer_than_the_models_positions_fit_instead_of_crashing(
     AutoModelForCausalLM.from_config(family_config("gpt2", tok, max_positions=24)).save_pretrained(model)
     tok.save_pretrained(model)
     words = "count: " + " ".join("abcdefgh"[i % 8] for i in range(60))
-    rows = [{"id": str(i), "prompt": f"{words} {i} summary:", "target": " ".join("ab" * 20)} for i in range(6)]
+    rows = [
+        {"id": str(i), "prompt": f"{words} {i} summary:", "target": " ".join("ab" * 20)} for i in range(6)
+    ]
     data = tmp_path / "long.jsonl"
     write_jsonl_atomic(data, rows)
     one = ["--threads", 1]

@@ -212,6 +212,10 @@ def load_examples(source: str, options: DataOptions, need_target: bool, what: st
     for i, row in enumerate(rows, start=1):
         loc = f"{where}:{i}" if where.endswith((".jsonl", ".json")) else f"{where} row {i}"
         prompt = row.get(options.prompt_field)
+        if prompt is None and options.prompt_field in row:
+            raise DataError(
+                f"{loc}: field {options.prompt_field!r} is null; give the prompt as text or chat messages"
+            )
         if prompt is None:
             raise DataError(
                 f"{loc}: missing prompt field {options.prompt_field!r} (has {', '.join(row) or 'no fields'}); "
@@ -229,6 +233,11 @@ def load_examples(source: str, options: DataOptions, need_target: bool, what: st
         target = row.get(options.target_field)
         if isinstance(target, str) and (bad := lone_surrogate(target)):
             raise DataError(surrogate_error(loc, options.target_field, bad))
+        if need_target and target is not None and not isinstance(target, str):
+            raise DataError(
+                f"{loc}: field {options.target_field!r} holds {_kind(target)} ({json.dumps(target)[:40]}), "
+                "not text; write the reference as a string"
+            )
         if need_target and (not isinstance(target, str) or not target.strip()):
             raise DataError(
                 f"{loc}: missing or empty target field {options.target_field!r}; this stage needs references"
@@ -240,6 +249,15 @@ def load_examples(source: str, options: DataOptions, need_target: bool, what: st
         meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
         examples.append(Example(ex_id, prompt, target if isinstance(target, str) else None, meta))
     return examples
+
+
+def _kind(value: Any) -> str:
+    """A JSON value's kind, for messages: 'a number', 'a list'..."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return {list: "a list", dict: "an object"}.get(type(value), f"a {type(value).__name__}")
 
 
 def load_pairs(path: str, need_scores: bool = False, need_teacher_logps: bool = False) -> list[dict]:
@@ -287,7 +305,10 @@ def load_pairs(path: str, need_scores: bool = False, need_teacher_logps: bool = 
     if repeated:
         lines = ", ".join(map(str, repeated[:5])) + (" ..." if len(repeated) > 5 else "")
         logging.getLogger("plad").warning(
-            "%s: %d rows repeat an earlier row exactly (lines %s); each pair is used once", p, len(repeated), lines
+            "%s: %d rows repeat an earlier row exactly (lines %s); each pair is used once",
+            p,
+            len(repeated),
+            lines,
         )
     return unique
 

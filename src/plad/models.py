@@ -68,7 +68,9 @@ def fit_positions(options: Any, models: list[Any], output_tokens: int, output_se
     if prompt + output_tokens <= limit:
         return options
     if limit < 2:
-        raise ModelError(f"model {name} reads only {limit} position(s); it cannot hold a prompt and an output")
+        raise ModelError(
+            f"model {name} reads only {limit} position(s); it cannot hold a prompt and an output"
+        )
     output = min(output_tokens, max(limit - prompt, limit // 2))
     fitted = dataclasses.replace(
         options, max_prompt_tokens=limit - output, max_target_tokens=min(options.max_target_tokens, output)
@@ -87,11 +89,13 @@ def fit_positions(options: Any, models: list[Any], output_tokens: int, output_se
     return fitted
 
 
-def load_tokenizer(name: str) -> Any:
+def load_tokenizer(name: str, what: str = "tokenizer") -> Any:
+    """The tokenizer of a folder or hub id; `what` names it in errors ("model" where the tokenizer is read from
+    the model's own folder)."""
     from transformers import AutoTokenizer
 
     if _looks_local(name) and not Path(name).expanduser().is_dir():
-        raise ModelError(f"tokenizer folder {name} does not exist")
+        raise ModelError(f"{what} folder {name} does not exist")
     try:
         tok = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as e:
@@ -146,7 +150,9 @@ def load_model_and_tokenizer(
 ) -> tuple[Any, Any]:
     """Model (weights in `dtype`) and tokenizer, checked to belong together. Pass `tok` when it was loaded already
     (stages load the tokenizer first, so that bad data fails before the weights are read)."""
-    tok = tok if tok is not None else load_tokenizer(tokenizer or model)
+    tok = (
+        tok if tok is not None else load_tokenizer(tokenizer or model, "tokenizer" if tokenizer else "model")
+    )
     lm = load_causal_lm(model, dtype)
     if lm.get_input_embeddings().num_embeddings < len(tok):
         raise ModelError(

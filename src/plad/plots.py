@@ -29,6 +29,11 @@ def load_results(path: str | Path) -> dict:
             if (p / name).is_file():
                 p = p / name
                 break
+    if p.is_dir():
+        raise ConfigError(
+            f"{p} holds no results: no bench.json (plad bench), sweep.json (plad sweep) or results.json (plad run) "
+            "in it; give one of those files or the folder of a finished run"
+        )
     if not p.is_file():
         raise ConfigError(
             f"results file {p} does not exist; give a bench.json (plad bench), sweep.json (plad sweep) or "

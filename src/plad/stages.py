@@ -38,12 +38,16 @@ from plad.train import check_output_dir, train
 log = logging.getLogger("plad")
 
 
-def _resume_fingerprint(cfg: object) -> str:
+def _resume_settings(cfg: object) -> dict:
     """Settings that must not change across --resume (not the flag itself, not the thread count)."""
     d = result_settings(cfg)
     d.pop("resume", None)
     d.pop("threads", None)
-    return fingerprint(d)
+    return d
+
+
+def _resume_fingerprint(cfg: object) -> str:
+    return fingerprint(_resume_settings(cfg))
 
 
 def encode_targets(examples: list[Example], tokenizer: object, cfg_data, where: str) -> list[Item]:
@@ -62,8 +66,8 @@ def run_sft(cfg: SFTConfig) -> dict:
     set_threads(cfg.threads)
     out = Path(cfg.output_dir)
     examples = load_examples(cfg.train_file, cfg.data, need_target=True, what="training data")
-    check_output_dir(out, cfg.resume, _resume_fingerprint(cfg))
-    tok = load_tokenizer(cfg.tokenizer or cfg.model)
+    check_output_dir(out, cfg.resume, _resume_fingerprint(cfg), _resume_settings(cfg))
+    tok = load_tokenizer(cfg.tokenizer or cfg.model, "tokenizer" if cfg.tokenizer else "model")
     data = fit_positions(cfg.data, [cfg.model], cfg.data.max_target_tokens, "data.max_target_tokens")
     # Over-long input fails here, before the weights are read.
     items = encode_targets(examples, tok, data, cfg.train_file)
@@ -184,7 +188,9 @@ def check_same_vocab(student_tok: object, teacher_tok: object, what: str) -> Non
 def load_frozen_teacher(cfg: DistillConfig, student_tok: object) -> Any:
     """The frozen teacher of the token-level methods, after checking (before reading weights) that it shares the
     student's vocabulary: token-level losses compare distributions over the same token ids."""
-    teacher_tok = load_tokenizer(cfg.teacher_tokenizer or cfg.teacher)
+    teacher_tok = load_tokenizer(
+        cfg.teacher_tokenizer or cfg.teacher, "teacher tokenizer" if cfg.teacher_tokenizer else "teacher"
+    )
     try:
         check_same_vocab(
             student_tok,
@@ -361,8 +367,8 @@ def run_distill(cfg: DistillConfig) -> dict:
         check_prompts(get_scorer(cfg.scorer), [Example(i, q) for i, q in prompts.items()], cfg.pairs_file)
     if cfg.data_fraction < 1:
         pairs, examples = _fraction(pairs, cfg.data_fraction), _fraction(examples, cfg.data_fraction)
-    check_output_dir(out, cfg.resume, _resume_fingerprint(cfg))
-    tok = load_tokenizer(cfg.tokenizer or cfg.model)
+    check_output_dir(out, cfg.resume, _resume_fingerprint(cfg), _resume_settings(cfg))
+    tok = load_tokenizer(cfg.tokenizer or cfg.model, "tokenizer" if cfg.tokenizer else "model")
     # the teacher of the token-level methods reads the same rows (on-policy samples are fitted in generation)
     models = [cfg.model] + ([cfg.teacher] if method.needs_teacher_model else [])
     data = fit_positions(cfg.data, models, cfg.data.max_target_tokens, "data.max_target_tokens")

@@ -69,7 +69,7 @@ def run_heal(cfg: HealConfig) -> dict:
         require(cfg, "teacher")
     set_threads(cfg.threads)
     out = Path(cfg.output_dir)
-    tok = load_tokenizer(cfg.model)
+    tok = load_tokenizer(cfg.model, "model")
     texts = text_items(cfg.text_file, cfg.text_field, tok)
     if len(texts) <= cfg.val_texts:
         raise DataError(f"{cfg.text_file}: {len(texts)} texts, not more than val_texts={cfg.val_texts}")
@@ -79,7 +79,7 @@ def run_heal(cfg: HealConfig) -> dict:
     if cfg.objective == "kd":  # the vocabularies before anything is written or any weight read
         from plad.stages import check_same_vocab
 
-        teacher_tok = load_tokenizer(cfg.teacher)
+        teacher_tok = load_tokenizer(cfg.teacher, "teacher")
         check_same_vocab(tok, teacher_tok, f"heal objective kd: student {cfg.model}, teacher {cfg.teacher}")
     check_output_dir(out, cfg.resume, _resume_fingerprint(cfg))
     summary_path = out / "heal.json"

@@ -124,7 +124,7 @@ def run_prune(cfg: PruneConfig) -> dict:
         raise ConfigError(
             f"output_dir {out} already holds a model; choose another folder (nothing was changed)"
         )
-    tok = load_tokenizer(cfg.tokenizer or cfg.model)
+    tok = load_tokenizer(cfg.tokenizer or cfg.model, "tokenizer" if cfg.tokenizer else "model")
     model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype="auto")
     new_config = pruned_config(model.config, keep)
     small = AutoModelForCausalLM.from_config(new_config, dtype=model.dtype)

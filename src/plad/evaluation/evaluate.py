@@ -322,7 +322,10 @@ def run_eval(cfg: EvalConfig, force: bool = False) -> dict:
             hint="leave scorer empty (ROUGE-L is the headline) or use another judge",
         )
     if "reward-model" in judges_wanted and any(not isinstance(ex.prompt, str) for ex in examples):
-        rm_tok = load_tokenizer(cfg.reward_model.tokenizer or cfg.reward_model.model)
+        rm_tok = load_tokenizer(
+            cfg.reward_model.tokenizer or cfg.reward_model.model,
+            "tokenizer" if cfg.reward_model.tokenizer else "reward model",
+        )
         if not getattr(rm_tok, "chat_template", None):
             raise DataError(
                 f"{cfg.test_file}: the prompts are chat messages but the reward model's tokenizer has no chat "

@@ -121,7 +121,9 @@ class RewardModelJudge(ScoreJudge):
 
         check_reward_model(opts)
         self.opts = opts
-        self.tok = load_tokenizer(opts.tokenizer or opts.model)
+        self.tok = load_tokenizer(
+            opts.tokenizer or opts.model, "tokenizer" if opts.tokenizer else "reward model"
+        )
         self.tok.padding_side = "right"
         self.tok.truncation_side = "left"  # a too-long text keeps the output it is about
         self.model = AutoModelForSequenceClassification.from_pretrained(opts.model, dtype=torch.float32)

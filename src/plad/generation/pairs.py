@@ -270,7 +270,9 @@ def _generate_hf(
     per prompt with num_return_sequences, one append + fsync per batch."""
     model, tok = load_model_and_tokenizer(side.model, side.tokenizer, dtype=side.dtype)
     model = for_inference(model)
-    data = fit_positions(cfg.data, [model.config], side.sampling.max_new_tokens, f"{name}.sampling.max_new_tokens")
+    data = fit_positions(
+        cfg.data, [model.config], side.sampling.max_new_tokens, f"{name}.sampling.max_new_tokens"
+    )
     prompt_ids = encode_prompts(tok, examples, data, cfg.prompts_file)
     batches = plan_batches(
         [len(p) for p in prompt_ids],
