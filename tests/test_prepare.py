@@ -463,6 +463,15 @@ def test_bench_on_a_prepared_benchmark(tiny, tmp_path, monkeypatch):
         "plad-margin",
         "kd",
     }
+    # the parts' provenance without this machine's paths, in bench.json and bench.md
+    prov = summary["prepared"]
+    assert prov["teacher_info"]["gguf_sha256"] == manifest["teacher_info"]["gguf_sha256"]
+    assert prov["data_info"]["files"] == manifest["data_info"]["files"]
+    assert prov["pruned_info"]["kept_layers"] == manifest["pruned_info"]["kept_layers"]
+    assert str(cache) not in json.dumps(prov)
+    md = (tmp_path / "bench" / "bench.md").read_text()
+    assert "Prepared benchmark `debian-smollm2`" in md and manifest["teacher_info"]["wheel_sha256"][:16] in md
+    assert summary["wall_seconds_per_seed"][0] > 0
     assert not (seed / "teacher-sft").exists()  # the prepared teacher is fine-tuned already
     teacher_eval = json.loads((seed / "eval" / "teacher" / "results.json").read_text())
     assert (

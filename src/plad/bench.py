@@ -429,6 +429,23 @@ def aggregate(cfg: BenchConfig, per_seed: list[dict]) -> dict:
         "pairs_per_seed": [r["pairs"] for r in per_seed],
         "real_pairs_per_seed": [r.get("real_pairs", {}).get("pairs") for r in per_seed],
         "seconds_per_seed": [r["stage_seconds_total"] for r in per_seed],
+        "wall_seconds_per_seed": [r.get("seconds_this_invocation") for r in per_seed],
+        **({"prepared": prepared_provenance(cfg.run)} if cfg.run.prepared else {}),
+    }
+
+
+def prepared_provenance(run_cfg: Any) -> dict:
+    """Where a prepared benchmark's parts came from (`plad prepare`'s manifest without this machine's paths):
+    the teacher wheel and GGUF checksums, the data release, options and file checksums, the pruned layers and the
+    healing, the teacher's SFT."""
+    from plad.benchmark.real import load_prepared
+
+    manifest = load_prepared(run_cfg.prepared, run_cfg.prepared_cache_dir)
+    paths = {"root", "teacher", "teacher_base", "student", "files"}  # top level: this machine's folders
+    return {
+        k: {i: x for i, x in v.items() if i not in ("model", "output_dir")} if isinstance(v, dict) else v
+        for k, v in manifest.items()
+        if k not in paths
     }
 
 
@@ -454,6 +471,33 @@ def _columns(summary: dict) -> list[tuple[str, str]]:
     if judge == "rouge":
         cols = [c for c in cols if c[0] != "rouge_l"]  # the same numbers twice
     return [c for c in cols if any(row.get(c[0]) for row in summary["table"].values())]
+
+
+def _prepared_lines(prepared: dict | None) -> list[str]:
+    """The provenance of a prepared benchmark in a few lines of markdown (empty when the bench used none)."""
+    if not prepared:
+        return []
+    t, d = prepared.get("teacher_info", {}), prepared.get("data_info", {})
+    pruned, heal, tsft = (
+        prepared.get("pruned_info", {}),
+        prepared.get("heal_info", {}),
+        prepared.get("teacher_sft_info", {}),
+    )
+    release = d.get("release", {})
+    lines = [
+        "",
+        f"Prepared benchmark `{prepared.get('name')}` ({prepared.get('description', '')}):",
+        f"- teacher: {t.get('gguf')} from {t.get('wheel')} (sha256 {str(t.get('wheel_sha256'))[:16]}...), "
+        f"{t.get('parameters', 0) / 1e6:.1f}M parameters, {t.get('layers')} layers, vocabulary {t.get('vocab')}; "
+        f"fine-tuned {tsft.get('steps')} steps (final loss {tsft.get('final_loss', float('nan')):.3f})",
+        f"- data: {release.get('origin')} {release.get('version')} ({release.get('codename')}, {release.get('date')}); "
+        f"split sizes {d.get('sizes')}; file sha256: "
+        + ", ".join(f"{k} {v[:12]}" for k, v in (d.get("files") or {}).items()),
+        f"- student: layers {pruned.get('kept_layers')} of the teacher ({pruned.get('parameters', 0) / 1e6:.1f}M "
+        f"parameters), healed {heal.get('steps')} steps ({heal.get('objective')} loss): held-out NLL "
+        f"{heal.get('heldout_nll_before')} -> {heal.get('heldout_nll_after')}",
+    ]
+    return lines
 
 
 def to_markdown(summary: dict) -> str:
@@ -515,7 +559,14 @@ def to_markdown(summary: dict) -> str:
         f"method from the same SFT student; learning rate chosen per method and seed from {summary['grid_lr']} on the "
         "validation split; compute time per seed (s, sum of its stages): "
         + ", ".join(f"{s:g}" for s in summary["seconds_per_seed"])
+        + (
+            "; wall time of the invocation that finished each seed (s): "
+            + ", ".join(f"{s:g}" for s in summary["wall_seconds_per_seed"])
+            if all(summary.get("wall_seconds_per_seed") or [None])
+            else ""
+        )
         + ".",
+        *_prepared_lines(summary.get("prepared")),
         "",
         f"Test split, judge `{judge}`. Mean over seeds with a 95% t-interval across seeds. `vs student-sft`: "
         "head-to-head win rate against the initial (SFT) student (the higher score wins); ties count 1/2. "
