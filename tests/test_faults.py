@@ -14,6 +14,7 @@ import errno
 import hashlib
 import io
 import json
+import math
 import os
 import threading
 import time
@@ -97,7 +98,7 @@ def fill_disk(monkeypatch: pytest.MonkeyPatch, name: str, after: int = 0) -> Non
 # --------------------------------------------------------------------------------------------------------------
 # plad distill
 
-STEPS, SAVE_EVERY = 40, 5
+STEPS, SAVE_EVERY = 60, 5
 METHODS = ["plad-rank", "kd"]  # pairs (sequence level) and a frozen teacher (token level)
 
 
@@ -154,7 +155,7 @@ def test_distill_killed_at_a_seeded_random_step_resumes_exactly(
     bench: Bench, pairs_file: Path, distill_reference, tmp_path: Path, method: str, caplog
 ) -> None:
     reference = distill_reference(method)
-    at = kill_point(f"distill-{method}", SAVE_EVERY + 1, STEPS - 10)
+    at = kill_point(f"distill-{method}", SAVE_EVERY + 1, STEPS - 30)
     out, log = tmp_path / "run", tmp_path / "killed.log"
     args = distill_args(bench, pairs_file, method, out)
     proc = popen_plad(*args, log=log)
@@ -216,18 +217,22 @@ def test_full_disk_in_distill_says_so_and_resume_continues(
 
 class Judge:
     """A loopback judge: the verdict (A, B or tie) and the reply are a function of the request text, so every run
-    gets the same verdicts; `asked` holds a short hash of each request text answered, in order."""
+    gets the same verdicts; `asked` holds a short hash of each request text received, in order."""
 
     def __init__(self) -> None:
         self.asked: list[str] = []
         self.lock = threading.Lock()
+        self.slow_after = (
+            math.inf
+        )  # answers this many requests quickly, then slowly (a kill lands before the end)
         self.server = ScriptedServer(self.reply)
 
     def reply(self, body: dict) -> str:
         h = hashlib.sha256(body["messages"][-1]["content"].encode()).hexdigest()[:12]
-        time.sleep(0.02)  # judging takes a while: a kill lands in the middle of it
-        with self.lock:
+        with self.lock:  # counted when asked: a request in flight at a kill was paid for by the killed run
             self.asked.append(h)
+            slow = len(self.asked) > self.slow_after
+        time.sleep(0.5 if slow else 0.01)
         verdict = ("A", "B", "tie")[int(h, 16) % 3]
         return f"Comparison: request {h}.\nPreferred: {verdict}"
 
@@ -325,8 +330,12 @@ def test_eval_killed_mid_judging_resumes_exactly(
     cache = out / "llm_verdicts.jsonl"
     args = eval_args(bench, out, judge, other_outputs)
     judge.asked.clear()
-    proc = popen_plad(*args, log=log)
-    kill_when(proc, lambda: complete_lines(cache) >= at, log, timeout=120)
+    judge.slow_after = at
+    try:
+        proc = popen_plad(*args, log=log)
+        kill_when(proc, lambda: complete_lines(cache) >= at, log, timeout=120)
+    finally:
+        judge.slow_after = math.inf
     assert not (out / "results.json").exists(), "the run finished before the kill"
     stored = read_torn(cache, tolerate_torn_tail=True)
     assert at <= len(stored) < need
