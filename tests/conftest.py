@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +99,46 @@ def popen_plad(*args: object, log: Path) -> subprocess.Popen:
         return subprocess.Popen(plad_cmd(*args), env=subprocess_env(), stdout=fh, stderr=subprocess.STDOUT)
     finally:
         fh.close()
+
+
+def complete_lines(path: Path) -> int:
+    """Rows fully written (newline-terminated) so far; 0 while the file does not exist."""
+    try:
+        return Path(path).read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def kill_when(proc: subprocess.Popen, ready, log: Path, timeout: float = 60.0) -> None:
+    """Poll `ready()` every few ms; SIGKILL the process as soon as it holds. Fails if the process ends first."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(
+                f"process ended (rc {proc.returncode}) before the kill point:\n{log.read_text()[-3000:]}"
+            )
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"kill point not reached in {timeout} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+
+
+KILL_SEED = 13  # fixed: a failing kill point comes back on the next run
+
+
+def kill_point(what: str, lo: int, hi: int) -> int:
+    """A kill point in [lo, hi] (rows or steps observed) drawn by random.Random seeded with KILL_SEED and `what`:
+    each test kills somewhere else than at a hand-picked round number, the same place every run."""
+    return random.Random(f"{KILL_SEED}:{what}").randint(lo, hi)
+
+
+def one_error_line(err: str, command: str) -> str:
+    """The one `plad COMMAND: ...` line of a failed run's stderr; no traceback."""
+    lines = [line for line in err.splitlines() if line.startswith(f"plad {command}:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
 
 
 def main_inprocess(*args: object) -> int:

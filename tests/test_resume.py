@@ -7,44 +7,26 @@ same `plad.cli.main` in this process (one torch thread everywhere, so results ca
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import Bench, load_safetensors, main_inprocess, popen_plad, read_jsonl
+from conftest import (
+    Bench,
+    complete_lines,
+    kill_point,
+    kill_when,
+    load_safetensors,
+    main_inprocess,
+    popen_plad,
+    read_jsonl,
+)
 
 pytestmark = pytest.mark.slow
 
 N_PROMPTS = 48  # the bench's distill split
 SIDE_BATCH = 2  # prompts per generation batch: many small appends, so a kill lands mid-job
-
-
-def _complete_lines(path: Path) -> int:
-    """Rows fully written (newline-terminated) so far; 0 while the file does not exist."""
-    try:
-        return path.read_bytes().count(b"\n")
-    except FileNotFoundError:
-        return 0
-
-
-def _kill_when(proc: subprocess.Popen, ready, log: Path, timeout: float = 60.0) -> None:
-    """Poll `ready()` every few ms; SIGKILL the process as soon as it holds. Fails if the process ends first."""
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if proc.poll() is not None:
-            pytest.fail(
-                f"process ended (rc {proc.returncode}) before the kill point:\n{log.read_text()[-3000:]}"
-            )
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"kill point not reached in {timeout} s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=30) == -signal.SIGKILL
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -71,17 +53,29 @@ def _sample_key(row: dict) -> tuple:
     return (row["id"], row["side"], row["index"], row["fingerprint"])
 
 
-def test_pairs_killed_mid_job_resumes_to_identical_store(bench: Bench, tmp_path: Path) -> None:
-    a, b = tmp_path / "A", tmp_path / "B"
-    assert main_inprocess(*_pairs_args(bench, a)) == 0  # uninterrupted reference
+@pytest.fixture(scope="module")
+def pairs_reference(bench: Bench, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pairs-reference") / "A"
+    assert main_inprocess(*_pairs_args(bench, out)) == 0  # uninterrupted
+    return out
 
+
+# Killed a few batches in (the teacher side, unless polling lags), and at a seeded random number of stored rows
+# (either side): the resumed run finishes the job.
+PAIRS_KILL_POINTS = {"fixed": 8, "seeded": kill_point("pairs", 1, 2 * N_PROMPTS - 12)}
+
+
+@pytest.mark.parametrize("at", PAIRS_KILL_POINTS)
+def test_pairs_killed_mid_job_resumes_to_identical_store(
+    bench: Bench, tmp_path: Path, pairs_reference: Path, at: str
+) -> None:
+    a, b = pairs_reference, tmp_path / "B"
     log = tmp_path / "killed.log"
     proc = popen_plad(*_pairs_args(bench, b), log=log)
     samples_b = b / "samples.jsonl"
-    # Kill a few batches in (the teacher side, unless polling lags): the resumed run finishes the job.
-    _kill_when(proc, lambda: _complete_lines(samples_b) >= 8, log)
+    kill_when(proc, lambda: complete_lines(samples_b) >= PAIRS_KILL_POINTS[at], log)
     assert not (b / "pairs.jsonl").exists()
-    kept = _complete_lines(samples_b)
+    kept = complete_lines(samples_b)
     assert 0 < kept < 2 * N_PROMPTS
     # A kill in the middle of a write leaves a torn last line; make sure there is one.
     with samples_b.open("ab") as f:
@@ -153,7 +147,7 @@ def test_sft_killed_after_checkpoint_resumes_exactly(
 ) -> None:
     out, log = tmp_path / "run", tmp_path / "killed.log"
     proc = popen_plad(*_sft_args(bench, out, "--train.save_every", 5), log=log)
-    _kill_when(proc, lambda: bool(_checkpoint_dirs(out)), log)
+    kill_when(proc, lambda: bool(_checkpoint_dirs(out)), log)
     assert not (out / "train_summary.json").exists(), "the run finished before the kill; make it longer"
     ckpt_step = int(_checkpoint_dirs(out)[-1].name.split("-")[1])
     assert ckpt_step < STEPS
@@ -199,15 +193,37 @@ def test_sft_killed_after_checkpoint_resumes_exactly(
     assert "different config" in capsys.readouterr().err
 
 
+def test_sft_killed_at_a_seeded_random_step_resumes_exactly(
+    bench: Bench, tmp_path: Path, sft_reference: dict, caplog
+) -> None:
+    """Killed after a seeded random number of logged steps (anywhere between two checkpoints, or during a save):
+    --resume continues from the newest complete checkpoint and ends bit for bit where the reference did."""
+    at = kill_point("sft", 6, STEPS - 60)
+    out, log = tmp_path / "run", tmp_path / "killed.log"
+    proc = popen_plad(*_sft_args(bench, out, "--train.save_every", 5), log=log)
+    kill_when(proc, lambda: complete_lines(out / "metrics.jsonl") >= at, log)
+    assert not (out / "train_summary.json").exists(), "the run finished before the kill; make it longer"
+    logged = complete_lines(out / "metrics.jsonl")
+    assert logged >= at
+
+    caplog.set_level("INFO", logger="plad")
+    assert main_inprocess(*_sft_args(bench, out, "--train.save_every", 5, "--resume")) == 0
+    resumed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resumed from")]
+    step = int(resumed[0].split("(step ")[1].split(" ")[0])
+    assert step % 5 == 0 and logged - 5 <= step <= logged, (step, logged)  # the newest checkpoint
+    _assert_same_weights(load_safetensors(out / "model.safetensors"), sft_reference)
+    assert _metric_steps(out) == list(range(1, STEPS + 1))
+
+
 def test_sft_killed_before_first_checkpoint_restarts_cleanly(
     bench: Bench, tmp_path: Path, sft_reference: dict
 ) -> None:
     out, log = tmp_path / "run", tmp_path / "killed.log"
     args = _sft_args(bench, out, "--train.save_every", STEPS - 10)
     proc = popen_plad(*args, log=log)
-    _kill_when(proc, lambda: _complete_lines(out / "metrics.jsonl") >= 3, log)
+    kill_when(proc, lambda: complete_lines(out / "metrics.jsonl") >= 3, log)
     assert not _checkpoint_dirs(out) and not (out / "train_summary.json").exists()
-    logged_before_kill = _complete_lines(out / "metrics.jsonl")
+    logged_before_kill = complete_lines(out / "metrics.jsonl")
     assert logged_before_kill >= 3
 
     assert main_inprocess(*args, "--resume") == 0
@@ -239,7 +255,7 @@ def test_iterated_plad_killed_after_a_round_resumes_exactly(bench: Bench, tmp_pa
     out, log = tmp_path / "run", tmp_path / "killed.log"
     proc = popen_plad(*args(out), log=log)
     # killed after the round-2 samples were stored and a checkpoint of round 2 was written
-    _kill_when(proc, lambda: any(int(p.name.split("-")[1]) >= 35 for p in _checkpoint_dirs(out)), log)
+    kill_when(proc, lambda: any(int(p.name.split("-")[1]) >= 35 for p in _checkpoint_dirs(out)), log)
     assert not (out / "train_summary.json").exists(), "the run finished before the kill; make it longer"
     round_file = out / "rounds" / "round-1.jsonl"
     stored = round_file.read_bytes()

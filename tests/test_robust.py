@@ -21,6 +21,7 @@ from conftest import (
     Bench,
     load_safetensors,
     main_inprocess,
+    one_error_line,
     popen_plad,
     read_jsonl,
     run_plad,
@@ -53,12 +54,6 @@ def user_files(tmp_path: Path) -> tuple[Path, Path, Path]:
     write_jsonl_atomic(a, [{"id": r["id"], "output": r["target"]} for r in USER_ROWS])
     write_jsonl_atomic(b, [{"id": r["id"], "output": "a tool"} for r in USER_ROWS])
     return test, a, b
-
-
-def one_error_line(err: str, command: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith(f"plad {command}:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 # --------------------------------------------------------------------------------------------------------------

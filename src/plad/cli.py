@@ -285,8 +285,13 @@ def main(argv: list[str] | None = None) -> int:
         if full is None:
             raise
         what = getattr(full, "filename", None) or ""
+        # an OSError's own words; of another library's error (safetensors' "Error while serializing: I/O error:
+        # No space left on device (os error 28)"), the part that says what happened
+        reason = getattr(full, "strerror", None) or next(
+            (s for s in ("No space left on device", "Disk quota exceeded") if s in str(full)), str(full)
+        )
         print(
-            f"plad {ns.command}: error: the disk is full ({getattr(full, 'strerror', None) or full}"
+            f"plad {ns.command}: error: the disk is full ({reason}"
             f"{' writing ' + str(what) if what else ''}); everything written before it is kept: free some space "
             f"and {_resume_hint(ns.command)}",
             file=sys.stderr,

@@ -109,13 +109,23 @@ def jsonl_line(row: Any) -> bytes:
         return (json.dumps(row, ensure_ascii=True) + "\n").encode("ascii")
 
 
+def _name_file(e: OSError, path: Path) -> None:
+    """Let `e` name the file written: a failed write (ENOSPC: a full disk) names none, and the user needs to know."""
+    if e.filename is None:
+        e.filename = str(path)
+
+
 def append_jsonl(path: Path, rows: Iterable[dict]) -> None:
     """Append whole rows, then flush and fsync: a crash loses at most the rows of this call."""
     payload = b"".join(jsonl_line(r) for r in rows)
-    with path.open("ab") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with path.open("ab") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        _name_file(e, path)
+        raise
 
 
 def write_jsonl_atomic(path: Path, rows: Iterable[dict]) -> None:
@@ -151,6 +161,10 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        _name_file(e, path)  # the file meant, not the temp file
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import logging
@@ -372,6 +373,8 @@ class LlmJudge:
             try:
                 failed = asyncio.run(main())
             except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise  # a full disk, not the endpoint: `plad` says so, and that the same command continues
                 raise ApiStopped(
                     f"llm judge: writing {self.cache_path} failed ({e.strerror or e}); the run stopped, the verdicts "
                     "stored before it are kept"
