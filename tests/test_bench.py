@@ -143,7 +143,7 @@ def test_report_rejects_bad_results(tmp_path: Path, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_bench_without_task_scorer_same_in_parallel(tmp_path: Path) -> None:
+def test_bench_without_task_scorer_same_in_parallel(tmp_path: Path, capfd) -> None:
     """A task without a scorer (the real benchmark's case): ROUGE-L is the headline, plad-margin's scores come from
     the teacher (teacher-logp), head-to-head and length buckets are against the SFT student, calibration pairs are
     ranked by ROUGE-L. `jobs: 2` runs the tuning, test evaluations, calibration and data-scaling stages in two
@@ -172,6 +172,10 @@ def test_bench_without_task_scorer_same_in_parallel(tmp_path: Path) -> None:
         cfg = {**base, "jobs": jobs, "output_dir": str(tmp_path / f"jobs{jobs}")}
         (tmp_path / f"bench{jobs}.yaml").write_text(yaml.safe_dump(cfg))
         assert main_inprocess("bench", "--config", tmp_path / f"bench{jobs}.yaml") == 0
+        err = capfd.readouterr().err
+        if jobs == 2:  # workers log as plad[pid], other libraries' INFO lines (rouge-score's) are not shown
+            assert "]: tune/kd/lr-" in err and "plad[" in err
+            assert "Using default tokenizer" not in err, err
         per_seed = json.loads((tmp_path / f"jobs{jobs}" / "seed-0" / "bench_seed.json").read_text())
         seeds[jobs] = {k: v for k, v in per_seed.items() if "seconds" not in k}
     assert seeds[1] == seeds[2]

@@ -508,9 +508,9 @@ def test_only_plads_own_log_lines_say_plad(tmp_path: Path) -> None:
 
     import logging
 
-    from plad.cli import _Format
+    from plad.logs import Format
 
-    fmt = _Format("%(source)s: %(message)s")
+    fmt = Format("%(source)s: %(message)s")
     record = logging.LogRecord("absl", logging.WARNING, "", 0, "Using default tokenizer.", None, None)
     assert fmt.format(record) == "absl: Using default tokenizer."
     record = logging.LogRecord("plad", logging.INFO, "", 0, "eval: done", None, None)

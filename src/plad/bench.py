@@ -71,16 +71,15 @@ def _tune(
     return {"trials": trials, "lr": best, "model": trials[best]["model"]}
 
 
-def _worker_init() -> None:
+def _worker_init(quiet: bool = False) -> None:
     """A worker logs like plad with its pid, and stops on SIGINT / SIGTERM as plad does: a training run finishes
     its step and writes a checkpoint first (Ctrl-C reaches every process of the terminal's group)."""
-    import logging as logging_
     import signal
 
     from plad import signals
+    from plad.logs import setup_logging
 
-    logging_.basicConfig(level=logging_.INFO, format=f"plad[{os.getpid()}]: %(message)s", stream=sys.stderr)
-    logging_.getLogger("accelerate").setLevel(logging_.WARNING)
+    setup_logging(quiet, tag=f"[{os.getpid()}]")  # the parent's -q
     for s in signals.SIGNALS:
         signal.signal(s, signals._handler)
 
@@ -101,7 +100,12 @@ def run_parallel(run: Run, jobs: int, tasks: list[tuple]) -> None:
 
     threads = max(1, (run.cfg.threads or os.cpu_count() or 1) // jobs)
     worker_run = dataclasses.replace(run, cfg=dataclasses.replace(run.cfg, threads=threads))
-    with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+    with cf.ProcessPoolExecutor(
+        jobs,
+        mp_context=mp.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(not log.isEnabledFor(logging.INFO),),
+    ) as pool:
         futures = [pool.submit(_run_task, fn, worker_run, args) for fn, args in tasks]
         try:
             for f in cf.as_completed(futures):

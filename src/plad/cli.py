@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import errno
-import logging
 import signal
 import sys
 from typing import Any, NoReturn
@@ -28,6 +27,7 @@ from plad.config import (
     flat_fields,
     load_config,
 )
+from plad.logs import setup_logging
 
 STAGES: dict[str, tuple[type, str]] = {
     "sft": (SFTConfig, "fine-tune a causal LM on (prompt, target): teacher and student initialisation"),
@@ -196,32 +196,6 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2))
 
 
-class _Format(logging.Formatter):
-    """plad's own lines as `plad: message`; another library's (a warning of transformers, absl, ...) under its own
-    logger name, so that nobody takes them for plad's."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        record.source = "plad" if record.name.split(".")[0] == "plad" else record.name
-        return super().format(record)
-
-
-def _setup_logging(quiet: bool) -> None:
-    """plad's logger at INFO (-q: WARNING); other libraries' loggers at WARNING (their INFO lines, like rouge-score's
-    "Using default tokenizer.", are not shown)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Format("%(source)s: %(message)s"))
-    root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, "_plad", False)]:  # main() called again in one process
-        root.removeHandler(old)
-    handler._plad = True  # type: ignore[attr-defined]
-    if not root.handlers:
-        root.addHandler(handler)
-    root.setLevel(logging.WARNING)
-    logging.getLogger("plad").setLevel(logging.WARNING if quiet else logging.INFO)
-    for noisy in ("httpx", "accelerate", "torch.distributed", "absl"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 TRAINING = ("sft", "distill", "heal")
 
 
@@ -254,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     ns, unknown = parser.parse_known_args(_numbers_as_values(argv))
     if unknown:  # named by the command's own parser, which knows its settings
         parser.commands[ns.command].error(f"unrecognized arguments: {' '.join(unknown)}")
-    _setup_logging(ns.quiet)
+    setup_logging(ns.quiet)
 
     from transformers.utils import logging as hf_logging
 
