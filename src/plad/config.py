@@ -1081,6 +1081,48 @@ def set_dotted(data: dict, cls: type, dotted: str, raw: str) -> None:
             node = node.setdefault(part, {})
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping: YAML keeps the last one silently, so a second
+    `train:` section would drop every setting of the first."""
+
+
+def _unique_keys(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            line = seen.get(key)
+        except TypeError:  # an unhashable key: construct_mapping says so
+            break
+        if line is not None:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"key {key!r} is given twice (first on line {line + 1}); keep one",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep)
+
+
+_ConfigLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_keys)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error on one line: where (line, column), what, and in what (PyYAML's own text spans several lines
+    and quotes the text)."""
+    if isinstance(e, yaml.reader.ReaderError):  # PyYAML's own text says "<byte string>" instead of the file
+        if e.encoding != "unicode":
+            return f"byte {e.position} is not {e.encoding.upper()} text ({e.reason}); save the file as UTF-8"
+        return f"character {e.position} (#x{e.character:04x}) is a control character, not allowed in YAML"
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None) or str(e)
+    context, context_mark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    text = (f"line {mark.line + 1}, column {mark.column + 1}: " if mark else "") + problem
+    if context:
+        text += f" ({context}{f' from line {context_mark.line + 1}' if context_mark else ''})"
+    return " ".join(text.split())
+
+
 def load_config(cls: type, path: str | Path | None = None, overrides: list[tuple[str, str]] = ()) -> Any:
     """YAML file (optional) + dotted overrides -> validated dataclass."""
     data: dict = {}
@@ -1089,9 +1131,9 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[tuple
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.load(p.read_bytes(), Loader=_ConfigLoader) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+            raise ConfigError(f"config file {p} is not valid YAML: {_yaml_problem(e)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {p} must hold a mapping of settings at the top level")
     for key, raw in overrides:
