@@ -353,6 +353,10 @@ class ModelSide:
 
     def __post_init__(self) -> None:
         _check_choices(self)
+        if self.backend == "openai" and not self.api.base_url:  # before the other side generates anything
+            raise ConfigError(
+                "backend openai needs api.base_url, the endpoint (e.g. http://127.0.0.1:8000/v1)"
+            )
 
 
 # --------------------------------------------------------------------------------------------------------------
