@@ -97,8 +97,9 @@ class SampleScorer:
         if name == "rouge":
             if missing := next((ex for ex in examples if not ex.target), None):
                 raise ConfigError(
-                    f"scorer rouge scores samples against the prompts' targets, but prompt {missing.id} has none; "
-                    "use scorer teacher-logp (needs no reference) or give the prompts file a target field"
+                    f"{where} id {missing.id}: scorer rouge scores samples against the prompt's target, and this "
+                    "prompt has none; use scorer teacher-logp (needs no reference), or give the prompts targets (in "
+                    "the field that data.target_field names)"
                 )
         elif name != "teacher-logp":
             from plad.scorers import check_prompts, get_scorer
