@@ -59,6 +59,11 @@ def read_jsonl(path: str | Path, tolerate_torn_tail: bool = False) -> list[dict]
     return rows
 
 
+def one_line(error: BaseException) -> str:
+    """Another library's error message on one line (plad's errors are one line each)."""
+    return " ".join(str(error).split())
+
+
 def lone_surrogate(value: Any) -> str | None:
     """The first lone surrogate (e.g. "\\udce9": valid JSON, but an undecodable byte rather than a character, which
     tokenizers refuse) in the text(s) of `value`, as an escape to show; None when every text is proper Unicode."""
@@ -174,7 +179,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 # Loading examples
 
 
-def _load_rows(source: str, split: str) -> tuple[list[dict], str]:
+def _load_rows(source: str, split: str, what: str = "data") -> tuple[list[dict], str]:
     """Rows and a human name of where they came from (for error messages)."""
     p = Path(source)
     if p.suffix in (".jsonl", ".json") or p.is_file():
@@ -184,7 +189,13 @@ def _load_rows(source: str, split: str) -> tuple[list[dict], str]:
     if p.is_dir():
         import datasets
 
-        ds = datasets.load_from_disk(str(p))
+        try:
+            ds = datasets.load_from_disk(str(p))
+        except FileNotFoundError:
+            raise DataError(
+                f"{what} {p} is a folder but not a dataset saved with datasets' save_to_disk; give a JSONL file or "
+                "such a folder"
+            ) from None
         if isinstance(ds, datasets.DatasetDict):
             if split not in ds:
                 raise DataError(f"{p}: no split {split!r} (has {', '.join(ds)}); set data.split")
@@ -197,7 +208,7 @@ def _load_rows(source: str, split: str) -> tuple[list[dict], str]:
     try:
         ds = datasets.load_dataset(source, split=split)
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds; the user needs the name and the cause
-        raise DataError(f"could not load dataset {source!r} (split {split!r}): {e}") from None
+        raise DataError(f"could not load dataset {source!r} (split {split!r}): {one_line(e)}") from None
     return [dict(r) for r in ds], f"{source}[{split}]"
 
 
@@ -205,7 +216,7 @@ def load_examples(source: str, options: DataOptions, need_target: bool, what: st
     """Examples from a JSONL file, a saved dataset folder or a hub dataset, with the column map of `options`."""
     if not source:
         raise DataError(f"no {what} given")
-    rows, where = _load_rows(source, options.split)
+    rows, where = _load_rows(source, options.split, what)
     if not rows:
         raise DataError(f"{where}: the {what} is empty")
     examples, seen = [], set()
