@@ -262,8 +262,17 @@ def load_examples(source: str, options: DataOptions, need_target: bool, what: st
     return examples
 
 
+def _is_prompt(value: Any) -> bool:
+    """Non-empty text, or chat messages [{role, content}, ...]."""
+    if isinstance(value, list):
+        return bool(value) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
+    return isinstance(value, str) and bool(value.strip())
+
+
 def _kind(value: Any) -> str:
     """A JSON value's kind, for messages: 'a number', 'a list'..."""
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, int | float):
@@ -287,6 +296,15 @@ def load_pairs(path: str, need_scores: bool = False, need_teacher_logps: bool = 
                 raise DataError(f"{p}:{i}: missing field {key!r}")
             if key != "id" and (bad := lone_surrogate(row[key])):
                 raise DataError(surrogate_error(f"{p}:{i}", key, bad))
+        if not _is_prompt(prompt := row["prompt"]):
+            got = "empty text" if isinstance(prompt, str) else _kind(prompt)
+            raise DataError(
+                f"{p}:{i}: field 'prompt' holds {got}; a prompt is non-empty text or chat messages "
+                "[{role, content}, ...]"
+            )
+        for key in ("chosen", "rejected"):
+            if not isinstance(row[key], str):
+                raise DataError(f"{p}:{i}: field {key!r} holds {_kind(row[key])}, not the text of an output")
         key = str(row["id"])
         if key in first_line:
             line, other = first_line[key]
