@@ -416,6 +416,9 @@ def test_load_causal_lm_missing_folder(tmp_path):
     with pytest.raises(ModelError, match="does not exist"):
         load_causal_lm(str(tmp_path / "nothing-here"))
     (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="empty is empty; give a folder that a model was saved to"):
+        load_causal_lm(str(tmp_path / "empty"))
+    (tmp_path / "empty" / "README.md").write_text("a model card, no model")
     with pytest.raises(ModelError, match="config.json"):
         load_causal_lm(str(tmp_path / "empty"))
 
