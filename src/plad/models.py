@@ -166,6 +166,16 @@ def load_causal_lm(name: str, dtype: str = "float32", config: Any = None) -> Any
     return model
 
 
+def check_vocab(tok: Any, embedded: Any, tokenizer: str, model: str) -> None:
+    """A tokenizer with more tokens than the model embeds (`embedded`: its embedding rows, or its config's
+    vocab_size; None when unknown) does not belong to it."""
+    if isinstance(embedded, int) and embedded < len(tok):
+        raise ModelError(
+            f"tokenizer {tokenizer} has {len(tok)} tokens but model {model} embeds only {embedded}; they do not "
+            "belong together"
+        )
+
+
 def load_model_and_tokenizer(
     model: str, tokenizer: str = "", tok: Any = None, dtype: str = "float32"
 ) -> tuple[Any, Any]:
@@ -175,18 +185,11 @@ def load_model_and_tokenizer(
     tok = (
         tok if tok is not None else load_tokenizer(tokenizer or model, "tokenizer" if tokenizer else "model")
     )
-
-    def check(embedded: Any) -> None:
-        if isinstance(embedded, int) and embedded < len(tok):
-            raise ModelError(
-                f"tokenizer {tokenizer or model} has {len(tok)} tokens but model {model} embeds only {embedded}; "
-                "they do not belong together"
-            )
-
     config = load_model_config(model)
-    check(getattr(config, "vocab_size", None))  # before the weights are read
+    # before the weights are read
+    check_vocab(tok, getattr(config, "vocab_size", None), tokenizer or model, model)
     lm = load_causal_lm(model, dtype, config)
-    check(lm.get_input_embeddings().num_embeddings)
+    check_vocab(tok, lm.get_input_embeddings().num_embeddings, tokenizer or model, model)
     if lm.generation_config is not None:
         lm.generation_config.pad_token_id = tok.pad_token_id
     return lm, tok

@@ -43,6 +43,7 @@ from plad.data import (
 from plad.generation.api import FAILURES, endpoint_identity, usage_from_rows
 from plad.generation.hf import derive_seed, generate, plan_batches
 from plad.models import (
+    check_vocab,
     fit_positions,
     for_inference,
     load_model_and_tokenizer,
@@ -286,6 +287,7 @@ def _encode_side(side: ModelSide, name: str, examples: list, cfg: PairsConfig) -
         side.tokenizer or side.model, f"{name} tokenizer" if side.tokenizer else f"{name} model"
     )
     config = load_model_config(side.model, f"{name} model")
+    check_vocab(tok, getattr(config, "vocab_size", None), side.tokenizer or side.model, side.model)
     data = fit_positions(cfg.data, [config], side.sampling.max_new_tokens, f"{name}.sampling.max_new_tokens")
     return tok, encode_prompts(tok, examples, data, cfg.prompts_file)
 
