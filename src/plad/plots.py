@@ -28,6 +28,8 @@ REPORTED = {
     "eval": ("name", "judges", "test_file", "n"),
 }
 
+ROWS = {"bench": ("table",), "sweep": ("reference", "scaling"), "run": ("results",)}  # system -> its results
+
 
 def load_results(path: str | Path) -> dict:
     """A bench.json, sweep.json or a run's results.json, recognised by its fields; errors name the file and what
@@ -70,6 +72,12 @@ def load_results(path: str | Path) -> dict:
                 f"{p} is plad {kind} results without {', '.join(missing)}: cut short or edited? Make it again with "
                 f"plad {kind}"
             )
+        for key in ROWS.get(kind, ()):  # the systems' rows of its tables
+            rows = data[key]
+            names = list(rows) if isinstance(rows, dict) else []
+            bad = next((f"{key}.{n}" for n in names if not isinstance(rows[n], dict)), None)
+            if bad or not isinstance(rows, dict):
+                raise ConfigError(f"{p}: {bad or key} is not a mapping of results as plad {kind} writes it")
         return {
             "kind": kind,
             "path": p,
