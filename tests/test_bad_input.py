@@ -664,6 +664,34 @@ CASES = [
         ),
     ),
     case(
+        "pairs-student-tokenizer-bigger",
+        lambda t, b: (
+            pairs(t, b, "--student.tokenizer", bigger_tokenizer(t, b)),
+            [f"tokenizer {p(t, 'bigtok')} has"],
+        ),
+    ),
+    case(
+        "pairs-teacher-tokenizer-missing",
+        lambda t, b: (
+            pairs(t, b, "--teacher.tokenizer", t / "nt"),
+            [f"teacher tokenizer folder {p(t, 'nt')} does not exist"],
+        ),
+    ),
+    case(
+        "pairs-status-bad-prompts",
+        lambda t, b: (
+            pairs(t, b, "--status", "--prompts_file", jl(t / "d.jsonl", ROW, "{")),
+            [f"{p(t, 'd.jsonl')}:2: not valid JSON"],
+        ),
+    ),
+    case(
+        "pairs-overlong-error",
+        lambda t, b: (
+            pairs(t, b, "--data.max_prompt_tokens", 2, "--data.overlong", "error"),
+            ["over data.max_prompt_tokens=2"],
+        ),
+    ),
+    case(
         "pairs-null-prompt",
         lambda t, b: (
             pairs(t, b, "--prompts_file", jl(t / "d.jsonl", ROW, {"id": "n", "prompt": None})),
@@ -721,6 +749,20 @@ CASES = [
         ),
     ),
     # ---- distill -------------------------------------------------------------------------------------------
+    case(
+        "distill-chat-no-template",
+        lambda t, b: (
+            distill(t, b, "--pairs_file", jl(t / "x.jsonl", {**PAIR, "prompt": CHAT})),
+            [f"{p(t, 'x.jsonl')} id p0", "no chat template"],
+        ),
+    ),
+    case(
+        "distill-overlong-error",
+        lambda t, b: (
+            distill(t, b, "--data.max_target_tokens", 1, "--data.overlong", "error"),
+            ["over data.max_target_tokens=1"],
+        ),
+    ),
     case(
         "distill-unknown-method",
         lambda t, b: (distill(t, b, "--method", "plad_rank"), ["unknown method 'plad_rank'", "plad-rank"]),
@@ -1005,6 +1047,46 @@ CASES = [
         lambda t, b: (judge(t, b, "--length_edges", "8,4"), ["length_edges must increase (got ['8', '4'])"]),
     ),
     case(
+        "eval-model-missing",
+        lambda t, b: (
+            evaluate(t, b, "--model", t / "nomodel"),
+            [f"model folder {p(t, 'nomodel')} does not exist"],
+        ),
+    ),
+    case(
+        "eval-chat-no-template",
+        lambda t, b: (
+            evaluate(t, b, "--test_file", jl(t / "t.jsonl", {**ROW, "prompt": CHAT})),
+            [f"{p(t, 't.jsonl')} id a", "no chat template"],
+        ),
+    ),
+    case(
+        "eval-calibration-chat-no-template",
+        lambda t, b: (
+            evaluate(
+                t,
+                b,
+                "--calibration_file",
+                jl(t / "cal.jsonl", {"prompt": CHAT, "chosen": "a", "rejected": "b"}),
+            ),
+            [f"{p(t, 'cal.jsonl')}:1: the prompt is chat messages", "no chat template"],
+        ),
+    ),
+    case(
+        "eval-tokenizer-bigger",
+        lambda t, b: (
+            evaluate(t, b, "--tokenizer", bigger_tokenizer(t, b)),
+            [f"tokenizer {p(t, 'bigtok')} has"],
+        ),
+    ),
+    case(
+        "eval-generation-cache-is-a-file",
+        lambda t, b: (
+            evaluate(t, b, "--generation_cache", text(t / "gc", "x")),
+            [f"generation_cache {p(t, 'gc')} is a file"],
+        ),
+    ),
+    case(
         "eval-needs-model-or-outputs",
         lambda t, b: (
             ["eval", "--test_file", b.test, "--output_dir", t / "out"],
@@ -1149,6 +1231,20 @@ CASES = [
     ),
     # ---- run, demo, bench, sweep ---------------------------------------------------------------------------
     case(
+        "run-reward-model-judge-without-model",
+        lambda t, b: (
+            run_cfg(t, b, files_yaml(t, b) + "eval:\n  judge: [rouge, reward-model]\n"),
+            ["judge reward-model needs reward_model.model"],
+        ),
+    ),
+    case(
+        "run-distill-file-only-prompts-missing-test-target",
+        lambda t, b: (
+            run_cfg(t, b, files_yaml(t, b, test=b.distill)),
+            [f"{b.distill}:1: missing or empty target"],
+        ),
+    ),
+    case(
         "run-only-some-files",
         lambda t, b: (
             run_cfg(t, b, f"sft_file: {b.sft}\n"),
@@ -1195,6 +1291,31 @@ CASES = [
         lambda t, b: (
             ["demo", "--benchmark.teacher_preset", "teachr"],
             ["benchmark.teacher_preset: unknown model preset"],
+        ),
+    ),
+    case(
+        "bench-teacher-missing",
+        lambda t, b: (
+            bench(
+                t,
+                "--seeds",
+                0,
+                "--methods",
+                "sft",
+                "--run.sft_file",
+                b.sft,
+                "--run.distill_file",
+                b.distill,
+                "--run.test_file",
+                b.test,
+                "--run.val_file",
+                b.test,
+                "--run.teacher",
+                t / "nt",
+                "--run.student",
+                b.student,
+            ),
+            [f"teacher folder {p(t, 'nt')} does not exist"],
         ),
     ),
     case(
@@ -1427,6 +1548,13 @@ CASES = [
         ),
     ),
     # ---- report --------------------------------------------------------------------------------------------
+    case(
+        "report-run-results-bad-rows",
+        lambda t, b: (
+            ["report", text(t / "results.json", '{"results": {"a": 5}}'), "--output_dir", t / "out"],
+            [f"{p(t, 'results.json')}: results.a is not a mapping of results"],
+        ),
+    ),
     case(
         "report-file-missing",
         lambda t, b: (
