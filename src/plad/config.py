@@ -84,6 +84,18 @@ def _check_values(name: str, values: list[str], conv: type, ok: Any, what: str) 
             raise ConfigError(f"{name}: {v!r} is not a valid value (expected {what})")
 
 
+def _check_layers(keep_layers: list[str]) -> None:
+    """What can be wrong with the layers to keep without knowing the model (its layer count is checked with it)."""
+    try:
+        keep = [int(v) for v in keep_layers]
+    except ValueError:
+        raise ConfigError(f"keep_layers must be layer numbers, got {','.join(keep_layers)}") from None
+    if bad := [k for k in keep if k < 0]:
+        raise ConfigError(f"keep_layers: layer {bad[0]} is out of range; layers are numbered from 0")
+    if keep != sorted(set(keep)):
+        raise ConfigError(f"keep_layers must increase without repeats (got {','.join(keep_layers)})")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Shared sections
 
@@ -497,6 +509,9 @@ class PruneConfig:
         10, "layers to keep, evenly spaced with the first and the last included (when keep_layers is empty)"
     )
 
+    def __post_init__(self) -> None:
+        _check_layers(self.keep_layers)
+
 
 @dataclass
 class HealConfig:
@@ -577,6 +592,9 @@ class PrepareConfig:
                 raise ConfigError(f"heal.{key} is set by plad prepare; remove it")
         if self.n_test < 1 or self.n_val < 1 or self.family_cap < 1:
             raise ConfigError("n_test, n_val and family_cap must be >= 1")
+        _check_layers(self.keep_layers)  # before the teacher is fetched, which costs minutes
+        if not self.keep_layers and self.student_layers < 1:
+            raise ConfigError(f"student_layers must be >= 1 (got {self.student_layers})")
 
 
 JUDGES = ("task", "reward-model", "llm", "rouge", "exact-match")
