@@ -1526,6 +1526,21 @@ CASES = [
         ),
     ),
     case(
+        "prepare-keep-layers-not-numbers",
+        lambda t, b: (prepare(t, "--keep_layers", "a,b"), ["keep_layers must be layer numbers, got a,b"]),
+    ),
+    case(
+        "prepare-keep-layers-repeated",
+        lambda t, b: (
+            prepare(t, "--keep_layers", "0,3,3"),
+            ["keep_layers must increase without repeats (got 0,3,3)"],
+        ),
+    ),
+    case(
+        "prepare-student-layers-zero",
+        lambda t, b: (prepare(t, "--student_layers", 0), ["student_layers must be >= 1 (got 0)"]),
+    ),
+    case(
         "prepare-zero-test",
         lambda t, b: (prepare(t, "--n_test", 0), ["n_test, n_val and family_cap must be >= 1"]),
     ),
@@ -1659,7 +1674,7 @@ def changes(before: dict, after: dict) -> list[str]:
 
 @pytest.fixture
 def weights_refused(monkeypatch) -> None:
-    """Reading a model's weights fails the case: bad input must be found first."""
+    """Reading a model's weights (or downloading one) fails the case: bad input must be found first."""
     import transformers
 
     def refuse(*args, **kwargs):
@@ -1667,6 +1682,9 @@ def weights_refused(monkeypatch) -> None:
 
     for name in ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoModelForSequenceClassification"):
         monkeypatch.setattr(getattr(transformers, name), "from_pretrained", refuse)
+    from plad.benchmark import real
+
+    monkeypatch.setattr(real, "download_wheel", refuse)  # plad prepare's teacher: minutes of download
 
 
 @pytest.mark.parametrize("c", CASES)
