@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from plad.api import api_key
 from plad.config import ConfigError, ModelSide, PairsConfig, fingerprint, require, to_dict
 from plad.data import (
     Truncation,
@@ -143,6 +144,9 @@ def run_pairs(cfg: PairsConfig) -> dict:
         for name, (side, _) in sides.items()
         if side.backend == "hf"
     }
+    for name, (side, _) in sides.items():  # an endpoint side's key, likewise
+        if side.backend == "openai":
+            api_key(side.api, f"{name} (backend openai)")
     out = Path(cfg.output_dir)
     check_output_dir(out, resume=True)  # only checks that it is writable: the store is resumable by design
     samples_path = out / SAMPLES
