@@ -692,6 +692,26 @@ CASES = [
         ),
     ),
     case(
+        "pairs-student-api-key-not-set",
+        lambda t, b: (
+            pairs(
+                t,
+                b,
+                "--student.backend",
+                "openai",
+                "--student.model",
+                "m",
+                "--student.api.base_url",
+                "http://127.0.0.1:9/v1",
+                "--student.api.api_key_env",
+                "PLAD_TEST_NO_SUCH_KEY",
+            ),
+            [
+                "student (backend openai): environment variable PLAD_TEST_NO_SUCH_KEY (api.api_key_env) is not set"
+            ],
+        ),
+    ),
+    case(
         "pairs-null-prompt",
         lambda t, b: (
             pairs(t, b, "--prompts_file", jl(t / "d.jsonl", ROW, {"id": "n", "prompt": None})),
