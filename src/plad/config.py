@@ -1150,6 +1150,8 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[tuple
     data: dict = {}
     if path:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"config file {p} is a folder; give the YAML file")
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         try:
