@@ -345,6 +345,21 @@ CASES = [
         lambda t, b: (["run", t / "nowhere.yaml"], [f"config file {t / 'nowhere.yaml'} does not exist"]),
     ),
     case(
+        "config-file-is-a-folder",
+        lambda t, b: (
+            ["distill", "--config", folder(t / "configs")],
+            [f"config file {t / 'configs'} is a folder"],
+        ),
+    ),
+    case("config-run-without-file", lambda t, b: (["run"], ["the following arguments are required: CONFIG"])),
+    case(
+        "report-no-results",
+        lambda t, b: (
+            ["report", "--output_dir", t / "out"],
+            ["the following arguments are required: RESULTS"],
+        ),
+    ),
+    case(
         "config-yaml-syntax",
         lambda t, b: (
             ["distill", "--config", text(t / "c.yaml", "method: plad-rank\ntrain:\n  lr: [1e-4\n")],
