@@ -197,6 +197,14 @@ def run_cfg(t: Path, b: Bench, body: str) -> list:
     return ["run", run_yaml(t, f"output_dir: {t / 'out'}\n{body}")]
 
 
+def run_over_another_stage(t: Path, b: Bench) -> list:
+    """plad run into a folder whose teacher-sft stage was made with other settings (kept: refused, not redone)."""
+    folder(t / "out", run_config__yaml="seed: 0\n")
+    marker = {"fingerprint": "made-with-other-settings", "done": True}
+    folder(t / "out" / "teacher-sft", stage__json=json.dumps(marker))
+    return run_cfg(t, b, files_yaml(t, b))
+
+
 def bench(t: Path, *extra: object) -> list:
     return ["bench", "--output_dir", t / "out", *extra]
 
@@ -1305,6 +1313,13 @@ CASES = [
         lambda t, b: (
             run_cfg(t, b, files_yaml(t, b).replace(f"teacher: {b.teacher}", f"teacher: {t / 'noteacher'}")),
             [f"folder {p(t, 'noteacher')} does not exist"],
+        ),
+    ),
+    case(
+        "run-stage-of-other-settings",
+        lambda t, b: (
+            run_over_another_stage(t, b),
+            [f"stage 'teacher-sft' in {p(t, 'out/teacher-sft')} was run with other settings", "--force"],
         ),
     ),
     case(
