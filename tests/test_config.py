@@ -289,62 +289,6 @@ def test_shipped_config_loads(path):
 # CLI
 
 
-@pytest.mark.parametrize(
-    "argv, expected",
-    [
-        (["sft", "--train.lr_rate", "1"], "unknown setting --train.lr_rate; did you mean --train.lr"),
-        (
-            ["sft", "--train.learning_rate", "1"],
-            "unknown setting --train.learning_rate; did you mean --train.lr",
-        ),
-        (["sft", "--trian.lr", "1"], "did you mean --train.lr"),
-        (["distill", "--modle", "x"], "unknown setting --modle; did you mean --model"),
-        (["report", "r.json", "--titel", "t"], "did you mean --title"),
-        (["sft", "--train.lr"], "argument --train.lr: expected one argument"),
-    ],
-)
-def test_cli_unknown_or_incomplete_option_one_line_exit_2(capsys, argv, expected):
-    """Issue 13: typos got argparse's bare `unrecognized arguments` after a usage of hundreds of settings; now one
-    line naming the closest known settings."""
-    from plad.cli import main
-
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert expected in err and len(err.strip().splitlines()) == 1, err
-
-
-def test_cli_negative_numbers_are_values_and_threads_checked(capsys, tmp_path):
-    """`--train.lr -1e-3` reached the config's check (argparse took -1e-3 for an option), and a negative thread
-    count is refused."""
-    from plad.cli import main
-
-    args = ["sft", "--model", "m", "--train_file", "t.jsonl", "--output_dir", str(tmp_path / "o")]
-    assert main([*args, "--train.lr", "-1e-3"]) == 2
-    assert "lr must be > 0 (got -0.001)" in capsys.readouterr().err
-    assert main([*args, "--threads", "-1"]) == 2
-    assert "threads must be >= 0" in capsys.readouterr().err
-    assert main(["bench", "--run.threads", "-2", "--output_dir", str(tmp_path / "b")]) == 2
-    assert "run.threads must be >= 0" in capsys.readouterr().err
-    assert not (tmp_path / "o").exists() and not (tmp_path / "b").exists()
-
-
-def test_cli_config_error_returns_2(capsys, tmp_path):
-    from plad.cli import main
-
-    assert main(["sft", "--train.max_steps", "abc"]) == 2
-    err = capsys.readouterr().err
-    assert "plad sft: error:" in err and "train.max_steps must be an integer" in err
-    p = write_yaml(tmp_path, "train:\n  lr_rate: 1\n")
-    assert main(["distill", "--config", str(p)]) == 2
-    err = capsys.readouterr().err
-    assert "train.lr_rate" in err and "did you mean" in err and str(p) in err
-    # A stage started without a required path says which flag to set.
-    assert main(["sft", "--model", "m"]) == 2
-    assert "--train_file" in capsys.readouterr().err
-
-
 def test_cli_dash_spelling_and_bool_flag(monkeypatch):
     """`--max-steps` works like `--max_steps`; a bare bool flag means true."""
     import plad.cli as cli

@@ -263,107 +263,6 @@ def test_load_pairs_repeated_and_conflicting_rows(tmp_path, caplog):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# bad input through the real CLI: fails before any model is loaded or any file is written
-
-
-def _bad_sft_files(tmp_path: Path) -> list[tuple[Path, str]]:
-    d = tmp_path / "data"
-    d.mkdir()
-    cases = [
-        (write_lines(d / "malformed.jsonl", [GOOD[0], "{not json"]), ":2: not valid JSON"),
-        (write_lines(d / "noprompt.jsonl", [GOOD[0], {"id": "z", "text": "x"}]), ":2: missing prompt field"),
-        (
-            write_lines(d / "notarget.jsonl", [{"id": "z", "prompt": "count: a"}]),
-            ":1: missing or empty target",
-        ),
-        (write_lines(d / "dup.jsonl", [GOOD[0], GOOD[0]]), ":2: duplicate id 'a'"),
-        (
-            write_lines(d / "nullprompt.jsonl", [{"id": "z", "prompt": None, "target": "a"}]),
-            ":1: field 'prompt' is null",
-        ),
-        (
-            write_lines(d / "numtarget.jsonl", [{"id": "z", "prompt": "count: a", "target": 5}]),
-            ":1: field 'target' holds a number (5), not text",
-        ),
-        (
-            write_lines(d / "badchat.jsonl", [{"prompt": [{"content": "x"}], "target": "a"}]),
-            ":1: field 'prompt'",
-        ),
-    ]
-    empty = d / "empty.jsonl"
-    empty.write_text("")
-    return [*cases, (empty, ": the training data is empty")]
-
-
-def test_sft_cli_rejects_bad_data_before_loading_anything(tmp_path, capsys):
-    from plad.cli import main
-
-    missing_model = tmp_path / "no-such-model"  # loading it would fail with a ModelError, not a DataError
-    for path, expected in _bad_sft_files(tmp_path):
-        out = tmp_path / f"out-{path.stem}"
-        rc = main(
-            ["-q", "sft", "--model", str(missing_model), "--train_file", str(path), "--output_dir", str(out)]
-        )
-        err = capsys.readouterr().err
-        assert rc == 2, err
-        assert f"{path}{expected}" in err, err
-        assert "no-such-model" not in err
-        assert not out.exists(), f"{path.name}: output_dir was created before the data was checked"
-
-
-def test_distill_cli_rejects_bad_pairs_before_loading_anything(tmp_path, capsys):
-    from plad.cli import main
-
-    pair = {"id": "1", "prompt": "count: a", "chosen": "a", "rejected": "b"}
-    no_rejected = write_lines(tmp_path / "p1.jsonl", [pair, {"id": "2", "prompt": "x", "chosen": "y"}])
-    no_scores = write_lines(tmp_path / "p2.jsonl", [pair])
-    base = [
-        "-q",
-        "distill",
-        "--model",
-        str(tmp_path / "no-such-model"),
-        "--output_dir",
-        str(tmp_path / "out"),
-    ]
-    assert main([*base, "--method", "plad-rank", "--pairs_file", str(no_rejected)]) == 2
-    assert f"{no_rejected}:2: missing field 'rejected'" in capsys.readouterr().err
-    assert main([*base, "--method", "plad-margin", "--pairs_file", str(no_scores)]) == 2
-    assert f"{no_scores}:1: this method needs scores" in capsys.readouterr().err
-    # The target regulariser needs labeled data: the flag to set is named.
-    assert main([*base, "--pairs_file", str(no_scores), "--loss.regularizer", "target"]) == 2
-    assert "missing train_file" in capsys.readouterr().err
-    assert main([*base, "--method", "plad-rnak", "--pairs_file", str(no_scores)]) == 2
-    assert "did you mean plad-rank" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
-
-
-def test_eval_and_pairs_cli_reject_bad_data_before_loading_anything(tmp_path, capsys):
-    from plad.cli import main
-
-    chat = write_lines(
-        tmp_path / "t.jsonl", [{"id": "q1", "prompt": [{"role": "user", "content": "x"}], "target": "a"}]
-    )
-    out = tmp_path / "out"
-    model = str(tmp_path / "no-such-model")
-    scorer = ["--scorer", "count-summary"]  # eval's scorer defaults to none
-    assert (
-        main(["-q", "eval", "--model", model, "--test_file", str(chat), "--output_dir", str(out), *scorer])
-        == 2
-    )
-    assert (
-        f"{chat} id q1: scorer count-summary is a task scorer, which needs text prompts"
-        in capsys.readouterr().err
-    )
-    bad = write_lines(tmp_path / "d.jsonl", [{"id": "1", "prompt": "count: a"}, "{"])
-    args = ["-q", "pairs", "--prompts_file", str(bad), "--output_dir", str(out)]
-    assert main([*args, "--teacher.model", model, "--student.model", model]) == 2
-    assert f"{bad}:2: not valid JSON" in capsys.readouterr().err
-    assert main(["-q", "eval", "--model", model, "--test_file", str(bad), "--output_dir", str(out)]) == 2
-    assert f"{bad}:2" in capsys.readouterr().err
-    assert not out.exists()
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # length limits
 
 
@@ -416,6 +315,9 @@ def test_load_causal_lm_missing_folder(tmp_path):
     with pytest.raises(ModelError, match="does not exist"):
         load_causal_lm(str(tmp_path / "nothing-here"))
     (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="empty is empty; give a folder that a model was saved to"):
+        load_causal_lm(str(tmp_path / "empty"))
+    (tmp_path / "empty" / "README.md").write_text("a model card, no model")
     with pytest.raises(ModelError, match="config.json"):
         load_causal_lm(str(tmp_path / "empty"))
 

@@ -108,6 +108,19 @@ def backoff_seconds(cfg: ApiConfig, attempt: int, rng: random.Random) -> float:
     return rng.uniform(0, min(cfg.backoff_max, cfg.backoff_base * 2**attempt))
 
 
+def api_key(cfg: ApiConfig, what: str) -> str:
+    """The key in the environment variable that api.api_key_env names ('' when it names none)."""
+    if not cfg.api_key_env:
+        return ""
+    key = os.environ.get(cfg.api_key_env, "")
+    if not key:
+        raise ConfigError(
+            f"{what}: environment variable {cfg.api_key_env} (api.api_key_env) is not set; export the API key "
+            "there, or set api.api_key_env to '' for a server that needs no key"
+        )
+    return key
+
+
 class Endpoint:
     """One OpenAI-compatible endpoint with plad's retry policy, usage counts and key scrubbing."""
 
@@ -120,14 +133,7 @@ class Endpoint:
             raise ConfigError(f"{what}: backend openai needs api.base_url (e.g. http://127.0.0.1:8000/v1)")
         if not model:
             raise ConfigError(f"{what}: backend openai needs model (the endpoint's model name)")
-        self._key = ""
-        if cfg.api_key_env:
-            self._key = os.environ.get(cfg.api_key_env, "")
-            if not self._key:
-                raise ConfigError(
-                    f"{what}: environment variable {cfg.api_key_env} (api.api_key_env) is not set; export the "
-                    "API key there, or set api.api_key_env to '' for a server that needs no key"
-                )
+        self._key = api_key(cfg, what)
         self.cfg, self.model, self.what = cfg, model, what
         self.extra_body = json.loads(cfg.extra_body) if cfg.extra_body else {}
         self.usage = Usage()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import re
@@ -81,6 +82,18 @@ def _check_values(name: str, values: list[str], conv: type, ok: Any, what: str) 
             good = False
         if not good:
             raise ConfigError(f"{name}: {v!r} is not a valid value (expected {what})")
+
+
+def _check_layers(keep_layers: list[str]) -> None:
+    """What can be wrong with the layers to keep without knowing the model (its layer count is checked with it)."""
+    try:
+        keep = [int(v) for v in keep_layers]
+    except ValueError:
+        raise ConfigError(f"keep_layers must be layer numbers, got {','.join(keep_layers)}") from None
+    if bad := [k for k in keep if k < 0]:
+        raise ConfigError(f"keep_layers: layer {bad[0]} is out of range; layers are numbered from 0")
+    if keep != sorted(set(keep)):
+        raise ConfigError(f"keep_layers must increase without repeats (got {','.join(keep_layers)})")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -352,6 +365,10 @@ class ModelSide:
 
     def __post_init__(self) -> None:
         _check_choices(self)
+        if self.backend == "openai" and not self.api.base_url:  # before the other side generates anything
+            raise ConfigError(
+                "backend openai needs api.base_url, the endpoint (e.g. http://127.0.0.1:8000/v1)"
+            )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -492,6 +509,9 @@ class PruneConfig:
         10, "layers to keep, evenly spaced with the first and the last included (when keep_layers is empty)"
     )
 
+    def __post_init__(self) -> None:
+        _check_layers(self.keep_layers)
+
 
 @dataclass
 class HealConfig:
@@ -572,6 +592,9 @@ class PrepareConfig:
                 raise ConfigError(f"heal.{key} is set by plad prepare; remove it")
         if self.n_test < 1 or self.n_val < 1 or self.family_cap < 1:
             raise ConfigError("n_test, n_val and family_cap must be >= 1")
+        _check_layers(self.keep_layers)  # before the teacher is fetched, which costs minutes
+        if not self.keep_layers and self.student_layers < 1:
+            raise ConfigError(f"student_layers must be >= 1 (got {self.student_layers})")
 
 
 JUDGES = ("task", "reward-model", "llm", "rouge", "exact-match")
@@ -971,6 +994,7 @@ def _suggest(name: str, known: typing.Iterable[str]) -> str:
     return f" (did you mean {', '.join(close)}?)" if close else f"; known: {', '.join(sorted(known))}"
 
 
+@functools.cache  # read-only; evaluating the annotations was most of every command's start-up (1,500 calls)
 def _field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
@@ -1079,17 +1103,61 @@ def set_dotted(data: dict, cls: type, dotted: str, raw: str) -> None:
             node = node.setdefault(part, {})
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping: YAML keeps the last one silently, so a second
+    `train:` section would drop every setting of the first."""
+
+
+def _unique_keys(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            line = seen.get(key)
+        except TypeError:  # an unhashable key: construct_mapping says so
+            break
+        if line is not None:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"key {key!r} is given twice (first on line {line + 1}); keep one",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep)
+
+
+_ConfigLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_keys)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error on one line: where (line, column), what, and in what (PyYAML's own text spans several lines
+    and quotes the text)."""
+    if isinstance(e, yaml.reader.ReaderError):  # PyYAML's own text says "<byte string>" instead of the file
+        if e.encoding != "unicode":
+            return f"byte {e.position} is not {e.encoding.upper()} text ({e.reason}); save the file as UTF-8"
+        return f"character {e.position} (#x{e.character:04x}) is a control character, not allowed in YAML"
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None) or str(e)
+    context, context_mark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    text = (f"line {mark.line + 1}, column {mark.column + 1}: " if mark else "") + problem
+    if context:
+        text += f" ({context}{f' from line {context_mark.line + 1}' if context_mark else ''})"
+    return " ".join(text.split())
+
+
 def load_config(cls: type, path: str | Path | None = None, overrides: list[tuple[str, str]] = ()) -> Any:
     """YAML file (optional) + dotted overrides -> validated dataclass."""
     data: dict = {}
     if path:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"config file {p} is a folder; give the YAML file")
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.load(p.read_bytes(), Loader=_ConfigLoader) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+            raise ConfigError(f"config file {p} is not valid YAML: {_yaml_problem(e)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {p} must hold a mapping of settings at the top level")
     for key, raw in overrides:

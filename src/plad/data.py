@@ -59,6 +59,11 @@ def read_jsonl(path: str | Path, tolerate_torn_tail: bool = False) -> list[dict]
     return rows
 
 
+def one_line(error: BaseException) -> str:
+    """Another library's error message on one line (plad's errors are one line each)."""
+    return " ".join(str(error).split())
+
+
 def lone_surrogate(value: Any) -> str | None:
     """The first lone surrogate (e.g. "\\udce9": valid JSON, but an undecodable byte rather than a character, which
     tokenizers refuse) in the text(s) of `value`, as an escape to show; None when every text is proper Unicode."""
@@ -188,7 +193,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 # Loading examples
 
 
-def _load_rows(source: str, split: str) -> tuple[list[dict], str]:
+def _load_rows(source: str, split: str, what: str = "data") -> tuple[list[dict], str]:
     """Rows and a human name of where they came from (for error messages)."""
     p = Path(source)
     if p.suffix in (".jsonl", ".json") or p.is_file():
@@ -198,7 +203,13 @@ def _load_rows(source: str, split: str) -> tuple[list[dict], str]:
     if p.is_dir():
         import datasets
 
-        ds = datasets.load_from_disk(str(p))
+        try:
+            ds = datasets.load_from_disk(str(p))
+        except FileNotFoundError:
+            raise DataError(
+                f"{what} {p} is a folder but not a dataset saved with datasets' save_to_disk; give a JSONL file or "
+                "such a folder"
+            ) from None
         if isinstance(ds, datasets.DatasetDict):
             if split not in ds:
                 raise DataError(f"{p}: no split {split!r} (has {', '.join(ds)}); set data.split")
@@ -211,7 +222,7 @@ def _load_rows(source: str, split: str) -> tuple[list[dict], str]:
     try:
         ds = datasets.load_dataset(source, split=split)
     except Exception as e:  # noqa: BLE001 - datasets raises many kinds; the user needs the name and the cause
-        raise DataError(f"could not load dataset {source!r} (split {split!r}): {e}") from None
+        raise DataError(f"could not load dataset {source!r} (split {split!r}): {one_line(e)}") from None
     return [dict(r) for r in ds], f"{source}[{split}]"
 
 
@@ -219,7 +230,7 @@ def load_examples(source: str, options: DataOptions, need_target: bool, what: st
     """Examples from a JSONL file, a saved dataset folder or a hub dataset, with the column map of `options`."""
     if not source:
         raise DataError(f"no {what} given")
-    rows, where = _load_rows(source, options.split)
+    rows, where = _load_rows(source, options.split, what)
     if not rows:
         raise DataError(f"{where}: the {what} is empty")
     examples, seen = [], set()
@@ -265,8 +276,17 @@ def load_examples(source: str, options: DataOptions, need_target: bool, what: st
     return examples
 
 
+def _is_prompt(value: Any) -> bool:
+    """Non-empty text, or chat messages [{role, content}, ...]."""
+    if isinstance(value, list):
+        return bool(value) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
+    return isinstance(value, str) and bool(value.strip())
+
+
 def _kind(value: Any) -> str:
     """A JSON value's kind, for messages: 'a number', 'a list'..."""
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, int | float):
@@ -290,6 +310,15 @@ def load_pairs(path: str, need_scores: bool = False, need_teacher_logps: bool = 
                 raise DataError(f"{p}:{i}: missing field {key!r}")
             if key != "id" and (bad := lone_surrogate(row[key])):
                 raise DataError(surrogate_error(f"{p}:{i}", key, bad))
+        if not _is_prompt(prompt := row["prompt"]):
+            got = "empty text" if isinstance(prompt, str) else _kind(prompt)
+            raise DataError(
+                f"{p}:{i}: field 'prompt' holds {got}; a prompt is non-empty text or chat messages "
+                "[{role, content}, ...]"
+            )
+        for key in ("chosen", "rejected"):
+            if not isinstance(row[key], str):
+                raise DataError(f"{p}:{i}: field {key!r} holds {_kind(row[key])}, not the text of an output")
         key = str(row["id"])
         if key in first_line:
             line, other = first_line[key]

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from plad.data import one_line  # transformers' error texts often span several lines
+
 log = logging.getLogger("plad")
 
 
@@ -20,16 +22,30 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
 
 
+def _check_folder(name: str, what: str) -> None:
+    """A local model / tokenizer folder exists and holds something."""
+    if not _looks_local(name):
+        return
+    p = Path(name).expanduser()
+    if not p.is_dir():
+        raise ModelError(f"{what} folder {name} does not exist")
+    if not any(p.iterdir()):
+        raise ModelError(
+            f"{what} folder {name} is empty; give a folder that a model was saved to (save_pretrained)"
+        )
+
+
 def load_model_config(name: str, what: str = "model") -> Any:
     """The AutoConfig of a folder or hub id; a missing folder or an unreadable config names `what` and `name`."""
     from transformers import AutoConfig
 
-    if _looks_local(name) and not Path(name).expanduser().is_dir():
-        raise ModelError(f"{what} folder {name} does not exist")
+    _check_folder(name, what)
     try:
         return AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as e:
-        raise ModelError(f"{what} {name} is not a model folder or hub id with a config.json: {e}") from None
+        raise ModelError(
+            f"{what} {name} is not a model folder or hub id with a config.json: {one_line(e)}"
+        ) from None
 
 
 def position_limit(config: Any) -> int | None:
@@ -94,12 +110,11 @@ def load_tokenizer(name: str, what: str = "tokenizer") -> Any:
     the model's own folder)."""
     from transformers import AutoTokenizer
 
-    if _looks_local(name) and not Path(name).expanduser().is_dir():
-        raise ModelError(f"{what} folder {name} does not exist")
+    _check_folder(name, what)
     try:
         tok = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as e:
-        raise ModelError(f"could not load a tokenizer from {name}: {e}") from None
+        raise ModelError(f"could not load a tokenizer from {what} {name}: {one_line(e)}") from None
     if tok.eos_token_id is None:
         raise ModelError(
             f"tokenizer {name} has no EOS token; outputs could never end. Set eos_token in its "
@@ -124,41 +139,57 @@ def torch_dtype_of(name: str, model: Any) -> torch.dtype:
     return model.dtype if name == "auto" else getattr(torch, name)
 
 
-def load_causal_lm(name: str, dtype: str = "float32") -> Any:
+def _not_a_lm(name: str, config: Any) -> str:
+    return (
+        f"{name} holds a {type(config).__name__} ({config.model_type}) model, which is not a language model that "
+        "generates text; plad trains causal LMs (Llama, Qwen2, GPT-2...) and encoder-decoders (T5)"
+    )
+
+
+def load_causal_lm(name: str, dtype: str = "float32", config: Any = None) -> Any:
     """A decoder-only LM (AutoModelForCausalLM) or an encoder-decoder one (AutoModelForSeq2SeqLM, e.g. T5),
     chosen by the folder's config, with weights in `dtype` (float32, bfloat16, float16, or auto: as stored)."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    config = load_model_config(name)
+    config = config if config is not None else load_model_config(name)
     auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    if type(config) not in auto._model_mapping:  # before the weights are read
+        raise ModelError(_not_a_lm(name, config))
     try:
         model = auto.from_pretrained(name, dtype=torch_dtype(dtype))
     except ValueError as e:
         if "Unrecognized configuration class" in str(e) or auto.__name__ in str(e):
-            raise ModelError(
-                f"{name} holds a {type(config).__name__} ({config.model_type}) model, which is not a language model "
-                "that generates text; plad trains causal LMs (Llama, Qwen2, GPT-2...) and encoder-decoders (T5)"
-            ) from None
+            raise ModelError(_not_a_lm(name, config)) from None
         raise
     except OSError as e:
-        raise ModelError(f"could not load model weights from {name}: {e}") from None
+        raise ModelError(f"could not load model weights from {name}: {one_line(e)}") from None
     return model
+
+
+def check_vocab(tok: Any, embedded: Any, tokenizer: str, model: str) -> None:
+    """A tokenizer with more tokens than the model embeds (`embedded`: its embedding rows, or its config's
+    vocab_size; None when unknown) does not belong to it."""
+    if isinstance(embedded, int) and embedded < len(tok):
+        raise ModelError(
+            f"tokenizer {tokenizer} has {len(tok)} tokens but model {model} embeds only {embedded}; they do not "
+            "belong together"
+        )
 
 
 def load_model_and_tokenizer(
     model: str, tokenizer: str = "", tok: Any = None, dtype: str = "float32"
 ) -> tuple[Any, Any]:
     """Model (weights in `dtype`) and tokenizer, checked to belong together. Pass `tok` when it was loaded already
-    (stages load the tokenizer first, so that bad data fails before the weights are read)."""
+    (stages load the tokenizer first, so that bad data fails before the weights are read), with `tokenizer`, the
+    setting it came from, to name it in errors (default: the model's folder)."""
     tok = (
         tok if tok is not None else load_tokenizer(tokenizer or model, "tokenizer" if tokenizer else "model")
     )
-    lm = load_causal_lm(model, dtype)
-    if lm.get_input_embeddings().num_embeddings < len(tok):
-        raise ModelError(
-            f"tokenizer {tokenizer or model} has {len(tok)} tokens but model {model} embeds only "
-            f"{lm.get_input_embeddings().num_embeddings}; they do not belong together"
-        )
+    config = load_model_config(model)
+    # before the weights are read
+    check_vocab(tok, getattr(config, "vocab_size", None), tokenizer or model, model)
+    lm = load_causal_lm(model, dtype, config)
+    check_vocab(tok, lm.get_input_embeddings().num_embeddings, tokenizer or model, model)
     if lm.generation_config is not None:
         lm.generation_config.pad_token_id = tok.pad_token_id
     return lm, tok

@@ -176,6 +176,27 @@ def check_task_prompts(cfg: RunConfig, what: str, path: str, examples: list) -> 
         )
 
 
+def data_files(cfg: RunConfig) -> dict[str, str]:
+    """The run's data files (split -> path), each read and checked: rows, fields, and the prompts its task
+    scorers will read."""
+    files = {"sft": cfg.sft_file, "distill": cfg.distill_file, "test": cfg.test_file}
+    if cfg.val_file:
+        files["val"] = cfg.val_file
+    for what, path in files.items():
+        options = cfg.eval.data if what in ("test", "val") else cfg.distill.data
+        check_task_prompts(cfg, what, path, load_examples(path, options, what != "distill", what))
+    return files
+
+
+def check_models(cfg: RunConfig) -> None:
+    """The teacher and student folders (or hub ids) the run starts from hold a model config."""
+    from plad.models import load_model_config
+
+    for key in ("teacher", "student"):
+        if name := getattr(cfg, key):
+            load_model_config(name, key)
+
+
 def with_prepared(cfg: RunConfig) -> RunConfig:
     """The run's config with the files and models of a `plad prepare` benchmark (prepared first when missing). Its
     teacher is fine-tuned already: teacher SFT is skipped."""
@@ -216,6 +237,9 @@ def prepare(cfg: RunConfig, force: bool = False) -> Run:
     check_presets(cfg)
     root = Path(cfg.output_dir)
     check_eval(cfg, root)
+    # the user's data files and models, before anything is written (a prepared benchmark's once it is there)
+    files = data_files(cfg) if cfg.sft_file else {}
+    check_models(cfg)
     root.mkdir(parents=True, exist_ok=True)
     if not (root / "run_config.yaml").exists():  # a run refused below must not relabel the folder's results
         save_yaml(cfg, root / "run_config.yaml")
@@ -227,15 +251,8 @@ def prepare(cfg: RunConfig, force: bool = False) -> Run:
     if cfg.prepared:
         cfg = with_prepared(cfg)
         run.cfg = cfg
+        files = data_files(cfg)
     if cfg.sft_file:
-        files = {"sft": cfg.sft_file, "distill": cfg.distill_file, "test": cfg.test_file}
-        if cfg.val_file:
-            files["val"] = cfg.val_file
-        for what, path in files.items():  # validate before any training starts
-            examples = load_examples(
-                path, cfg.eval.data if what in ("test", "val") else cfg.distill.data, what != "distill", what
-            )
-            check_task_prompts(cfg, what, path, examples)
         run.data_fp = fingerprint({k: _file_digest(v) for k, v in files.items()})
     else:
 

@@ -20,6 +20,17 @@ from plad.data import read_jsonl, write_text_atomic
 log = logging.getLogger("plad")
 
 
+# the top-level fields of each kind of results that the report reads
+REPORTED = {
+    "bench": ("table", "seeds", "machine", "command", "date"),
+    "sweep": ("reference", "scaling", "fractions", "seeds", "machine", "command", "date"),
+    "run": ("results",),
+    "eval": ("name", "judges", "test_file", "n"),
+}
+
+ROWS = {"bench": ("table",), "sweep": ("reference", "scaling"), "run": ("results",)}  # system -> its results
+
+
 def load_results(path: str | Path) -> dict:
     """A bench.json, sweep.json or a run's results.json, recognised by its fields; errors name the file and what
     is wrong."""
@@ -40,17 +51,38 @@ def load_results(path: str | Path) -> dict:
             "results.json (plad run)"
         )
     try:
-        data = json.loads(p.read_text())
+        data = json.loads(p.read_bytes())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{p} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p} is not valid JSON (byte {e.start} is not UTF-8 text)") from None
+    kind = None
     if isinstance(data, dict) and "table" in data and "seeds" in data:
-        return {"kind": "bench", "path": p, "data": data}
-    if isinstance(data, dict) and isinstance(data.get("scaling"), dict) and "fractions" in data:
-        return {"kind": "sweep", "path": p, "data": data}
-    if isinstance(data, dict) and isinstance(data.get("results"), dict):
-        return {"kind": "run", "path": p, "data": data}
-    if isinstance(data, dict) and isinstance(data.get("judges"), dict) and "name" in data:
-        return {"kind": "eval", "path": p, "data": {"results": {data["name"]: data}}}
+        kind = "bench"
+    elif isinstance(data, dict) and isinstance(data.get("scaling"), dict) and "fractions" in data:
+        kind = "sweep"
+    elif isinstance(data, dict) and isinstance(data.get("results"), dict):
+        kind = "run"
+    elif isinstance(data, dict) and isinstance(data.get("judges"), dict) and "name" in data:
+        kind = "eval"
+    if kind is not None:
+        missing = [k for k in REPORTED[kind] if k not in data]
+        if missing:  # before anything is written, not as a KeyError halfway through the report
+            raise ConfigError(
+                f"{p} is plad {kind} results without {', '.join(missing)}: cut short or edited? Make it again with "
+                f"plad {kind}"
+            )
+        for key in ROWS.get(kind, ()):  # the systems' rows of its tables
+            rows = data[key]
+            names = list(rows) if isinstance(rows, dict) else []
+            bad = next((f"{key}.{n}" for n in names if not isinstance(rows[n], dict)), None)
+            if bad or not isinstance(rows, dict):
+                raise ConfigError(f"{p}: {bad or key} is not a mapping of results as plad {kind} writes it")
+        return {
+            "kind": kind,
+            "path": p,
+            "data": {"results": {data["name"]: data}} if kind == "eval" else data,
+        }
     raise ConfigError(
         f"{p} holds neither plad bench results (table, seeds), plad sweep results (scaling, fractions), plad run "
         "results (results) nor plad eval results (name, judges)"

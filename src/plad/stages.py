@@ -32,7 +32,14 @@ from plad.data import (
     load_pairs,
 )
 from plad.methods import METHODS, Frozen, Item
-from plad.models import fit_positions, load_model_and_tokenizer, load_tokenizer, set_threads, torch_dtype_of
+from plad.models import (
+    fit_positions,
+    load_model_and_tokenizer,
+    load_model_config,
+    load_tokenizer,
+    set_threads,
+    torch_dtype_of,
+)
 from plad.train import check_output_dir, train
 
 log = logging.getLogger("plad")
@@ -71,7 +78,7 @@ def run_sft(cfg: SFTConfig) -> dict:
     data = fit_positions(cfg.data, [cfg.model], cfg.data.max_target_tokens, "data.max_target_tokens")
     # Over-long input fails here, before the weights are read.
     items = encode_targets(examples, tok, data, cfg.train_file)
-    model, tok = load_model_and_tokenizer(cfg.model, tok=tok, dtype=cfg.dtype)
+    model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer, tok=tok, dtype=cfg.dtype)
     save_yaml(cfg, out / "plad_config.yaml")
     log.info("sft: %d examples, %d steps", len(items), cfg.train.max_steps)
     return train(
@@ -202,7 +209,9 @@ def load_frozen_teacher(cfg: DistillConfig, student_tok: object) -> Any:
         raise ConfigError(
             f"{e}; use a text-only method (seqkd, plad-rank, plad-margin, plad-list, dpkd) for this pair"
         ) from None
-    teacher, _ = load_model_and_tokenizer(cfg.teacher, tok=teacher_tok, dtype=cfg.frozen_dtype)
+    teacher, _ = load_model_and_tokenizer(
+        cfg.teacher, cfg.teacher_tokenizer, tok=teacher_tok, dtype=cfg.frozen_dtype
+    )
     return teacher
 
 
@@ -370,7 +379,9 @@ def run_distill(cfg: DistillConfig) -> dict:
     check_output_dir(out, cfg.resume, _resume_fingerprint(cfg), _resume_settings(cfg))
     tok = load_tokenizer(cfg.tokenizer or cfg.model, "tokenizer" if cfg.tokenizer else "model")
     # the teacher of the token-level methods reads the same rows (on-policy samples are fitted in generation)
-    models = [cfg.model] + ([cfg.teacher] if method.needs_teacher_model else [])
+    models: list = [cfg.model]
+    if method.needs_teacher_model:
+        models.append(load_model_config(cfg.teacher, "teacher"))
     data = fit_positions(cfg.data, models, cfg.data.max_target_tokens, "data.max_target_tokens")
     if source == "targets":
         items = encode_targets(examples, tok, data, cfg.train_file)
@@ -382,7 +393,7 @@ def run_distill(cfg: DistillConfig) -> dict:
     if not items:
         raise DataError(f"method {cfg.method}: no training items")
     teacher = load_frozen_teacher(cfg, tok) if method.needs_teacher_model else None
-    model, tok = load_model_and_tokenizer(cfg.model, tok=tok, dtype=cfg.dtype)
+    model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer, tok=tok, dtype=cfg.dtype)
     if teacher is not None and _is_seq2seq(teacher) != _is_seq2seq(model):
         raise ConfigError(
             f"method {cfg.method} compares teacher and student token by token, so both must be decoder-only or both "

@@ -113,6 +113,11 @@ def run_prune(cfg: PruneConfig) -> dict:
     config = load_model_config(cfg.model)
     if getattr(config, "is_encoder_decoder", False):
         raise ConfigError(f"{cfg.model} is an encoder-decoder model; plad prune cuts decoder-only models")
+    if type(config) not in AutoModelForCausalLM._model_mapping:  # an encoder (BERT): no LM head to keep
+        raise ModelError(
+            f"{cfg.model} holds a {type(config).__name__} ({config.model_type}) model, which is not a decoder-only "
+            "language model; plad prune cuts causal LMs (Llama, Qwen2, GPT-2...)"
+        )
     n_layers = getattr(config, "num_hidden_layers", None)
     if not isinstance(n_layers, int):
         raise ModelError(

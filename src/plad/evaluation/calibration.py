@@ -41,6 +41,25 @@ def load_calibration_pairs(path: str) -> list[dict]:
     return rows
 
 
+def encode_pairs(
+    tok: Any, rows: list[dict], options: DataOptions, config: Any, source: str
+) -> tuple[list[list[int]], list[list[int]], Truncation]:
+    """Token ids of every pair (a prompt for chosen, the same for rejected; the outputs), fitted to the positions of
+    the model whose `config` is given (None: as the options say): what can be wrong with the pairs, before any
+    weights are read."""
+    stats = Truncation()
+    if config is not None:
+        options = fit_positions(options, [config], options.max_target_tokens, "data.max_target_tokens")
+    prompts, outputs = [], []
+    for i, r in enumerate(rows, start=1):
+        where = f"{source}:{i}"
+        p = encode_prompt(tok, r["prompt"], options, stats, where)
+        for key in ("chosen", "rejected"):
+            prompts.append(p)
+            outputs.append(encode_output(tok, r[key], options, stats, where, r["prompt"]))
+    return prompts, outputs, stats
+
+
 def calibration(
     model: Any,
     tok: Any,
@@ -50,17 +69,12 @@ def calibration(
     batch_size: int = 16,
     n_resamples: int = 1000,
     seed: int = 0,
+    encoded: tuple[list, list, Truncation] | None = None,
 ) -> dict:
-    """Ranking accuracy of the model's summed and per-token log-probs on `rows` (chosen should rank first)."""
-    stats = Truncation()
-    options = fit_positions(options, [model.config], options.max_target_tokens, "data.max_target_tokens")
-    prompts, outputs = [], []
-    for i, r in enumerate(rows, start=1):
-        where = f"{source}:{i}"
-        p = encode_prompt(tok, r["prompt"], options, stats, where)
-        for key in ("chosen", "rejected"):
-            prompts.append(p)
-            outputs.append(encode_output(tok, r[key], options, stats, where, r["prompt"]))
+    """Ranking accuracy of the model's summed and per-token log-probs on `rows` (chosen should rank first);
+    `encoded`: the rows as `encode_pairs` made them already."""
+    config = getattr(model, "config", None)
+    prompts, outputs, stats = encoded or encode_pairs(tok, rows, options, config, source)
     scored = score_outputs(model, tok.pad_token_id, prompts, outputs, batch_size)
     chosen, rejected = scored[0::2], scored[1::2]
     summed = outcomes([c[0] for c in chosen], [r[0] for r in rejected])

@@ -44,6 +44,7 @@ from plad.models import (
     fit_positions,
     for_inference,
     load_model_and_tokenizer,
+    load_model_config,
     load_tokenizer,
     model_identity,
     set_threads,
@@ -111,8 +112,11 @@ def _generation_fp(cfg: EvalConfig, examples: list) -> str:
     return h.hexdigest()[:16]
 
 
-def _generate(cfg: EvalConfig, model: Any, tok: Any, examples: list, out: Path) -> tuple[list[dict], float]:
-    """[{output, n_tokens, finish}] per example; reused from out/outputs.jsonl when made the same way."""
+def _generate(
+    cfg: EvalConfig, model: Any, tok: Any, examples: list, prompt_ids: list[list[int]], out: Path
+) -> tuple[list[dict], float]:
+    """[{output, n_tokens, finish}] per example (`prompt_ids`: their prompts encoded); reused from
+    out/outputs.jsonl when made the same way."""
     fp = _generation_fp(cfg, examples)
     stamp, saved = out / GENERATION_STAMP, out / "outputs.jsonl"
     if stamp.is_file() and saved.is_file() and json.loads(stamp.read_text()).get("fingerprint") == fp:
@@ -135,8 +139,6 @@ def _generate(cfg: EvalConfig, model: Any, tok: Any, examples: list, out: Path) 
                 stamp, {"fingerprint": fp, "model": cfg.model, "seconds": 0.0, "from": str(shared)}
             )
             return [{k: r[k] for k in ("output", "n_tokens", "finish")} for r in rows], 0.0
-    data = fit_positions(cfg.data, [model.config], cfg.generation.max_new_tokens, "generation.max_new_tokens")
-    prompt_ids = encode_prompts(tok, examples, data, cfg.test_file)
     t0 = time.perf_counter()
     outputs: list[dict] = [{}] * len(examples)
     for batch in plan_batches(
@@ -303,7 +305,7 @@ def run_eval(cfg: EvalConfig, force: bool = False) -> dict:
     require(cfg, "test_file", "output_dir")
     if not cfg.model and not cfg.outputs_file:
         raise ConfigError("eval needs model (to generate outputs) or outputs_file (outputs to judge)")
-    from plad.evaluation.calibration import load_calibration_pairs
+    from plad.evaluation.calibration import encode_pairs, load_calibration_pairs
     from plad.evaluation.judges import check_judges
 
     judges_wanted = cfg.judges()
@@ -337,6 +339,23 @@ def run_eval(cfg: EvalConfig, force: bool = False) -> dict:
     if cfg.calibration_file and not cfg.model:
         raise ConfigError("calibration_file needs model: calibration measures a model's log-probs")
     pairs = load_calibration_pairs(cfg.calibration_file) if cfg.calibration_file else None
+    if (
+        cfg.generation_cache
+        and Path(cfg.generation_cache).exists()
+        and not Path(cfg.generation_cache).is_dir()
+    ):
+        raise ConfigError(f"generation_cache {cfg.generation_cache} is a file; give a folder (or nothing)")
+    tok = prompt_ids = encoded_pairs = None
+    if cfg.model:  # the prompts and pairs in the model's tokenizer and positions, before any weights are read
+        tok = load_tokenizer(cfg.tokenizer or cfg.model, "tokenizer" if cfg.tokenizer else "model")
+        config = load_model_config(cfg.model)
+        if given is None:
+            data = fit_positions(
+                cfg.data, [config], cfg.generation.max_new_tokens, "generation.max_new_tokens"
+            )
+            prompt_ids = encode_prompts(tok, examples, data, cfg.test_file)
+        if pairs is not None:
+            encoded_pairs = encode_pairs(tok, pairs, cfg.data, config, cfg.calibration_file)
     out = Path(cfg.output_dir)
     check_output_dir(out, resume=True)
     check_results_owner(cfg, out, force)
@@ -346,14 +365,14 @@ def run_eval(cfg: EvalConfig, force: bool = False) -> dict:
         if getattr(j, "kind", "") == "pairwise":
             j.endpoint.check_reachable()
 
-    model = tok = None
+    model = None
     if cfg.model:
-        model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer, dtype=cfg.dtype)
+        model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer, tok=tok, dtype=cfg.dtype)
         model = for_inference(model)
     elif cfg.tokenizer:
         tok = load_tokenizer(cfg.tokenizer)
     if given is None:
-        outputs, gen_seconds = _generate(cfg, model, tok, examples, out)
+        outputs, gen_seconds = _generate(cfg, model, tok, examples, prompt_ids, out)
     else:
         outputs = [
             {
@@ -468,7 +487,15 @@ def run_eval(cfg: EvalConfig, force: bool = False) -> dict:
         from plad.evaluation.calibration import calibration
 
         results["calibration"] = calibration(
-            model, tok, pairs, cfg.data, cfg.calibration_file, cfg.generation.batch_size, n, seed
+            model,
+            tok,
+            pairs,
+            cfg.data,
+            cfg.calibration_file,
+            cfg.generation.batch_size,
+            n,
+            seed,
+            encoded_pairs,
         )
     results = _no_nan(results)
     write_json_atomic(out / "results.json", results)

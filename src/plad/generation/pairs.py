@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from plad.api import api_key
 from plad.config import ConfigError, ModelSide, PairsConfig, fingerprint, require, to_dict
 from plad.data import (
     Truncation,
@@ -42,7 +43,16 @@ from plad.data import (
 )
 from plad.generation.api import FAILURES, endpoint_identity, usage_from_rows
 from plad.generation.hf import derive_seed, generate, plan_batches
-from plad.models import fit_positions, for_inference, load_model_and_tokenizer, model_identity, set_threads
+from plad.models import (
+    check_vocab,
+    fit_positions,
+    for_inference,
+    load_model_and_tokenizer,
+    load_model_config,
+    load_tokenizer,
+    model_identity,
+    set_threads,
+)
 from plad.train import check_output_dir
 
 log = logging.getLogger("plad")
@@ -97,8 +107,9 @@ class SampleScorer:
         if name == "rouge":
             if missing := next((ex for ex in examples if not ex.target), None):
                 raise ConfigError(
-                    f"scorer rouge scores samples against the prompts' targets, but prompt {missing.id} has none; "
-                    "use scorer teacher-logp (needs no reference) or give the prompts file a target field"
+                    f"{where} id {missing.id}: scorer rouge scores samples against the prompt's target, and this "
+                    "prompt has none; use scorer teacher-logp (needs no reference), or give the prompts targets (in "
+                    "the field that data.target_field names)"
                 )
         elif name != "teacher-logp":
             from plad.scorers import check_prompts, get_scorer
@@ -125,6 +136,17 @@ def run_pairs(cfg: PairsConfig) -> dict:
     if cfg.limit:
         examples = examples[: cfg.limit]
     scorer = SampleScorer(cfg.scorer, examples, cfg.prompts_file) if cfg.scorer else None
+    sides = {"teacher": (cfg.teacher, 1), "student": (cfg.student, cfg.num_student_samples)}
+    # every local side's tokenizer, positions and prompts before any weights are read: a bad student (a missing
+    # folder, chat prompts without a template) must not cost the teacher's samples first
+    encoded = {
+        name: _encode_side(side, name, examples, cfg)
+        for name, (side, _) in sides.items()
+        if side.backend == "hf"
+    }
+    for name, (side, _) in sides.items():  # an endpoint side's key, likewise
+        if side.backend == "openai":
+            api_key(side.api, f"{name} (backend openai)")
     out = Path(cfg.output_dir)
     check_output_dir(out, resume=True)  # only checks that it is writable: the store is resumable by design
     samples_path = out / SAMPLES
@@ -134,7 +156,6 @@ def run_pairs(cfg: PairsConfig) -> dict:
             "%s: dropped an interrupted last line (%d bytes); its batch is regenerated", samples_path, dropped
         )
 
-    sides = {"teacher": (cfg.teacher, 1), "student": (cfg.student, cfg.num_student_samples)}
     fps = {name: side_fingerprint(side, k, cfg) for name, (side, k) in sides.items()}
     stored = read_jsonl(samples_path) if samples_path.exists() else []
     done = stored_samples(stored, samples_path)
@@ -157,7 +178,7 @@ def run_pairs(cfg: PairsConfig) -> dict:
 
             vllm_generate_side(side, name, examples, k, fp, done, samples_path, cfg, _progress)
         else:
-            _generate_hf(side, name, examples, k, fp, done, samples_path, cfg)
+            _generate_hf(side, name, examples, k, fp, done, samples_path, *encoded[name])
         new_rows = [r for r in list(done.values())[before:]]
         generated_rows += len(new_rows)
         generated_tokens += sum(r.get("n_tokens") or 0 for r in new_rows)
@@ -263,17 +284,33 @@ def _stored_usage(cfg: PairsConfig, done: dict, fps: dict) -> dict[str, Any]:
     return result
 
 
-def _generate_hf(
-    side: ModelSide, name: str, examples: list, k: int, fp: str, done: dict, path: Path, cfg: PairsConfig
-) -> None:
-    """Local transformers sampling: length-sorted batches (capped by batch_size and max_batch_tokens), k samples
-    per prompt with num_return_sequences, one append + fsync per batch."""
-    model, tok = load_model_and_tokenizer(side.model, side.tokenizer, dtype=side.dtype)
-    model = for_inference(model)
-    data = fit_positions(
-        cfg.data, [model.config], side.sampling.max_new_tokens, f"{name}.sampling.max_new_tokens"
+def _encode_side(side: ModelSide, name: str, examples: list, cfg: PairsConfig) -> tuple[Any, list[list[int]]]:
+    """A local side's tokenizer and its token ids of the prompts, fitted to the model's positions (read from its
+    config): everything about the side that can be wrong, without reading its weights."""
+    tok = load_tokenizer(
+        side.tokenizer or side.model, f"{name} tokenizer" if side.tokenizer else f"{name} model"
     )
-    prompt_ids = encode_prompts(tok, examples, data, cfg.prompts_file)
+    config = load_model_config(side.model, f"{name} model")
+    check_vocab(tok, getattr(config, "vocab_size", None), side.tokenizer or side.model, side.model)
+    data = fit_positions(cfg.data, [config], side.sampling.max_new_tokens, f"{name}.sampling.max_new_tokens")
+    return tok, encode_prompts(tok, examples, data, cfg.prompts_file)
+
+
+def _generate_hf(
+    side: ModelSide,
+    name: str,
+    examples: list,
+    k: int,
+    fp: str,
+    done: dict,
+    path: Path,
+    tok: Any,
+    prompt_ids: list[list[int]],
+) -> None:
+    """Local transformers sampling of the prompts encoded by `_encode_side`: length-sorted batches (capped by
+    batch_size and max_batch_tokens), k samples per prompt with num_return_sequences, one append + fsync per batch."""
+    model, tok = load_model_and_tokenizer(side.model, side.tokenizer, tok=tok, dtype=side.dtype)
+    model = for_inference(model)
     batches = plan_batches(
         [len(p) for p in prompt_ids],
         side.sampling.batch_size,
