@@ -105,6 +105,14 @@ def fit_positions(options: Any, models: list[Any], output_tokens: int, output_se
     return fitted
 
 
+def fit_output(ids: list[int], prompt_len: int, limit: int | None, stats: Any) -> list[int]:
+    """An output's ids cut where prompt + output would pass `limit` positions (counted in stats.targets)."""
+    if limit is None or prompt_len + len(ids) <= limit:
+        return ids
+    stats.targets += 1
+    return ids[: max(1, limit - prompt_len)]
+
+
 def load_tokenizer(name: str, what: str = "tokenizer") -> Any:
     """The tokenizer of a folder or hub id; `what` names it in errors ("model" where the tokenizer is read from
     the model's own folder)."""

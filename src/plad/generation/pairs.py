@@ -45,12 +45,14 @@ from plad.generation.api import FAILURES, endpoint_identity, usage_from_rows
 from plad.generation.hf import derive_seed, generate, plan_batches
 from plad.models import (
     check_vocab,
+    fit_output,
     fit_positions,
     for_inference,
     load_model_and_tokenizer,
     load_model_config,
     load_tokenizer,
     model_identity,
+    position_limit,
     set_threads,
 )
 from plad.train import check_output_dir
@@ -426,6 +428,7 @@ def _teacher_logprobs(
         stats = Truncation()
         longest = max(cfg.teacher.sampling.max_new_tokens, cfg.student.sampling.max_new_tokens)
         data = fit_positions(cfg.data, [model.config], longest, "sampling.max_new_tokens")
+        limit = position_limit(model.config)
         prompts = dict(
             zip(
                 [ex.id for ex in examples],
@@ -437,9 +440,16 @@ def _teacher_logprobs(
         chunk = max(cfg.teacher.sampling.batch_size, 1) * 4
         for start in range(0, len(todo), chunk):
             part = todo[start : start + chunk]
+            # outputs as the user limits them (data.max_target_tokens): a sample of max_new_tokens student (or
+            # API) tokens can be longer in the teacher's tokens; only a row past the positions loses its end
             outputs = [
-                encode_output(
-                    tok, done[(ex.id, side, j, fps[side])]["text"], data, stats, f"{ex.id}", ex.prompt
+                fit_output(
+                    encode_output(
+                        tok, done[(ex.id, side, j, fps[side])]["text"], cfg.data, stats, f"{ex.id}", ex.prompt
+                    ),
+                    len(prompts[ex.id]),
+                    limit,
+                    stats,
                 )
                 for ex, side, j in part
             ]
