@@ -27,6 +27,7 @@ def main() -> int:
     )
     ap.add_argument("--factors", type=int, nargs="+", default=[2], help="step multiples of the student's SFT")
     ap.add_argument("--results", default=str(HERE / "results" / "debian-smollm2"))
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: the run's)")
     args = ap.parse_args()
 
     import logging
@@ -40,6 +41,8 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="plad: %(message)s")
     root = Path(args.run)
     cfg = load_config(RunConfig, root / "run_config.yaml")
+    if args.threads:  # not part of any stage's fingerprint
+        cfg = dataclasses.replace(cfg, threads=args.threads)
     run = prepare(cfg)  # every stage is done: only read back
     baseline = str(root / "eval" / "student-sft" / "outputs.jsonl")
     res = {
