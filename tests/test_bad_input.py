@@ -583,7 +583,7 @@ CASES = [
         "sft-target-null",
         lambda t, b: (
             sft(t, b, "--train_file", jl(t / "d.jsonl", {**ROW, "target": None})),
-            [f"{p(t, 'd.jsonl')}:1: missing or empty target field 'target'"],
+            [f"{p(t, 'd.jsonl')}:1: field 'target' is null"],
         ),
     ),
     case(

@@ -263,6 +263,10 @@ def load_examples(source: str, options: DataOptions, need_target: bool, what: st
                 f"{loc}: field {options.target_field!r} holds {_kind(target)} ({json.dumps(target)[:40]}), "
                 "not text; write the reference as a string"
             )
+        if need_target and target is None and options.target_field in row:
+            raise DataError(
+                f"{loc}: field {options.target_field!r} is null; this stage needs a reference text in every row"
+            )
         if need_target and (not isinstance(target, str) or not target.strip()):
             raise DataError(
                 f"{loc}: missing or empty target field {options.target_field!r}; this stage needs references"
