@@ -472,6 +472,11 @@ def test_bench_on_a_prepared_benchmark(tiny, tmp_path, monkeypatch):
     md = (tmp_path / "bench" / "bench.md").read_text()
     assert "Prepared benchmark `debian-smollm2`" in md and manifest["teacher_info"]["wheel_sha256"][:16] in md
     assert summary["wall_seconds_per_seed"][0] > 0
+    # one seed: the table shows each evaluation's bootstrap interval over the prompts, not a zero-width one
+    teacher_row = summary["table"]["teacher"]["rouge_l"]
+    teacher_ci = json.loads((seed / "eval" / "teacher" / "results.json").read_text())["rouge_l"]["ci95"]
+    assert teacher_row["interval"].startswith("bootstrap") and teacher_row["ci95"] == teacher_ci
+    assert "One seed: each value with its 95% bootstrap interval" in md
     assert not (seed / "teacher-sft").exists()  # the prepared teacher is fine-tuned already
     teacher_eval = json.loads((seed / "eval" / "teacher" / "results.json").read_text())
     assert (

@@ -117,7 +117,11 @@ def run_parallel(run: Run, jobs: int, tasks: list[tuple]) -> None:
 
 
 def _metrics(res: dict) -> dict:
-    return {m: res[m]["value"] for m in METRICS if m in res}
+    """Each metric's value, and its 95% bootstrap interval over the test prompts as METRIC_ci95 (what a
+    one-seed table shows: an interval across one seed says nothing)."""
+    out = {m: res[m]["value"] for m in METRICS if m in res}
+    out |= {f"{m}_ci95": res[m]["ci95"] for m in METRICS if isinstance(res.get(m), dict) and "ci95" in res[m]}
+    return out
 
 
 def _length_buckets(run: Run, systems: dict[str, str], n_buckets: int) -> dict:
@@ -328,6 +332,14 @@ def bench_seed(cfg: BenchConfig, seed: int, force: bool) -> dict:
         for k in ("pairs", "mean_chosen_score", "mean_rejected_score", "pairs_inverted")
     }
     result["seconds_this_invocation"] = round(time.perf_counter() - t0, 1)
+    # wall time of every invocation that worked on this seed (a rerun that only reads stages back adds seconds)
+    previous = run.root / "bench_seed.json"
+    before = json.loads(previous.read_text()) if previous.is_file() else {}
+    result["wall_seconds"] = round(
+        before.get("wall_seconds", before.get("seconds_this_invocation", 0.0))
+        + result["seconds_this_invocation"],
+        1,
+    )
     result["stage_seconds_total"] = run.seconds_total()
     write_json_atomic(run.root / "bench_seed.json", result)
     return result
@@ -369,11 +381,18 @@ def aggregate(cfg: BenchConfig, per_seed: list[dict]) -> dict:
         vals = [v for r in per_seed if (v := get(r)) is not None]
         return across_seeds(vals) if len(vals) == len(per_seed) else None
 
+    def cell(row: dict, m: str) -> dict | None:
+        """A table cell: across seeds, or with one seed the evaluation's bootstrap interval over the prompts."""
+        out = over(lambda r: row(r).get(m))
+        if out is not None and len(per_seed) == 1 and (ci := row(per_seed[0]).get(f"{m}_ci95")):
+            out = {**out, "ci95": ci, "interval": "bootstrap over the test prompts (one seed)"}
+        return out
+
     table: dict[str, dict] = {}
     for name in ["student-sft", "teacher"]:
-        table[name] = {m: over(lambda r, n=name, m=m: r["systems"][n].get(m)) for m in METRICS}
+        table[name] = {m: cell(lambda r, n=name: r["systems"][n], m) for m in METRICS}
     for name in cfg.methods:
-        table[name] = {m: over(lambda r, n=name, m=m: r["methods"][n].get(m)) for m in METRICS}
+        table[name] = {m: cell(lambda r, n=name: r["methods"][n], m) for m in METRICS}
         table[name]["lr"] = [r["methods"][name]["lr"] for r in per_seed]
     if cfg.real_pairs and all("lr" in r.get("real_pairs", {}) for r in per_seed):
         table["plad-rank-real"] = {m: over(lambda r, m=m: r["real_pairs"].get(m)) for m in METRICS}
@@ -433,7 +452,7 @@ def aggregate(cfg: BenchConfig, per_seed: list[dict]) -> dict:
         "pairs_per_seed": [r["pairs"] for r in per_seed],
         "real_pairs_per_seed": [r.get("real_pairs", {}).get("pairs") for r in per_seed],
         "seconds_per_seed": [r["stage_seconds_total"] for r in per_seed],
-        "wall_seconds_per_seed": [r.get("seconds_this_invocation") for r in per_seed],
+        "wall_seconds_per_seed": [r.get("wall_seconds") for r in per_seed],
         **({"prepared": prepared_provenance(cfg.run)} if cfg.run.prepared else {}),
     }
 
@@ -564,7 +583,7 @@ def to_markdown(summary: dict) -> str:
         "validation split; compute time per seed (s, sum of its stages): "
         + ", ".join(f"{s:g}" for s in summary["seconds_per_seed"])
         + (
-            "; wall time of the invocation that finished each seed (s): "
+            "; wall time of the invocations that made each seed (s): "
             + ", ".join(f"{s:g}" for s in summary["wall_seconds_per_seed"])
             if all(summary.get("wall_seconds_per_seed") or [None])
             else ""
@@ -572,7 +591,14 @@ def to_markdown(summary: dict) -> str:
         + ".",
         *_prepared_lines(summary.get("prepared")),
         "",
-        f"Test split, judge `{judge}`. Mean over seeds with a 95% t-interval across seeds. `vs student-sft`: "
+        f"Test split, judge `{judge}`. "
+        + (
+            "One seed: each value with its 95% bootstrap interval over the test prompts (the tables below show "
+            "no interval with one seed). "
+            if len(summary["seeds"]) == 1
+            else "Mean over seeds with a 95% t-interval across seeds. "
+        )
+        + "`vs student-sft`: "
         "head-to-head win rate against the initial (SFT) student (the higher score wins); ties count 1/2. "
         "`plad-rank-real`: plad-rank on real preference pairs (the same samples ordered by the scorer, ties "
         "dropped) instead of pseudo pairs. `plad-list-kK`: plad-list over K student samples per prompt; "

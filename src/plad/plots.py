@@ -263,17 +263,27 @@ def plot_length_buckets(bench: dict, out: Path) -> Path | None:
         "mean_score": f"mean score ({bench.get('judge') or 'task'})",
     }
     fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 4.8), squeeze=False)
+    # one colour per system in every panel (the head-to-head panel has no student-sft line)
+    names = list(dict.fromkeys(name for _, buckets in panels for name in buckets))
+    palette = plt.get_cmap("tab10") if len(names) <= 10 else _color  # tab10: no light/dark pairs
     for ax, (key, buckets) in zip(axes[0], panels, strict=True):
-        for i, (name, cells) in enumerate(buckets.items()):
+        for name, cells in buckets.items():
             vals = [c["mean"] if c else float("nan") for c in cells]
-            ax.plot(range(n), vals, marker="o", label=name, **_style(i, name))
+            i = names.index(name)
+            style = {**_style(i, name), "color": palette(i)}
+            ax.plot(range(n), vals, marker="o", label=name, **style)
         ax.set_xticks(range(n), labels[:n])
         ax.set_xlabel("target length (student tokens), quantile buckets of seed 0")
         ax.set_ylabel(f"{ylabels[key]}\n(mean over seeds)")
         if key == "win_rate":
             ax.axhline(0.5, color="grey", linewidth=0.8)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    handles = {
+        h.get_label(): h for ax in axes[0] for h in ax.get_lines() if not h.get_label().startswith("_")
+    }
+    axes[0][-1].legend(
+        [handles[x] for x in names], names, fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left"
+    )
     fig.suptitle("By target length")
     return _save(fig, out / "length_buckets.png")
 
@@ -603,7 +613,12 @@ def write_report(paths: list[str], output_dir: str, title: str = "plad report") 
             interval = (
                 f"Intervals: {data['interval']}."
                 if "interval" in data
-                else "Mean over seeds with 95% t-intervals."
+                else (
+                    "One seed: the main table's intervals are 95% bootstrap intervals over the test prompts; the "
+                    "others have no width."
+                    if len(data.get("seeds", [])) == 1
+                    else "Mean over seeds with 95% t-intervals."
+                )
             )
             md += [
                 f"`{data['command']}` on {data['date']}; {m['cpu']}, {m['cores']} cores; seeds {data['seeds']}. "
