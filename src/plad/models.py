@@ -62,9 +62,9 @@ def position_limit(config: Any) -> int | None:
 
 
 def fit_positions(options: Any, models: list[Any], output_tokens: int, output_setting: str) -> Any:
-    """The data options with prompt and output limits that fit the positions of every model in `models` (folders or hub
-    ids, or loaded models' configs): a row
-    over a learned position table fails mid-run (`IndexError: index out of range in self`). When
+    """The data options with prompt and output limits that fit the positions of every model in `models` (folders
+    or hub ids, or loaded models' configs): a row over a learned position table fails mid-run (`IndexError: index
+    out of range in self`). When
     data.max_prompt_tokens + `output_tokens` (the setting `output_setting`) exceeds a model's limit, the output
     keeps min(output_tokens, max(limit - prompt limit, limit // 2)) tokens and prompts the rest; this is logged once
     and the rows actually cut are counted as truncated (or refused, with data.overlong=error). Reads only configs."""
