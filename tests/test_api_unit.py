@@ -10,10 +10,11 @@ import json
 import random
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from conftest import Bench, main_inprocess
+from servers import QuietHTTPServer
 
 from plad.api import (
     ApiError,
@@ -231,7 +232,7 @@ def test_timeout_counts_time_without_progress(client):
                 self.wfile.flush()
                 time.sleep(0.25)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    server = QuietHTTPServer(("127.0.0.1", 0), Slow)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     cfg = ApiConfig(
         base_url=f"http://127.0.0.1:{server.server_address[1]}/v1",
@@ -297,7 +298,7 @@ def test_lean_client_goes_through_the_environments_proxy(monkeypatch):
             self.end_headers()
             self.wfile.write(reply)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    server = QuietHTTPServer(("127.0.0.1", 0), Proxy)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         for var in ("no_proxy", "NO_PROXY", "http_proxy"):
