@@ -30,15 +30,14 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: the run's)")
     args = ap.parse_args()
 
-    import logging
-
     from plad.bench import provenance
     from plad.config import RunConfig, SFTConfig, load_config
+    from plad.logs import setup_logging
     from plad.models import model_identity
     from plad.pipeline import _with_seed, eval_stage, prepare
     from plad.stages import run_sft
 
-    logging.basicConfig(level=logging.INFO, format="plad: %(message)s")
+    setup_logging()  # plad's lines as `plad: `, other libraries' under their own names
     root = Path(args.run)
     cfg = load_config(RunConfig, root / "run_config.yaml")
     if args.threads:  # not part of any stage's fingerprint
