@@ -202,8 +202,8 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     from servers import LlamaCppServer, TransformersServer, write_gguf
 
-    from plad.bench import machine
     from plad.data import read_jsonl
+    from plad.experiments.bench import machine
 
     root = Path(tempfile.mkdtemp(prefix="plad-api-bench-"))
     model, prompts_file = build(root, args.prompts, args.preset, model=args.server != "canned")

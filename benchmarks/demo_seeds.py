@@ -28,8 +28,8 @@ def main() -> int:
     args = ap.parse_args()
     import torch
 
-    from plad.bench import machine
     from plad.evaluation.winrate import across_seeds
+    from plad.experiments.bench import machine
 
     plad = str(Path(sys.executable).with_name("plad"))
 

@@ -1,5 +1,5 @@
 """Time and peak memory of one training step (forward + backward) with the output layer computed everywhere vs
-only at the labelled positions (plad.logprobs.output_logits), on a tiny-width Llama with SmolLM2's vocabulary.
+only at the labelled positions (plad.core.logprobs.output_logits), on a tiny-width Llama with SmolLM2's vocabulary.
 
 Not a test (pytest does not collect it). Compare two plad source trees, e.g. the commit before the change:
 
@@ -30,12 +30,12 @@ def child(method: str, fallback: bool, steps: int) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from plad.config import LossConfig
-    from plad.methods import METHODS, Frozen, Item, make_batch
+    from plad.core.methods import METHODS, Frozen, Item, make_batch
 
     if fallback:
-        import plad.logprobs
+        import plad.core.logprobs
 
-        plad.logprobs.gathered_output_layer = lambda model: None
+        plad.core.logprobs.gathered_output_layer = lambda model: None
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     config = LlamaConfig(
         vocab_size=VOCAB,

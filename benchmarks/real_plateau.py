@@ -30,12 +30,12 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: the run's)")
     args = ap.parse_args()
 
-    from plad.bench import provenance
     from plad.config import RunConfig, SFTConfig, load_config
-    from plad.logs import setup_logging
-    from plad.models import model_identity
-    from plad.pipeline import _with_seed, eval_stage, prepare
-    from plad.stages import run_sft
+    from plad.core.models import model_identity
+    from plad.experiments.bench import provenance
+    from plad.experiments.pipeline import _with_seed, eval_stage, prepare
+    from plad.train.stages import run_sft
+    from plad.utils.logs import setup_logging
 
     setup_logging()  # plad's lines as `plad: `, other libraries' under their own names
     root = Path(args.run)

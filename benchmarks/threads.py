@@ -25,8 +25,8 @@ from plad.benchmark.build import build_model, build_tokenizer
 from plad.benchmark.tasks import generate_splits
 from plad.config import LossConfig, SamplingConfig
 from plad.generation.hf import generate
-from plad.methods import METHODS, Item, make_batch
-from plad.train import _to_device
+from plad.core.methods import METHODS, Item, make_batch
+from plad.train.loop import _to_device
 
 threads, steps, work = int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
 torch.set_num_threads(threads)

@@ -32,9 +32,9 @@ def main() -> int:
     args = ap.parse_args()
 
     from plad.config import RunConfig, load_config
+    from plad.core.methods import METHODS
     from plad.evaluation.evaluate import run_eval
-    from plad.methods import METHODS
-    from plad.stages import run_distill
+    from plad.train.stages import run_distill
 
     run = Path(args.run)
     cfg = load_config(RunConfig, run / "run_config.yaml")

@@ -16,7 +16,8 @@ import pytest
 from conftest import Bench, main_inprocess
 from servers import QuietHTTPServer
 
-from plad.api import (
+from plad.config import ApiConfig, ConfigError, SamplingConfig
+from plad.endpoint.client import (
     ApiError,
     Endpoint,
     HttpStatusError,
@@ -26,7 +27,6 @@ from plad.api import (
     env_proxy,
     retry_after_seconds,
 )
-from plad.config import ApiConfig, ConfigError, SamplingConfig
 from plad.generation.hf import plan_batches
 
 

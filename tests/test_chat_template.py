@@ -21,6 +21,7 @@ import torch
 from conftest import main_inprocess, read_jsonl
 
 from plad.config import DataOptions, SamplingConfig
+from plad.core.models import load_model_and_tokenizer, load_tokenizer
 from plad.data import (
     Example,
     Truncation,
@@ -32,7 +33,6 @@ from plad.data import (
     stop_ids,
 )
 from plad.generation.hf import generate, to_sample
-from plad.models import load_model_and_tokenizer, load_tokenizer
 
 WORDS = ["user", "assistant", "model", "system", "count:", "a", "b", "c", "be", "brief"]
 
@@ -188,7 +188,7 @@ def test_end_of_turn_follows_the_template_and_falls_back_to_eos(tmp_path: Path, 
 def test_training_items_of_chat_prompts_end_with_end_of_turn(toks: dict, tmp_path: Path, monkeypatch) -> None:
     """sft / targets, seqkd (teacher outputs), pairs and lists, calibration: one encoding everywhere."""
     from plad.evaluation import calibration
-    from plad.stages import encode_targets, list_items, pair_items
+    from plad.train.stages import encode_targets, list_items, pair_items
 
     tok = toks["llama3"]
     eot, eos = tok.convert_tokens_to_ids("<|eot_id|>"), tok.eos_token_id
@@ -340,7 +340,7 @@ def byte_level(tmp_path_factory: pytest.TempPathFactory):
 def test_stop_strings_end_a_row_and_cut_its_text(byte_level, stop, x_row, z_row) -> None:
     """Rows of one batch stop on their own (left padding, different lengths), as the openai backend's cut_at_stop
     and vLLM's `stop` do: the text ends where the stop string starts."""
-    from plad.api import cut_at_stop
+    from plad.endpoint.client import cut_at_stop
 
     model, tok = byte_level
     prompts = [tok("x").input_ids, tok("zz z").input_ids]
@@ -394,8 +394,8 @@ def test_vllm_rows_read_like_hf_rows(byte_level) -> None:
 
 
 def test_stop_setting_reaches_every_backend() -> None:
-    from plad.api import Endpoint
     from plad.config import ApiConfig, ConfigError
+    from plad.endpoint.client import Endpoint
 
     ep = Endpoint(ApiConfig(base_url="http://x/v1", api_key_env="", stop=["END"]), "m", "teacher")
     params = ep.request_params("p", SamplingConfig(stop=["\n", "END"]), 1, None, 8)

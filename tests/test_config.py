@@ -299,9 +299,9 @@ def test_cli_dash_spelling_and_bool_flag(monkeypatch):
         seen["cfg"] = cfg
         return {}
 
-    import plad.stages
+    import plad.train.stages
 
-    monkeypatch.setattr(plad.stages, "run_sft", fake_run_sft)
+    monkeypatch.setattr(plad.train.stages, "run_sft", fake_run_sft)
     assert cli.main(["-q", "sft", "--train.max-steps", "3", "--resume", "--train.lr", "1e-2"]) == 0
     cfg = seen["cfg"]
     assert cfg.train.max_steps == 3 and cfg.resume is True and cfg.train.lr == 0.01

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from plad.config import ConfigError, DataOptions
+from plad.core.models import ModelError, load_causal_lm, load_model_and_tokenizer, load_tokenizer
 from plad.data import (
     DataError,
     Truncation,
@@ -25,7 +26,6 @@ from plad.data import (
     repair_torn_tail,
     write_jsonl_atomic,
 )
-from plad.models import ModelError, load_causal_lm, load_model_and_tokenizer, load_tokenizer
 
 WORDS = [*"abcdefghijklmnopqrstuvwxyz", "count:", "summary:"]
 
@@ -294,7 +294,7 @@ def test_encode_output_overlong_keeps_start_and_eos(tok):
 
 
 def test_stage_encoding_names_the_overlong_row(tmp_path, tok):
-    from plad.stages import encode_targets
+    from plad.train.stages import encode_targets
 
     p = write_lines(
         tmp_path / "d.jsonl", [GOOD[0], {"id": "long", "prompt": "count: a b c d e f", "target": "a"}]
@@ -390,7 +390,7 @@ def _unwritable_dir(tmp_path: Path) -> Path:
 
 
 def test_check_output_dir_not_writable(tmp_path):
-    from plad.train import check_output_dir
+    from plad.train.loop import check_output_dir
 
     out = _unwritable_dir(tmp_path)
     try:
@@ -401,7 +401,7 @@ def test_check_output_dir_not_writable(tmp_path):
 
 
 def test_check_output_dir_refuses_a_previous_run(tmp_path):
-    from plad.train import SUMMARY_FILE, check_output_dir
+    from plad.train.loop import SUMMARY_FILE, check_output_dir
 
     check_output_dir(tmp_path / "fresh", resume=False)  # creates it
     assert (tmp_path / "fresh").is_dir() and not any((tmp_path / "fresh").iterdir())

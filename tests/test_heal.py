@@ -11,8 +11,8 @@ import torch
 from conftest import Bench, main_inprocess, read_jsonl
 
 from plad.benchmark.heal import pack, text_items
+from plad.core.methods import Item
 from plad.data import DataError, write_jsonl_atomic
-from plad.methods import Item
 
 
 def test_pack_by_hand():

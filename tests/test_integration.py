@@ -419,7 +419,7 @@ def test_stage_eval_with_compare_to(bench: Bench, stage_distilled: Path, tmp_pat
 
 def _items(kind: str, vocab: int) -> list:
     """Exactly 8 items (so both settings see the same 8 in their one step) with very different lengths."""
-    from plad.methods import Item
+    from plad.core.methods import Item
 
     g = torch.Generator().manual_seed(0 if kind != "reg" else 1)
 
@@ -446,7 +446,7 @@ def _items(kind: str, vocab: int) -> list:
 def _sharp_teacher(bench: Bench):
     """The tiny teacher with its logits scaled up x30: random tiny models are near-uniform, so token-level losses
     between two of them have gradients too small for a 1e-5 comparison to mean anything."""
-    from plad.models import load_model_and_tokenizer
+    from plad.core.models import load_model_and_tokenizer
 
     teacher = load_model_and_tokenizer(str(bench.teacher))[0].eval()
     with torch.no_grad():
@@ -480,9 +480,9 @@ def _one_step(
     student: Path | None = None,
 ):
     from plad.config import TrainConfig
-    from plad.methods import METHODS, Frozen
-    from plad.models import load_model_and_tokenizer
-    from plad.train import train
+    from plad.core.methods import METHODS, Frozen
+    from plad.core.models import load_model_and_tokenizer
+    from plad.train.loop import train
 
     model, tok = load_model_and_tokenizer(str(student or bench.student))
     names = [n for n, _ in model.named_parameters()]
@@ -500,9 +500,9 @@ def _one_step(
 
 
 def _reference_grads(bench: Bench, method_name: str, loss_cfg, items, reg_items) -> dict:
-    """The window's loss written out by hand, one unpadded forward per sequence (no plad.methods or plad.losses
+    """The window's loss written out by hand, one unpadded forward per sequence (no plad.core.methods or plad.core.losses
     code): mean over examples of the sequence term + weight * (sum of token terms) / (tokens in the window)."""
-    from plad.models import load_model_and_tokenizer
+    from plad.core.models import load_model_and_tokenizer
 
     model, _ = load_model_and_tokenizer(str(bench.student))
     teacher = _sharp_teacher(bench)
@@ -567,8 +567,8 @@ def _reference_grads(bench: Bench, method_name: str, loss_cfg, items, reg_items)
 
 def _naive_grads(bench: Bench, method_name: str, loss_cfg, items, reg_items, batch_size: int) -> dict:
     """The bug the loop avoids: each micro-batch normalised by its own token count, then averaged."""
-    from plad.methods import METHODS, Frozen, make_batch
-    from plad.models import load_model_and_tokenizer
+    from plad.core.methods import METHODS, Frozen, make_batch
+    from plad.core.models import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(str(bench.student))
     frozen = Frozen(teacher=_sharp_teacher(bench), vocab=len(tok))
@@ -601,8 +601,8 @@ def test_micro_batch_times_accumulation_invariance(
     bench: Bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method_name: str, regularizer: str
 ) -> None:
     from plad.config import LossConfig
-    from plad.methods import METHODS as TABLE
-    from plad.models import load_model_and_tokenizer
+    from plad.core.methods import METHODS as TABLE
+    from plad.core.models import load_model_and_tokenizer
 
     monkeypatch.setattr(torch.optim, "AdamW", _RecordingSGD)
     start, tok = load_model_and_tokenizer(str(bench.student))
@@ -645,7 +645,7 @@ def test_models_stage_fingerprint_follows_preset_contents(tmp_path, monkeypatch)
     """Changing a preset's architecture (same name) must not reuse models built from the old one."""
     from plad.benchmark import build
     from plad.config import ConfigError, RunConfig, from_dict
-    from plad.pipeline import run_pipeline
+    from plad.experiments.pipeline import run_pipeline
 
     cfg = {
         "output_dir": str(tmp_path / "run"),

@@ -1,4 +1,4 @@
-"""The output layer computed only at the labelled positions (plad.logprobs.output_logits) against the full forward
+"""The output layer computed only at the labelled positions (plad.core.logprobs.output_logits) against the full forward
 that computes logits everywhere: sequence log-probs, token NLL, and for every method of the table the loss parts and
 the parameter gradients, on tiny Llama (also with a biased output layer), Qwen2, GPT-2, GPT-NeoX, OPT and Gemma-3
 models (DESIGN 9.5: fast path vs reference path).
@@ -16,10 +16,9 @@ from collections.abc import Callable
 import pytest
 import torch
 
-import plad.logprobs as logprobs
+import plad.core.logprobs as logprobs
 from plad.config import LossConfig
-from plad.data import collate_sequences
-from plad.logprobs import (
+from plad.core.logprobs import (
     aligned_labels,
     forward_logits,
     forward_token_nll,
@@ -28,7 +27,7 @@ from plad.logprobs import (
     score_outputs,
     sequence_logps,
 )
-from plad.losses import (
+from plad.core.losses import (
     TOKEN_DIVERGENCES,
     dpkd_token_loss,
     generalized_jsd,
@@ -36,7 +35,8 @@ from plad.losses import (
     token_kl_to_reference,
     token_nll,
 )
-from plad.methods import METHODS, Frozen, Item, make_batch
+from plad.core.methods import METHODS, Frozen, Item, make_batch
+from plad.data import collate_sequences
 
 VOCAB = 300  # "a few hundred": several output-layer rows per hidden unit, as in a real model
 PAD, EOS = 0, 1

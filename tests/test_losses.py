@@ -1,5 +1,5 @@
 """Losses against hand-worked values and identities; the batched log-prob path against a one-by-one reference;
-the calibration methods of `plad.methods` on a tiny model."""
+the calibration methods of `plad.core.methods` on a tiny model."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from plad.config import LossConfig
+from plad.core.logprobs import sequence_logps
+from plad.core.losses import margin_calibration_loss, rank_calibration_loss, ranking_accuracy, token_nll
+from plad.core.methods import METHODS, Item, make_batch
 from plad.data import collate_sequences
-from plad.logprobs import sequence_logps
-from plad.losses import margin_calibration_loss, rank_calibration_loss, ranking_accuracy, token_nll
-from plad.methods import METHODS, Item, make_batch
 
 PAD = 0
 
@@ -278,3 +278,12 @@ def test_plad_rank_sgd_step_raises_margin():
     c1, r1 = measured()
     assert (c1 - r1) > (c0 - r0) + 1e-3  # the margin went up
     assert r1 < r0 and c1 > c0
+
+
+def test_public_import_path_is_the_core_module():
+    """`plad.losses` stays importable for users (the losses moved to plad.core.losses): the same functions."""
+    import plad.core.losses as core
+    import plad.losses as public
+
+    for name in ("rank_calibration_loss", "margin_calibration_loss", "dpkd_sequence_loss", "generalized_jsd"):
+        assert getattr(public, name) is getattr(core, name)

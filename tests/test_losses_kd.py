@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from plad.losses import (
+from plad.core.losses import (
     TOKEN_DIVERGENCES,
     dpkd_sequence_loss,
     dpkd_token_loss,

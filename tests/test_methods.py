@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import Bench, main_inprocess, make_pairs, read_jsonl
 
-from plad.methods import METHODS
+from plad.core.methods import METHODS
 
 # --------------------------------------------------------------------------------------------------------------
 # A scored pairs store with k = 2 student samples and the teacher's log-probs
@@ -25,7 +25,7 @@ def store(bench: Bench, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_teacher_logprobs_stored_with_every_pair(bench: Bench, store: Path) -> None:
-    from plad.models import load_model_and_tokenizer
+    from plad.core.models import load_model_and_tokenizer
 
     pairs = read_jsonl(store / "pairs.jsonl")
     assert len(pairs) == 12
@@ -269,7 +269,7 @@ def test_different_tokenizers(bench: Bench, other_vocab_teacher: Path, tmp_path:
 
 
 def test_divergence_labels() -> None:
-    from plad.methods import divergence_labels
+    from plad.core.methods import divergence_labels
 
     prompt_len = 2
     a, b = [5, 6, 7, 8, 2], [5, 6, 9, 2]
@@ -291,7 +291,7 @@ def test_list_items_ranks(bench: Bench) -> None:
     from transformers import AutoTokenizer
 
     from plad.config import DataOptions
-    from plad.stages import list_items
+    from plad.train.stages import list_items
 
     tok = AutoTokenizer.from_pretrained(bench.student)
 
@@ -323,7 +323,7 @@ def test_list_items_ranks(bench: Bench) -> None:
 
 def test_list_batch_layout() -> None:
     from plad.config import LossConfig
-    from plad.methods import Item, make_batch
+    from plad.core.methods import Item, make_batch
 
     items = [
         Item([1, 2], [3, 9], outputs=[[3, 9], [4, 9], [5, 9]], ranks=[0, 1, 1]),
@@ -345,9 +345,9 @@ def test_list_batch_layout() -> None:
 
 def test_on_policy_is_deterministic_per_micro_batch(bench: Bench) -> None:
     from plad.config import DistillConfig, LossConfig, SamplingConfig
-    from plad.methods import Item
-    from plad.models import load_model_and_tokenizer
-    from plad.stages import make_on_policy
+    from plad.core.methods import Item
+    from plad.core.models import load_model_and_tokenizer
+    from plad.train.stages import make_on_policy
 
     model, tok = load_model_and_tokenizer(str(bench.student))
     items = [Item(tok("abc").input_ids, [5, tok.eos_token_id]) for _ in range(3)]
@@ -400,7 +400,7 @@ def test_rounds_need_a_pair_method_and_a_scorer(bench: Bench, store: Path, tmp_p
 
 def test_data_fraction_keeps_whole_prompts_in_file_order() -> None:
     from plad.data import Example
-    from plad.stages import _fraction
+    from plad.train.stages import _fraction
 
     pairs = [{"id": f"{p}#{j}", "prompt_id": p} for p in "abcde" for j in range(2)]
     assert [r["id"] for r in _fraction(pairs, 0.4)] == ["a#0", "a#1", "b#0", "b#1"]

@@ -20,8 +20,8 @@ from conftest import Bench, main_inprocess
 from plad.benchmark import debian, real
 from plad.benchmark.real import convert_gguf, gguf_from_wheel, load_prepared
 from plad.config import ConfigError
+from plad.core.models import ModelError
 from plad.data import write_jsonl_atomic
-from plad.models import ModelError
 
 CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
 N_HEAD, N_KV = 4, 2

@@ -29,7 +29,6 @@ from conftest import (
 )
 from servers import ScriptedServer
 
-from plad.api import ApiError, Endpoint
 from plad.config import ApiConfig, SamplingConfig
 from plad.data import (
     DataError,
@@ -39,6 +38,7 @@ from plad.data import (
     write_jsonl_atomic,
     write_text_atomic,
 )
+from plad.endpoint.client import ApiError, Endpoint
 
 # A user's own task: prompts that no built-in task scorer reads.
 USER_ROWS = [
@@ -188,7 +188,7 @@ def test_llm_judge_cache_keeps_a_reply_holding_a_lone_surrogate(tmp_path: Path) 
 
 HOLDER = """
 import sys, time
-from plad.lock import folder_lock
+from plad.utils.lock import folder_lock
 with folder_lock(sys.argv[1], command="plad pairs --holder"):
     print("locked", flush=True)
     time.sleep(120)
@@ -219,14 +219,14 @@ def test_a_folder_in_use_is_refused_and_a_killed_holders_lock_does_not_block(tmp
 
 
 def test_the_lock_is_reentrant_and_leaves_no_folder_behind(tmp_path: Path) -> None:
-    from plad.lock import FolderBusy, folder_lock
+    from plad.utils.lock import FolderBusy, folder_lock
 
     out = tmp_path / "new" / "deeper"
     with folder_lock(out):
         with folder_lock(out):  # the same process again: goes on
             assert (out / ".plad.lock").is_file()
     assert not (tmp_path / "new").exists()  # created by the lock, nothing written: removed again
-    probe = f"from plad.lock import folder_lock\nwith folder_lock({str(out)!r}): pass\nprint('ok')"
+    probe = f"from plad.utils.lock import folder_lock\nwith folder_lock({str(out)!r}): pass\nprint('ok')"
     with folder_lock(out, command="me"):
         proc = subprocess.run(
             [sys.executable, "-c", probe], env=subprocess_env(), capture_output=True, text=True
@@ -240,7 +240,7 @@ def test_the_lock_is_reentrant_and_leaves_no_folder_behind(tmp_path: Path) -> No
 
 
 def test_full_disk_in_pairs_says_so_and_the_same_command_resumes(tmp_path: Path, capsys, monkeypatch) -> None:
-    import plad.generation.api as gen_api
+    import plad.generation.openai as gen_api
 
     prompts = tmp_path / "p.jsonl"
     write_jsonl_atomic(prompts, USER_ROWS)
@@ -282,7 +282,7 @@ def test_full_disk_in_a_checkpoint_save(bench: Bench, tmp_path: Path, capsys, mo
     ends with one line: disk full, nothing lost, --resume continues; the partial checkpoint is removed."""
     import accelerate
 
-    import plad.train
+    import plad.train.loop
 
     def full(self, output_dir: str, **kwargs) -> None:
         Path(output_dir).mkdir(parents=True)
@@ -292,7 +292,7 @@ def test_full_disk_in_a_checkpoint_save(bench: Bench, tmp_path: Path, capsys, mo
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
 
     monkeypatch.setattr(accelerate.Accelerator, "save_state", full)
-    monkeypatch.setattr(plad.train, "disk_nearly_full", lambda path: True, raising=False)
+    monkeypatch.setattr(plad.train.loop, "disk_nearly_full", lambda path: True, raising=False)
     out = tmp_path / "sft"
     assert main_inprocess(*sft_args(bench, out, "--train.save_every", 2)) == 3
     line = one_error_line(capsys.readouterr().err, "sft")
@@ -508,7 +508,7 @@ def test_only_plads_own_log_lines_say_plad(tmp_path: Path) -> None:
 
     import logging
 
-    from plad.logs import Format
+    from plad.utils.logs import Format
 
     fmt = Format("%(source)s: %(message)s")
     record = logging.LogRecord("absl", logging.WARNING, "", 0, "Using default tokenizer.", None, None)

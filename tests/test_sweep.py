@@ -148,7 +148,7 @@ def test_sweep_config_errors(tmp_path: Path, capsys) -> None:
 def test_sweep_aggregates_over_seeds() -> None:
     """Several seeds: the mean with a t-interval across seeds and the per-seed values, for every point."""
     from plad.config import SweepConfig
-    from plad.sweep import aggregate
+    from plad.experiments.sweep import aggregate
 
     def cell(v: float) -> dict:
         return {"value": v, "ci95": [v - 0.1, v + 0.1], "n": 12}
@@ -180,7 +180,7 @@ def test_sweep_aggregates_over_seeds() -> None:
 def test_scaling_plot_reads_bench_and_sweep_results(tmp_path: Path) -> None:
     """One plot function for both files: bench.json keeps one win-rate cell per fraction, sweep.json a cell per
     metric; the x ticks are the fractions present."""
-    from plad.plots import _scaling_series, plot_scaling
+    from plad.reporting.plots import _scaling_series, plot_scaling
 
     bench = {
         "table": {"student-sft": {"win_rate_vs_target": {"mean": 0.1, "ci95": [0.0, 0.2], "values": [0.1]}}},

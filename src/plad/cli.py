@@ -27,7 +27,7 @@ from plad.config import (
     flat_fields,
     load_config,
 )
-from plad.logs import setup_logging
+from plad.utils.logs import setup_logging
 
 STAGES: dict[str, tuple[type, str]] = {
     "sft": (SFTConfig, "fine-tune a causal LM on (prompt, target): teacher and student initialisation"),
@@ -233,11 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # plad shows its own progress; weight-loading bars are noise
-    from plad.api import ApiError, ApiStopped
+    from plad.core.models import ModelError
     from plad.data import DataError
-    from plad.models import ModelError
-    from plad.scorers import UnknownScorer
-    from plad.signals import Interrupted, handle_signals
+    from plad.endpoint.client import ApiError, ApiStopped
+    from plad.evaluation.scorers import UnknownScorer
+    from plad.utils.signals import Interrupted, handle_signals
 
     command = " ".join(["plad", *argv])
     try:
@@ -288,7 +288,7 @@ def _lock_target(ns: argparse.Namespace, cfg: Any) -> tuple[str, str] | None:
 
 def _dispatch(ns: argparse.Namespace, command: str) -> int:
     if ns.command == "methods":
-        from plad.methods import METHODS
+        from plad.core.methods import METHODS
 
         for m in METHODS.values():
             needs = {
@@ -303,7 +303,7 @@ def _dispatch(ns: argparse.Namespace, command: str) -> int:
             print(f"{m.name:16s} {m.summary} [needs: {'; '.join(needs)}]")
         return 0
     if ns.command == "report":
-        from plad.plots import write_report
+        from plad.reporting.plots import write_report
 
         _print_json(write_report(ns.results, ns.output_dir, ns.title))
         return 0
@@ -321,7 +321,7 @@ def _dispatch(ns: argparse.Namespace, command: str) -> int:
     target = _lock_target(ns, cfg)
     if target is None:
         return _run_stage(ns, cfg)
-    from plad.lock import folder_lock
+    from plad.utils.lock import folder_lock
 
     with folder_lock(*target, command=command):
         return _run_stage(ns, cfg)
@@ -329,15 +329,15 @@ def _dispatch(ns: argparse.Namespace, command: str) -> int:
 
 def _run_stage(ns: argparse.Namespace, cfg: Any) -> int:
     if ns.command in ("run", "demo"):
-        from plad.pipeline import run_pipeline
+        from plad.experiments.pipeline import run_pipeline
 
         return run_pipeline(cfg, force=ns.force)
     if ns.command == "bench":
-        from plad.bench import run_bench
+        from plad.experiments.bench import run_bench
 
         return run_bench(cfg, force=ns.force)
     if ns.command == "sweep":
-        from plad.sweep import run_sweep
+        from plad.experiments.sweep import run_sweep
 
         return run_sweep(cfg, force=ns.force)
     if ns.command == "prepare":
@@ -346,13 +346,13 @@ def _run_stage(ns: argparse.Namespace, cfg: Any) -> int:
         _print_json(run_prepare(cfg, force=ns.force))
         return 0
     if ns.command == "sft":
-        from plad.stages import run_sft as runner
+        from plad.train.stages import run_sft as runner
     elif ns.command == "prune":
         from plad.benchmark.prune import run_prune as runner
     elif ns.command == "heal":
         from plad.benchmark.heal import run_heal as runner
     elif ns.command == "distill":
-        from plad.stages import run_distill as runner
+        from plad.train.stages import run_distill as runner
     elif ns.command == "pairs" and ns.status:
         from plad.generation.pairs import pairs_status as runner
     elif ns.command == "pairs":

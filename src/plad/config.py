@@ -60,7 +60,7 @@ def _check_choices(obj: Any) -> None:
             raise ConfigError(f"{f.name} = {value!r} is not allowed; choose one of {', '.join(choices)}")
 
 
-# The rows of plad.methods.METHODS (this module does not import torch; a test keeps the two equal).
+# The rows of plad.core.methods.METHODS (this module does not import torch; a test keeps the two equal).
 ALL_METHODS = [
     "sft", "seqkd", "plad-rank", "plad-margin", "plad-list", "plad-rank-div", "plad-margin-div", "dpkd",
     "dpkd-token", "kd", "rkl", "skew-fkl", "skew-rkl", "jsd", "tvd", "gkd",

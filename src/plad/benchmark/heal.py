@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from plad.config import ConfigError, HealConfig, LossConfig, require, save_yaml
+from plad.core.methods import METHODS, Frozen, Item
+from plad.core.models import load_model_and_tokenizer, load_tokenizer, set_threads
 from plad.data import DataError, read_jsonl, write_json_atomic
-from plad.methods import METHODS, Frozen, Item
-from plad.models import load_model_and_tokenizer, load_tokenizer, set_threads
 
 log = logging.getLogger("plad")
 
@@ -52,7 +52,7 @@ def pack(texts: list[list[int]], eos_id: int, length: int) -> list[Item]:
 
 def heldout_nll(model: Any, pad_id: int, items: list[Item]) -> float:
     """Mean next-token NLL per token over the items (no gradient)."""
-    from plad.logprobs import score_outputs
+    from plad.core.logprobs import score_outputs
 
     scored = score_outputs(
         model, pad_id, [it.prompt for it in items], [it.chosen for it in items], batch_size=8
@@ -61,8 +61,8 @@ def heldout_nll(model: Any, pad_id: int, items: list[Item]) -> float:
 
 
 def run_heal(cfg: HealConfig) -> dict:
-    from plad.stages import _resume_fingerprint
-    from plad.train import check_output_dir, train
+    from plad.train.loop import check_output_dir, train
+    from plad.train.stages import _resume_fingerprint
 
     require(cfg, "model", "text_file", "output_dir")
     if cfg.objective == "kd":
@@ -77,7 +77,7 @@ def run_heal(cfg: HealConfig) -> dict:
     val = [Item(ids[:1], ids[1 : cfg.max_tokens]) for ids in texts[-cfg.val_texts :] if len(ids) >= 2]
     items = pack(texts[: -cfg.val_texts], tok.eos_token_id, cfg.max_tokens)
     if cfg.objective == "kd":  # the vocabularies before anything is written or any weight read
-        from plad.stages import check_same_vocab
+        from plad.train.stages import check_same_vocab
 
         teacher_tok = load_tokenizer(cfg.teacher, "teacher")
         check_same_vocab(tok, teacher_tok, f"heal objective kd: student {cfg.model}, teacher {cfg.teacher}")

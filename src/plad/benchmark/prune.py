@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from plad.config import ConfigError, PruneConfig, require
-from plad.models import ModelError, load_model_config, load_tokenizer
+from plad.core.models import ModelError, load_model_config, load_tokenizer
 
 log = logging.getLogger("plad")
 

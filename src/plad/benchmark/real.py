@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from plad.config import ConfigError, PrepareConfig, PruneConfig, SFTConfig, fingerprint, to_dict
+from plad.core.models import ModelError
 from plad.data import DataError, read_jsonl, write_json_atomic, write_jsonl_atomic
-from plad.models import ModelError
 
 log = logging.getLogger("plad")
 
@@ -222,7 +222,7 @@ def _data_step(cfg: PrepareConfig, options: Any, data_src: Path | None, d: Path)
 
 def _teacher_sft_step(cfg: PrepareConfig, root: Path, d: Path) -> dict:
     """The teacher fine-tuned on the train split, once: every run and seed of the bench uses this teacher."""
-    from plad.stages import run_sft
+    from plad.train.stages import run_sft
 
     return run_sft(SFTConfig(
         model=str(root / "teacher" / "model"), train_file=str(root / "data" / "train.jsonl"),
@@ -264,7 +264,7 @@ def run_prepare(cfg: PrepareConfig, force: bool = False) -> dict:
     from plad.benchmark import debian
     from plad.benchmark.heal import run_heal
     from plad.benchmark.prune import layers_to_keep
-    from plad.models import set_threads
+    from plad.core.models import set_threads
 
     data_src = _check_inputs(cfg)
     root = cache_root(cfg)

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from plad.config import DataOptions
+from plad.core.logprobs import score_outputs
+from plad.core.models import fit_positions
 from plad.data import DataError, Truncation, encode_output, encode_prompt, read_jsonl
 from plad.evaluation.winrate import outcomes, summarise_outcomes
-from plad.logprobs import score_outputs
-from plad.models import fit_positions
 
 
 def load_calibration_pairs(path: str) -> list[dict]:

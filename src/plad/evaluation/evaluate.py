@@ -19,6 +19,15 @@ from typing import Any
 import numpy as np
 
 from plad.config import ConfigError, EvalConfig, require, to_dict
+from plad.core.models import (
+    fit_positions,
+    for_inference,
+    load_model_and_tokenizer,
+    load_model_config,
+    load_tokenizer,
+    model_identity,
+    set_threads,
+)
 from plad.data import (
     DataError,
     encode_prompts,
@@ -30,6 +39,7 @@ from plad.data import (
     write_jsonl_atomic,
 )
 from plad.evaluation.metrics import rouge_l, squad_exact_match
+from plad.evaluation.scorers import check_prompts, get_scorer
 from plad.evaluation.winrate import (
     bucket_labels,
     bucket_of,
@@ -40,17 +50,7 @@ from plad.evaluation.winrate import (
     summarise_outcomes,
 )
 from plad.generation.hf import derive_seed, generate, plan_batches
-from plad.models import (
-    fit_positions,
-    for_inference,
-    load_model_and_tokenizer,
-    load_model_config,
-    load_tokenizer,
-    model_identity,
-    set_threads,
-)
-from plad.scorers import check_prompts, get_scorer
-from plad.train import check_output_dir
+from plad.train.loop import check_output_dir
 
 log = logging.getLogger("plad")
 

@@ -21,10 +21,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from plad import signals
-from plad.api import ApiError
 from plad.config import ConfigError, EvalConfig, LlmJudgeConfig, RewardModelOptions
 from plad.data import DataError, read_jsonl, repair_torn_tail
+from plad.endpoint.client import ApiError
+from plad.utils import signals
 
 log = logging.getLogger("plad")
 
@@ -88,7 +88,7 @@ class TaskJudge(ScoreJudge):
 
 def check_reward_model(opts: RewardModelOptions) -> Any:
     """The reward model's config, checked before any work: a sequence classifier with one output."""
-    from plad.models import ModelError, load_model_config
+    from plad.core.models import ModelError, load_model_config
 
     name = opts.model
     if not name:
@@ -118,7 +118,7 @@ class RewardModelJudge(ScoreJudge):
         import torch
         from transformers import AutoModelForSequenceClassification
 
-        from plad.models import load_tokenizer
+        from plad.core.models import load_tokenizer
 
         check_reward_model(opts)
         self.opts = opts
@@ -246,7 +246,7 @@ class LlmJudge:
     name = "llm"
 
     def __init__(self, cfg: LlmJudgeConfig, cache: Path, seed: int = 0) -> None:
-        from plad.api import Endpoint
+        from plad.endpoint.client import Endpoint
 
         self.cfg = cfg
         self.template = load_template(cfg.template)
@@ -308,8 +308,8 @@ class LlmJudge:
         progress: Any,
     ) -> dict:
         """Outcomes of `first` against `second` per prompt (1 / 0.5 / 0 / NaN) with per-order verdicts."""
-        from plad.api import ApiStopped
-        from plad.generation.api import run_pool
+        from plad.endpoint.client import ApiStopped
+        from plad.generation.openai import run_pool
 
         n = len(ids)
         plans: list[tuple[int, str, dict, str]] = []  # (row, order, params, key)

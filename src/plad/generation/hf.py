@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from plad.config import SamplingConfig
+from plad.core.models import ModelError, position_limit
 from plad.data import left_pad, stop_ids
-from plad.models import ModelError, position_limit
 
 
 @dataclass

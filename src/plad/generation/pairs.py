@@ -28,22 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from plad.api import api_key
 from plad.config import ConfigError, ModelSide, PairsConfig, fingerprint, require, to_dict
-from plad.data import (
-    Truncation,
-    append_jsonl,
-    encode_output,
-    encode_prompts,
-    load_examples,
-    read_jsonl,
-    repair_torn_tail,
-    write_json_atomic,
-    write_jsonl_atomic,
-)
-from plad.generation.api import FAILURES, endpoint_identity, usage_from_rows
-from plad.generation.hf import derive_seed, generate, plan_batches
-from plad.models import (
+from plad.core.models import (
     check_vocab,
     fit_output,
     fit_positions,
@@ -55,7 +41,21 @@ from plad.models import (
     position_limit,
     set_threads,
 )
-from plad.train import check_output_dir
+from plad.data import (
+    Truncation,
+    append_jsonl,
+    encode_output,
+    encode_prompts,
+    load_examples,
+    read_jsonl,
+    repair_torn_tail,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
+from plad.endpoint.client import api_key
+from plad.generation.hf import derive_seed, generate, plan_batches
+from plad.generation.openai import FAILURES, endpoint_identity, usage_from_rows
+from plad.train.loop import check_output_dir
 
 log = logging.getLogger("plad")
 
@@ -114,7 +114,7 @@ class SampleScorer:
                     "the field that data.target_field names)"
                 )
         elif name != "teacher-logp":
-            from plad.scorers import check_prompts, get_scorer
+            from plad.evaluation.scorers import check_prompts, get_scorer
 
             self.task = get_scorer(name)
             # before any sample is generated: a scorer of another task fails on these prompts
@@ -172,7 +172,7 @@ def run_pairs(cfg: PairsConfig) -> dict:
             continue
         before = len(done)
         if side.backend == "openai":
-            from plad.generation.api import generate_side
+            from plad.generation.openai import generate_side
 
             usage[name] = generate_side(side, name, examples, k, fp, done, samples_path, _progress)
         elif side.backend == "vllm":
@@ -274,7 +274,7 @@ def pairs_status(cfg: PairsConfig) -> dict[str, Any]:
 
 def _stored_usage(cfg: PairsConfig, done: dict, fps: dict) -> dict[str, Any]:
     """Requests, tokens and cost behind the stored rows of each endpoint side (all runs together)."""
-    from plad.api import cost
+    from plad.endpoint.client import cost
 
     result: dict[str, Any] = {}
     for name, side in (("teacher", cfg.teacher), ("student", cfg.student)):
@@ -406,7 +406,7 @@ def _teacher_logprobs(
         return row
 
     if todo and cfg.teacher.backend == "openai":
-        from plad.generation.api import teacher_logprobs_api
+        from plad.generation.openai import teacher_logprobs_api
 
         usage["teacher_logprobs"] = teacher_logprobs_api(
             cfg.teacher,
@@ -417,7 +417,7 @@ def _teacher_logprobs(
             _progress,
         )
     elif todo:
-        from plad.logprobs import score_outputs
+        from plad.core.logprobs import score_outputs
 
         if cfg.teacher.backend == "vllm":
             log.info("teacher log-probs of a vllm teacher: scored with transformers (same weights)")

@@ -1,6 +1,6 @@
 """Pair generation and teacher log-probs through an OpenAI-compatible endpoint (backend `openai`).
 
-Requests run concurrently (at most `api.concurrency` in flight, each retried by `plad.api.Endpoint`); one writer
+Requests run concurrently (at most `api.concurrency` in flight, each retried by `plad.endpoint.client.Endpoint`); one writer
 task appends every finished request's rows to the store (flush + fsync) as soon as they arrive, so a kill loses
 at most the requests in flight. A request that runs out of retries stops the run: in-flight requests finish and
 are stored, the failure is recorded in failures.jsonl (shown by `plad pairs --status`), and a rerun of the same
@@ -17,11 +17,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from plad import signals
-from plad.api import ApiError, ApiStopped, Endpoint
 from plad.config import ModelSide, to_dict
 from plad.data import append_jsonl
+from plad.endpoint.client import ApiError, ApiStopped, Endpoint
 from plad.generation.hf import derive_seed
+from plad.utils import signals
 
 log = logging.getLogger("plad")
 

@@ -28,7 +28,7 @@ import numpy as np
 from plad.config import BenchConfig, ConfigError, save_yaml
 from plad.data import read_jsonl, write_json_atomic, write_text_atomic
 from plad.evaluation.winrate import across_seeds, bucket_labels, bucket_of, outcomes, quantile_edges
-from plad.pipeline import (
+from plad.experiments.pipeline import (
     Run,
     calibration_pairs,
     calibration_stage,
@@ -76,8 +76,8 @@ def _worker_init(quiet: bool = False) -> None:
     its step and writes a checkpoint first (Ctrl-C reaches every process of the terminal's group)."""
     import signal
 
-    from plad import signals
-    from plad.logs import setup_logging
+    from plad.utils import signals
+    from plad.utils.logs import setup_logging
 
     setup_logging(quiet, tag=f"[{os.getpid()}]")  # the parent's -q
     for s in signals.SIGNALS:
@@ -129,7 +129,7 @@ def _length_buckets(run: Run, systems: dict[str, str], n_buckets: int) -> dict:
     when the headline judge scores references (a task scorer), else its head-to-head win rate against the SFT
     student (a reference metric cannot score the reference itself); and its mean headline score. Bucket edges
     follow `plad eval`'s rule: a length equal to an edge goes to the lower bucket."""
-    from plad.models import load_tokenizer
+    from plad.core.models import load_tokenizer
 
     tok = load_tokenizer(run.student_sft)
     first = read_jsonl(run.root / "eval" / "student-sft" / "outputs.jsonl")
@@ -188,7 +188,7 @@ def _at_lr(cfg: BenchConfig, lr: str) -> Any:
 
 def _cost_rank(method: str) -> int:
     """Longest runs first, so that parallel workers finish together: the token-level methods hold a teacher."""
-    from plad.methods import METHODS
+    from plad.core.methods import METHODS
 
     m = METHODS[method]
     return 0 if m.on_policy else 1 if m.needs_teacher_model else 2 if m.source in ("pairs", "lists") else 3
@@ -524,7 +524,7 @@ def _prepared_lines(prepared: dict | None) -> list[str]:
 
 
 def to_markdown(summary: dict) -> str:
-    from plad.report import markdown_table
+    from plad.reporting.report import markdown_table
 
     m = summary["machine"]
     cols = _columns(summary)

@@ -138,7 +138,7 @@ class Run:
         )
 
     def model_fp(self, model: str) -> str:
-        from plad.models import model_identity
+        from plad.core.models import model_identity
 
         return _stage_fp(self.root, model) or fingerprint({"model": model_identity(model)})
 
@@ -158,8 +158,8 @@ def check_presets(cfg: RunConfig) -> None:
 def check_task_prompts(cfg: RunConfig, what: str, path: str, examples: list) -> None:
     """The task scorers of the run read the prompts they will score (before hours of training, not after): the
     judge (run.task) on the test and validation prompts, the pairs' scorer on the distillation prompts."""
+    from plad.evaluation.scorers import check_prompts, get_scorer
     from plad.generation.pairs import SAMPLE_SCORERS
-    from plad.scorers import check_prompts, get_scorer
 
     if what in ("test", "val") and cfg.task:
         check_prompts(
@@ -190,7 +190,7 @@ def data_files(cfg: RunConfig) -> dict[str, str]:
 
 def check_models(cfg: RunConfig) -> None:
     """The teacher and student folders (or hub ids) the run starts from hold a model config."""
-    from plad.models import load_model_config
+    from plad.core.models import load_model_config
 
     for key in ("teacher", "student"):
         if name := getattr(cfg, key):
@@ -207,7 +207,7 @@ def with_prepared(cfg: RunConfig) -> RunConfig:
         manifest = load_prepared(cfg.prepared, cfg.prepared_cache_dir)
     except ConfigError:
         from plad.benchmark.real import cache_root
-        from plad.lock import folder_lock
+        from plad.utils.lock import folder_lock
 
         log.info("%s is not prepared yet: preparing it now (one time, cached)", cfg.prepared)
         prepare_cfg = PrepareConfig(name=cfg.prepared, cache_dir=cfg.prepared_cache_dir)
@@ -231,8 +231,8 @@ def with_prepared(cfg: RunConfig) -> RunConfig:
 def prepare(cfg: RunConfig, force: bool = False) -> Run:
     """Stages 1-4 of a run: data, models, SFT of teacher and student, pairs."""
     from plad.benchmark.build import MODEL_PRESETS
-    from plad.methods import METHODS
-    from plad.models import model_identity, set_threads
+    from plad.core.methods import METHODS
+    from plad.core.models import model_identity, set_threads
 
     check_presets(cfg)
     root = Path(cfg.output_dir)
@@ -306,7 +306,7 @@ def prepare(cfg: RunConfig, force: bool = False) -> Run:
         log.info("models: %s", model_info)
 
     # 3. SFT of teacher and student -----------------------------------------------------------------------------
-    from plad.stages import run_sft
+    from plad.train.stages import run_sft
 
     def sft(d: Path, model: str, train) -> dict:
         sft_cfg = SFTConfig(
@@ -384,8 +384,8 @@ def distill_stage(
     pairs: tuple[Path, str] | None = None,
 ) -> str:
     """Distil the SFT student with `method` (settings `dcfg`, default the run's) into stage `name`."""
-    from plad.methods import METHODS
-    from plad.stages import run_distill
+    from plad.core.methods import METHODS
+    from plad.train.stages import run_distill
 
     pairs_dir, pairs_fp = pairs or (run.pairs_dir, run.pairs_fp)
     base = dcfg or run.cfg.distill
@@ -421,7 +421,7 @@ def _eval_config(cfg: RunConfig, root: Path) -> Any:
 
 def check_eval(cfg: RunConfig, root: Path) -> None:
     """The judges of every eval stage, checked before the first stage runs (not after hours of training)."""
-    from plad.api import Endpoint
+    from plad.endpoint.client import Endpoint
     from plad.evaluation.judges import check_judges
 
     ecfg = _eval_config(cfg, root)
@@ -504,8 +504,8 @@ def calibration_pairs(run: Run, limit: int = 0) -> Path | None:
 
 def calibration_stage(run: Run, name: str, model: str, pairs: Path) -> dict:
     """How often `model`'s sequence log-prob ranks the better output of each held-out pair first."""
+    from plad.core.models import for_inference, load_model_and_tokenizer
     from plad.evaluation.calibration import calibration, load_calibration_pairs
-    from plad.models import for_inference, load_model_and_tokenizer
 
     def measure(d: Path) -> dict:
         m, tok = load_model_and_tokenizer(model, dtype=run.cfg.eval.dtype)
@@ -567,7 +567,7 @@ def run_pipeline(cfg: RunConfig, force: bool = False) -> int:
         results[name]["calibration"] = calibration_stage(run, name, systems[name], pairs)
 
     # 7. report ---------------------------------------------------------------------------------------------------
-    from plad.report import print_table, write_report
+    from plad.reporting.report import print_table, write_report
 
     total = round(time.perf_counter() - t_run, 1)
     summary = {

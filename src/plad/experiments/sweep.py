@@ -20,12 +20,12 @@ import logging
 import time
 from pathlib import Path
 
-from plad.bench import interval_text, provenance, write_results
 from plad.config import SweepConfig
 from plad.data import write_json_atomic
 from plad.evaluation.winrate import across_seeds
-from plad.pipeline import eval_stage, fraction_key, fraction_stage, prepare
-from plad.train import SUMMARY_FILE
+from plad.experiments.bench import interval_text, provenance, write_results
+from plad.experiments.pipeline import eval_stage, fraction_key, fraction_stage, prepare
+from plad.train.loop import SUMMARY_FILE
 
 log = logging.getLogger("plad")
 
@@ -130,7 +130,7 @@ def _data_text(used: list[dict | None]) -> str:
 
 
 def to_markdown(summary: dict) -> str:
-    from plad.report import markdown_table
+    from plad.reporting.report import markdown_table
 
     m = summary["machine"]
     fracs = summary["fractions"]

@@ -15,9 +15,8 @@ from typing import Any
 import torch
 
 from plad.config import LossConfig
-from plad.data import collate_sequences
-from plad.logprobs import forward_token_nll, output_logits, sequence_logps
-from plad.losses import (
+from plad.core.logprobs import forward_token_nll, output_logits, sequence_logps
+from plad.core.losses import (
     dpkd_sequence_loss,
     dpkd_token_loss,
     generalized_jsd,
@@ -29,6 +28,7 @@ from plad.losses import (
     token_kl_to_reference,
     token_nll,
 )
+from plad.data import collate_sequences
 
 
 @dataclass

@@ -22,6 +22,15 @@ from plad.config import (
     save_yaml,
 )
 from plad.config import _suggest as suggest
+from plad.core.methods import METHODS, Frozen, Item
+from plad.core.models import (
+    fit_positions,
+    load_model_and_tokenizer,
+    load_model_config,
+    load_tokenizer,
+    set_threads,
+    torch_dtype_of,
+)
 from plad.data import (
     DataError,
     Example,
@@ -31,16 +40,7 @@ from plad.data import (
     load_examples,
     load_pairs,
 )
-from plad.methods import METHODS, Frozen, Item
-from plad.models import (
-    fit_positions,
-    load_model_and_tokenizer,
-    load_model_config,
-    load_tokenizer,
-    set_threads,
-    torch_dtype_of,
-)
-from plad.train import check_output_dir, train
+from plad.train.loop import check_output_dir, train
 
 log = logging.getLogger("plad")
 
@@ -247,8 +247,8 @@ def make_rounds(cfg: DistillConfig, tokenizer: Any, items: list[Item], output_di
     samples are replaced by fresh ones from the current student (scored when a scorer is set). A round's samples
     are written to output_dir/rounds/round-R.jsonl before its first step, so a resumed run reuses them."""
     from plad.data import read_jsonl, write_jsonl_atomic
+    from plad.evaluation.scorers import get_scorer
     from plad.generation.hf import derive_seed, generate, plan_batches
-    from plad.scorers import get_scorer
 
     scorer = get_scorer(cfg.scorer) if cfg.scorer else None
     per_round = math.ceil(cfg.train.max_steps / cfg.rounds)
@@ -370,7 +370,7 @@ def run_distill(cfg: DistillConfig) -> dict:
             "rounds > 1 needs pseudo pairs (teacher first); these pairs were ranked by a scorer"
         )
     if cfg.rounds > 1 and cfg.scorer:  # it scores each round's samples: it must read these prompts
-        from plad.scorers import check_prompts, get_scorer
+        from plad.evaluation.scorers import check_prompts, get_scorer
 
         prompts = {str(p.get("prompt_id", p["id"])): p["prompt"] for p in pairs}
         check_prompts(get_scorer(cfg.scorer), [Example(i, q) for i, q in prompts.items()], cfg.pairs_file)

@@ -23,12 +23,12 @@ from typing import Any
 
 import torch
 
-from plad import signals
 from plad.config import ConfigError, LossConfig, TrainConfig
+from plad.core.logprobs import decoder_start_id
+from plad.core.methods import NO_FROZEN, Frozen, Item, Method, make_batch
 from plad.data import append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
 from plad.generation.hf import derive_seed
-from plad.logprobs import decoder_start_id
-from plad.methods import NO_FROZEN, Frozen, Item, Method, make_batch
+from plad.utils import signals
 
 log = logging.getLogger("plad")
 

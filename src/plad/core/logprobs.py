@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from plad.losses import token_nll
+from plad.core.losses import token_nll
 
 
 def decoder_start_id(model: Any) -> int | None:

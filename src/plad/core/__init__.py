@@ -1,0 +1,1 @@
+"""Tensor code: the losses (pure functions), sequence log-probs, the methods table, and model loading."""

@@ -1,0 +1,1 @@
+"""The stage cache and orchestration: `plad run`, `plad bench`, `plad sweep`."""

@@ -1,0 +1,1 @@
+"""Small shared utilities: logging format, signal handling, folder locks."""
