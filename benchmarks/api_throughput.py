@@ -43,7 +43,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 def build(root: Path, n_prompts: int, preset: str = "tiny", model: bool = True) -> tuple[Path, Path]:
     from plad.benchmark.build import build_model, build_tokenizer
     from plad.benchmark.tasks import generate_splits
-    from plad.data import write_jsonl_atomic
+    from plad.utils.io import write_jsonl_atomic
 
     splits = generate_splits("count-summary", {"sft": 200, "distill": n_prompts}, corrupt_frac=0.3, seed=0)
     write_jsonl_atomic(root / "distill.jsonl", splits["distill"])
@@ -202,8 +202,8 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     from servers import LlamaCppServer, TransformersServer, write_gguf
 
-    from plad.data import read_jsonl
     from plad.experiments.bench import machine
+    from plad.utils.io import read_jsonl
 
     root = Path(tempfile.mkdtemp(prefix="plad-api-bench-"))
     model, prompts_file = build(root, args.prompts, args.preset, model=args.server != "canned")

@@ -46,7 +46,7 @@ def _one_torch_thread() -> None:
 def bench(tmp_path_factory: pytest.TempPathFactory) -> Bench:
     from plad.benchmark.build import build_model, build_tokenizer
     from plad.benchmark.tasks import generate_splits
-    from plad.data import write_jsonl_atomic
+    from plad.utils.io import write_jsonl_atomic
 
     root = tmp_path_factory.mktemp("bench")
     splits = generate_splits("count-summary", SPLIT_SIZES, corrupt_frac=0.3, seed=0)

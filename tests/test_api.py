@@ -154,7 +154,7 @@ def test_api_kill9_midway_then_resume(bench: Bench, served, tmp_path: Path):
 
 
 def read_jsonl_tolerant(path: Path) -> list[dict]:
-    from plad.data import read_jsonl as read
+    from plad.utils.io import read_jsonl as read
 
     return read(path, tolerate_torn_tail=True)
 

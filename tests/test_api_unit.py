@@ -16,7 +16,7 @@ import pytest
 from conftest import Bench, main_inprocess
 from servers import QuietHTTPServer
 
-from plad.config import ApiConfig, ConfigError, SamplingConfig
+from plad.config import ApiConfig, SamplingConfig
 from plad.endpoint.client import (
     ApiError,
     Endpoint,
@@ -28,6 +28,7 @@ from plad.endpoint.client import (
     retry_after_seconds,
 )
 from plad.generation.hf import plan_batches
+from plad.utils.errors import ConfigError
 
 
 def test_retry_after_forms():

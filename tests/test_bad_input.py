@@ -1732,7 +1732,7 @@ def weights_refused(monkeypatch) -> None:
 
     for name in ("AutoModelForCausalLM", "AutoModelForSeq2SeqLM", "AutoModelForSequenceClassification"):
         monkeypatch.setattr(getattr(transformers, name), "from_pretrained", refuse)
-    from plad.benchmark import real
+    from plad.prepare import real
 
     monkeypatch.setattr(real, "download_wheel", refuse)  # plad prepare's teacher: minutes of download
 

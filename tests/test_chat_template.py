@@ -21,9 +21,7 @@ import torch
 from conftest import main_inprocess, read_jsonl
 
 from plad.config import DataOptions, SamplingConfig
-from plad.core.models import load_model_and_tokenizer, load_tokenizer
-from plad.data import (
-    Example,
+from plad.core.batching import (
     Truncation,
     encode_output,
     encode_prompt,
@@ -32,6 +30,8 @@ from plad.data import (
     end_of_turn_id,
     stop_ids,
 )
+from plad.core.data import Example
+from plad.core.models import load_model_and_tokenizer, load_tokenizer
 from plad.generation.hf import generate, to_sample
 
 WORDS = ["user", "assistant", "model", "system", "count:", "a", "b", "c", "be", "brief"]
@@ -394,8 +394,9 @@ def test_vllm_rows_read_like_hf_rows(byte_level) -> None:
 
 
 def test_stop_setting_reaches_every_backend() -> None:
-    from plad.config import ApiConfig, ConfigError
+    from plad.config import ApiConfig
     from plad.endpoint.client import Endpoint
+    from plad.utils.errors import ConfigError
 
     ep = Endpoint(ApiConfig(base_url="http://x/v1", api_key_env="", stop=["END"]), "m", "teacher")
     params = ep.request_params("p", SamplingConfig(stop=["\n", "END"]), 1, None, 8)

@@ -12,7 +12,6 @@ import pytest
 import yaml
 
 from plad.config import (
-    ConfigError,
     DistillConfig,
     EvalConfig,
     PairsConfig,
@@ -25,6 +24,7 @@ from plad.config import (
     load_config,
     save_yaml,
 )
+from plad.utils.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 STAGE_CONFIGS = [SFTConfig, PairsConfig, DistillConfig, EvalConfig, RunConfig, SweepConfig]

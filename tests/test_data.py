@@ -11,21 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from plad.config import ConfigError, DataOptions
+from plad.config import DataOptions
+from plad.core.batching import Truncation, encode_output, encode_prompt, format_prompt
+from plad.core.data import load_examples, load_pairs
 from plad.core.models import ModelError, load_causal_lm, load_model_and_tokenizer, load_tokenizer
-from plad.data import (
-    DataError,
-    Truncation,
-    append_jsonl,
-    encode_output,
-    encode_prompt,
-    format_prompt,
-    load_examples,
-    load_pairs,
-    read_jsonl,
-    repair_torn_tail,
-    write_jsonl_atomic,
-)
+from plad.utils.errors import ConfigError, DataError
+from plad.utils.io import append_jsonl, read_jsonl, repair_torn_tail, write_jsonl_atomic
 
 WORDS = [*"abcdefghijklmnopqrstuvwxyz", "count:", "summary:"]
 
@@ -390,7 +381,7 @@ def _unwritable_dir(tmp_path: Path) -> Path:
 
 
 def test_check_output_dir_not_writable(tmp_path):
-    from plad.train.loop import check_output_dir
+    from plad.utils.outputs import check_output_dir
 
     out = _unwritable_dir(tmp_path)
     try:
@@ -401,7 +392,7 @@ def test_check_output_dir_not_writable(tmp_path):
 
 
 def test_check_output_dir_refuses_a_previous_run(tmp_path):
-    from plad.train.loop import SUMMARY_FILE, check_output_dir
+    from plad.utils.outputs import SUMMARY_FILE, check_output_dir
 
     check_output_dir(tmp_path / "fresh", resume=False)  # creates it
     assert (tmp_path / "fresh").is_dir() and not any((tmp_path / "fresh").iterdir())

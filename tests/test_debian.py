@@ -1,4 +1,4 @@
-"""The Debian synopses data set (plad.benchmark.debian): deb822 parsing, description text, every filter, one binary
+"""The Debian synopses data set (plad.prepare.debian): deb822 parsing, description text, every filter, one binary
 per source, the family cap, the salted split, and the apt plumbing around it (a fake apt-get on PATH)."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from plad.benchmark import debian
-from plad.benchmark.debian import DebianError, DebianOptions, description_text, extract, parse_deb822
-from plad.data import DataError
+from plad.prepare import debian
+from plad.prepare.debian import DebianError, DebianOptions, description_text, extract, parse_deb822
+from plad.utils.errors import DataError
 
 # 10 words: a body of `filler(n)` words is in or out of the word limits by hand
 WORDS = "this package provides tools that help users manage their files daily and more".split()
@@ -376,7 +376,7 @@ def test_fetch_lists_with_the_real_apt_from_a_local_mirror(tmp_path, monkeypatch
 def test_near_duplicates_of_training_text_leave_test_and_val():
     """A held-out row whose source is a version of a training row's (gtkmm3.0 / gtkmm2.4), or whose description is
     a near copy of a training description (a renamed source), is dropped; distinct rows stay."""
-    from plad.benchmark.debian import near_duplicates
+    from plad.prepare.debian import near_duplicates
 
     def row(package, source, description):
         return {"package": package, "source": source, "description": description}

@@ -61,8 +61,8 @@ def test_encoder_decoder_log_probs_match_the_models_own_loss(bench: Bench, tmp_p
     from transformers import AutoTokenizer
 
     from plad.benchmark.build import build_family_model
+    from plad.core.batching import collate_sequences
     from plad.core.logprobs import decoder_start_id, score_outputs, sequence_logps
-    from plad.data import collate_sequences
 
     tok = AutoTokenizer.from_pretrained(bench.tokenizer)
     model = build_family_model("t5", tok, tmp_path / "t5", seed=3).eval()

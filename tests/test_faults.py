@@ -38,8 +38,8 @@ from conftest import (
 )
 from servers import ScriptedServer
 
-from plad.data import append_jsonl
-from plad.data import read_jsonl as read_torn  # with tolerate_torn_tail: what a kill leaves
+from plad.utils.io import append_jsonl
+from plad.utils.io import read_jsonl as read_torn
 
 pytestmark = pytest.mark.slow
 

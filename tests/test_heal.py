@@ -1,4 +1,4 @@
-"""`plad heal` (plad.benchmark.heal): texts packed into rows by hand, a pruned model healed (held-out NLL down) by
+"""`plad heal` (plad.prepare.heal): texts packed into rows by hand, a pruned model healed (held-out NLL down) by
 LM or KD training through plad's training loop, heal.json, and --resume of a finished heal."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import pytest
 import torch
 from conftest import Bench, main_inprocess, read_jsonl
 
-from plad.benchmark.heal import pack, text_items
 from plad.core.methods import Item
-from plad.data import DataError, write_jsonl_atomic
+from plad.prepare.heal import pack, text_items
+from plad.utils.errors import DataError
+from plad.utils.io import write_jsonl_atomic
 
 
 def test_pack_by_hand():
@@ -58,8 +59,8 @@ def parts(tmp_path_factory, bench: Bench) -> dict[str, Path]:
     """A 4-layer tiny Llama (the "teacher"), a 2-layer model pruned from it, and 40 texts of the bench's task."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-    from plad.benchmark.prune import run_prune
     from plad.config import PruneConfig
+    from plad.prepare.prune import run_prune
 
     root = tmp_path_factory.mktemp("heal")
     tok = AutoTokenizer.from_pretrained(bench.tokenizer)
@@ -111,7 +112,7 @@ def test_heal_lm_lowers_heldout_nll_and_resume_of_a_finished_heal(parts, tmp_pat
     assert "teacher_heldout_nll" not in info
 
     # --resume of the finished heal: the summary back, no model loaded, nothing trained or written
-    import plad.benchmark.heal as heal_module
+    import plad.prepare.heal as heal_module
 
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded to resume a finished heal")

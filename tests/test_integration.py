@@ -406,7 +406,7 @@ def test_stage_eval_with_compare_to(bench: Bench, stage_distilled: Path, tmp_pat
     _ci(res["head_to_head"])
     outputs = read_jsonl(dist / "outputs.jsonl")
     assert [o["id"] for o in outputs] == [r["id"] for r in read_jsonl(bench.test)]
-    from plad.evaluation.metrics import rouge_l
+    from plad.scoring.metrics import rouge_l
 
     assert all(o["rouge_l"] == rouge_l(o["output"], o["target"]) for o in outputs)
     assert res["rouge_l"]["value"] == pytest.approx(sum(o["rouge_l"] for o in outputs) / len(outputs))
@@ -644,8 +644,9 @@ def test_micro_batch_times_accumulation_invariance(
 def test_models_stage_fingerprint_follows_preset_contents(tmp_path, monkeypatch):
     """Changing a preset's architecture (same name) must not reuse models built from the old one."""
     from plad.benchmark import build
-    from plad.config import ConfigError, RunConfig, from_dict
+    from plad.config import RunConfig, from_dict
     from plad.experiments.pipeline import run_pipeline
+    from plad.utils.errors import ConfigError
 
     cfg = {
         "output_dir": str(tmp_path / "run"),
@@ -706,7 +707,7 @@ def test_stage_pairs_reference_free_and_rouge_scorers(
     per token), stored beside it (teacher_logprobs is implied); rouge scores it against the prompt's target."""
     import math
 
-    from plad.evaluation.metrics import rouge_l
+    from plad.scoring.metrics import rouge_l
 
     out = tmp_path / "tl"
     out.mkdir()

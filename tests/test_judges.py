@@ -527,7 +527,7 @@ def test_rouge_headline_without_a_task_scorer(bench: Bench, outputs: dict, tmp_p
     """A user's task has no scorer: ROUGE-L is the headline: its mean, a head-to-head decided by the higher ROUGE-L
     (equal values tie), the per-row value as `score`, and no win rate over targets (a reference scores 1 against
     itself)."""
-    from plad.evaluation.metrics import rouge_l
+    from plad.scoring.metrics import rouge_l
 
     args = [
         "eval", "--test_file", bench.test, "--outputs_file", outputs["system"], "--output_dir", tmp_path / "e",

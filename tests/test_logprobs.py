@@ -18,6 +18,7 @@ import torch
 
 import plad.core.logprobs as logprobs
 from plad.config import LossConfig
+from plad.core.batching import collate_sequences
 from plad.core.logprobs import (
     aligned_labels,
     forward_logits,
@@ -36,7 +37,6 @@ from plad.core.losses import (
     token_nll,
 )
 from plad.core.methods import METHODS, Frozen, Item, make_batch
-from plad.data import collate_sequences
 
 VOCAB = 300  # "a few hundred": several output-layer rows per hidden unit, as in a real model
 PAD, EOS = 0, 1

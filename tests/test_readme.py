@@ -27,7 +27,7 @@ import pytest
 from conftest import Bench, read_jsonl, subprocess_env
 from servers import ScriptedServer
 
-from plad.data import write_jsonl_atomic
+from plad.utils.io import write_jsonl_atomic
 
 pytestmark = pytest.mark.slow
 

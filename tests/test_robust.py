@@ -30,15 +30,10 @@ from conftest import (
 from servers import ScriptedServer
 
 from plad.config import ApiConfig, SamplingConfig
-from plad.data import (
-    DataError,
-    append_jsonl,
-    load_examples,
-    write_json_atomic,
-    write_jsonl_atomic,
-    write_text_atomic,
-)
+from plad.core.data import load_examples
 from plad.endpoint.client import ApiError, Endpoint
+from plad.utils.errors import DataError
+from plad.utils.io import append_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
 
 # A user's own task: prompts that no built-in task scorer reads.
 USER_ROWS = [
@@ -112,7 +107,7 @@ ODD = "caf\udce9"  # what json.loads makes of "caf\udce9": valid JSON, not encod
 
 
 def test_every_writer_takes_a_lone_surrogate_and_reads_it_back(tmp_path: Path) -> None:
-    from plad.data import read_jsonl as plad_read_jsonl
+    from plad.utils.io import read_jsonl as plad_read_jsonl
 
     rows = [{"id": 1, "text": "fine é"}, {"id": 2, "text": ODD}, {"id": 3, "text": "fine too"}]
     path = tmp_path / "a.jsonl"
@@ -240,7 +235,7 @@ def test_the_lock_is_reentrant_and_leaves_no_folder_behind(tmp_path: Path) -> No
 
 
 def test_full_disk_in_pairs_says_so_and_the_same_command_resumes(tmp_path: Path, capsys, monkeypatch) -> None:
-    import plad.generation.openai as gen_api
+    import plad.endpoint.pool as pool
 
     prompts = tmp_path / "p.jsonl"
     write_jsonl_atomic(prompts, USER_ROWS)
@@ -255,7 +250,7 @@ def test_full_disk_in_pairs_says_so_and_the_same_command_resumes(tmp_path: Path,
 
     with ScriptedServer(lambda body: "text") as server:
         args = api_pairs_args(prompts, out, server.base_url, "--teacher.api.concurrency", 1)
-        monkeypatch.setattr(gen_api, "append_jsonl", full_after_one)
+        monkeypatch.setattr(pool, "append_jsonl", full_after_one)
         assert main_inprocess(*args) == 3
         line = one_error_line(capsys.readouterr().err, "pairs")
         assert "the disk is full (No space left on device writing" in line and "samples.jsonl" in line, line
@@ -485,7 +480,7 @@ def test_eval_refuses_to_overwrite_another_systems_results(tmp_path: Path, capsy
 
 def test_results_get_the_umask_mode(tmp_path: Path) -> None:
     code = (
-        "import os, sys\nos.umask(0o027)\nfrom plad.data import write_json_atomic\n"
+        "import os, sys\nos.umask(0o027)\nfrom plad.utils.io import write_json_atomic\n"
         "from pathlib import Path\nwrite_json_atomic(Path(sys.argv[1]), {'a': 1})\n"
     )
     target = tmp_path / "r.json"

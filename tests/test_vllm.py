@@ -40,7 +40,7 @@ def models(bench: Bench, tmp_path_factory: pytest.TempPathFactory) -> Models:
 
     from plad.benchmark.build import build_model
     from plad.benchmark.tasks import generate_splits
-    from plad.data import write_jsonl_atomic
+    from plad.utils.io import write_jsonl_atomic
 
     root = tmp_path_factory.mktemp("vllm")
     tok = AutoTokenizer.from_pretrained(bench.tokenizer)

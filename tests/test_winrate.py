@@ -88,7 +88,7 @@ def test_mean_with_ci_fields():
 
 
 def test_squad_exact_match_normalisation() -> None:
-    from plad.evaluation.metrics import squad_exact_match, squad_normalise
+    from plad.scoring.metrics import squad_exact_match, squad_normalise
 
     assert squad_normalise("  The Cat, sat!  ") == "cat sat"
     assert squad_exact_match("the cat sat.", "Cat sat") == 1.0
@@ -97,7 +97,7 @@ def test_squad_exact_match_normalisation() -> None:
 
 
 def test_rouge_l_against_hand_values() -> None:
-    from plad.evaluation.metrics import rouge_l
+    from plad.scoring.metrics import rouge_l
 
     # LCS("the cat on the mat", "the cat sat on the mat") = 5 tokens: P = 5/5, R = 5/6, F = 2PR/(P+R) = 10/11
     assert rouge_l("the cat on the mat", "the cat sat on the mat") == pytest.approx(10 / 11)

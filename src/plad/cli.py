@@ -14,7 +14,6 @@ from typing import Any, NoReturn
 
 from plad.config import (
     BenchConfig,
-    ConfigError,
     DistillConfig,
     EvalConfig,
     HealConfig,
@@ -27,6 +26,7 @@ from plad.config import (
     flat_fields,
     load_config,
 )
+from plad.utils.errors import ConfigError
 from plad.utils.logs import setup_logging
 
 STAGES: dict[str, tuple[type, str]] = {
@@ -234,9 +234,9 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # plad shows its own progress; weight-loading bars are noise
     from plad.core.models import ModelError
-    from plad.data import DataError
     from plad.endpoint.client import ApiError, ApiStopped
-    from plad.evaluation.scorers import UnknownScorer
+    from plad.scoring.scorers import UnknownScorer
+    from plad.utils.errors import DataError
     from plad.utils.signals import Interrupted, handle_signals
 
     command = " ".join(["plad", *argv])
@@ -277,7 +277,7 @@ def _lock_target(ns: argparse.Namespace, cfg: Any) -> tuple[str, str] | None:
     """(folder, setting) that this command writes into and locks: its output_dir (the top folder of run, demo,
     bench and sweep), or prepare's cache folder; None for what writes nothing (`pairs --status`)."""
     if ns.command == "prepare":
-        from plad.benchmark.real import cache_root
+        from plad.prepare.real import cache_root
 
         return str(cache_root(cfg).parent), "cache_dir"
     if ns.command == "pairs" and ns.status:
@@ -341,16 +341,16 @@ def _run_stage(ns: argparse.Namespace, cfg: Any) -> int:
 
         return run_sweep(cfg, force=ns.force)
     if ns.command == "prepare":
-        from plad.benchmark.real import run_prepare
+        from plad.prepare.real import run_prepare
 
         _print_json(run_prepare(cfg, force=ns.force))
         return 0
     if ns.command == "sft":
         from plad.train.stages import run_sft as runner
     elif ns.command == "prune":
-        from plad.benchmark.prune import run_prune as runner
+        from plad.prepare.prune import run_prune as runner
     elif ns.command == "heal":
-        from plad.benchmark.heal import run_heal as runner
+        from plad.prepare.heal import run_heal as runner
     elif ns.command == "distill":
         from plad.train.stages import run_distill as runner
     elif ns.command == "pairs" and ns.status:

@@ -23,9 +23,8 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration the user must change; the message names the key and what to do."""
+from plad.utils.errors import ConfigError
+from plad.utils.io import write_text_atomic
 
 
 def opt(default: Any, help: str, choices: tuple[str, ...] | None = None, in_fingerprint: bool = True) -> Any:
@@ -1211,7 +1210,6 @@ def require(cfg: Any, *names: str) -> None:
 
 
 def save_yaml(cfg: Any, path: Path) -> None:
-    from plad.data import write_text_atomic  # plad.data imports this module
 
     # temp-then-rename: a kill never leaves half a config
     write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

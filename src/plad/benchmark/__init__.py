@@ -1,1 +1,1 @@
-"""Built-in offline benchmark: small generated tasks with graded scorers, learnable by tiny models on CPU."""
+"""The built-in offline benchmark: small generated tasks with graded scorers, and the tiny models the demo builds."""

@@ -174,7 +174,7 @@ def score_outputs(
     model: Any, pad_id: int, prompts: list[list[int]], outputs: list[list[int]], batch_size: int = 32
 ) -> list[tuple[float, int]]:
     """(summed log P(output | prompt), output length) of each row, in batches grouped by length (no gradient)."""
-    from plad.data import collate_sequences
+    from plad.core.batching import collate_sequences
 
     was_training = model.training
     model.eval()

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from plad.config import LossConfig
+from plad.core.batching import collate_sequences
 from plad.core.logprobs import forward_token_nll, output_logits, sequence_logps
 from plad.core.losses import (
     dpkd_sequence_loss,
@@ -28,7 +29,6 @@ from plad.core.losses import (
     token_kl_to_reference,
     token_nll,
 )
-from plad.data import collate_sequences
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from plad.data import one_line  # transformers' error texts often span several lines
+from plad.utils.io import one_line
 
 log = logging.getLogger("plad")
 

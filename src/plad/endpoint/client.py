@@ -24,7 +24,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from plad.config import ApiConfig, ConfigError
+from plad.config import ApiConfig
+from plad.utils.errors import ConfigError
 
 log = logging.getLogger("plad")
 

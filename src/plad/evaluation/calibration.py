@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from plad.config import DataOptions
+from plad.core.batching import Truncation, encode_output, encode_prompt
 from plad.core.logprobs import score_outputs
 from plad.core.models import fit_positions
-from plad.data import DataError, Truncation, encode_output, encode_prompt, read_jsonl
 from plad.evaluation.winrate import outcomes, summarise_outcomes
+from plad.utils.errors import DataError
+from plad.utils.io import read_jsonl
 
 
 def load_calibration_pairs(path: str) -> list[dict]:

@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from plad.config import ConfigError, EvalConfig, require, to_dict
+from plad.config import EvalConfig, require, to_dict
+from plad.core.batching import encode_prompts
+from plad.core.data import load_examples
 from plad.core.models import (
     fit_positions,
     for_inference,
@@ -28,18 +30,6 @@ from plad.core.models import (
     model_identity,
     set_threads,
 )
-from plad.data import (
-    DataError,
-    encode_prompts,
-    load_examples,
-    lone_surrogate,
-    read_jsonl,
-    surrogate_error,
-    write_json_atomic,
-    write_jsonl_atomic,
-)
-from plad.evaluation.metrics import rouge_l, squad_exact_match
-from plad.evaluation.scorers import check_prompts, get_scorer
 from plad.evaluation.winrate import (
     bucket_labels,
     bucket_of,
@@ -49,8 +39,13 @@ from plad.evaluation.winrate import (
     quantile_edges,
     summarise_outcomes,
 )
-from plad.generation.hf import derive_seed, generate, plan_batches
-from plad.train.loop import check_output_dir
+from plad.generation.hf import generate, plan_batches
+from plad.scoring.metrics import rouge_l, squad_exact_match
+from plad.scoring.scorers import check_prompts, get_scorer
+from plad.utils.errors import ConfigError, DataError
+from plad.utils.io import lone_surrogate, read_jsonl, surrogate_error, write_json_atomic, write_jsonl_atomic
+from plad.utils.outputs import check_output_dir
+from plad.utils.seeds import derive_seed
 
 log = logging.getLogger("plad")
 

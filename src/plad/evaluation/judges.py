@@ -21,10 +21,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from plad.config import ConfigError, EvalConfig, LlmJudgeConfig, RewardModelOptions
-from plad.data import DataError, read_jsonl, repair_torn_tail
+from plad.config import EvalConfig, LlmJudgeConfig, RewardModelOptions
 from plad.endpoint.client import ApiError
 from plad.utils import signals
+from plad.utils.errors import ConfigError, DataError
+from plad.utils.io import read_jsonl, repair_torn_tail
 
 log = logging.getLogger("plad")
 
@@ -309,7 +310,7 @@ class LlmJudge:
     ) -> dict:
         """Outcomes of `first` against `second` per prompt (1 / 0.5 / 0 / NaN) with per-order verdicts."""
         from plad.endpoint.client import ApiStopped
-        from plad.generation.openai import run_pool
+        from plad.endpoint.pool import run_pool
 
         n = len(ids)
         plans: list[tuple[int, str, dict, str]] = []  # (row, order, params, key)

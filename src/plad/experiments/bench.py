@@ -25,8 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from plad.config import BenchConfig, ConfigError, save_yaml
-from plad.data import read_jsonl, write_json_atomic, write_text_atomic
+from plad.config import BenchConfig, save_yaml
 from plad.evaluation.winrate import across_seeds, bucket_labels, bucket_of, outcomes, quantile_edges
 from plad.experiments.pipeline import (
     Run,
@@ -39,6 +38,8 @@ from plad.experiments.pipeline import (
     pairs_stage,
     prepare,
 )
+from plad.utils.errors import ConfigError
+from plad.utils.io import read_jsonl, write_json_atomic, write_text_atomic
 
 log = logging.getLogger("plad")
 
@@ -461,7 +462,7 @@ def prepared_provenance(run_cfg: Any) -> dict:
     """Where a prepared benchmark's parts came from (`plad prepare`'s manifest without this machine's paths):
     the teacher wheel and GGUF checksums, the data release, options and file checksums, the pruned layers and the
     healing, the teacher's SFT."""
-    from plad.benchmark.real import load_prepared
+    from plad.prepare.real import load_prepared
 
     manifest = load_prepared(run_cfg.prepared, run_cfg.prepared_cache_dir)
     paths = {"root", "teacher", "teacher_base", "student", "files"}  # top level: this machine's folders

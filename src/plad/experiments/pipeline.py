@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from plad.config import (
-    ConfigError,
     DistillConfig,
     ModelSide,
     RunConfig,
@@ -29,7 +28,9 @@ from plad.config import (
     save_yaml,
     to_dict,
 )
-from plad.data import load_examples, read_jsonl, write_json_atomic, write_jsonl_atomic
+from plad.core.data import load_examples
+from plad.utils.errors import ConfigError
+from plad.utils.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 
 log = logging.getLogger("plad")
 
@@ -158,8 +159,8 @@ def check_presets(cfg: RunConfig) -> None:
 def check_task_prompts(cfg: RunConfig, what: str, path: str, examples: list) -> None:
     """The task scorers of the run read the prompts they will score (before hours of training, not after): the
     judge (run.task) on the test and validation prompts, the pairs' scorer on the distillation prompts."""
-    from plad.evaluation.scorers import check_prompts, get_scorer
     from plad.generation.pairs import SAMPLE_SCORERS
+    from plad.scoring.scorers import check_prompts, get_scorer
 
     if what in ("test", "val") and cfg.task:
         check_prompts(
@@ -200,13 +201,13 @@ def check_models(cfg: RunConfig) -> None:
 def with_prepared(cfg: RunConfig) -> RunConfig:
     """The run's config with the files and models of a `plad prepare` benchmark (prepared first when missing). Its
     teacher is fine-tuned already: teacher SFT is skipped."""
-    from plad.benchmark.real import load_prepared, run_prepare
     from plad.config import PrepareConfig
+    from plad.prepare.real import load_prepared, run_prepare
 
     try:
         manifest = load_prepared(cfg.prepared, cfg.prepared_cache_dir)
     except ConfigError:
-        from plad.benchmark.real import cache_root
+        from plad.prepare.real import cache_root
         from plad.utils.lock import folder_lock
 
         log.info("%s is not prepared yet: preparing it now (one time, cached)", cfg.prepared)
@@ -277,7 +278,7 @@ def prepare(cfg: RunConfig, force: bool = False) -> Run:
 
         def make_models(d: Path) -> dict:
             from plad.benchmark.build import build_model, build_tokenizer
-            from plad.data import read_jsonl
+            from plad.utils.io import read_jsonl
 
             rows = read_jsonl(files["sft"])
             texts = [r["prompt"] + r["target"] for r in rows]

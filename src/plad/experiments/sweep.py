@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 from plad.config import SweepConfig
-from plad.data import write_json_atomic
 from plad.evaluation.winrate import across_seeds
 from plad.experiments.bench import interval_text, provenance, write_results
 from plad.experiments.pipeline import eval_stage, fraction_key, fraction_stage, prepare
-from plad.train.loop import SUMMARY_FILE
+from plad.utils.io import write_json_atomic
+from plad.utils.outputs import SUMMARY_FILE
 
 log = logging.getLogger("plad")
 

@@ -6,15 +6,14 @@ where the first stop string starts, as the vllm and openai backends do."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from plad.config import SamplingConfig
+from plad.core.batching import left_pad, stop_ids
 from plad.core.models import ModelError, position_limit
-from plad.data import left_pad, stop_ids
 
 
 @dataclass
@@ -23,11 +22,6 @@ class Sample:
     n_tokens: int  # generated tokens, the end token (or the token that completed a stop string) included
     finish: str  # "eos" (an end token: EOS or end-of-turn), "stop" (a stop string) or "length"
     ids: list[int] | None = None  # the generated token ids, as many as n_tokens
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from any key, so each batch has its own seed independent of what ran before it."""
-    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "big") >> 1
 
 
 def plan_batches(

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from plad.config import ModelSide, to_dict
-from plad.data import append_jsonl
 from plad.endpoint.client import ApiError, ApiStopped, Endpoint
-from plad.generation.hf import derive_seed
+from plad.endpoint.pool import Put, run_pool
 from plad.utils import signals
+from plad.utils.io import append_jsonl
+from plad.utils.seeds import derive_seed
 
 log = logging.getLogger("plad")
 
@@ -44,76 +45,6 @@ def endpoint_identity(side: ModelSide) -> dict[str, Any]:
         "n": a.n,
         "send_seed": a.send_seed,
     }
-
-
-Put = Callable[[list[dict]], Awaitable[None]]
-
-
-async def run_pool(
-    jobs: list[Any],
-    work: Callable[[Any, Put], Awaitable[None]],
-    path: Path,
-    concurrency: int,
-    on_rows: Callable[[list[dict]], None],
-) -> list[tuple[Any, ApiError]]:
-    """Run `work(job, put)` over `jobs` with `concurrency` workers; `put(rows)` hands the rows of one finished
-    request to the single writer, which appends them to `path` (flush + fsync) right away.
-
-    The first ApiError stops new jobs (in-flight ones finish and are stored); returns the failed jobs. So does a
-    SIGINT / SIGTERM under `plad` (the caller then calls `signals.raise_pending`)."""
-    queue: asyncio.Queue = asyncio.Queue()
-    todo = list(reversed(jobs))
-    failed: list[tuple[Any, ApiError]] = []
-    stop = asyncio.Event()
-
-    async def writer() -> None:
-        finished = False
-        while not finished:
-            batch: list[dict] = []
-            rows = await queue.get()
-            while True:  # everything that arrived meanwhile goes in one fsync
-                if rows is None:
-                    finished = True
-                    break
-                batch += rows
-                if queue.empty():
-                    break
-                rows = queue.get_nowait()
-            if batch:
-                try:
-                    await asyncio.to_thread(append_jsonl, path, batch)
-                except BaseException:
-                    stop.set()  # nothing more is asked once nothing more can be kept
-                    raise
-                on_rows(batch)
-
-    async def worker() -> None:
-        while todo and not stop.is_set() and signals.pending() is None:
-            job = todo.pop()
-            try:
-                await work(job, queue.put)
-            except ApiError as e:
-                failed.append((job, e))
-                stop.set()
-                return
-            except BaseException:
-                stop.set()  # the other workers finish their requests, and the writer stores them
-                raise
-
-    writer_task = asyncio.create_task(writer())
-    try:
-        # SIGINT / SIGTERM (under `plad`): no new request; those in flight are paid for, so they finish and are stored
-        with signals.deferred("the requests in flight finish and are stored"):
-            done = await asyncio.gather(
-                *(worker() for _ in range(min(concurrency, max(len(jobs), 1)))), return_exceptions=True
-            )
-    finally:
-        await queue.put(None)
-        await writer_task  # a failed write raises here
-    for result in done:
-        if isinstance(result, BaseException):
-            raise result
-    return failed
 
 
 def generate_side(

@@ -28,7 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from plad.config import ConfigError, ModelSide, PairsConfig, fingerprint, require, to_dict
+from plad.config import ModelSide, PairsConfig, fingerprint, require, to_dict
+from plad.core.batching import Truncation, encode_output, encode_prompts
+from plad.core.data import load_examples
 from plad.core.models import (
     check_vocab,
     fit_output,
@@ -41,21 +43,14 @@ from plad.core.models import (
     position_limit,
     set_threads,
 )
-from plad.data import (
-    Truncation,
-    append_jsonl,
-    encode_output,
-    encode_prompts,
-    load_examples,
-    read_jsonl,
-    repair_torn_tail,
-    write_json_atomic,
-    write_jsonl_atomic,
-)
 from plad.endpoint.client import api_key
-from plad.generation.hf import derive_seed, generate, plan_batches
+from plad.generation.hf import generate, plan_batches
 from plad.generation.openai import FAILURES, endpoint_identity, usage_from_rows
-from plad.train.loop import check_output_dir
+from plad.generation.store import store_rows, stored_samples
+from plad.utils.errors import ConfigError
+from plad.utils.io import append_jsonl, read_jsonl, repair_torn_tail, write_json_atomic, write_jsonl_atomic
+from plad.utils.outputs import check_output_dir
+from plad.utils.seeds import derive_seed
 
 log = logging.getLogger("plad")
 
@@ -114,7 +109,7 @@ class SampleScorer:
                     "the field that data.target_field names)"
                 )
         elif name != "teacher-logp":
-            from plad.evaluation.scorers import check_prompts, get_scorer
+            from plad.scoring.scorers import check_prompts, get_scorer
 
             self.task = get_scorer(name)
             # before any sample is generated: a scorer of another task fails on these prompts
@@ -124,7 +119,7 @@ class SampleScorer:
         if self.task is not None:
             return self.task.score(ex.prompt, row["text"])
         if self.name == "rouge":
-            from plad.evaluation.metrics import rouge_l
+            from plad.scoring.metrics import rouge_l
 
             return rouge_l(row["text"], ex.target)
         t = self.teacher_logps[(ex.id, side, row["index"])]
@@ -209,21 +204,6 @@ def run_pairs(cfg: PairsConfig) -> dict:
         summary["api_usage_stored"] = _stored_usage(cfg, done, fps)
     write_json_atomic(out / SUMMARY, summary)
     return summary
-
-
-def stored_samples(rows: list[dict], path: Path) -> dict[tuple, dict]:
-    """The store's rows by key (id, side, index, fingerprint). A key stored twice (e.g. by two writers before
-    plad locked its folders) is used once: its first row, with a warning."""
-    done: dict[tuple, dict] = {}
-    for r in rows:
-        done.setdefault((r["id"], r["side"], r["index"], r["fingerprint"]), r)
-    if len(done) < len(rows):
-        log.warning(
-            "%s: %d rows repeat a stored key (id, side, index, settings); the first row of each key is used",
-            path,
-            len(rows) - len(done),
-        )
-    return done
 
 
 def pairs_status(cfg: PairsConfig) -> dict[str, Any]:
@@ -350,15 +330,6 @@ def _generate_hf(
         store_rows(path, rows, done, bar, tokens / max(time.perf_counter() - t0, 1e-9))
     bar.close()
     del model
-
-
-def store_rows(path: Path, rows: list[dict], done: dict, bar: Any, tokens_per_s: float) -> None:
-    """Append a batch's rows (flush + fsync), then count them as done and show them on the progress bar."""
-    append_jsonl(path, rows)
-    for r in rows:
-        done[(r["id"], r["side"], r["index"], r["fingerprint"])] = r
-    bar.update(len(rows))
-    bar.set_postfix(tok_s=f"{tokens_per_s:.0f}", refresh=False)
 
 
 def _teacher_logprobs(

@@ -14,9 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from plad.config import ConfigError, ModelSide, PairsConfig, to_dict
-from plad.data import encode_prompts, stop_ids
-from plad.generation.hf import derive_seed, to_sample
+from plad.config import ModelSide, PairsConfig, to_dict
+from plad.core.batching import encode_prompts, stop_ids
+from plad.generation.hf import to_sample
+from plad.generation.store import store_rows
+from plad.utils.errors import ConfigError
+from plad.utils.seeds import derive_seed
 
 log = logging.getLogger("plad")
 
@@ -80,8 +83,6 @@ def generate_side(
 ) -> None:
     """Sample every prompt of this side that misses a row; rows of finished chunks are stored at once."""
     from transformers import AutoTokenizer
-
-    from plad.generation.pairs import store_rows
 
     vllm = import_vllm()
     tok = AutoTokenizer.from_pretrained(side.tokenizer or side.model)

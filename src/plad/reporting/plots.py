@@ -14,8 +14,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from plad.config import ConfigError
-from plad.data import read_jsonl, write_text_atomic
+from plad.utils.errors import ConfigError
+from plad.utils.io import read_jsonl, write_text_atomic
 
 log = logging.getLogger("plad")
 

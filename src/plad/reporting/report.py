@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from plad.data import write_text_atomic
+from plad.utils.io import write_text_atomic
 
 
 def _ci(m: dict | None) -> str:

@@ -23,17 +23,16 @@ from typing import Any
 
 import torch
 
-from plad.config import ConfigError, LossConfig, TrainConfig
+from plad.config import LossConfig, TrainConfig
 from plad.core.logprobs import decoder_start_id
 from plad.core.methods import NO_FROZEN, Frozen, Item, Method, make_batch
-from plad.data import append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
-from plad.generation.hf import derive_seed
 from plad.utils import signals
+from plad.utils.errors import ConfigError
+from plad.utils.io import append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
+from plad.utils.outputs import STATE_FILE, SUMMARY_FILE, saved_checkpoints
+from plad.utils.seeds import derive_seed
 
 log = logging.getLogger("plad")
-
-STATE_FILE = "trainer_state.json"
-SUMMARY_FILE = "train_summary.json"
 
 
 def _lr_lambda(cfg: TrainConfig):
@@ -69,67 +68,6 @@ class BatchStream:
         return [self.items[i] for i in self._perm[j * self.batch_size : (j + 1) * self.batch_size]]
 
 
-def _checkpoints(output_dir: Path) -> list[Path]:
-    root = output_dir / "checkpoints"
-    done = [p for p in root.glob("step-*") if (p / STATE_FILE).is_file()] if root.is_dir() else []
-    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
-def changed_settings(saved_config: Path, settings: dict) -> str:
-    """The settings that differ from the run's saved plad_config.yaml, as `key: saved -> now` (at most 6)."""
-    import yaml
-
-    try:
-        saved = _flat(yaml.safe_load(saved_config.read_text()) or {})
-    except (OSError, yaml.YAMLError):
-        return ""
-    now = _flat(settings)
-    diff = [f"{k}: {saved.get(k, '(unset)')!r} -> {v!r}" for k, v in now.items() if saved.get(k, v) != v]
-    return "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
-
-
-def check_output_dir(
-    output_dir: Path, resume: bool, fingerprint: str | None = None, settings: dict | None = None
-) -> None:
-    """Refuse to overwrite a previous run unless resuming (with the same config when `fingerprint` is given: a
-    refusal names the settings that changed when `settings`, the fingerprinted ones, are given); fail early,
-    before any model is loaded or file written, also when the folder is not writable."""
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / ".plad-write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"output_dir {output_dir} is not writable: {e.strerror or e}") from None
-    if resume:
-        if fingerprint is None:
-            return
-        made_with = [p / STATE_FILE for p in _checkpoints(output_dir)[-1:]] + [output_dir / SUMMARY_FILE]
-        for marker in made_with:
-            if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") != fingerprint:
-                changed = changed_settings(output_dir / "plad_config.yaml", settings) if settings else ""
-                raise ConfigError(
-                    f"--resume: the run in {output_dir} ({marker.name}) was made with a different config"
-                    + (f" ({changed})" if changed else "")
-                    + "; resume with the same settings, or start a new output_dir (nothing was changed)"
-                )
-        return
-    if (output_dir / SUMMARY_FILE).exists() or _checkpoints(output_dir):
-        raise ConfigError(
-            f"output_dir {output_dir} already holds a training run; pass --resume to continue it or choose another "
-            "output_dir (nothing was overwritten)"
-        )
-
-
 def train(
     *,
     model: Any,
@@ -161,7 +99,7 @@ def train(
     from tqdm.auto import tqdm
 
     summary_path = output_dir / SUMMARY_FILE
-    if resume and not _checkpoints(output_dir) and summary_path.is_file():
+    if resume and not saved_checkpoints(output_dir) and summary_path.is_file():
         finished = json.loads(summary_path.read_text())
         if finished.get("fingerprint") == config_fingerprint:  # --resume of a finished run: nothing to redo
             log.info("%s: training already finished with the same settings", output_dir)
@@ -188,7 +126,7 @@ def train(
 
     step = 0
     metrics_path = output_dir / "metrics.jsonl"
-    if resume and (ckpts := _checkpoints(output_dir)):
+    if resume and (ckpts := saved_checkpoints(output_dir)):
         state = json.loads((ckpts[-1] / STATE_FILE).read_text())
         if state["fingerprint"] != config_fingerprint:
             raise ConfigError(
@@ -354,7 +292,7 @@ def _save_checkpoint(accelerator: Any, output_dir: Path, step: int, fingerprint:
         raise
     if accelerator.is_main_process:
         tmp.rename(final)
-        for old in _checkpoints(output_dir)[:-keep]:
+        for old in saved_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
 

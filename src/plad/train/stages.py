@@ -11,17 +11,10 @@ from typing import Any
 
 import torch
 
-from plad.config import (
-    ConfigError,
-    DistillConfig,
-    LossConfig,
-    SFTConfig,
-    fingerprint,
-    require,
-    result_settings,
-    save_yaml,
-)
+from plad.config import DistillConfig, LossConfig, SFTConfig, fingerprint, require, result_settings, save_yaml
 from plad.config import _suggest as suggest
+from plad.core.batching import Truncation, encode_output, encode_prompt
+from plad.core.data import Example, load_examples, load_pairs
 from plad.core.methods import METHODS, Frozen, Item
 from plad.core.models import (
     fit_positions,
@@ -31,16 +24,9 @@ from plad.core.models import (
     set_threads,
     torch_dtype_of,
 )
-from plad.data import (
-    DataError,
-    Example,
-    Truncation,
-    encode_output,
-    encode_prompt,
-    load_examples,
-    load_pairs,
-)
-from plad.train.loop import check_output_dir, train
+from plad.train.loop import train
+from plad.utils.errors import ConfigError, DataError
+from plad.utils.outputs import check_output_dir
 
 log = logging.getLogger("plad")
 
@@ -218,7 +204,8 @@ def load_frozen_teacher(cfg: DistillConfig, student_tok: object) -> Any:
 def make_on_policy(cfg: DistillConfig, tokenizer: Any) -> Any:
     """gkd's on-policy data: with probability lambda a micro-batch's outputs are replaced by samples of the current
     student. The coin and the sampling seed derive from (seed, micro-batch number): a resumed run repeats them."""
-    from plad.generation.hf import derive_seed, generate
+    from plad.generation.hf import generate
+    from plad.utils.seeds import derive_seed
 
     frac, seed = cfg.loss.on_policy_frac, cfg.train.seed
 
@@ -246,9 +233,10 @@ def make_rounds(cfg: DistillConfig, tokenizer: Any, items: list[Item], output_di
     """Iterated PLaD: the steps split into cfg.rounds rounds; at the start of round r > 0 every item's student
     samples are replaced by fresh ones from the current student (scored when a scorer is set). A round's samples
     are written to output_dir/rounds/round-R.jsonl before its first step, so a resumed run reuses them."""
-    from plad.data import read_jsonl, write_jsonl_atomic
-    from plad.evaluation.scorers import get_scorer
-    from plad.generation.hf import derive_seed, generate, plan_batches
+    from plad.generation.hf import generate, plan_batches
+    from plad.scoring.scorers import get_scorer
+    from plad.utils.io import read_jsonl, write_jsonl_atomic
+    from plad.utils.seeds import derive_seed
 
     scorer = get_scorer(cfg.scorer) if cfg.scorer else None
     per_round = math.ceil(cfg.train.max_steps / cfg.rounds)
@@ -370,7 +358,7 @@ def run_distill(cfg: DistillConfig) -> dict:
             "rounds > 1 needs pseudo pairs (teacher first); these pairs were ranked by a scorer"
         )
     if cfg.rounds > 1 and cfg.scorer:  # it scores each round's samples: it must read these prompts
-        from plad.evaluation.scorers import check_prompts, get_scorer
+        from plad.scoring.scorers import check_prompts, get_scorer
 
         prompts = {str(p.get("prompt_id", p["id"])): p["prompt"] for p in pairs}
         check_prompts(get_scorer(cfg.scorer), [Example(i, q) for i, q in prompts.items()], cfg.pairs_file)

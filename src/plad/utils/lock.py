@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from plad.config import ConfigError
+from plad.utils.errors import ConfigError
 
 LOCK_FILE = ".plad.lock"
 

@@ -17,10 +17,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from plad.config import ConfigError, HealConfig, LossConfig, require, save_yaml
+from plad.config import HealConfig, LossConfig, require, save_yaml
 from plad.core.methods import METHODS, Frozen, Item
 from plad.core.models import load_model_and_tokenizer, load_tokenizer, set_threads
-from plad.data import DataError, read_jsonl, write_json_atomic
+from plad.utils.errors import ConfigError, DataError
+from plad.utils.io import read_jsonl, write_json_atomic
 
 log = logging.getLogger("plad")
 
@@ -61,8 +62,9 @@ def heldout_nll(model: Any, pad_id: int, items: list[Item]) -> float:
 
 
 def run_heal(cfg: HealConfig) -> dict:
-    from plad.train.loop import check_output_dir, train
+    from plad.train.loop import train
     from plad.train.stages import _resume_fingerprint
+    from plad.utils.outputs import check_output_dir
 
     require(cfg, "model", "text_file", "output_dir")
     if cfg.objective == "kd":

@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from plad.config import ConfigError, PruneConfig, require
+from plad.config import PruneConfig, require
 from plad.core.models import ModelError, load_model_config, load_tokenizer
+from plad.utils.errors import ConfigError
 
 log = logging.getLogger("plad")
 

@@ -36,7 +36,7 @@ def check_prompts(
     """Every prompt of `examples` is one the task scorer can read (text of its task), checked before any work: a
     task scorer reads its task's prompts only, and would fail on another prompt after the generation is paid for.
     The error names the scorer, the setting that chose it and the first bad row."""
-    from plad.data import DataError
+    from plad.utils.errors import DataError
 
     for ex in examples:
         if not isinstance(ex.prompt, str):

@@ -29,9 +29,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from plad.config import ConfigError, PrepareConfig, PruneConfig, SFTConfig, fingerprint, to_dict
+from plad.config import PrepareConfig, PruneConfig, SFTConfig, fingerprint, to_dict
 from plad.core.models import ModelError
-from plad.data import DataError, read_jsonl, write_json_atomic, write_jsonl_atomic
+from plad.utils.errors import ConfigError, DataError
+from plad.utils.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 
 log = logging.getLogger("plad")
 
@@ -178,7 +179,7 @@ def _teacher_step(cfg: PrepareConfig, d: Path) -> dict:
 
 def _data_step(cfg: PrepareConfig, options: Any, data_src: Path | None, d: Path) -> dict:
     """The data splits (from data_dir, or extracted from the Debian lists) and the healing text."""
-    from plad.benchmark import debian
+    from plad.prepare import debian
 
     if data_src is not None:
         for split in debian.SPLITS:
@@ -209,7 +210,7 @@ def _data_step(cfg: PrepareConfig, options: Any, data_src: Path | None, d: Path)
     if not texts:
         raise DataError(
             f"{data_src or d}: the train and unlabeled rows have no `text` field to heal the student on (rows "
-            "as plad.benchmark.debian makes them: id, prompt, target, meta, text)"
+            "as plad.prepare.debian makes them: id, prompt, target, meta, text)"
         )
     write_jsonl_atomic(d / "heal_text.jsonl", texts)
     return {
@@ -231,7 +232,7 @@ def _teacher_sft_step(cfg: PrepareConfig, root: Path, d: Path) -> dict:
 
 
 def _prune_step(cfg: PrepareConfig, root: Path, d: Path) -> dict:
-    from plad.benchmark.prune import run_prune
+    from plad.prepare.prune import run_prune
 
     shutil.rmtree(d / "model", ignore_errors=True)  # a prune killed midway is redone (seconds), not resumed
 
@@ -243,7 +244,7 @@ def _prune_step(cfg: PrepareConfig, root: Path, d: Path) -> dict:
 
 def _check_inputs(cfg: PrepareConfig) -> Path | None:
     """The cheap checks of the input, before anything is downloaded or written; returns data_dir as a Path."""
-    from plad.benchmark import debian
+    from plad.prepare import debian
 
     if cfg.name not in PREPARED:
         raise ConfigError(f"prepare: unknown benchmark {cfg.name!r}; known: {', '.join(PREPARED)}")
@@ -261,10 +262,10 @@ def _check_inputs(cfg: PrepareConfig) -> Path | None:
 
 def run_prepare(cfg: PrepareConfig, force: bool = False) -> dict:
     """Every step in order (each skipped when done with the same fingerprint), then the manifest."""
-    from plad.benchmark import debian
-    from plad.benchmark.heal import run_heal
-    from plad.benchmark.prune import layers_to_keep
     from plad.core.models import set_threads
+    from plad.prepare import debian
+    from plad.prepare.heal import run_heal
+    from plad.prepare.prune import layers_to_keep
 
     data_src = _check_inputs(cfg)
     root = cache_root(cfg)

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from plad.data import DataError
+from plad.utils.errors import DataError
 
 log = logging.getLogger("plad")
 

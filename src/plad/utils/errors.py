@@ -1,0 +1,9 @@
+"""The errors plad reports to users as one `plad CMD: error:` line (the CLI catches them; no traceback)."""
+
+
+class ConfigError(ValueError):
+    """A configuration the user must change; the message names the key and what to do."""
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, the row and the field."""
