@@ -95,9 +95,8 @@ def two_layers(t: Path, b: Bench) -> Path:
 
 
 def t5(t: Path, b: Bench) -> Path:
+    from model_families import build_family_model
     from transformers import AutoTokenizer
-
-    from plad.benchmark.build import build_family_model
 
     build_family_model("t5", AutoTokenizer.from_pretrained(b.tokenizer), t / "t5")
     return t / "t5"

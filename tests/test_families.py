@@ -9,15 +9,13 @@ from pathlib import Path
 
 import pytest
 from conftest import Bench, main_inprocess, read_jsonl
-
-from plad.benchmark.build import FAMILIES
+from model_families import FAMILIES
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_end_to_end(bench: Bench, tmp_path: Path, family: str) -> None:
+    from model_families import build_family_model
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-
-    from plad.benchmark.build import build_family_model
 
     tok = AutoTokenizer.from_pretrained(bench.tokenizer)
     teacher, student = tmp_path / "teacher", tmp_path / "student"
@@ -58,9 +56,9 @@ def test_family_end_to_end(bench: Bench, tmp_path: Path, family: str) -> None:
 def test_encoder_decoder_log_probs_match_the_models_own_loss(bench: Bench, tmp_path: Path) -> None:
     """plad's encoder-decoder batch layout gives the same summed log-probs as T5's own loss with labels."""
     import torch
+    from model_families import build_family_model
     from transformers import AutoTokenizer
 
-    from plad.benchmark.build import build_family_model
     from plad.core.batching import collate_sequences
     from plad.core.logprobs import decoder_start_id, score_outputs, sequence_logps
 
@@ -82,9 +80,8 @@ def test_encoder_decoder_log_probs_match_the_models_own_loss(bench: Bench, tmp_p
 def test_cross_family_text_only_and_token_level_refused(bench: Bench, tmp_path: Path, capsys) -> None:
     """A T5 teacher distilled into a GPT-2 student: the text-only methods work (teacher log-probs in T5's own
     layout); a token-level method is refused before training because the two cannot be compared token by token."""
+    from model_families import build_family_model
     from transformers import AutoTokenizer
-
-    from plad.benchmark.build import build_family_model
 
     tok = AutoTokenizer.from_pretrained(bench.tokenizer)
     teacher, student = tmp_path / "t5", tmp_path / "gpt2"

@@ -1,5 +1,5 @@
 """End to end on tiny models: `plad run` through the real CLI, each stage command on its own, and the
-micro-batch x gradient-accumulation invariance of the one training loop (DESIGN sections 5, 9.5, 10)."""
+micro-batch x gradient-accumulation invariance of the one training loop (README "Methods"; ARCHITECTURE.md)."""
 
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ def test_run_writes_every_artifact(run: SimpleNamespace) -> None:
         assert summary["steps"] == RUN_CONFIG[d.replace("-", "_")]["max_steps"]
         assert summary["final_loss"] == summary["final_loss"]  # not NaN
 
-    # pairs: DESIGN section 6 rows, provenance in samples.jsonl, scores from the scorer
+    # pairs: the rows of README "What the stages write", provenance in samples.jsonl, scores from the scorer
     samples = read_jsonl(root / "pairs" / "samples.jsonl")
     assert len(samples) == 2 * N_DISTILL
     by_key = {(s["id"], s["side"], s["index"]): s for s in samples}
@@ -680,9 +680,9 @@ def test_micro_batch_times_accumulation_invariance_encoder_decoder(
     bench: Bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method_name: str
 ) -> None:
     """The same window normalisation for a T5 student (encoder-decoder batch layout)."""
+    from model_families import build_family_model
     from transformers import AutoTokenizer
 
-    from plad.benchmark.build import build_family_model
     from plad.config import LossConfig
 
     monkeypatch.setattr(torch.optim, "AdamW", _RecordingSGD)

@@ -539,9 +539,8 @@ def test_rows_longer_than_the_models_positions_fit_instead_of_crashing(
     """A GPT-2 style model has a learned table of 24 positions; default limits (256 + 256) and long rows once
     crashed sft and eval with `IndexError: index out of range in self`. Every stage now fits prompts and outputs
     into the positions (counted as truncated), and data.overlong=error names the row and the limit instead."""
+    from model_families import family_config
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from plad.benchmark.build import family_config
 
     tok = AutoTokenizer.from_pretrained(bench.tokenizer)
     model = tmp_path / "gpt2-24"
