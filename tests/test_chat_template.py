@@ -1,5 +1,6 @@
-"""What a real chat model needs from plad's encoding and generation (DESIGN section 6: prompts are text or chat
-messages), on tokenizers built here like the real ones and saved/loaded like a user's checkpoint:
+"""What a real chat model needs from plad's encoding and generation (README, "Quickstart with real models":
+prompts are text or chat messages), on tokenizers built here like the real ones and saved/loaded like a user's
+checkpoint:
 - ChatML (SmolLM2-Instruct, Qwen2.5-Instruct): <|im_end|> ends a turn and is the EOS; base Qwen's tokenizer has
   the same template with EOS <|endoftext|>;
 - Llama-3: the template writes <|begin_of_text|> and the tokenizer adds it too; <|eot_id|> ends a turn, EOS is

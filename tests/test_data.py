@@ -1,5 +1,6 @@
 """Bad input gets a clear error naming the file, the row and the field, before any model is loaded or any file
-is written (DESIGN section 10); JSONL IO survives torn writes; models and tokenizers are checked on load."""
+is written (README, "Interrupts, a full disk, two processes, exit codes"); JSONL IO survives torn writes; models
+and tokenizers are checked on load."""
 
 from __future__ import annotations
 

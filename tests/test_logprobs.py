@@ -1,7 +1,7 @@
 """The output layer computed only at the labelled positions (plad.core.logprobs.output_logits) against the full forward
 that computes logits everywhere: sequence log-probs, token NLL, and for every method of the table the loss parts and
 the parameter gradients, on tiny Llama (also with a biased output layer), Qwen2, GPT-2, GPT-NeoX, OPT and Gemma-3
-models (DESIGN 9.5: fast path vs reference path).
+models (a fast path checked against its reference path).
 
 The reference is the same code with gathered_output_layer answering None, i.e. the fallback every model the table
 does not know takes: the model's own forward with logits at every position, from which the labelled ones are

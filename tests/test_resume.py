@@ -1,4 +1,4 @@
-"""Kill -9 at a random moment, resume, and get exactly what an uninterrupted run gets (DESIGN section 10).
+"""Kill -9 at a random moment, resume, and get exactly what an uninterrupted run gets (README, "Interrupts, a full disk, two processes, exit codes").
 
 The killed runs are real `plad` subprocesses; the uninterrupted references and the resumed runs go through the
 same `plad.cli.main` in this process (one torch thread everywhere, so results can be compared bit for bit).

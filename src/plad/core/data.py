@@ -134,7 +134,7 @@ def _kind(value: Any) -> str:
 
 
 def load_pairs(path: str, need_scores: bool = False, need_teacher_logps: bool = False) -> list[dict]:
-    """Pair rows of a pairs.jsonl (DESIGN section 6), validated."""
+    """Pair rows of a pairs.jsonl (the README's "What the stages write"), validated."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"pairs file {p} does not exist; run `plad pairs` first")

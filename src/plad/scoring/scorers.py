@@ -1,7 +1,7 @@
-"""Scorers s(y; x) in [0, 1]: used for plad-margin scores, real preference ranking and as the eval judge.
-
-Now the built-in tasks' graded scorers; later judges (reward models, metrics, LLM judges) plug in here.
-"""
+"""Task scorers s(y; x) in [0, 1], the built-in tasks' graded scorers (plad.benchmark.tasks): plad-margin's scores,
+the ranking of real pairs, iterated rounds and eval's `task` judge. Scorers that need no task (ROUGE-L, the
+teacher's log-prob) are in plad.scoring.metrics and plad.generation.pairs; eval's other judges in
+plad.evaluation.judges."""
 
 from __future__ import annotations
 
