@@ -146,14 +146,12 @@ class Run:
 
 def check_presets(cfg: RunConfig) -> None:
     from plad.benchmark.build import MODEL_PRESETS
-    from plad.config import _suggest
+    from plad.config import suggest
 
     for key in ("teacher_preset", "student_preset"):  # checked before any stage runs
         name = getattr(cfg.benchmark, key)
         if name not in MODEL_PRESETS:
-            raise ConfigError(
-                f"benchmark.{key}: unknown model preset {name!r}{_suggest(name, MODEL_PRESETS)}"
-            )
+            raise ConfigError(f"benchmark.{key}: unknown model preset {name!r}{suggest(name, MODEL_PRESETS)}")
 
 
 def check_task_prompts(cfg: RunConfig, what: str, path: str, examples: list) -> None:

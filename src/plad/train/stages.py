@@ -11,8 +11,16 @@ from typing import Any
 
 import torch
 
-from plad.config import DistillConfig, LossConfig, SFTConfig, fingerprint, require, result_settings, save_yaml
-from plad.config import _suggest as suggest
+from plad.config import (
+    DistillConfig,
+    LossConfig,
+    SFTConfig,
+    fingerprint,
+    require,
+    result_settings,
+    save_yaml,
+    suggest,
+)
 from plad.core.batching import Truncation, encode_output, encode_prompt
 from plad.core.data import Example, load_examples, load_pairs
 from plad.core.methods import METHODS, Frozen, Item

@@ -1,0 +1,78 @@
+"""Every setting of plad as typed dataclasses, loaded from YAML with dotted command-line overrides.
+
+Every field carries a help text (`--help` prints a line per field). Unknown keys are rejected with the closest
+known names; `__post_init__` rejects contradictions with a message that says what to change. Paths that a stage
+needs are checked by `require()` when the stage starts, so that `plad run` can fill them in.
+
+The schema is `fields` (helpers), `sections` (shared sections), `stages` (single-stage commands) and
+`experiments` (run, bench, sweep); `loader` reads YAML and flags into it. `plad.config` is the import path for all.
+"""
+
+from plad.config.experiments import BenchConfig, BenchmarkConfig, RunConfig, SweepConfig
+from plad.config.fields import ALL_METHODS, DTYPES, suggest
+from plad.config.loader import (
+    fingerprint,
+    flat_fields,
+    from_dict,
+    load_config,
+    require,
+    result_settings,
+    save_yaml,
+    to_dict,
+)
+from plad.config.sections import (
+    ApiConfig,
+    DataOptions,
+    LossConfig,
+    ModelSide,
+    SamplingConfig,
+    TrainConfig,
+    VllmOptions,
+)
+from plad.config.stages import (
+    JUDGES,
+    DistillConfig,
+    EvalConfig,
+    HealConfig,
+    LlmJudgeConfig,
+    PairsConfig,
+    PrepareConfig,
+    PruneConfig,
+    RewardModelOptions,
+    SFTConfig,
+)
+
+__all__ = [
+    "ALL_METHODS",
+    "ApiConfig",
+    "BenchConfig",
+    "BenchmarkConfig",
+    "DTYPES",
+    "DataOptions",
+    "DistillConfig",
+    "EvalConfig",
+    "HealConfig",
+    "JUDGES",
+    "LlmJudgeConfig",
+    "LossConfig",
+    "ModelSide",
+    "PairsConfig",
+    "PrepareConfig",
+    "PruneConfig",
+    "RewardModelOptions",
+    "RunConfig",
+    "SFTConfig",
+    "SamplingConfig",
+    "SweepConfig",
+    "TrainConfig",
+    "VllmOptions",
+    "suggest",
+    "fingerprint",
+    "flat_fields",
+    "from_dict",
+    "load_config",
+    "require",
+    "result_settings",
+    "save_yaml",
+    "to_dict",
+]
