@@ -4,6 +4,7 @@ layer or one below it, and no two modules import each other, directly or round a
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -132,3 +133,20 @@ def test_the_checks_see_a_cycle_and_an_upward_import(tmp_path, monkeypatch):
         pytest.fail.Exception, match="import cycle: plad.core.b -> plad.utils.a -> plad.core.b"
     ):
         test_no_import_cycles()
+
+
+@pytest.mark.parametrize("argv", [["methods"], ["tasks"], ["sft", "--help"]])
+def test_commands_that_load_no_model_import_no_torch(argv):
+    """Printing a table or a command's help starts in a fraction of a second: torch and transformers are imported
+    by the modules that load models, not by the CLI."""
+    probe = (
+        "import sys, contextlib, io, plad.cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        f"        plad.cli.main({argv!r})\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]", out

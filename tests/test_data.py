@@ -15,8 +15,8 @@ import pytest
 from plad.config import DataOptions
 from plad.core.batching import Truncation, encode_output, encode_prompt, format_prompt
 from plad.core.data import load_examples, load_pairs
-from plad.core.models import ModelError, load_causal_lm, load_model_and_tokenizer, load_tokenizer
-from plad.utils.errors import ConfigError, DataError
+from plad.core.models import load_causal_lm, load_model_and_tokenizer, load_tokenizer
+from plad.utils.errors import ConfigError, DataError, ModelError
 from plad.utils.io import append_jsonl, read_jsonl, repair_torn_tail, write_jsonl_atomic
 
 WORDS = [*"abcdefghijklmnopqrstuvwxyz", "count:", "summary:"]

@@ -4,6 +4,8 @@ real preference ranking), teacher/student with different tokenizers, and the bat
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -363,11 +365,20 @@ def test_on_policy_is_deterministic_per_micro_batch(bench: Bench) -> None:
     assert all(never(model, items, g) is items for g in range(5))
 
 
-def test_config_method_list_is_the_table() -> None:
-    """config.ALL_METHODS (config.py cannot import torch) must list exactly the methods of the table."""
-    from plad.config import ALL_METHODS
+def test_method_names_have_one_source_without_torch() -> None:
+    """The method names come from plad.config.methods alone, which imports no torch (configs and `plad methods`
+    read it); plad.core.methods gives each of them its loss, and adds no method of its own."""
+    from plad.config import ALL_METHODS, METHOD_SPECS
 
-    assert ALL_METHODS == list(METHODS)
+    assert list(METHODS) == ALL_METHODS == list(METHOD_SPECS)
+    for name, spec in METHOD_SPECS.items():
+        assert METHODS[name].summary == spec.summary and METHODS[name].source == spec.source
+        assert callable(METHODS[name].loss)
+    probe = "import sys, plad.config, plad.config.methods; print('torch' in sys.modules)"
+    assert (
+        subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+        == "False\n"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------

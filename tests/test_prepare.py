@@ -17,10 +17,9 @@ import pytest
 import torch
 from conftest import Bench, main_inprocess
 
-from plad.core.models import ModelError
 from plad.prepare import debian, real
 from plad.prepare.real import convert_gguf, gguf_from_wheel, load_prepared
-from plad.utils.errors import ConfigError
+from plad.utils.errors import ConfigError, ModelError
 from plad.utils.io import write_jsonl_atomic
 
 CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"

@@ -230,13 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.commands[ns.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     setup_logging(ns.quiet)
 
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # plad shows its own progress; weight-loading bars are noise
-    from plad.core.models import ModelError
     from plad.endpoint.client import ApiError, ApiStopped
     from plad.scoring.scorers import UnknownScorer
-    from plad.utils.errors import DataError
+    from plad.utils.errors import DataError, ModelError
     from plad.utils.signals import Interrupted, handle_signals
 
     command = " ".join(["plad", *argv])
@@ -288,9 +284,9 @@ def _lock_target(ns: argparse.Namespace, cfg: Any) -> tuple[str, str] | None:
 
 def _dispatch(ns: argparse.Namespace, command: str) -> int:
     if ns.command == "methods":
-        from plad.core.methods import METHODS
+        from plad.config import METHOD_SPECS
 
-        for m in METHODS.values():
+        for m in METHOD_SPECS.values():
             needs = {
                 "targets": ["labeled data"],
                 "teacher": ["teacher text"],

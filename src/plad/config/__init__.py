@@ -9,7 +9,7 @@ The schema is `fields` (helpers), `sections` (shared sections), `stages` (single
 """
 
 from plad.config.experiments import BenchConfig, BenchmarkConfig, RunConfig, SweepConfig
-from plad.config.fields import ALL_METHODS, DTYPES, suggest
+from plad.config.fields import DTYPES, suggest
 from plad.config.loader import (
     fingerprint,
     flat_fields,
@@ -20,6 +20,7 @@ from plad.config.loader import (
     save_yaml,
     to_dict,
 )
+from plad.config.methods import ALL_METHODS, METHOD_SPECS, MethodSpec
 from plad.config.sections import (
     ApiConfig,
     DataOptions,
@@ -55,6 +56,8 @@ __all__ = [
     "JUDGES",
     "LlmJudgeConfig",
     "LossConfig",
+    "METHOD_SPECS",
+    "MethodSpec",
     "ModelSide",
     "PairsConfig",
     "PrepareConfig",

@@ -10,6 +10,7 @@ import typing
 from dataclasses import field
 from typing import Any
 
+from plad.config.methods import ALL_METHODS
 from plad.utils.errors import ConfigError
 
 
@@ -43,13 +44,6 @@ def check_choices(obj: Any) -> None:
         value = getattr(obj, f.name)
         if choices and value not in choices:
             raise ConfigError(f"{f.name} = {value!r} is not allowed; choose one of {', '.join(choices)}")
-
-
-# The rows of plad.core.methods.METHODS (this module does not import torch; a test keeps the two equal).
-ALL_METHODS = [
-    "sft", "seqkd", "plad-rank", "plad-margin", "plad-list", "plad-rank-div", "plad-margin-div", "dpkd",
-    "dpkd-token", "kd", "rkl", "skew-fkl", "skew-rkl", "jsd", "tvd", "gkd",
-]  # fmt: skip
 
 
 def check_methods(methods: list[str]) -> None:

@@ -9,12 +9,13 @@ micro-batch x accumulation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 
 from plad.config import LossConfig
+from plad.config.methods import METHOD_SPECS, MethodSpec
 from plad.core.batching import collate_sequences
 from plad.core.logprobs import forward_token_nll, output_logits, sequence_logps
 from plad.core.losses import (
@@ -299,98 +300,32 @@ def _token_level(kind: str) -> Callable[..., LossParts]:
 # The table
 
 
-@dataclass(frozen=True)
-class Method:
-    name: str
-    summary: str
-    # What it learns on: "targets" (labeled data), "teacher" (teacher outputs of the pairs store), "pairs"
-    # ((y+, y-) pairs), "lists" (teacher + k student samples per prompt), "tokens" (loss.token_data decides).
-    source: str
+@dataclass(frozen=True, kw_only=True)
+class Method(MethodSpec):
+    """A row of plad.config.methods.METHOD_SPECS (what the method is and needs) with its loss function."""
+
     loss: Callable[..., LossParts]
-    needs_scores: bool = False
-    uses_regularizer: bool = False
-    needs_teacher_model: bool = False  # a frozen local teacher with the student's vocabulary
-    needs_teacher_logps: bool = False  # teacher log-probs stored with the pairs
-    on_policy: bool = False  # student samples generated during training
-
-    def data_source(self, loss: LossConfig) -> str:
-        if self.source == "tokens":
-            return "targets" if loss.token_data == "target" else "teacher"
-        return self.source
 
 
-def _token_method(name: str, summary: str) -> Method:
-    return Method(name, summary, "tokens", _token_level(name), needs_teacher_model=True)
-
+# The loss function of every method named in METHOD_SPECS.
+LOSSES: dict[str, Callable[..., LossParts]] = {
+    "sft": cross_entropy,
+    "seqkd": cross_entropy,
+    "plad-rank": _calibration("rank"),
+    "plad-margin": _calibration("margin"),
+    "plad-list": plad_list,
+    "plad-rank-div": _calibration("rank", from_divergence=True),
+    "plad-margin-div": _calibration("margin", from_divergence=True),
+    "dpkd": dpkd,
+    **{
+        name: _token_level(name)
+        for name in ("dpkd-token", "kd", "rkl", "skew-fkl", "skew-rkl", "jsd", "tvd", "gkd")
+    },
+}
+if LOSSES.keys() != METHOD_SPECS.keys():  # a method added to one table and not the other
+    raise RuntimeError(f"plad.core.methods.LOSSES and METHOD_SPECS differ: {set(LOSSES) ^ set(METHOD_SPECS)}")
 
 METHODS: dict[str, Method] = {
-    m.name: m
-    for m in [
-        Method("sft", "CE on dataset targets (the equal-compute control)", "targets", cross_entropy),
-        Method(
-            "seqkd", "CE on teacher outputs (sequence-level KD, Kim & Rush 2016)", "teacher", cross_entropy
-        ),
-        Method(
-            "plad-rank",
-            "PLaD ranking calibration on (teacher, student) pairs + lambda * regulariser",
-            "pairs",
-            _calibration("rank"),
-            uses_regularizer=True,
-        ),
-        Method(
-            "plad-margin",
-            "PLaD margin calibration (margin = beta * score gap) + lambda * regulariser",
-            "pairs",
-            _calibration("margin"),
-            needs_scores=True,
-            uses_regularizer=True,
-        ),
-        Method(
-            "plad-list",
-            "SLiC list-wise rank over the teacher output and k student samples (ordered by score when scored)",
-            "lists",
-            plad_list,
-            uses_regularizer=True,
-        ),
-        Method(
-            "plad-rank-div",
-            "plad-rank with log-probs counted from the first token where y+ and y- differ (divergence-aware)",
-            "pairs",
-            _calibration("rank", from_divergence=True),
-            uses_regularizer=True,
-        ),
-        Method(
-            "plad-margin-div",
-            "plad-margin with log-probs counted from the first token where y+ and y- differ (divergence-aware)",
-            "pairs",
-            _calibration("margin", from_divergence=True),
-            needs_scores=True,
-            uses_regularizer=True,
-        ),
-        Method(
-            "dpkd",
-            "DPKD sequence form, teacher as reference model (needs teacher log-probs in the pairs) + lambda * CE",
-            "pairs",
-            dpkd,
-            uses_regularizer=True,
-            needs_teacher_logps=True,
-        ),
-        _token_method(
-            "dpkd-token", "DPKD released-code per-token form (teacher vs student argmax), mixed with CE"
-        ),
-        _token_method("kd", "token-level forward KL(teacher || student) (Hinton et al.; DistiLLM's KD)"),
-        _token_method("rkl", "token-level reverse KL(student || teacher) (MiniLLM's objective, token form)"),
-        _token_method("skew-fkl", "skew forward KL(teacher || a*teacher + (1-a)*student) (DistiLLM)"),
-        _token_method("skew-rkl", "skew reverse KL(student || (1-a)*teacher + a*student) (DistiLLM)"),
-        _token_method("jsd", "token-level Jensen-Shannon divergence"),
-        _token_method("tvd", "token-level total variation distance"),
-        Method(
-            "gkd",
-            "generalized JSD(beta) on data and on-policy student samples (probability lambda) (Agarwal et al.)",
-            "tokens",
-            _token_level("gkd"),
-            needs_teacher_model=True,
-            on_policy=True,
-        ),
-    ]
+    name: Method(**{f.name: getattr(spec, f.name) for f in fields(spec)}, loss=LOSSES[name])
+    for name, spec in METHOD_SPECS.items()
 }

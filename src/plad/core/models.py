@@ -8,14 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 
+from plad.utils.errors import ModelError
 from plad.utils.io import one_line
 
 log = logging.getLogger("plad")
 
-
-class ModelError(ValueError):
-    """A model or tokenizer that cannot be used; the message names the folder and the fix."""
+# plad shows its own progress (every model plad loads comes through here): weight-loading bars are noise
+transformers.utils.logging.disable_progress_bar()
 
 
 def _looks_local(name: str) -> bool:

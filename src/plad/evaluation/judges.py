@@ -89,7 +89,8 @@ class TaskJudge(ScoreJudge):
 
 def check_reward_model(opts: RewardModelOptions) -> Any:
     """The reward model's config, checked before any work: a sequence classifier with one output."""
-    from plad.core.models import ModelError, load_model_config
+    from plad.core.models import load_model_config
+    from plad.utils.errors import ModelError
 
     name = opts.model
     if not name:

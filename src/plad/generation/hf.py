@@ -13,7 +13,8 @@ import torch
 
 from plad.config import SamplingConfig
 from plad.core.batching import left_pad, stop_ids
-from plad.core.models import ModelError, position_limit
+from plad.core.models import position_limit
+from plad.utils.errors import ModelError
 
 
 @dataclass

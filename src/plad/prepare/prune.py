@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from plad.config import PruneConfig, require
-from plad.core.models import ModelError, load_model_config, load_tokenizer
-from plad.utils.errors import ConfigError
+from plad.core.models import load_model_config, load_tokenizer
+from plad.utils.errors import ConfigError, ModelError
 
 log = logging.getLogger("plad")
 

@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from plad.config import PrepareConfig, PruneConfig, SFTConfig, fingerprint, to_dict
-from plad.core.models import ModelError
-from plad.utils.errors import ConfigError, DataError
+from plad.utils.errors import ConfigError, DataError, ModelError
 from plad.utils.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 
 log = logging.getLogger("plad")

@@ -7,3 +7,7 @@ class ConfigError(ValueError):
 
 class DataError(ValueError):
     """Bad input data; the message names the file, the row and the field."""
+
+
+class ModelError(ValueError):
+    """A model or tokenizer that cannot be used; the message names the folder and the fix."""
