@@ -482,6 +482,7 @@ def _one_step(
     from plad.config import TrainConfig
     from plad.core.methods import METHODS, Frozen
     from plad.core.models import load_model_and_tokenizer
+    from plad.train.data import TrainData
     from plad.train.loop import train
 
     model, tok = load_model_and_tokenizer(str(student or bench.student))
@@ -492,7 +493,8 @@ def _one_step(
         max_grad_norm=0.0, log_every=1, seed=3,
     )  # fmt: skip
     train(
-        model=model, tokenizer=tok, method=METHODS[method_name], items=items, reg_items=reg_items,
+        model=model, tokenizer=tok, method=METHODS[method_name],
+        data=TrainData(items, batch_size, 3, reg_items),
         loss_cfg=loss_cfg, cfg=cfg, output_dir=out, config_fingerprint="x", resume=False,
         frozen=Frozen(teacher=teacher, vocab=len(tok)),
     )  # fmt: skip

@@ -62,6 +62,7 @@ def heldout_nll(model: Any, pad_id: int, items: list[Item]) -> float:
 
 
 def run_heal(cfg: HealConfig) -> dict:
+    from plad.train.data import TrainData
     from plad.train.loop import train
     from plad.train.stages import _resume_fingerprint
     from plad.utils.outputs import check_output_dir
@@ -107,8 +108,7 @@ def run_heal(cfg: HealConfig) -> dict:
         model=model,
         tokenizer=tok,
         method=METHODS["sft" if cfg.objective == "lm" else "kd"],
-        items=items,
-        reg_items=None,
+        data=TrainData(items, cfg.train.batch_size, cfg.train.seed),
         loss_cfg=LossConfig(),
         cfg=cfg.train,
         output_dir=out,

@@ -32,6 +32,7 @@ from plad.core.models import (
     set_threads,
     torch_dtype_of,
 )
+from plad.train.data import TrainData
 from plad.train.loop import train
 from plad.utils.errors import ConfigError, DataError
 from plad.utils.outputs import check_output_dir
@@ -79,8 +80,7 @@ def run_sft(cfg: SFTConfig) -> dict:
         model=model,
         tokenizer=tok,
         method=METHODS["sft"],
-        items=items,
-        reg_items=None,
+        data=TrainData(items, cfg.train.batch_size, cfg.train.seed),
         loss_cfg=LossConfig(),
         cfg=cfg.train,
         output_dir=out,
@@ -416,15 +416,12 @@ def run_distill(cfg: DistillConfig) -> dict:
         model=model,
         tokenizer=tok,
         method=method,
-        items=items,
-        reg_items=reg_items,
+        data=TrainData(items, cfg.train.batch_size, cfg.train.seed, reg_items, on_policy, refresh),
         loss_cfg=cfg.loss,
         cfg=cfg.train,
         output_dir=out,
         config_fingerprint=_resume_fingerprint(cfg),
         resume=cfg.resume,
         frozen=frozen,
-        on_policy=on_policy,
-        refresh=refresh,
         data_used=data_used,
     )
