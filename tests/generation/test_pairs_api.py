@@ -80,8 +80,12 @@ def test_api_pairs_through_faults_store_each_paid_request_once(bench: Bench, ser
     resets, truncated JSON): every row completes, every usable reply the proxy delivered is stored exactly once,
     each fault costs exactly one retry counted under its own reason, and Retry-After is honoured."""
     out, k = tmp_path / "pairs", 4
+    # 12 retries: at 30% faults the default 8 gives up on one of ~250 requests in about 1 run in 200 (0.3^9 per
+    # request; seen once); with 12, about 1 run in 25,000 (0.3^13 per request)
+    retries = [f"--{side}.api.max_retries" for side in ("teacher", "student")]
     with FaultProxy(served.base_url.removesuffix("/v1"), rate=0.3, seed=1, stall=2.5) as proxy:
-        rc = main_inprocess(*pairs_args(bench, out, proxy.base_url, served.model, k=k, client=client))
+        args = pairs_args(bench, out, proxy.base_url, served.model, k=k, client=client)
+        rc = main_inprocess(*args, retries[0], 12, retries[1], 12)
         events = proxy.outcomes()
         delivered = proxy.delivered()
     assert rc == 0

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import Bench, main_inprocess, read_jsonl
 from servers import LlamaCppServer, write_gguf
-from test_api import check_store, distill_ids, pairs_args
+from test_pairs_api import check_store, distill_ids, pairs_args
 
 pytest.importorskip(
     "llama_cpp.server.app", reason="llama.cpp tests need `make test-servers` (the servers extra)"
