@@ -227,11 +227,101 @@ def with_prepared(cfg: RunConfig) -> RunConfig:
     )
 
 
-def prepare(cfg: RunConfig, force: bool = False) -> Run:
-    """Stages 1-4 of a run: data, models, SFT of teacher and student, pairs."""
+def _make_data(d: Path, bench: Any, seed: int) -> dict:
+    """The built-in benchmark's splits, generated."""
+    from plad.benchmark.tasks import generate_splits
+
+    sizes = {"sft": bench.n_sft, "val": bench.n_val, "distill": bench.n_distill, "test": bench.n_test}
+    splits = generate_splits(bench.task, sizes, bench.corrupt_frac, bench.seed + seed)
+    for split, rows in splits.items():
+        write_jsonl_atomic(d / f"{split}.jsonl", rows)
+    return {k: len(v) for k, v in splits.items()}
+
+
+def _make_models(d: Path, bench: Any, sft_file: str, seed: int) -> dict:
+    """The built-in presets: a tokenizer trained on the SFT texts, a teacher and a student from random weights."""
+    from plad.benchmark.build import build_model, build_tokenizer
+    from plad.utils.io import read_jsonl
+
+    rows = read_jsonl(sft_file)
+    texts = [r["prompt"] + r["target"] for r in rows]
+    tok = build_tokenizer(texts, d / "tokenizer", bench.vocab_size)
+    t = build_model(bench.teacher_preset, tok, d / "teacher", seed=seed)
+    s = build_model(bench.student_preset, tok, d / "student", seed=seed + 1)
+    return {"teacher_params": t.num_parameters(), "student_params": s.num_parameters(), "vocab": len(tok)}
+
+
+def _sft(d: Path, model: str, train: Any, cfg: RunConfig, sft_file: str) -> dict:
+    from plad.train.stages import run_sft
+
+    sft_cfg = SFTConfig(
+        model=model, train_file=sft_file, output_dir=str(d), train=train, resume=True, dtype=cfg.distill.dtype
+    )
+    sft_cfg.data = cfg.distill.data
+    return run_sft(sft_cfg)
+
+
+def data_stage(run: Run, files: dict[str, str]) -> None:
+    """1. data: the user's (or a prepared benchmark's) files by their digests, or the built-in task's splits."""
+    cfg = run.cfg
+    if cfg.sft_file:
+        run.data_fp = fingerprint({k: _file_digest(v) for k, v in files.items()})
+    else:
+        parts = {"benchmark": to_dict(cfg.benchmark), "seed": cfg.seed}
+        data_dir, run.data_fp, _ = run.stage("data", parts, _make_data, cfg.benchmark, cfg.seed)
+        files = {k: str(data_dir / f"{k}.jsonl") for k in ("sft", "val", "distill", "test")}
+    run.files = files
+
+
+def models_stage(run: Run) -> tuple[str, str, str]:
+    """2. models: the user's teacher and student, or the built-in presets (teacher, student, the stage's fp)."""
     from plad.benchmark.build import MODEL_PRESETS
+
+    cfg, bench = run.cfg, run.cfg.benchmark
+    teacher, student = cfg.teacher, cfg.student
+    if teacher and student:
+        return teacher, student, ""
+    parts = {
+        # The presets' contents, not only their names: a changed architecture must rebuild the models.
+        "presets": [MODEL_PRESETS[bench.teacher_preset], MODEL_PRESETS[bench.student_preset]],
+        "vocab_size": bench.vocab_size,
+        "data": run.data_fp,
+        "seed": cfg.seed,
+    }
+    models_dir, models_fp, model_info = run.stage(
+        "models", parts, _make_models, bench, run.files["sft"], cfg.seed
+    )
+    log.info("models: %s", model_info)
+    return teacher or str(models_dir / "teacher"), student or str(models_dir / "student"), models_fp
+
+
+def sft_stage(run: Run, name: str, model: str, train: Any, skip: bool, models_fp: str) -> tuple[str, str]:
+    """3. SFT of the teacher or the student (skipped: the model as it is, by its weights)."""
+    from plad.core.models import model_identity
+
+    cfg = run.cfg
+    if skip:
+        return model, _stage_fp(run.root, model) or fingerprint({"model": model_identity(model)})
+    train = _with_seed(train, cfg.seed)
+    parts = {
+        # a user's (or a prepared) model by its weights, so that a folder rewritten in place is new input; the
+        # built-in models by the models stage that made them
+        "model": model if models_fp else model_identity(model),
+        "models": models_fp,
+        "data": run.data_fp,
+        "train": to_dict(train),
+        "opts": to_dict(cfg.distill.data),
+        "dtype": cfg.distill.dtype,
+    }
+    d, fp, _ = run.stage(name, parts, _sft, model, train, cfg, run.files["sft"])
+    return str(d), fp
+
+
+def prepare(cfg: RunConfig, force: bool = False) -> Run:
+    """Stages 1-4 of a run: data, models, SFT of teacher and student, pairs. Everything that can be checked is
+    checked before anything is written."""
     from plad.core.methods import METHODS
-    from plad.core.models import model_identity, set_threads
+    from plad.core.models import set_threads
 
     check_presets(cfg)
     root = Path(cfg.output_dir)
@@ -243,106 +333,23 @@ def prepare(cfg: RunConfig, force: bool = False) -> Run:
     if not (root / "run_config.yaml").exists():  # a run refused below must not relabel the folder's results
         save_yaml(cfg, root / "run_config.yaml")
     set_threads(cfg.threads)
-    run = Run(cfg=cfg, root=root, force=force)
-
-    # 1. data ---------------------------------------------------------------------------------------------------
-    bench = cfg.benchmark
     if cfg.prepared:
         cfg = with_prepared(cfg)
-        run.cfg = cfg
         files = data_files(cfg)
-    if cfg.sft_file:
-        run.data_fp = fingerprint({k: _file_digest(v) for k, v in files.items()})
-    else:
+    run = Run(cfg=cfg, root=root, force=force)
 
-        def make_data(d: Path) -> dict:
-            from plad.benchmark.tasks import generate_splits
-
-            sizes = {"sft": bench.n_sft, "val": bench.n_val, "distill": bench.n_distill, "test": bench.n_test}
-            splits = generate_splits(bench.task, sizes, bench.corrupt_frac, bench.seed + cfg.seed)
-            for split, rows in splits.items():
-                write_jsonl_atomic(d / f"{split}.jsonl", rows)
-            return {k: len(v) for k, v in splits.items()}
-
-        data_dir, run.data_fp, _ = run.stage(
-            "data", {"benchmark": to_dict(bench), "seed": cfg.seed}, make_data
-        )
-        files = {k: str(data_dir / f"{k}.jsonl") for k in ("sft", "val", "distill", "test")}
-    run.files = files
-
-    # 2. models (built-in presets when no model is given) ---------------------------------------------------------
-    teacher, student, models_fp = cfg.teacher, cfg.student, ""
-    if not teacher or not student:
-
-        def make_models(d: Path) -> dict:
-            from plad.benchmark.build import build_model, build_tokenizer
-            from plad.utils.io import read_jsonl
-
-            rows = read_jsonl(files["sft"])
-            texts = [r["prompt"] + r["target"] for r in rows]
-            tok = build_tokenizer(texts, d / "tokenizer", bench.vocab_size)
-            t = build_model(bench.teacher_preset, tok, d / "teacher", seed=cfg.seed)
-            s = build_model(bench.student_preset, tok, d / "student", seed=cfg.seed + 1)
-            return {
-                "teacher_params": t.num_parameters(),
-                "student_params": s.num_parameters(),
-                "vocab": len(tok),
-            }
-
-        models_dir, models_fp, model_info = run.stage(
-            "models",
-            {
-                # The presets' contents, not only their names: a changed architecture must rebuild the models.
-                "presets": [MODEL_PRESETS[bench.teacher_preset], MODEL_PRESETS[bench.student_preset]],
-                "vocab_size": bench.vocab_size,
-                "data": run.data_fp,
-                "seed": cfg.seed,
-            },
-            make_models,
-        )
-        teacher = teacher or str(models_dir / "teacher")
-        student = student or str(models_dir / "student")
-        log.info("models: %s", model_info)
-
-    # 3. SFT of teacher and student -----------------------------------------------------------------------------
-    from plad.train.stages import run_sft
-
-    def sft(d: Path, model: str, train) -> dict:
-        sft_cfg = SFTConfig(
-            model=model,
-            train_file=files["sft"],
-            output_dir=str(d),
-            train=train,
-            resume=True,
-            dtype=cfg.distill.dtype,
-        )
-        sft_cfg.data = cfg.distill.data
-        return run_sft(sft_cfg)
-
-    def sft_stage(name: str, model: str, train, skip: bool) -> tuple[str, str]:
-        if skip:
-            return model, _stage_fp(root, model) or fingerprint({"model": model_identity(model)})
-        train = _with_seed(train, cfg.seed)
-        parts = {
-            # a user's (or a prepared) model by its weights, so that a folder rewritten in place is new input; the
-            # built-in models by the models stage that made them
-            "model": model if models_fp else model_identity(model),
-            "models": models_fp,
-            "data": run.data_fp,
-            "train": to_dict(train),
-            "opts": to_dict(cfg.distill.data),
-            "dtype": cfg.distill.dtype,
-        }
-        d, fp, _ = run.stage(name, parts, sft, model, train)
-        return str(d), fp
-
-    run.teacher_sft, run.teacher_fp = sft_stage("teacher-sft", teacher, cfg.teacher_sft, cfg.skip_teacher_sft)
-    run.student_sft, run.student_fp = sft_stage("student-sft", student, cfg.student_sft, cfg.skip_student_sft)
-
-    # 4. pairs ----------------------------------------------------------------------------------------------------
+    data_stage(run, files)
+    teacher, student, models_fp = models_stage(run)
+    run.teacher_sft, run.teacher_fp = sft_stage(
+        run, "teacher-sft", teacher, cfg.teacher_sft, cfg.skip_teacher_sft, models_fp
+    )
+    run.student_sft, run.student_fp = sft_stage(
+        run, "student-sft", student, cfg.student_sft, cfg.skip_student_sft, models_fp
+    )
+    # 4. pairs
     run.pairs_cfg = dataclasses.replace(
         cfg.pairs,
-        prompts_file=files["distill"],
+        prompts_file=run.files["distill"],
         teacher_logprobs=cfg.pairs.teacher_logprobs
         or any(METHODS[m].needs_teacher_logps for m in cfg.methods),
         teacher=_reseed_side(cfg.pairs.teacher, run.teacher_sft, cfg.seed),
