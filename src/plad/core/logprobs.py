@@ -63,7 +63,7 @@ def _final_logit_softcapping(model: Any, logits: torch.Tensor) -> torch.Tensor:
 # .last_hidden_state))`, read in transformers' modeling code (5.24; the same structure in the 4.x releases):
 # class name -> (the attribute holding the decoder body, the transform after the output layer or None). A class
 # that is not listed (Cohere's logit_scale, Granite's logits_scaling, Gemma-2, ...) runs its full forward until
-# its forward has been read and added here; tests/test_logprobs.py checks every listed family it can build.
+# its forward has been read and added here; tests/core/test_logprobs.py checks every listed family it can build.
 _GATHERED_OUTPUT_LAYER: dict[str, tuple[str, Callable[[Any, torch.Tensor], torch.Tensor] | None]] = {
     "LlamaForCausalLM": ("model", None),
     "Qwen2ForCausalLM": ("model", None),

@@ -14,7 +14,7 @@ Store layout (one folder):
 - failures.jsonl: requests that ran out of retries (endpoint sides); `plad pairs --status` counts them.
 
 Each side samples with its backend: hf (local transformers, batched here), vllm (generation/vllm.py) or openai
-(an OpenAI-compatible endpoint, generation/api.py: concurrent requests, each stored as soon as it is paid for).
+(an OpenAI-compatible endpoint, generation/openai.py: concurrent requests, each stored as soon as it is paid for).
 
 Batches are planned over the whole prompt set and each batch has its own seed, so a resumed run regenerates a
 missing batch exactly as an uninterrupted run would have: the final store is identical.
