@@ -524,10 +524,10 @@ def _prepared_lines(prepared: dict | None) -> list[str]:
     return lines
 
 
-def to_markdown(summary: dict) -> str:
+def _main_table(summary: dict) -> str:
+    """Every system's cells (mean [interval]) and the learning rate chosen per seed."""
     from plad.reporting.report import markdown_table
 
-    m = summary["machine"]
     cols = _columns(summary)
     head = ["system", *(label for _, label in cols), "lr per seed"]
     rows = [
@@ -538,42 +538,14 @@ def to_markdown(summary: dict) -> str:
         ]
         for name, row in summary["table"].items()
     ]
-    lengths = summary["length_buckets"]
-    labels = lengths.get("labels") or [
-        f"bucket {b + 1}" for b in range(len(next(iter(lengths["win_rate"].values()), [])))
-    ]
-    against = "targets" if lengths.get("against", "target") == "target" else "the SFT student (head-to-head)"
-    bucket_parts = []
-    for key, what in (("win_rate", f"win rate over {against}"), ("mean_score", "mean score")):
-        if lengths.get(key):
-            bucket_rows = [[name, *(interval_text(c) for c in cells)] for name, cells in lengths[key].items()]
-            bucket_parts += [
-                f"{what[0].upper()}{what[1:]}:",
-                "",
-                markdown_table(["system", *labels], bucket_rows),
-                "",
-            ]
-    fracs = sorted({f for v in summary["scaling"].values() for f in v}, key=float)
-    scaling_parts = []
-    for key, label in COLUMNS[:3]:
-        scaling_rows = [
-            [name, *(interval_text((v.get(f) or {}).get(key)) for f in fracs)]
-            for name, v in summary["scaling"].items()
-        ]
-        if any(c != "-" for r in scaling_rows for c in r[1:]):
-            scaling_parts += [f"{label}:", "", markdown_table(["method", *fracs], scaling_rows), ""]
-    calibration = summary.get("calibration") or {}
-    calib_rows = [
-        [
-            name,
-            interval_text(c.get("summed")),
-            interval_text(c.get("per_token")),
-            ", ".join(map(str, c["pairs"])),
-        ]
-        for name, c in calibration.items()
-    ]
+    return markdown_table(head, rows)
+
+
+def _header(summary: dict) -> list[str]:
+    """Date, machine, command, budget and cost; then what the main table's cells are."""
+    m = summary["machine"]
     judge = summary.get("judge") or "task"
-    parts = [
+    return [
         "# plad bench: every method, the same budget",
         "",
         f"Date {summary['date']}; machine: {m['cpu']}, {m['cores']} cores"
@@ -605,33 +577,95 @@ def to_markdown(summary: dict) -> str:
         "dropped) instead of pseudo pairs. `plad-list-kK`: plad-list over K student samples per prompt; "
         "`plad-rank-roundsN`: iterated PLaD, N rounds of fresh student samples.",
         "",
-        markdown_table(head, rows),
-        "",
+    ]
+
+
+def _length_section(summary: dict) -> list[str]:
+    """Win rate (over targets, or head-to-head) and mean score per target-length bucket."""
+    from plad.reporting.report import markdown_table
+
+    lengths = summary["length_buckets"]
+    labels = lengths.get("labels") or [
+        f"bucket {b + 1}" for b in range(len(next(iter(lengths["win_rate"].values()), [])))
+    ]
+    against = "targets" if lengths.get("against", "target") == "target" else "the SFT student (head-to-head)"
+    parts = [
         "## Win rate and mean score by target length",
         "",
         "Quantile buckets of the test targets' length in student tokens (inner edges per seed: "
         + "; ".join(", ".join(f"{e:g}" for e in edges) or "-" for edges in lengths["edges_tokens_per_seed"])
         + ").",
         "",
-        *bucket_parts,
     ]
-    if calib_rows:
-        parts += [
-            "## Calibration",
-            "",
-            "Held-out pairs from the test prompts, the better output (by the judge) chosen: how often each system's "
-            "sequence log-prob ranks it first, summed and per token; ties = 1/2.",
-            "",
-            markdown_table(["system", "summed log-prob", "per-token log-prob", "pairs per seed"], calib_rows),
-            "",
+    for key, what in (("win_rate", f"win rate over {against}"), ("mean_score", "mean score")):
+        if lengths.get(key):
+            bucket_rows = [[name, *(interval_text(c) for c in cells)] for name, cells in lengths[key].items()]
+            parts += [
+                f"{what[0].upper()}{what[1:]}:",
+                "",
+                markdown_table(["system", *labels], bucket_rows),
+                "",
+            ]
+    return parts
+
+
+def _calibration_section(summary: dict) -> list[str]:
+    """How often each system's log-prob ranks the better output of held-out pairs first (none: no section)."""
+    from plad.reporting.report import markdown_table
+
+    calib_rows = [
+        [
+            name,
+            interval_text(c.get("summed")),
+            interval_text(c.get("per_token")),
+            ", ".join(map(str, c["pairs"])),
         ]
-    parts += [
+        for name, c in (summary.get("calibration") or {}).items()
+    ]
+    if not calib_rows:
+        return []
+    return [
+        "## Calibration",
+        "",
+        "Held-out pairs from the test prompts, the better output (by the judge) chosen: how often each system's "
+        "sequence log-prob ranks it first, summed and per token; ties = 1/2.",
+        "",
+        markdown_table(["system", "summed log-prob", "per-token log-prob", "pairs per seed"], calib_rows),
+        "",
+    ]
+
+
+def _scaling_section(summary: dict) -> list[str]:
+    """Each method's cells per data fraction."""
+    from plad.reporting.report import markdown_table
+
+    fracs = sorted({f for v in summary["scaling"].values() for f in v}, key=float)
+    parts = [
         "## Data scaling",
         "",
         "Each method at its chosen learning rate, trained on the first fraction of its training prompts "
         "(distillation prompts; labeled data for sft), same steps.",
         "",
-        *scaling_parts,
+    ]
+    for key, label in COLUMNS[:3]:
+        scaling_rows = [
+            [name, *(interval_text((v.get(f) or {}).get(key)) for f in fracs)]
+            for name, v in summary["scaling"].items()
+        ]
+        if any(c != "-" for r in scaling_rows for c in r[1:]):
+            parts += [f"{label}:", "", markdown_table(["method", *fracs], scaling_rows), ""]
+    return parts
+
+
+def to_markdown(summary: dict) -> str:
+    """bench.md: the header, the main table, then the length, calibration and data-scaling sections."""
+    parts = [
+        *_header(summary),
+        _main_table(summary),
+        "",
+        *_length_section(summary),
+        *_calibration_section(summary),
+        *_scaling_section(summary),
     ]
     return "\n".join(parts)
 
