@@ -4,8 +4,9 @@ Every field carries a help text (`--help` prints a line per field). Unknown keys
 known names; `__post_init__` rejects contradictions with a message that says what to change. Paths that a stage
 needs are checked by `require()` when the stage starts, so that `plad run` can fill them in.
 
-The schema is `fields` (helpers), `sections` (shared sections), `stages` (single-stage commands) and
-`experiments` (run, bench, sweep); `loader` reads YAML and flags into it. `plad.config` is the import path for all.
+The schema is `fields` (helpers), `methods` (the distillation methods by name), `sections` (shared sections),
+`stages` (single-stage commands) and `experiments` (run, bench, sweep); `loader` reads YAML and flags into it.
+`plad.config` is the import path for all.
 """
 
 from plad.config.experiments import BenchConfig, BenchmarkConfig, RunConfig, SweepConfig
