@@ -482,7 +482,7 @@ def _one_step(
     from plad.config import TrainConfig
     from plad.core.methods import METHODS, Frozen
     from plad.core.models import load_model_and_tokenizer
-    from plad.train.data import TrainData
+    from plad.train.batches import TrainData
     from plad.train.loop import train
 
     model, tok = load_model_and_tokenizer(str(student or bench.student))

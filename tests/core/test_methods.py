@@ -366,7 +366,7 @@ def test_on_policy_is_deterministic_per_micro_batch(bench: Bench) -> None:
 
 
 def test_method_names_have_one_source_without_torch() -> None:
-    """The method names come from plad.config.methods alone, which imports no torch (configs and `plad methods`
+    """The method names come from plad.config.method_specs alone, which imports no torch (configs and `plad methods`
     read it); plad.core.methods gives each of them its loss, and adds no method of its own."""
     from plad.config import ALL_METHODS, METHOD_SPECS
 
@@ -374,7 +374,7 @@ def test_method_names_have_one_source_without_torch() -> None:
     for name, spec in METHOD_SPECS.items():
         assert METHODS[name].summary == spec.summary and METHODS[name].source == spec.source
         assert callable(METHODS[name].loss)
-    probe = "import sys, plad.config, plad.config.methods; print('torch' in sys.modules)"
+    probe = "import sys, plad.config, plad.config.method_specs; print('torch' in sys.modules)"
     assert (
         subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
         == "False\n"

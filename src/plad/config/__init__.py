@@ -4,11 +4,23 @@ Every field carries a help text (`--help` prints a line per field). Unknown keys
 known names; `__post_init__` rejects contradictions with a message that says what to change. Paths that a stage
 needs are checked by `require()` when the stage starts, so that `plad run` can fill them in.
 
-The schema is `fields` (helpers), `methods` (the distillation methods by name), `sections` (shared sections),
-`stages` (single-stage commands) and `experiments` (run, bench, sweep); `loader` reads YAML and flags into it.
+The schema is `fields` (helpers), `method_specs` (the distillation methods by name), `sections` (shared sections),
+`commands` (single-stage commands) and `experiments` (run, bench, sweep); `loader` reads YAML and flags into it.
 `plad.config` is the import path for all.
 """
 
+from plad.config.commands import (
+    JUDGES,
+    DistillConfig,
+    EvalConfig,
+    HealConfig,
+    LlmJudgeConfig,
+    PairsConfig,
+    PrepareConfig,
+    PruneConfig,
+    RewardModelOptions,
+    SFTConfig,
+)
 from plad.config.experiments import BenchConfig, BenchmarkConfig, RunConfig, SweepConfig
 from plad.config.fields import DTYPES, suggest
 from plad.config.loader import (
@@ -21,7 +33,7 @@ from plad.config.loader import (
     save_yaml,
     to_dict,
 )
-from plad.config.methods import ALL_METHODS, METHOD_SPECS, MethodSpec
+from plad.config.method_specs import ALL_METHODS, METHOD_SPECS, MethodSpec
 from plad.config.sections import (
     ApiConfig,
     DataOptions,
@@ -30,18 +42,6 @@ from plad.config.sections import (
     SamplingConfig,
     TrainConfig,
     VllmOptions,
-)
-from plad.config.stages import (
-    JUDGES,
-    DistillConfig,
-    EvalConfig,
-    HealConfig,
-    LlmJudgeConfig,
-    PairsConfig,
-    PrepareConfig,
-    PruneConfig,
-    RewardModelOptions,
-    SFTConfig,
 )
 
 __all__ = [

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from plad.config.commands import DistillConfig, EvalConfig, PairsConfig
 from plad.config.fields import ALL_METHODS, check_methods, check_values, opt
 from plad.config.sections import TrainConfig
-from plad.config.stages import DistillConfig, EvalConfig, PairsConfig
 from plad.utils.errors import ConfigError
 
 

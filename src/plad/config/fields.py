@@ -10,7 +10,7 @@ import typing
 from dataclasses import field
 from typing import Any
 
-from plad.config.methods import ALL_METHODS
+from plad.config.method_specs import ALL_METHODS
 from plad.utils.errors import ConfigError
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from plad.config import LossConfig
-from plad.config.methods import METHOD_SPECS, MethodSpec
+from plad.config.method_specs import METHOD_SPECS, MethodSpec
 from plad.core.batching import collate_sequences
 from plad.core.logprobs import forward_token_nll, output_logits, sequence_logps
 from plad.core.losses import (
@@ -302,7 +302,7 @@ def _token_level(kind: str) -> Callable[..., LossParts]:
 
 @dataclass(frozen=True, kw_only=True)
 class Method(MethodSpec):
-    """A row of plad.config.methods.METHOD_SPECS (what the method is and needs) with its loss function."""
+    """A row of plad.config.method_specs.METHOD_SPECS (what the method is and needs) with its loss function."""
 
     loss: Callable[..., LossParts]
 

@@ -62,7 +62,7 @@ def heldout_nll(model: Any, pad_id: int, items: list[Item]) -> float:
 
 
 def run_heal(cfg: HealConfig) -> dict:
-    from plad.train.data import TrainData
+    from plad.train.batches import TrainData
     from plad.train.loop import train
     from plad.train.stages import _resume_fingerprint
     from plad.utils.outputs import check_output_dir

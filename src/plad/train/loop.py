@@ -25,7 +25,7 @@ import torch
 from plad.config import LossConfig, TrainConfig
 from plad.core.logprobs import decoder_start_id
 from plad.core.methods import NO_FROZEN, Frozen, Method, make_batch
-from plad.train.data import TrainData
+from plad.train.batches import TrainData
 from plad.utils import signals
 from plad.utils.errors import ConfigError
 from plad.utils.io import append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic

@@ -32,7 +32,7 @@ from plad.core.models import (
     set_threads,
     torch_dtype_of,
 )
-from plad.train.data import TrainData
+from plad.train.batches import TrainData
 from plad.train.loop import train
 from plad.utils.errors import ConfigError, DataError
 from plad.utils.outputs import check_output_dir
