@@ -977,6 +977,26 @@ CASES = [
     ),
     # ---- eval ----------------------------------------------------------------------------------------------
     case(
+        "eval-openai-without-url",
+        lambda t, b: (evaluate(t, b, "--backend", "openai"), ["backend openai needs api.base_url"]),
+    ),
+    case(
+        "eval-openai-calibration",
+        lambda t, b: (
+            evaluate(
+                t,
+                b,
+                "--backend",
+                "openai",
+                "--api.base_url",
+                "http://127.0.0.1:9/v1",
+                "--calibration_file",
+                jl(t / "cal.jsonl", PAIR),
+            ),
+            ["calibration_file measures a local model's log-probs"],
+        ),
+    ),  # fmt: skip
+    case(
         "eval-chat-prompts-task-scorer",
         lambda t, b: (
             evaluate(
@@ -1272,6 +1292,17 @@ CASES = [
         ),
     ),
     # ---- run, demo, bench, sweep ---------------------------------------------------------------------------
+    case(
+        "run-eval-through-an-endpoint",
+        lambda t, b: (
+            run_cfg(
+                t,
+                b,
+                files_yaml(t, b) + "eval:\n  backend: openai\n  api: {base_url: http://127.0.0.1:9/v1}\n",
+            ),
+            ["eval.backend openai: the pipeline evaluates the models it trains"],
+        ),
+    ),
     case(
         "run-reward-model-judge-without-model",
         lambda t, b: (

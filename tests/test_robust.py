@@ -235,7 +235,7 @@ def test_the_lock_is_reentrant_and_leaves_no_folder_behind(tmp_path: Path) -> No
 
 
 def test_full_disk_in_pairs_says_so_and_the_same_command_resumes(tmp_path: Path, capsys, monkeypatch) -> None:
-    import plad.endpoint.pool as pool
+    import plad.generation.store as store
 
     prompts = tmp_path / "p.jsonl"
     write_jsonl_atomic(prompts, USER_ROWS)
@@ -250,7 +250,7 @@ def test_full_disk_in_pairs_says_so_and_the_same_command_resumes(tmp_path: Path,
 
     with ScriptedServer(lambda body: "text") as server:
         args = api_pairs_args(prompts, out, server.base_url, "--teacher.api.concurrency", 1)
-        monkeypatch.setattr(pool, "append_jsonl", full_after_one)
+        monkeypatch.setattr(store, "append_jsonl", full_after_one)
         assert main_inprocess(*args) == 3
         line = one_error_line(capsys.readouterr().err, "pairs")
         assert "the disk is full (No space left on device writing" in line and "samples.jsonl" in line, line

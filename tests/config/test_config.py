@@ -333,3 +333,18 @@ def test_shipped_demo_config_is_the_demo_defaults():
     assert to_dict(shipped) == to_dict(expected)
     # ... and spells out every setting (a key missing from the file would silently take the default)
     assert yaml.safe_load(path.read_text()) == to_dict(expected)
+
+
+def test_settings_added_after_fingerprints_count_only_when_set():
+    """eval.backend / api / vllm came after stage fingerprints existed: at their defaults they are left out of what a
+    fingerprint hashes (run folders finished before stay valid); set, they change it."""
+    from plad.config import ApiConfig, EvalConfig, fingerprint, result_settings
+
+    assert not {"backend", "api", "vllm"} & set(result_settings(EvalConfig()))
+    assert fingerprint(result_settings(EvalConfig())) == fingerprint(
+        result_settings(EvalConfig(backend="hf"))
+    )
+    vllm = result_settings(EvalConfig(backend="vllm"))
+    assert vllm["backend"] == "vllm" and "api" not in vllm
+    api = result_settings(EvalConfig(backend="openai", api=ApiConfig(base_url="http://127.0.0.1:9/v1")))
+    assert api["api"]["base_url"] == "http://127.0.0.1:9/v1"

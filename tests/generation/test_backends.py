@@ -1,5 +1,6 @@
-"""Generation backends outside the pairs job: the hf backend's batching (length-grouped, token budget) and the vllm
-backend's message when vLLM is missing."""
+"""The Backend protocol (generation/backend.py) on the hf backend: what a unit emits, resuming with `want`, the
+batching (length-grouped, token budget); and the vllm backend's message when vLLM is missing. The openai backend's
+side of the protocol is tested against a real server in test_pairs_api.py, the vllm one in test_vllm.py."""
 
 from __future__ import annotations
 
@@ -55,3 +56,36 @@ def test_hf_max_batch_tokens_gives_the_same_rows(bench: Bench, tmp_path):
         ("student", 0), ("student", 1), ("student", 2), ("teacher", 0)
     ]  # fmt: skip
     assert len({r["seed"] for r in rows if r["side"] == "student"}) > 1  # several batches under the budget
+
+
+def test_hf_backend_emits_each_wanted_sample_once_and_resumes_with_the_same_samples(bench: Bench):
+    """One emit per batch; every (prompt, sample) once; a call that asks only for what is missing (`want`, as a
+    resumed run does) gets exactly the samples, and seeds, an uninterrupted call made for them."""
+    from plad.config import SamplingConfig
+    from plad.core.models import load_model_and_tokenizer
+    from plad.generation.backend import Prompt, collect
+    from plad.generation.hf import HfBackend
+
+    model, tok = load_model_and_tokenizer(str(bench.student))
+    texts = ["count: a b", "count: a", "count: b b a b", "count: a a", "count: b", "count: a b a"]
+    prompts = [Prompt(f"p{i}", ids=tok(t).input_ids) for i, t in enumerate(texts)]
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=5, batch_size=2)
+    backend = HfBackend(model, tok)
+    units: list = []
+    backend.sample(prompts, sampling, 2, ("key",), units.append)
+    full = {(d.prompt, d.index): (d.sample.ids, d.seed) for u in units for d in u}
+    assert sorted(full) == [(i, j) for i in range(6) for j in range(2)]
+    assert [len(u) for u in units] == [4, 4, 4]  # a batch of 2 prompts x 2 samples per emit
+    assert len({seed for _, seed in full.values()}) == 3  # a seed per batch
+    missing = {(0, 1), (3, 0), (3, 1), (5, 0)}
+    again: list = []
+    backend.sample(prompts, sampling, 2, ("key",), again.append, want=lambda i, j: (i, j) in missing)
+    assert {(d.prompt, d.index): (d.sample.ids, d.seed) for u in again for d in u} == {
+        m: full[m] for m in missing
+    }
+    other: list = []
+    backend.sample(prompts, sampling, 2, ("other key",), other.append)
+    assert {(d.prompt, d.index): d.seed for u in other for d in u} != {m: s for m, (_, s) in full.items()}
+    # collect: every prompt's samples in order, as eval and on-policy sampling take them
+    got = collect(backend, prompts, sampling, 2, ("key",))
+    assert [[s.ids for s in row] for row in got] == [[full[(i, j)][0] for j in range(2)] for i in range(6)]

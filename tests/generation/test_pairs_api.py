@@ -1,5 +1,5 @@
-"""Pairs through an OpenAI-compatible endpoint, against a real server (`transformers serve` on 127.0.0.1 serving a
-tiny model saved with save_pretrained), with a fault-injecting proxy in front of it."""
+"""The openai backend against a real server (`transformers serve` on 127.0.0.1 serving a tiny model saved with
+save_pretrained), with a fault-injecting proxy in front of it: pairs, and eval of a model behind an endpoint."""
 
 from __future__ import annotations
 
@@ -245,3 +245,31 @@ def test_api_teacher_logprobs_need_a_server_that_returns_them(bench: Bench, serv
     err = capsys.readouterr().err
     assert "returned no prompt log-probs" in err and served.base_url in err
     assert len(read_jsonl(out / "samples.jsonl")) == 8  # the samples paid for are kept
+
+
+def test_eval_of_a_model_behind_an_endpoint(bench: Bench, served, tmp_path: Path, capsys):
+    """`plad eval --backend openai`: the evaluated model answers through the endpoint (through faults), its outputs are
+    judged like a local model's, and a rerun reuses them without a request."""
+    out = tmp_path / "eval"
+    with FaultProxy(served.base_url.removesuffix("/v1"), rate=0.3, seed=5) as proxy:
+        args = [
+            "eval", "--test_file", bench.test, "--output_dir", out, "--limit", 6, "--judge", "rouge,exact-match",
+            "--backend", "openai", "--model", served.model, "--api.base_url", proxy.base_url,
+            "--api.api_key_env", "", "--api.timeout", 1.5, "--api.backoff_base", 0.05, "--api.backoff_max", 0.5,
+            "--generation.max_new_tokens", 8,
+        ]  # fmt: skip
+        assert main_inprocess(*args) == 0, capsys.readouterr().err
+        asked = len(proxy.outcomes())
+        results = json.loads((out / "results.json").read_text())
+        assert results["backend"] == "openai" and results["n"] == 6 and results["model"] == served.model
+        rows = read_jsonl(out / "outputs.jsonl")
+        assert [r["id"] for r in rows] == [r["id"] for r in read_jsonl(bench.test)][:6]
+        assert all(isinstance(r["output"], str) for r in rows) and any(r["output"] for r in rows)
+        assert asked >= 6  # one request per prompt, plus the retried faults
+        assert main_inprocess(*args) == 0  # the same command: outputs reused, nothing asked
+        assert len(proxy.outcomes()) == asked
+        assert read_jsonl(out / "outputs.jsonl") == rows
+    # a model behind an endpoint has no log-probs here: calibration is refused before anything is asked
+    bad = [*args, "--calibration_file", bench.test, "--output_dir", tmp_path / "cal"]
+    assert main_inprocess(*bad) == 2
+    assert "calibration_file measures a local model's log-probs" in capsys.readouterr().err

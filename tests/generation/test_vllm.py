@@ -110,3 +110,31 @@ def test_vllm_k_samples_resume_with_the_same_seeds(bench: Bench, models: Models,
     again = rows_by_key(out / "samples.jsonl")
     assert set(again) == set(first)
     assert [key for key in first if first[key]["text"] != again[key]["text"]] == []
+
+
+def test_eval_through_vllm_matches_the_hf_backend(bench: Bench, models: Models, tmp_path: Path) -> None:
+    """`plad eval --backend vllm`: the evaluated model generates on vLLM; greedy float32 outputs equal the hf
+    backend's, and calibration (a local model's log-probs) still works, through transformers on the same weights."""
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    cal = tmp_path / "cal.jsonl"
+    cal.write_text(
+        "".join(
+            json.dumps({"id": r["id"], "prompt": r["prompt"], "chosen": r["target"], "rejected": "x"}) + "\n"
+            for r in read_jsonl(bench.test)[:8]
+        )
+    )
+    outs = {}
+    for backend in ("hf", "vllm"):
+        args = [
+            "eval", "--model", models.teacher, "--test_file", bench.test, "--output_dir", tmp_path / backend,
+            "--limit", 24, "--generation.max_new_tokens", 24, "--threads", 1, "--backend", backend,
+            "--vllm.dtype", "float32", "--calibration_file", cal,
+        ]  # fmt: skip
+        done = run_plad(*args, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outs[backend] = read_jsonl(tmp_path / backend / "outputs.jsonl")
+        results = json.loads((tmp_path / backend / "results.json").read_text())
+        assert results["calibration"]["pairs"] == 8
+    same = ("id", "output", "n_tokens", "finish")
+    assert [[r[f] for f in same] for r in outs["vllm"]] == [[r[f] for f in same] for r in outs["hf"]]
+    assert len({r["output"] for r in outs["hf"]}) >= 20

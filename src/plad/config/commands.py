@@ -6,7 +6,15 @@ import re
 from dataclasses import dataclass
 
 from plad.config.fields import check_choices, check_layers, dtype_opt, opt, suggest
-from plad.config.sections import ApiConfig, DataOptions, LossConfig, ModelSide, SamplingConfig, TrainConfig
+from plad.config.sections import (
+    ApiConfig,
+    DataOptions,
+    LossConfig,
+    ModelSide,
+    SamplingConfig,
+    TrainConfig,
+    VllmOptions,
+)
 from plad.utils.errors import ConfigError
 
 # --------------------------------------------------------------------------------------------------------------
@@ -308,8 +316,25 @@ class EvalConfig:
     """`plad eval`: generate on test prompts (or take a file of outputs), judge them, win rates over targets with
     bootstrap intervals, by target-length bucket, head-to-head against another system, and calibration."""
 
-    model: str = opt("", "model folder or hub id to evaluate (not needed with outputs_file)")
-    tokenizer: str = opt("", "tokenizer folder or hub id (default: the model's)")
+    model: str = opt(
+        "",
+        "model folder or hub id to evaluate (not needed with outputs_file); with backend openai: the endpoint's "
+        "model name",
+    )
+    tokenizer: str = opt(
+        "",
+        "tokenizer folder or hub id (default: the model's); with backend openai: optional, for length buckets in "
+        "tokens",
+    )
+    backend: str = opt(
+        "hf",
+        "how the evaluated model generates: hf (local transformers), vllm (vLLM's offline engine; pip install "
+        "'plad[vllm]'), openai (an OpenAI-compatible endpoint, settings under api.*)",
+        ("hf", "vllm", "openai"),
+        in_fingerprint="unless-default",
+    )
+    api: ApiConfig = opt(ApiConfig(), "endpoint settings (backend openai)", in_fingerprint="unless-default")
+    vllm: VllmOptions = opt(VllmOptions(), "engine settings (backend vllm)", in_fingerprint="unless-default")
     test_file: str = opt("", "test data with targets: JSONL file, saved dataset folder or hub dataset name")
     outputs_file: str = opt(
         "",
@@ -369,6 +394,15 @@ class EvalConfig:
         if len(set(self.judge)) != len(self.judge):
             raise ConfigError(f"judge lists a judge twice: {self.judge}")
         check_choices(self)
+        if self.backend == "openai" and not self.api.base_url:
+            raise ConfigError(
+                "backend openai needs api.base_url, the endpoint (e.g. http://127.0.0.1:8000/v1)"
+            )
+        if self.backend == "openai" and self.calibration_file:
+            raise ConfigError(
+                "calibration_file measures a local model's log-probs; with backend openai evaluate without it, or "
+                "give the model's weights (backend hf or vllm)"
+            )
         if self.length_buckets < 1 or self.limit < 0:
             raise ConfigError("length_buckets must be >= 1 and limit >= 0")
         try:

@@ -110,6 +110,11 @@ class RunConfig:
             for key in keys:
                 if getattr(getattr(self, section), key):
                     raise ConfigError(f"{section}.{key} is set by the pipeline in `plad run`; remove it")
+        if self.eval.backend == "openai":
+            raise ConfigError(
+                "eval.backend openai: the pipeline evaluates the models it trains, which are local; use hf or vllm "
+                "(`plad eval --backend openai` evaluates a model behind an endpoint)"
+            )
         for side in ("teacher", "student"):
             if getattr(self.pairs, side).model:
                 raise ConfigError(

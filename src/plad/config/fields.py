@@ -14,10 +14,14 @@ from plad.config.method_specs import ALL_METHODS
 from plad.utils.errors import ConfigError
 
 
-def opt(default: Any, help: str, choices: tuple[str, ...] | None = None, in_fingerprint: bool = True) -> Any:
+def opt(
+    default: Any, help: str, choices: tuple[str, ...] | None = None, in_fingerprint: bool | str = True
+) -> Any:
     """A dataclass field with a help text (and allowed values); mutable defaults go through a factory.
     in_fingerprint=False: a setting that cannot change a result (a time limit) and came after stage fingerprints
-    existed, left out of them (`result_settings`) so that stages finished before it was added stay valid."""
+    existed, left out of them (`result_settings`) so that stages finished before it was added stay valid.
+    in_fingerprint="unless-default": a setting added after stage fingerprints existed that can change a result:
+    counted only when it differs from its default, so stages finished before it was added stay valid."""
     meta = {"help": help, "choices": choices, "in_fingerprint": in_fingerprint}
     if dataclasses.is_dataclass(default) or isinstance(default, list | dict):
         proto = default

@@ -109,11 +109,18 @@ def result_settings(cfg: Any) -> dict:
     """`to_dict(cfg)` without the fields marked in_fingerprint=False (at any depth): what fingerprints hash."""
     out = {}
     for f in dataclasses.fields(cfg):
-        if not f.metadata.get("in_fingerprint", True):
+        counted = f.metadata.get("in_fingerprint", True)
+        if not counted:
             continue
         value = getattr(cfg, f.name)
+        if counted == "unless-default" and value == _default(f):
+            continue
         out[f.name] = result_settings(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
     return out
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def set_dotted(data: dict, cls: type, dotted: str, raw: str) -> None:

@@ -1,29 +1,28 @@
-"""A bounded pool of concurrent requests with one writer that appends each finished request's rows (fsync) at once:
-used by API pair generation and the LLM judge."""
+"""A bounded pool of concurrent requests with one writer that keeps each finished request's rows at once (the caller's
+`write`: an append + fsync to a store): used by the openai backend, its teacher log-probs and the LLM judge."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from plad.endpoint.client import ApiError
 from plad.utils import signals
-from plad.utils.io import append_jsonl
 
-Put = Callable[[list[dict]], Awaitable[None]]
+Put = Callable[[list[Any]], Awaitable[None]]
 
 
 async def run_pool(
     jobs: list[Any],
     work: Callable[[Any, Put], Awaitable[None]],
-    path: Path,
+    write: Callable[[list[Any]], None],
     concurrency: int,
-    on_rows: Callable[[list[dict]], None],
+    on_rows: Callable[[list[Any]], None],
 ) -> list[tuple[Any, ApiError]]:
     """Run `work(job, put)` over `jobs` with `concurrency` workers; `put(rows)` hands the rows of one finished
-    request to the single writer, which appends them to `path` (flush + fsync) right away.
+    request to the single writer, which passes them to `write` right away (in a thread: it may block on IO), then
+    to `on_rows` (in the event loop: progress).
 
     The first ApiError stops new jobs (in-flight ones finish and are stored); returns the failed jobs. So does a
     SIGINT / SIGTERM under `plad` (the caller then calls `signals.raise_pending`)."""
@@ -35,7 +34,7 @@ async def run_pool(
     async def writer() -> None:
         finished = False
         while not finished:
-            batch: list[dict] = []
+            batch: list[Any] = []
             rows = await queue.get()
             while True:  # everything that arrived meanwhile goes in one fsync
                 if rows is None:
@@ -47,7 +46,7 @@ async def run_pool(
                 rows = queue.get_nowait()
             if batch:
                 try:
-                    await asyncio.to_thread(append_jsonl, path, batch)
+                    await asyncio.to_thread(write, batch)
                 except BaseException:
                     stop.set()  # nothing more is asked once nothing more can be kept
                     raise

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from plad.config import EvalConfig, LlmJudgeConfig, RewardModelOptions
 from plad.endpoint.client import ApiError
 from plad.utils import signals
 from plad.utils.errors import ConfigError, DataError
-from plad.utils.io import read_jsonl, repair_torn_tail
+from plad.utils.io import append_jsonl, read_jsonl, repair_torn_tail
 
 log = logging.getLogger("plad")
 
@@ -368,7 +369,9 @@ class LlmJudge:
 
             async def main() -> list:
                 try:
-                    return await run_pool(todo, work, self.cache_path, self.cfg.api.concurrency, on_rows)
+                    return await run_pool(
+                        todo, work, partial(append_jsonl, self.cache_path), self.cfg.api.concurrency, on_rows
+                    )
                 finally:
                     await self.endpoint.close()
 

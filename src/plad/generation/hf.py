@@ -1,4 +1,4 @@
-"""Batched sampling from a local Hugging Face causal LM or encoder-decoder (KV cache, left padding).
+"""Backend hf: batched sampling from a local Hugging Face causal LM or encoder-decoder (KV cache, left padding).
 
 A row stops at EOS, at the chat template's end-of-turn token (Llama-3's <|eot_id|>, Gemma's <end_of_turn>) and at
 the stop strings of `sampling.stop` (transformers' stop_strings); the text leaves out the end token and is cut
@@ -6,23 +6,91 @@ where the first stop string starts, as the vllm and openai backends do."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from plad.config import SamplingConfig
+from plad.config import SamplingConfig, to_dict
 from plad.core.batching import left_pad, stop_ids
-from plad.core.models import position_limit
+from plad.core.models import for_inference, load_model_and_tokenizer, model_identity, position_limit
+from plad.generation.backend import Drawn, Emit, Prompt, Rate, Sample, Want
 from plad.utils.errors import ModelError
+from plad.utils.seeds import derive_seed
 
 
-@dataclass
-class Sample:
-    text: str
-    n_tokens: int  # generated tokens, the end token (or the token that completed a stop string) included
-    finish: str  # "eos" (an end token: EOS or end-of-turn), "stop" (a stop string) or "length"
-    ids: list[int] | None = None  # the generated token ids, as many as n_tokens
+class HfBackend:
+    """A local transformers model: prompts (token ids) in length-grouped batches (plan_batches), k samples per
+    prompt with num_return_sequences, one `generate` call and one emit per batch. Wraps a model already in
+    memory (the student being trained) or loads one on first use (`load`)."""
+
+    name = "hf"
+
+    def __init__(self, model: Any, tokenizer: Any, loader: Any = None) -> None:
+        self._model, self.tokenizer, self._loader = model, tokenizer, loader
+
+    @classmethod
+    def load(cls, model: str, tokenizer_path: str, tokenizer: Any, dtype: str) -> HfBackend:
+        """A backend whose weights are read on the first `sample` (a run with nothing left to sample reads none)."""
+
+        def loader() -> Any:
+            m, _ = load_model_and_tokenizer(model, tokenizer_path, tok=tokenizer, dtype=dtype)
+            return for_inference(m)
+
+        return cls(None, tokenizer, loader)
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            self._model = self._loader()
+        return self._model
+
+    def sample(
+        self,
+        prompts: list[Prompt],
+        sampling: SamplingConfig,
+        k: int,
+        seed: tuple,
+        emit: Emit,
+        want: Want | None = None,
+        bar: Any = None,
+    ) -> dict[str, Any]:
+        wanted = want or (lambda i, j: True)
+        batches = plan_batches(
+            [len(p.ids or []) for p in prompts],
+            sampling.batch_size,
+            sampling.max_batch_tokens,
+            sampling.max_new_tokens,
+            k,
+        )
+        rate = Rate(bar)
+        for batch in batches:
+            if not any(wanted(i, j) for i in batch for j in range(k)):
+                continue
+            s = derive_seed(*seed, prompts[batch[0]].id, len(batch))
+            results = generate(self.model, self.tokenizer, [prompts[i].ids for i in batch], sampling, k, s)
+            drawn = [
+                Drawn(i, j, sample, s)
+                for i, samples in zip(batch, results, strict=True)
+                for j, sample in enumerate(samples)
+                if wanted(i, j)
+            ]
+            emit(drawn)
+            rate.update(drawn)
+        return {}
+
+    def close(self) -> None:
+        self._model = None
+
+    @classmethod
+    def identity(cls, side: Any, data: Any) -> dict[str, Any]:
+        return {
+            "model": model_identity(side.model),
+            "dtype": side.dtype,
+            "tokenizer": model_identity(side.tokenizer) if side.tokenizer else "",
+            "sampling": to_dict(side.sampling),  # batch settings included: they change padding, hence samples
+            "max_prompt_tokens": data.max_prompt_tokens,
+            "overlong": data.overlong,
+        }
 
 
 def plan_batches(

@@ -1,10 +1,10 @@
-"""Pair generation and teacher log-probs through an OpenAI-compatible endpoint (backend `openai`).
+"""Backend openai: sampling (and the teacher's log-probs) through an OpenAI-compatible endpoint.
 
-Requests run concurrently (at most `api.concurrency` in flight, each retried by `plad.endpoint.client.Endpoint`); one writer
-task appends every finished request's rows to the store (flush + fsync) as soon as they arrive, so a kill loses
-at most the requests in flight. A request that runs out of retries stops the run: in-flight requests finish and
-are stored, the failure is recorded in failures.jsonl (shown by `plad pairs --status`), and a rerun of the same
-command asks only for what is missing.
+Requests run concurrently (at most `api.concurrency` in flight, each retried by `plad.endpoint.client.Endpoint`);
+one writer task hands every finished request's rows to the caller (pairs appends them to its store with flush +
+fsync) as soon as they arrive, so a kill loses at most the requests in flight. A request that runs out of retries
+stops the run: in-flight requests finish and are kept, pairs records the failure in failures.jsonl (shown by
+`plad pairs --status`), and a rerun of the same command asks only for what is missing.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from plad.config import ModelSide, to_dict
-from plad.endpoint.client import ApiError, ApiStopped, Endpoint
+from plad.config import ApiConfig, ModelSide, SamplingConfig
+from plad.endpoint.client import ApiError, ApiStopped, Endpoint, api_key
 from plad.endpoint.pool import Put, run_pool
+from plad.generation.backend import Drawn, Emit, Prompt, Rate, Sample, Want, without_batch_settings
 from plad.utils import signals
 from plad.utils.io import append_jsonl
 from plad.utils.seeds import derive_seed
@@ -29,14 +31,13 @@ log = logging.getLogger("plad")
 FAILURES = "failures.jsonl"
 
 
-def endpoint_identity(side: ModelSide) -> dict[str, Any]:
+def endpoint_identity(a: ApiConfig, model: str) -> dict[str, Any]:
     """What changes an endpoint's outputs: the model name and the request settings. Not the address (a server
     restarted on another port, or reached through a proxy, serves the same model: stored rows stay valid, and each
     row records the address that made it), nor concurrency, retries or prices."""
-    a = side.api
     return {
         "backend": "openai",
-        "model": side.model,
+        "model": model,
         "mode": a.mode,
         "system_prompt": a.system_prompt,
         "prompt_template": a.prompt_template,
@@ -47,128 +48,121 @@ def endpoint_identity(side: ModelSide) -> dict[str, Any]:
     }
 
 
-def generate_side(
-    side: ModelSide,
-    name: str,
-    examples: list,
-    k: int,
-    fp: str,
-    done: dict,
-    path: Path,
-    progress: Callable[[str, int], Any],
-) -> dict[str, Any]:
-    """Sample every missing (prompt, index) of one side through its endpoint; returns this run's usage."""
-    missing = [(ex, [j for j in range(k) if (ex.id, name, j, fp) not in done]) for ex in examples]
-    jobs = [(ex, idx) for ex, idx in missing if idx]
-    if not jobs:
-        return {}
-    endpoint = Endpoint(side.api, side.model, f"{name} (backend openai)", seed=side.sampling.seed)
-    bar = progress(f"pairs {name} (api)", sum(len(idx) for _, idx in jobs))
-    t0 = time.perf_counter()
-    sampling = to_dict(side.sampling)  # once: every row of this side shares it
+class SamplingStopped(ApiStopped):
+    """Requests ran out of retries: `failed` holds (prompt index, error) of each; what finished was emitted."""
 
-    async def work(job: tuple[Any, list[int]], put: Put) -> None:
-        ex, remaining = job
-        while remaining:
-            n = len(remaining) if len(remaining) > 1 and endpoint.n_supported is not False else 1
-            # the seed of the first sample asked for: not of n, which depends on when the request was made (before
-            # or after `api.n auto` found out whether the server honours n), so that sample j of a prompt is asked
-            # with the same seed in an interrupted and an uninterrupted run
-            seed = derive_seed(side.sampling.seed, fp, ex.id, remaining[0])
-            samples, response = await endpoint.sample(ex.prompt, side.sampling, n, seed)
-            if n > 1 and endpoint.n_supported is None:
-                endpoint.n_supported = len(samples) >= n
-                if not endpoint.n_supported:
-                    log.warning(
-                        "%s returned %d choice(s) for n=%d: it ignores n; asking one request per sample",
-                        endpoint.describe(),
-                        len(samples),
-                        n,
-                    )
-            u = getattr(response, "usage", None)
-            request = {
-                "id": uuid.uuid4().hex,
-                "prompt_tokens": getattr(u, "prompt_tokens", None),
-                "completion_tokens": getattr(u, "completion_tokens", None),
-                "choices": len(samples),
-            }
-            rows = [
-                {
-                    "id": ex.id,
-                    "side": name,
-                    "index": j,
-                    "fingerprint": fp,
-                    "text": s["text"],
-                    "n_tokens": request["completion_tokens"] if len(samples) == 1 else None,
-                    "finish": s["finish"],
-                    "model": side.model,
-                    "endpoint": side.api.base_url,
-                    "sampling": sampling,
-                    "seed": seed,
-                    "request": request,
+    def __init__(self, message: str, failed: list[tuple[int, Exception]], usage: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.failed, self.usage = failed, usage
+
+
+class OpenAIBackend:
+    """An OpenAI-compatible endpoint: `api.concurrency` requests in flight, each retried by
+    plad.endpoint.client.Endpoint; one request per prompt asks for its missing samples with `n` (or one request
+    per sample where the server ignores n). Each finished request is emitted at once, by one writer."""
+
+    name = "openai"
+
+    def __init__(self, api: ApiConfig, model: str, what: str) -> None:
+        api_key(api, what)  # the key before any other side samples
+        self.api, self.model, self.what = api, model, what
+
+    def sample(
+        self,
+        prompts: list[Prompt],
+        sampling: SamplingConfig,
+        k: int,
+        seed: tuple,
+        emit: Emit,
+        want: Want | None = None,
+        bar: Any = None,
+    ) -> dict[str, Any]:
+        wanted = want or (lambda i, j: True)
+        jobs = [(i, [j for j in range(k) if wanted(i, j)]) for i in range(len(prompts))]
+        jobs = [(i, idx) for i, idx in jobs if idx]
+        if not jobs:
+            return {}
+        endpoint = Endpoint(self.api, self.model, self.what, seed=sampling.seed)
+        rate = Rate(bar)
+
+        async def work(job: tuple[int, list[int]], put: Put) -> None:
+            i, remaining = job
+            while remaining:
+                n = len(remaining) if len(remaining) > 1 and endpoint.n_supported is not False else 1
+                # the seed of the first sample asked for: not of n, which depends on when the request was made
+                # (before or after `api.n auto` found out whether the server honours n), so that sample j of a
+                # prompt is asked with the same seed in an interrupted and an uninterrupted run
+                s = derive_seed(*seed, prompts[i].id, remaining[0])
+                samples, response = await endpoint.sample(prompts[i].prompt, sampling, n, s)
+                if n > 1 and endpoint.n_supported is None:
+                    endpoint.n_supported = len(samples) >= n
+                    if not endpoint.n_supported:
+                        log.warning(
+                            "%s returned %d choice(s) for n=%d: it ignores n; asking one request per sample",
+                            endpoint.describe(),
+                            len(samples),
+                            n,
+                        )
+                u = getattr(response, "usage", None)
+                request = {
+                    "id": uuid.uuid4().hex,
+                    "prompt_tokens": getattr(u, "prompt_tokens", None),
+                    "completion_tokens": getattr(u, "completion_tokens", None),
+                    "choices": len(samples),
                 }
-                for j, s in zip(remaining, samples, strict=False)
-            ]
-            await put(rows)  # stored as soon as it is paid for
-            remaining = remaining[len(samples) :]
+                n_tokens = request["completion_tokens"] if len(samples) == 1 else None
+                extra = {"endpoint": self.api.base_url, "request": request}
+                drawn = [
+                    Drawn(i, j, Sample(x["text"], n_tokens, x["finish"]), s, extra)
+                    for j, x in zip(remaining, samples, strict=False)
+                ]
+                await put(drawn)  # stored as soon as it is paid for
+                remaining = remaining[len(samples) :]
 
-    def on_rows(rows: list[dict]) -> None:
-        for r in rows:
-            done[(r["id"], r["side"], r["index"], r["fingerprint"])] = r
-        bar.update(len(rows))
-        elapsed = max(time.perf_counter() - t0, 1e-9)
-        bar.set_postfix(
-            tok_s=f"{endpoint.usage.completion_tokens / elapsed:.0f}",
-            retries=sum(endpoint.usage.retries.values()),
-            refresh=False,
-        )
+        def on_rows(drawn: list[Drawn]) -> None:
+            rate.update(drawn, retries=sum(endpoint.usage.retries.values()))
 
-    return _run(endpoint, jobs, work, path, side.api.concurrency, on_rows, bar, name, fp)
+        usage, failed = _run(endpoint, jobs, work, emit, self.api.concurrency, on_rows)
+        if failed:
+            raise SamplingStopped(
+                f"{str(failed[0][1])}\nstopped: {len(failed)} request(s) failed ({self.what}); every finished "
+                f"request is kept ({usage['requests']} requests, {usage['retries']} retries this run)",
+                [(job[0], err) for job, err in failed],
+                usage,
+            )
+        return usage
+
+    def close(self) -> None:
+        pass
+
+    @classmethod
+    def identity(cls, side: Any, data: Any) -> dict[str, Any]:
+        # each prompt is its own request: no batch settings; prompts go as text: no token limits
+        return {**endpoint_identity(side.api, side.model), "sampling": without_batch_settings(side.sampling)}
 
 
 def _run(
     endpoint: Endpoint,
     jobs: list,
     work: Callable[[Any, Put], Awaitable[None]],
-    path: Path,
+    write: Callable[[list], None],
     concurrency: int,
-    on_rows: Callable[[list[dict]], None],
-    bar: Any,
-    what: str,
-    fp: str,
-) -> dict[str, Any]:
+    on_rows: Callable[[list], None],
+) -> tuple[dict[str, Any], list]:
+    """The pool over `jobs`; returns this run's usage and the jobs that ran out of retries."""
+
     async def main() -> list:
         try:
-            return await run_pool(jobs, work, path, concurrency, on_rows)
+            return await run_pool(jobs, work, write, concurrency, on_rows)
         finally:
             await endpoint.close()
 
     t0 = time.perf_counter()
-    try:
-        failed = asyncio.run(main())
-    finally:
-        bar.close()
+    failed = asyncio.run(main())
     signals.raise_pending()  # interrupted: what finished is stored, the same command continues
     usage = endpoint.usage.as_dict(endpoint.cfg)
     usage["seconds"] = round(time.perf_counter() - t0, 2)
-    if failed:
-        rows = [
-            {
-                "id": job[0].id,
-                "side": what,
-                "fingerprint": fp,
-                "error": str(err),
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            }
-            for job, err in failed
-        ]
-        append_jsonl(path.parent / FAILURES, rows)
-        raise ApiStopped(
-            f"{str(failed[0][1])}\nstopped: {len(failed)} request(s) failed ({what}); every finished request is "
-            f"stored in {path} ({usage['requests']} requests, {usage['retries']} retries this run). Run the same "
-            f"command again to continue: only the missing samples are requested."
-        )
-    return usage
+    return usage, failed
 
 
 def teacher_logprobs_api(
@@ -209,7 +203,37 @@ def teacher_logprobs_api(
     def on_rows(rows: list[dict]) -> None:
         bar.update(len(rows))
 
-    return _run(endpoint, todo, work, path, side.api.concurrency, on_rows, bar, "teacher log-probs", "")
+    try:
+        usage, failed = _run(endpoint, todo, work, partial(append_jsonl, path), side.api.concurrency, on_rows)
+    finally:
+        bar.close()
+    if failed:
+        record_failures(path.parent, [(job[0].id, err) for job, err in failed], "teacher log-probs", "")
+        raise ApiStopped(stopped_message(str(failed[0][1]), len(failed), "teacher log-probs", path, usage))
+    return usage
+
+
+def record_failures(folder: Path, failed: list[tuple[str, Exception]], what: str, fp: str) -> None:
+    """Requests that ran out of retries, appended to failures.jsonl (what `plad pairs --status` counts)."""
+    rows = [
+        {
+            "id": pid,
+            "side": what,
+            "fingerprint": fp,
+            "error": str(err),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        for pid, err in failed
+    ]
+    append_jsonl(folder / FAILURES, rows)
+
+
+def stopped_message(first: str, n_failed: int, what: str, path: Path, usage: dict[str, Any]) -> str:
+    return (
+        f"{first}\nstopped: {n_failed} request(s) failed ({what}); every finished request is stored in {path} "
+        f"({usage['requests']} requests, {usage['retries']} retries this run). Run the same command again to "
+        "continue: only the missing samples are requested."
+    )
 
 
 def usage_from_rows(rows: list[dict]) -> dict[str, int]:

@@ -43,14 +43,21 @@ from plad.core.models import (
     position_limit,
     set_threads,
 )
-from plad.endpoint.client import api_key
-from plad.generation.hf import generate, plan_batches
-from plad.generation.openai import FAILURES, endpoint_identity, usage_from_rows
+from plad.endpoint.client import ApiStopped
+from plad.generation.backend import Drawn, Prompt, wanted_rows
+from plad.generation.openai import (
+    FAILURES,
+    SamplingStopped,
+    endpoint_identity,
+    record_failures,
+    stopped_message,
+    usage_from_rows,
+)
+from plad.generation.registry import backend_class, side_backend
 from plad.generation.store import store_rows, stored_samples
 from plad.utils.errors import ConfigError
 from plad.utils.io import append_jsonl, read_jsonl, repair_torn_tail, write_json_atomic, write_jsonl_atomic
 from plad.utils.outputs import check_output_dir
-from plad.utils.seeds import derive_seed
 
 log = logging.getLogger("plad")
 
@@ -63,29 +70,11 @@ SAMPLES, PAIRS, SUMMARY, TEACHER_LOGPS = "samples.jsonl", "pairs.jsonl", "summar
 
 
 def side_fingerprint(side: ModelSide, num_samples: int, cfg: PairsConfig) -> str:
-    """Everything that changes what a side generates. The batch size is part of it: batch composition changes
-    padding, and padding can change sampled text. For an endpoint: its address, model and request settings (not
-    concurrency, retries or prices), and no batch settings (each prompt is its own request)."""
-    if side.backend == "openai":
-        sampling = {
-            k: v for k, v in to_dict(side.sampling).items() if k not in ("batch_size", "max_batch_tokens")
-        }
-        return fingerprint({**endpoint_identity(side), "sampling": sampling, "num_samples": num_samples})
-    ident = {
-        "model": model_identity(side.model),
-        "dtype": side.dtype,
-        "tokenizer": model_identity(side.tokenizer) if side.tokenizer else "",
-        "sampling": to_dict(side.sampling),
-        "num_samples": num_samples,
-        "max_prompt_tokens": cfg.data.max_prompt_tokens,
-        "overlong": cfg.data.overlong,
-    }
-    if side.backend == "vllm":  # vLLM batches by itself: batch settings do not change its samples
-        ident["sampling"] = {
-            k: v for k, v in ident["sampling"].items() if k not in ("batch_size", "max_batch_tokens")
-        }
-        ident.update(backend="vllm", dtype=side.vllm.dtype)
-    return fingerprint(ident)
+    """Everything that changes what a side generates: what its backend says changes its samples (`identity`: for
+    hf the batch settings too, since batch composition changes padding, and padding can change sampled text; for an
+    endpoint its model and request settings, not its address, concurrency, retries or prices), and k."""
+    ident = backend_class(side.backend).identity(side, cfg.data)
+    return fingerprint({**ident, "num_samples": num_samples})
 
 
 # Scorers that need no task: the teacher's own confidence, or ROUGE-L against the prompt's reference.
@@ -134,16 +123,17 @@ def run_pairs(cfg: PairsConfig) -> dict:
         examples = examples[: cfg.limit]
     scorer = SampleScorer(cfg.scorer, examples, cfg.prompts_file) if cfg.scorer else None
     sides = {"teacher": (cfg.teacher, 1), "student": (cfg.student, cfg.num_student_samples)}
-    # every local side's tokenizer, positions and prompts before any weights are read: a bad student (a missing
-    # folder, chat prompts without a template) must not cost the teacher's samples first
+    # every local side's tokenizer, positions and prompts, a missing vLLM, an endpoint's key: all before any weights
+    # are read, so that a bad student (a missing folder, chat prompts without a template) costs nothing
     encoded = {
         name: _encode_side(side, name, examples, cfg)
         for name, (side, _) in sides.items()
-        if side.backend == "hf"
+        if side.backend != "openai"
     }
-    for name, (side, _) in sides.items():  # an endpoint side's key, likewise
-        if side.backend == "openai":
-            api_key(side.api, f"{name} (backend openai)")
+    backends = {
+        name: side_backend(side, f"{name} (backend {side.backend})", encoded.get(name, (None, None))[0])
+        for name, (side, _) in sides.items()
+    }
     out = Path(cfg.output_dir)
     check_output_dir(out, resume=True)  # only checks that it is writable: the store is resumable by design
     samples_path = out / SAMPLES
@@ -160,29 +150,24 @@ def run_pairs(cfg: PairsConfig) -> dict:
 
     usage: dict[str, Any] = {}
     for name, (side, k) in sides.items():
-        fp = fps[name]
-        pending = [ex for ex in examples if any((ex.id, name, j, fp) not in done for j in range(k))]
-        if not pending:
-            log.info("pairs: %s samples all stored (%d prompts x %d)", name, len(examples), k)
-            continue
+        prompt_ids = encoded[name][1] if name in encoded else [None] * len(examples)
+        prompts = [Prompt(ex.id, ex.prompt, ids) for ex, ids in zip(examples, prompt_ids, strict=True)]
         before = len(done)
-        if side.backend == "openai":
-            from plad.generation.openai import generate_side
-
-            usage[name] = generate_side(side, name, examples, k, fp, done, samples_path, _progress)
-        elif side.backend == "vllm":
-            from plad.generation.vllm import generate_side as vllm_generate_side
-
-            vllm_generate_side(side, name, examples, k, fp, done, samples_path, cfg, _progress)
-        else:
-            _generate_hf(side, name, examples, k, fp, done, samples_path, *encoded[name])
-        new_rows = [r for r in list(done.values())[before:]]
+        used = _sample_side(name, side, k, fps[name], backends[name], prompts, done, samples_path)
+        if used:
+            usage[name] = used
+        new_rows = list(done.values())[before:]
         generated_rows += len(new_rows)
         generated_tokens += sum(r.get("n_tokens") or 0 for r in new_rows)
+        if (
+            name == "student" or not cfg.teacher_logprobs
+        ):  # a local teacher that scores the samples stays loaded
+            backends[name].close()
 
     teacher_logps: dict = {}
     if cfg.teacher_logprobs:
-        teacher_logps = _teacher_logprobs(cfg, examples, done, fps, out, usage)
+        teacher_logps = _teacher_logprobs(cfg, examples, done, fps, out, usage, backends["teacher"])
+        backends["teacher"].close()
     if scorer is not None:
         scorer.teacher_logps = teacher_logps
     pairs, scores = _materialize(examples, done, fps, cfg, scorer, teacher_logps)
@@ -278,65 +263,57 @@ def _encode_side(side: ModelSide, name: str, examples: list, cfg: PairsConfig) -
     return tok, encode_prompts(tok, examples, data, cfg.prompts_file)
 
 
-def _generate_hf(
-    side: ModelSide,
-    name: str,
-    examples: list,
-    k: int,
-    fp: str,
-    done: dict,
-    path: Path,
-    tok: Any,
-    prompt_ids: list[list[int]],
-) -> None:
-    """Local transformers sampling of the prompts encoded by `_encode_side`: length-sorted batches (capped by
-    batch_size and max_batch_tokens), k samples per prompt with num_return_sequences, one append + fsync per batch."""
-    model, tok = load_model_and_tokenizer(side.model, side.tokenizer, tok=tok, dtype=side.dtype)
-    model = for_inference(model)
-    batches = plan_batches(
-        [len(p) for p in prompt_ids],
-        side.sampling.batch_size,
-        side.sampling.max_batch_tokens,
-        side.sampling.max_new_tokens,
-        k,
-    )
-    todo = [b for b in batches if any((examples[i].id, name, j, fp) not in done for i in b for j in range(k))]
-    bar = _progress(f"pairs {name}", sum(len(b) for b in todo) * k)
-    t0, tokens = time.perf_counter(), 0
-    for batch in todo:
-        seed = derive_seed(side.sampling.seed, fp, examples[batch[0]].id, len(batch))
-        results = generate(model, tok, [prompt_ids[i] for i in batch], side.sampling, k, seed)
-        rows = []
-        for i, samples in zip(batch, results, strict=True):
-            for j, s in enumerate(samples):
-                key = (examples[i].id, name, j, fp)
-                if key in done:
-                    continue
-                rows.append(
-                    {
-                        "id": examples[i].id,
-                        "side": name,
-                        "index": j,
-                        "fingerprint": fp,
-                        "text": s.text,
-                        "n_tokens": s.n_tokens,
-                        "finish": s.finish,
-                        "model": side.model,
-                        "sampling": to_dict(side.sampling),
-                        "seed": seed,
-                    }
-                )
-                tokens += s.n_tokens
-        store_rows(path, rows, done, bar, tokens / max(time.perf_counter() - t0, 1e-9))
-    bar.close()
-    del model
+def _sample_side(
+    name: str, side: ModelSide, k: int, fp: str, backend: Any, prompts: list[Prompt], done: dict, path: Path
+) -> dict[str, Any]:
+    """A side's missing samples through its backend, each finished unit (batch, chunk, request) appended to the
+    store at once; returns the endpoint usage of this run ({} for local backends)."""
+
+    def want(i: int, j: int) -> bool:
+        return (prompts[i].id, name, j, fp) not in done
+
+    rows_wanted = wanted_rows(len(prompts), k, want)
+    if not rows_wanted:
+        log.info("pairs: %s samples all stored (%d prompts x %d)", name, len(prompts), k)
+        return {}
+    sampling = to_dict(side.sampling)  # once: every row of this side shares it
+
+    def emit(drawn: list[Drawn]) -> None:
+        rows = [
+            {
+                "id": prompts[d.prompt].id,
+                "side": name,
+                "index": d.index,
+                "fingerprint": fp,
+                "text": d.sample.text,
+                "n_tokens": d.sample.n_tokens,
+                "finish": d.sample.finish,
+                "model": side.model,
+                "sampling": sampling,
+                "seed": d.seed,
+                **d.extra,
+            }
+            for d in drawn
+        ]
+        store_rows(path, rows, done)
+
+    shown = {"hf": "", "vllm": " (vllm)", "openai": " (api)"}[side.backend]
+    bar = _progress(f"pairs {name}{shown}", rows_wanted)
+    try:
+        return backend.sample(prompts, side.sampling, k, (side.sampling.seed, fp), emit, want, bar)
+    except SamplingStopped as e:
+        record_failures(path.parent, [(prompts[i].id, err) for i, err in e.failed], name, fp)
+        raise ApiStopped(stopped_message(str(e.failed[0][1]), len(e.failed), name, path, e.usage)) from None
+    finally:
+        bar.close()
 
 
 def _teacher_logprobs(
-    cfg: PairsConfig, examples: list, done: dict, fps: dict, out: Path, usage: dict[str, Any]
+    cfg: PairsConfig, examples: list, done: dict, fps: dict, out: Path, usage: dict[str, Any], teacher: Any
 ) -> dict:
     """The teacher's summed log-prob (and token count) of every sample, in the teacher's own tokenizer, so that a
     teacher with another vocabulary works. Stored append-only; a resumed run scores only what is missing.
+    `teacher`: the teacher side's backend (an hf teacher scores with the weights it sampled with).
 
     An endpoint teacher scores through completions with echo + logprobs: the tokens of the sample text are summed
     (the end-of-text token is not part of a text, so it is not counted, unlike a local teacher's score)."""
@@ -344,7 +321,10 @@ def _teacher_logprobs(
     if dropped := repair_torn_tail(path):
         log.warning("%s: dropped an interrupted last line (%d bytes)", path, dropped)
     if cfg.teacher.backend == "openai":
-        scorer_ident: dict[str, Any] = {**endpoint_identity(cfg.teacher), "what": "echo-logprobs"}
+        scorer_ident: dict[str, Any] = {
+            **endpoint_identity(cfg.teacher.api, cfg.teacher.model),
+            "what": "echo-logprobs",
+        }
     else:
         scorer_ident = {
             "model": model_identity(cfg.teacher.model),
@@ -363,6 +343,9 @@ def _teacher_logprobs(
     ]
     todo = [(ex, side, j) for ex, side, j in wanted if (ex.id, side, j, fps[side]) not in stored]
 
+    def text_of(ex: Any, side: str, j: int) -> str:
+        return done[(ex.id, side, j, fps[side])]["text"]
+
     def row_of(ex: Any, side: str, j: int, logp: float, n: int) -> dict:
         row = {
             "id": ex.id,
@@ -379,66 +362,59 @@ def _teacher_logprobs(
     if todo and cfg.teacher.backend == "openai":
         from plad.generation.openai import teacher_logprobs_api
 
-        usage["teacher_logprobs"] = teacher_logprobs_api(
-            cfg.teacher,
-            todo,
-            lambda ex, side, j: done[(ex.id, side, j, fps[side])]["text"],
-            row_of,
-            path,
-            _progress,
-        )
+        usage["teacher_logprobs"] = teacher_logprobs_api(cfg.teacher, todo, text_of, row_of, path, _progress)
     elif todo:
-        from plad.core.logprobs import score_outputs
-
         if cfg.teacher.backend == "vllm":
             log.info("teacher log-probs of a vllm teacher: scored with transformers (same weights)")
-        model, tok = load_model_and_tokenizer(
-            cfg.teacher.model, cfg.teacher.tokenizer, dtype=cfg.teacher.dtype
-        )
-        model = for_inference(model)
-        stats = Truncation()
-        longest = max(cfg.teacher.sampling.max_new_tokens, cfg.student.sampling.max_new_tokens)
-        data = fit_positions(cfg.data, [model.config], longest, "sampling.max_new_tokens")
-        limit = position_limit(model.config)
-        prompts = dict(
-            zip(
-                [ex.id for ex in examples],
-                encode_prompts(tok, examples, data, cfg.prompts_file),
-                strict=True,
+            model, tok = load_model_and_tokenizer(
+                cfg.teacher.model, cfg.teacher.tokenizer, dtype=cfg.teacher.dtype
             )
-        )
-        bar = _progress("pairs teacher log-probs", len(todo))
-        chunk = max(cfg.teacher.sampling.batch_size, 1) * 4
-        for start in range(0, len(todo), chunk):
-            part = todo[start : start + chunk]
-            # outputs as the user limits them (data.max_target_tokens): a sample of max_new_tokens student (or
-            # API) tokens can be longer in the teacher's tokens; only a row past the positions loses its end
-            outputs = [
-                fit_output(
-                    encode_output(
-                        tok, done[(ex.id, side, j, fps[side])]["text"], cfg.data, stats, f"{ex.id}", ex.prompt
-                    ),
-                    len(prompts[ex.id]),
-                    limit,
-                    stats,
-                )
-                for ex, side, j in part
-            ]
-            scored = score_outputs(
-                model,
-                tok.pad_token_id,
-                [prompts[ex.id] for ex, _, _ in part],
-                outputs,
-                cfg.teacher.sampling.batch_size,
-            )
-            rows = [
-                row_of(ex, side, j, logp, n) for (ex, side, j), (logp, n) in zip(part, scored, strict=True)
-            ]
-            append_jsonl(path, rows)
-            bar.update(len(rows))
-        bar.close()
-        del model
+            model = for_inference(model)
+        else:
+            model, tok = teacher.model, teacher.tokenizer
+        _score_locally(cfg, examples, todo, text_of, row_of, path, model, tok)
     return {(k[0], k[1], k[2]): v for k, v in stored.items() if v["sample_fingerprint"] == fps[k[1]]}
+
+
+def _score_locally(
+    cfg: PairsConfig, examples: list, todo: list, text_of: Any, row_of: Any, path: Path, model: Any, tok: Any
+) -> None:
+    """Score the `todo` samples with a local teacher, appending rows to `path` per chunk."""
+    from plad.core.logprobs import score_outputs
+
+    stats = Truncation()
+    longest = max(cfg.teacher.sampling.max_new_tokens, cfg.student.sampling.max_new_tokens)
+    data = fit_positions(cfg.data, [model.config], longest, "sampling.max_new_tokens")
+    limit = position_limit(model.config)
+    prompts = dict(
+        zip([ex.id for ex in examples], encode_prompts(tok, examples, data, cfg.prompts_file), strict=True)
+    )
+    bar = _progress("pairs teacher log-probs", len(todo))
+    chunk = max(cfg.teacher.sampling.batch_size, 1) * 4
+    for start in range(0, len(todo), chunk):
+        part = todo[start : start + chunk]
+        # outputs as the user limits them (data.max_target_tokens): a sample of max_new_tokens student (or API)
+        # tokens can be longer in the teacher's tokens; only a row past the positions loses its end
+        outputs = [
+            fit_output(
+                encode_output(tok, text_of(ex, side, j), cfg.data, stats, f"{ex.id}", ex.prompt),
+                len(prompts[ex.id]),
+                limit,
+                stats,
+            )
+            for ex, side, j in part
+        ]
+        scored = score_outputs(
+            model,
+            tok.pad_token_id,
+            [prompts[ex.id] for ex, _, _ in part],
+            outputs,
+            cfg.teacher.sampling.batch_size,
+        )
+        rows = [row_of(ex, side, j, logp, n) for (ex, side, j), (logp, n) in zip(part, scored, strict=True)]
+        append_jsonl(path, rows)
+        bar.update(len(rows))
+    bar.close()
 
 
 def _materialize(

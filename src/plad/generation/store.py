@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 from plad.utils.io import append_jsonl
 
@@ -26,10 +25,8 @@ def stored_samples(rows: list[dict], path: Path) -> dict[tuple, dict]:
     return done
 
 
-def store_rows(path: Path, rows: list[dict], done: dict, bar: Any, tokens_per_s: float) -> None:
-    """Append a batch's rows (flush + fsync), then count them as done and show them on the progress bar."""
+def store_rows(path: Path, rows: list[dict], done: dict) -> None:
+    """Append a unit's rows (flush + fsync), then count them as done."""
     append_jsonl(path, rows)
     for r in rows:
         done[(r["id"], r["side"], r["index"], r["fingerprint"])] = r
-    bar.update(len(rows))
-    bar.set_postfix(tok_s=f"{tokens_per_s:.0f}", refresh=False)

@@ -1,8 +1,9 @@
-"""Sampling with vLLM's offline engine (backend `vllm`, optional extra: pip install 'plad[vllm]').
+"""Backend vllm: sampling with vLLM's offline engine (optional extra: pip install 'plad[vllm]').
 
-Prompts are tokenized by plad exactly as for the hf backend (same truncation) and handed to vLLM as token ids;
-each prompt gets its own seed derived from the side's seed, so a resumed run asks for exactly the missing prompts
-with the same seeds. vLLM schedules its own batches; rows are stored (append + fsync) per chunk of prompts.
+Prompts are tokenized by plad exactly as for the hf backend (same truncation, fitted to the model's positions) and
+handed to vLLM as token ids; each prompt gets its own seed derived from the call's seed key, so a resumed run asks
+for exactly the missing prompts with the same seeds. vLLM schedules its own batches; rows are emitted (stored, for
+pairs) per chunk of prompts.
 Rows stop where the hf backend's do (EOS, the chat template's end-of-turn token, sampling.stop) and are read back
 through the hf backend's `to_sample`, so text, token count and finish mean the same on both.
 """
@@ -10,14 +11,12 @@ through the hf backend's `to_sample`, so text, token count and finish mean the s
 from __future__ import annotations
 
 import logging
-import time
-from pathlib import Path
 from typing import Any
 
-from plad.config import ModelSide, PairsConfig, to_dict
-from plad.core.batching import encode_prompts, stop_ids
+from plad.config import SamplingConfig, VllmOptions
+from plad.core.batching import stop_ids
+from plad.generation.backend import Drawn, Emit, Prompt, Rate, Want, without_batch_settings
 from plad.generation.hf import to_sample
-from plad.generation.store import store_rows
 from plad.utils.errors import ConfigError
 from plad.utils.seeds import derive_seed
 
@@ -54,78 +53,88 @@ def sampling_params(vllm: Any, sampling: Any, k: int, seed: int, ends: list[int]
     return vllm.SamplingParams(**kw)
 
 
-def load_engine(side: ModelSide, seed: int) -> Any:
+def load_engine(model: str, tokenizer: str, opts: VllmOptions, seed: int) -> Any:
     vllm = import_vllm()
     kw: dict[str, Any] = {
-        "model": side.model,
-        "tokenizer": side.tokenizer or side.model,
-        "tensor_parallel_size": side.vllm.tensor_parallel_size,
-        "gpu_memory_utilization": side.vllm.gpu_memory_utilization,
-        "dtype": side.vllm.dtype,
+        "model": model,
+        "tokenizer": tokenizer or model,
+        "tensor_parallel_size": opts.tensor_parallel_size,
+        "gpu_memory_utilization": opts.gpu_memory_utilization,
+        "dtype": opts.dtype,
         "seed": seed % (2**31),
     }
-    if side.vllm.max_model_len:
-        kw["max_model_len"] = side.vllm.max_model_len
+    if opts.max_model_len:
+        kw["max_model_len"] = opts.max_model_len
     return vllm.LLM(**kw)
 
 
-def generate_side(
-    side: ModelSide,
-    name: str,
-    examples: list,
-    k: int,
-    fp: str,
-    done: dict,
-    path: Path,
-    cfg: PairsConfig,
-    progress: Any,
-    chunk: int = 512,
-) -> None:
-    """Sample every prompt of this side that misses a row; rows of finished chunks are stored at once."""
-    from transformers import AutoTokenizer
+class VllmBackend:
+    """vLLM's offline engine, started on the first `sample` (seeded with the first call's sampling seed); prompts
+    go in as plad's token ids, each with its own seed; rows are emitted per chunk of prompts."""
 
-    vllm = import_vllm()
-    tok = AutoTokenizer.from_pretrained(side.tokenizer or side.model)
-    todo = [i for i, ex in enumerate(examples) if any((ex.id, name, j, fp) not in done for j in range(k))]
-    prompt_ids = encode_prompts(tok, [examples[i] for i in todo], cfg.data, cfg.prompts_file)
-    llm = load_engine(side, side.sampling.seed)
-    ends = stop_ids(tok)
-    bar = progress(f"pairs {name} (vllm)", len(todo) * k)
-    t0, tokens = time.perf_counter(), 0
-    for start in range(0, len(todo), chunk):
-        part = list(range(start, min(start + chunk, len(todo))))
-        seeds = [derive_seed(side.sampling.seed, fp, examples[todo[p]].id) for p in part]
-        outs = llm.generate(
-            [{"prompt_token_ids": prompt_ids[p]} for p in part],
-            [sampling_params(vllm, side.sampling, k, s, ends) for s in seeds],
-            use_tqdm=False,
-        )
-        rows = []
-        for p, seed, out in zip(part, seeds, outs, strict=True):
-            ex = examples[todo[p]]
-            for j, o in enumerate(out.outputs):
-                if (ex.id, name, j, fp) in done:
-                    continue
-                ids = list(o.token_ids)
-                # vLLM may also stop at the model's generation_config EOS ids: its last token ended the row
-                by_token = o.finish_reason == "stop" and not isinstance(o.stop_reason, str) and ids
-                sample = to_sample(tok, ids, ends + ([ids[-1]] if by_token else []), side.sampling.stop)
-                rows.append(
-                    {
-                        "id": ex.id,
-                        "side": name,
-                        "index": j,
-                        "fingerprint": fp,
-                        "text": sample.text,
-                        "n_tokens": sample.n_tokens,
-                        "finish": sample.finish,
-                        "model": side.model,
-                        "backend": "vllm",
-                        "sampling": to_dict(side.sampling),
-                        "seed": seed,
-                    }
-                )
-                tokens += sample.n_tokens
-        store_rows(path, rows, done, bar, tokens / max(time.perf_counter() - t0, 1e-9))
-    bar.close()
-    del llm
+    name = "vllm"
+
+    def __init__(
+        self, model: str, tokenizer_path: str, tokenizer: Any, opts: VllmOptions, chunk: int = 512
+    ) -> None:
+        import_vllm()  # before any other side samples: a missing vLLM must not cost the teacher's samples first
+        self.model, self.tokenizer_path, self.tokenizer, self.opts = model, tokenizer_path, tokenizer, opts
+        self.chunk, self.llm = chunk, None
+
+    def sample(
+        self,
+        prompts: list[Prompt],
+        sampling: SamplingConfig,
+        k: int,
+        seed: tuple,
+        emit: Emit,
+        want: Want | None = None,
+        bar: Any = None,
+    ) -> dict[str, Any]:
+        vllm = import_vllm()
+        wanted = want or (lambda i, j: True)
+        todo = [i for i in range(len(prompts)) if any(wanted(i, j) for j in range(k))]
+        if not todo:
+            return {}
+        if self.llm is None:
+            self.llm = load_engine(self.model, self.tokenizer_path, self.opts, sampling.seed)
+        ends = stop_ids(self.tokenizer)
+        rate = Rate(bar)
+        for start in range(0, len(todo), self.chunk):
+            part = todo[start : start + self.chunk]
+            seeds = [derive_seed(*seed, prompts[i].id) for i in part]
+            outs = self.llm.generate(
+                [{"prompt_token_ids": prompts[i].ids} for i in part],
+                [sampling_params(vllm, sampling, k, s, ends) for s in seeds],
+                use_tqdm=False,
+            )
+            drawn = []
+            for i, s, out in zip(part, seeds, outs, strict=True):
+                for j, o in enumerate(out.outputs):
+                    if not wanted(i, j):
+                        continue
+                    ids = list(o.token_ids)
+                    # vLLM may also stop at the model's generation_config EOS ids: its last token ended the row
+                    by_token = o.finish_reason == "stop" and not isinstance(o.stop_reason, str) and ids
+                    sample = to_sample(
+                        self.tokenizer, ids, ends + ([ids[-1]] if by_token else []), sampling.stop
+                    )
+                    drawn.append(Drawn(i, j, sample, s, {"backend": "vllm"}))
+            emit(drawn)
+            rate.update(drawn)
+        return {}
+
+    def close(self) -> None:
+        self.llm = None
+
+    @classmethod
+    def identity(cls, side: Any, data: Any) -> dict[str, Any]:
+        from plad.generation.hf import HfBackend
+
+        # vLLM batches by itself: batch settings do not change its samples
+        return {
+            **HfBackend.identity(side, data),
+            "sampling": without_batch_settings(side.sampling),
+            "backend": "vllm",
+            "dtype": side.vllm.dtype,
+        }

@@ -212,7 +212,8 @@ def load_frozen_teacher(cfg: DistillConfig, student_tok: object) -> Any:
 def make_on_policy(cfg: DistillConfig, tokenizer: Any) -> Any:
     """gkd's on-policy data: with probability lambda a micro-batch's outputs are replaced by samples of the current
     student. The coin and the sampling seed derive from (seed, micro-batch number): a resumed run repeats them."""
-    from plad.generation.hf import generate
+    from plad.generation.backend import Prompt, collect
+    from plad.generation.hf import HfBackend
     from plad.utils.seeds import derive_seed
 
     frac, seed = cfg.loss.on_policy_frac, cfg.train.seed
@@ -221,17 +222,13 @@ def make_on_policy(cfg: DistillConfig, tokenizer: Any) -> Any:
         coin = torch.Generator().manual_seed(derive_seed(seed, "on-policy", g))
         if float(torch.rand((), generator=coin)) >= frac:
             return items
-        samples = generate(
-            model,
-            tokenizer,
-            [it.prompt for it in items],
-            cfg.on_policy,
-            1,
-            derive_seed(seed, "on-policy-sample", g),
+        prompts = [Prompt(str(n), ids=it.prompt) for n, it in enumerate(items)]
+        samples = collect(
+            HfBackend(model, tokenizer), prompts, cfg.on_policy, 1, (seed, "on-policy-sample", g)
         )
         return [
-            Item(it.prompt, s[0].ids or [tokenizer.eos_token_id])
-            for it, s in zip(items, samples, strict=True)
+            Item(it.prompt, s.ids or [tokenizer.eos_token_id])
+            for it, (s,) in zip(items, samples, strict=True)
         ]
 
     return on_policy
@@ -241,10 +238,10 @@ def make_rounds(cfg: DistillConfig, tokenizer: Any, items: list[Item], output_di
     """Iterated PLaD: the steps split into cfg.rounds rounds; at the start of round r > 0 every item's student
     samples are replaced by fresh ones from the current student (scored when a scorer is set). A round's samples
     are written to output_dir/rounds/round-R.jsonl before its first step, so a resumed run reuses them."""
-    from plad.generation.hf import generate, plan_batches
+    from plad.generation.backend import Prompt
+    from plad.generation.hf import HfBackend
     from plad.scoring.scorers import get_scorer
     from plad.utils.io import read_jsonl, write_jsonl_atomic
-    from plad.utils.seeds import derive_seed
 
     scorer = get_scorer(cfg.scorer) if cfg.scorer else None
     per_round = math.ceil(cfg.train.max_steps / cfg.rounds)
@@ -252,22 +249,27 @@ def make_rounds(cfg: DistillConfig, tokenizer: Any, items: list[Item], output_di
 
     def sample_round(model: Any, r: int) -> list[dict]:
         k = [len(it.outputs) - 1 if it.outputs is not None else 1 for it in items]
-        rows: list[dict] = [{} for _ in items]
-        for batch in plan_batches([len(it.prompt) for it in items], cfg.on_policy.batch_size):
-            for j in range(max(k[i] for i in batch)):
-                seed = derive_seed(cfg.train.seed, "round", r, batch[0], j)
-                samples = generate(model, tokenizer, [items[i].prompt for i in batch], cfg.on_policy, 1, seed)
-                for i, (sample,) in zip(batch, samples, strict=True):
-                    if j < k[i]:
-                        score = scorer.score(items[i].prompt_text, sample.text) if scorer else 0.0
-                        rows[i].setdefault("samples", []).append(
-                            {
-                                "text": sample.text,
-                                "ids": sample.ids or [tokenizer.eos_token_id],
-                                "score": score,
-                            }
-                        )
-        return [{"item": i, **row} for i, row in enumerate(rows)]
+        prompts = [Prompt(str(i), ids=it.prompt) for i, it in enumerate(items)]
+        drawn: list[list[Any]] = [[None] * max(k) for _ in items]
+
+        def emit(part: list[Any]) -> None:
+            for d in part:
+                drawn[d.prompt][d.index] = d.sample
+
+        HfBackend(model, tokenizer).sample(
+            prompts, cfg.on_policy, max(k), (cfg.train.seed, "round", r), emit, want=lambda i, j: j < k[i]
+        )
+        rows = []
+        for i, samples in enumerate(drawn):
+            rows.append({"item": i, "samples": [
+                {
+                    "text": s.text,
+                    "ids": s.ids or [tokenizer.eos_token_id],
+                    "score": scorer.score(items[i].prompt_text, s.text) if scorer else 0.0,
+                }
+                for s in samples[: k[i]]
+            ]})  # fmt: skip
+        return rows
 
     def with_samples(it: Item, samples: list[dict]) -> Item:
         if it.outputs is None:
