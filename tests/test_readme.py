@@ -108,7 +108,7 @@ def reads(args: list[str]) -> list[str]:
 # the job's folder and environment, its stdout and stderr in files, and answers with its exit code.
 FORKER = r"""
 import json, os, sys, traceback
-import plad.cli, plad.train.stages, plad.generation.pairs, plad.evaluation.evaluate, plad.reporting.plots, plad.endpoint.client
+import plad.cli, plad.train.stages, plad.generation.pairs, plad.evaluation.evaluate, plad.reporting.report, plad.endpoint.client
 import accelerate, transformers.models.llama.modeling_llama, matplotlib.pyplot
 for line in sys.stdin:
     job = json.loads(line)

@@ -389,7 +389,7 @@ def _dispatch(ns: argparse.Namespace, command: str) -> int:
             print(f"{m.name:16s} {m.summary} [needs: {'; '.join(needs)}]")
         return 0
     if ns.command == "report":
-        from plad.reporting.plots import write_report
+        from plad.reporting.report import write_report
 
         _print_json(write_report(ns.results, ns.output_dir, ns.title))
         return 0

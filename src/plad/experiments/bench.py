@@ -526,7 +526,7 @@ def _prepared_lines(prepared: dict | None) -> list[str]:
 
 def _main_table(summary: dict) -> str:
     """Every system's cells (mean [interval]) and the learning rate chosen per seed."""
-    from plad.reporting.report import markdown_table
+    from plad.reporting.tables import markdown_table
 
     cols = _columns(summary)
     head = ["system", *(label for _, label in cols), "lr per seed"]
@@ -582,7 +582,7 @@ def _header(summary: dict) -> list[str]:
 
 def _length_section(summary: dict) -> list[str]:
     """Win rate (over targets, or head-to-head) and mean score per target-length bucket."""
-    from plad.reporting.report import markdown_table
+    from plad.reporting.tables import markdown_table
 
     lengths = summary["length_buckets"]
     labels = lengths.get("labels") or [
@@ -611,7 +611,7 @@ def _length_section(summary: dict) -> list[str]:
 
 def _calibration_section(summary: dict) -> list[str]:
     """How often each system's log-prob ranks the better output of held-out pairs first (none: no section)."""
-    from plad.reporting.report import markdown_table
+    from plad.reporting.tables import markdown_table
 
     calib_rows = [
         [
@@ -637,7 +637,7 @@ def _calibration_section(summary: dict) -> list[str]:
 
 def _scaling_section(summary: dict) -> list[str]:
     """Each method's cells per data fraction."""
-    from plad.reporting.report import markdown_table
+    from plad.reporting.tables import markdown_table
 
     fracs = sorted({f for v in summary["scaling"].values() for f in v}, key=float)
     parts = [

@@ -130,7 +130,7 @@ def _data_text(used: list[dict | None]) -> str:
 
 
 def to_markdown(summary: dict) -> str:
-    from plad.reporting.report import markdown_table
+    from plad.reporting.tables import markdown_table
 
     m = summary["machine"]
     fracs = summary["fractions"]

@@ -1,5 +1,4 @@
-"""`plad report`: Markdown + self-contained HTML report with PNG plots from `plad bench`, `plad sweep` or
-`plad run` results.
+"""The plots of `plad report`.
 
 Plots (matplotlib, Agg backend, 150 dpi): win rate over targets and head-to-head per system with 95% intervals;
 win rate by target-length bucket; data-scaling curves; training curves (loss per step) of the distillation runs.
@@ -7,148 +6,14 @@ win rate by target-length bucket; data-scaling curves; training curves (loss per
 
 from __future__ import annotations
 
-import base64
-import html
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from plad.utils.errors import ConfigError
-from plad.utils.io import read_jsonl, write_text_atomic
+from plad.reporting.results import cell_interval
+from plad.utils.io import read_jsonl
 
 log = logging.getLogger("plad")
-
-
-# the top-level fields of each kind of results that the report reads
-REPORTED = {
-    "bench": ("table", "seeds", "machine", "command", "date"),
-    "sweep": ("reference", "scaling", "fractions", "seeds", "machine", "command", "date"),
-    "run": ("results",),
-    "eval": ("name", "judges", "test_file", "n"),
-}
-
-ROWS = {"bench": ("table",), "sweep": ("reference", "scaling"), "run": ("results",)}  # system -> its results
-
-
-def load_results(path: str | Path) -> dict:
-    """A bench.json, sweep.json or a run's results.json, recognised by its fields; errors name the file and what
-    is wrong."""
-    p = Path(path)
-    if p.is_dir():
-        for name in ("bench.json", "sweep.json", "results.json"):
-            if (p / name).is_file():
-                p = p / name
-                break
-    if p.is_dir():
-        raise ConfigError(
-            f"{p} holds no results: no bench.json (plad bench), sweep.json (plad sweep) or results.json (plad run) "
-            "in it; give one of those files or the folder of a finished run"
-        )
-    if not p.is_file():
-        raise ConfigError(
-            f"results file {p} does not exist; give a bench.json (plad bench), sweep.json (plad sweep) or "
-            "results.json (plad run)"
-        )
-    try:
-        data = json.loads(p.read_bytes())
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{p} is not valid JSON ({e.msg} at line {e.lineno})") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{p} is not valid JSON (byte {e.start} is not UTF-8 text)") from None
-    kind = None
-    if isinstance(data, dict) and "table" in data and "seeds" in data:
-        kind = "bench"
-    elif isinstance(data, dict) and isinstance(data.get("scaling"), dict) and "fractions" in data:
-        kind = "sweep"
-    elif isinstance(data, dict) and isinstance(data.get("results"), dict):
-        kind = "run"
-    elif isinstance(data, dict) and isinstance(data.get("judges"), dict) and "name" in data:
-        kind = "eval"
-    if kind is not None:
-        missing = [k for k in REPORTED[kind] if k not in data]
-        if missing:  # before anything is written, not as a KeyError halfway through the report
-            raise ConfigError(
-                f"{p} is plad {kind} results without {', '.join(missing)}: cut short or edited? Make it again with "
-                f"plad {kind}"
-            )
-        for key in ROWS.get(kind, ()):  # the systems' rows of its tables
-            rows = data[key]
-            names = list(rows) if isinstance(rows, dict) else []
-            bad = next((f"{key}.{n}" for n in names if not isinstance(rows[n], dict)), None)
-            if bad or not isinstance(rows, dict):
-                raise ConfigError(f"{p}: {bad or key} is not a mapping of results as plad {kind} writes it")
-        return {
-            "kind": kind,
-            "path": p,
-            "data": {"results": {data["name"]: data}} if kind == "eval" else data,
-        }
-    raise ConfigError(
-        f"{p} holds neither plad bench results (table, seeds), plad sweep results (scaling, fractions), plad run "
-        "results (results) nor plad eval results (name, judges)"
-    )
-
-
-def merge_evals(results: list[dict]) -> list[dict]:
-    """Several `plad eval` results.json files become one table (systems in the order given)."""
-    evals = [r for r in results if r["kind"] == "eval"]
-    if len(evals) < 2:
-        return results
-    merged: dict[str, dict] = {}
-    for r in evals:
-        for name, res in r["data"]["results"].items():
-            if name in merged:
-                raise ConfigError(
-                    f"two eval results are both named {name!r} ({r['path']}); name systems apart"
-                )
-            merged[name] = res
-    tests = {(res["test_file"], res["n"]) for res in merged.values()}
-    if len(tests) > 1:
-        raise ConfigError(
-            "the eval results were made on different test sets: "
-            + "; ".join(f"{n}: {res['test_file']} ({res['n']} prompts)" for n, res in merged.items())
-        )
-    first = results.index(evals[0])
-    rest = [r for r in results if r["kind"] != "eval"]
-    return [
-        *rest[:first],
-        {"kind": "eval", "path": evals[0]["path"], "data": {"results": merged}},
-        *rest[first:],
-    ]
-
-
-def _interval(cell: dict | None) -> tuple[float, float, float] | None:
-    """(value, low, high) from a bench cell (mean, ci95) or a run cell (value, ci95)."""
-    if not cell:
-        return None
-    value = cell.get("mean", cell.get("value"))
-    if value is None:  # no comparison had a verdict
-        return None
-    lo, hi = cell["ci95"]
-    return value, lo, hi
-
-
-def _sweep_table(data: dict) -> dict[str, dict]:
-    """A sweep's points as systems: student-sft, then `METHOD @ F%` for every method and fraction."""
-    table = dict(data["reference"])
-    for method, by_frac in data["scaling"].items():
-        table.update({f"{method} @ {100 * float(f):g}%": by_frac[f] for f in sorted(by_frac, key=float)})
-    return table
-
-
-def _rows(res: dict) -> dict[str, dict]:
-    """system -> {metric: (value, low, high)} for any kind of results."""
-    data = res["data"]
-    if res["kind"] == "bench":
-        table = data["table"]
-    elif res["kind"] == "sweep":
-        table = _sweep_table(data)
-    else:
-        table = data["results"]
-    return {
-        name: {m: _interval(row.get(m)) for m in ("mean_score", "win_rate_vs_target", "head_to_head")}
-        for name, row in table.items()
-    }
 
 
 def _pyplot() -> Any:
@@ -299,7 +164,7 @@ def _scaling_series(data: dict, metric: str) -> dict[str, dict[float, tuple]]:
                 cell = cell.get(metric)
             elif metric != "win_rate_vs_target":
                 cell = None
-            if (point := _interval(cell)) is not None:
+            if (point := cell_interval(cell)) is not None:
                 points[float(frac)] = point
         if points:
             series[name] = points
@@ -343,7 +208,7 @@ def plot_scaling(data: dict, out: Path) -> Path | None:
                 label=name,
                 color=colors(i),
             )
-        ref = _interval(reference.get(metric))
+        ref = cell_interval(reference.get(metric))
         if ref is not None:
             ax.axhline(
                 ref[0], color="black", linestyle="--", linewidth=1.2, label="student-sft (no distillation)"
@@ -363,58 +228,6 @@ def plot_scaling(data: dict, out: Path) -> Path | None:
         title += f": {data['steps']} steps at lr {data['lr']:g} from the SFT student, seeds {data['seeds']}"
     fig.suptitle(title)
     return _save(fig, out / "scaling.png")
-
-
-def judges_table(results: dict[str, dict]) -> str | None:
-    """Markdown: one row per system, one column per judge (win rate over targets, or the metric's mean)."""
-    judges: list[str] = []
-    for r in results.values():
-        judges += [j for j in r.get("judges", {}) if j not in judges]
-    if not judges:
-        return None
-
-    def cell(entry: dict | None) -> str:
-        if not entry:
-            return "-"
-        m = entry.get("win_rate_vs_target") or entry.get("mean")
-        if m["value"] is None:
-            return f"- (no verdict in {m.get('no_verdict', 0)})"
-        lo, hi = m["ci95"]
-        text = f"{m['value']:.3f} [{lo:.3f}, {hi:.3f}]"
-        if entry["kind"] == "pairwise":
-            c = m["position_consistency"]
-            text += f" (consistency {'-' if c is None else f'{c:.2f}'}, no verdict {m['no_verdict']})"
-        return text
-
-    lines = ["| system | " + " | ".join(judges) + " |", "|---|" + "---|" * len(judges)]
-    lines += [
-        f"| {name} | " + " | ".join(cell(r.get("judges", {}).get(j)) for j in judges) + " |"
-        for name, r in results.items()
-    ]
-    return "\n".join(lines)
-
-
-def _bench_calibration(data: dict) -> dict[str, dict]:
-    """bench.json's calibration cells (mean over seeds) in the shape of an eval's results["calibration"]."""
-    out = {}
-    for name, c in (data.get("calibration") or {}).items():
-        if c.get("summed") and c.get("per_token"):
-            cells = {k: {"value": c[k]["mean"], "ci95": c[k]["ci95"]} for k in ("summed", "per_token")}
-            out[name] = {"calibration": {**cells, "pairs": c["pairs"][0] if c["pairs"] else 0}}
-    return out
-
-
-def calibration_table(results: dict[str, dict]) -> str | None:
-    rows = [(n, r["calibration"]) for n, r in results.items() if r.get("calibration")]
-    if not rows:
-        return None
-
-    def cell(m: dict) -> str:
-        return f"{m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]"
-
-    lines = ["| system | summed log-prob | per-token log-prob | pairs |", "|---|---|---|---|"]
-    lines += [f"| {n} | {cell(c['summed'])} | {cell(c['per_token'])} | {c['pairs']} |" for n, c in rows]
-    return "\n".join(lines)
 
 
 def plot_eval_length_buckets(results: dict[str, dict], out: Path) -> Path | None:
@@ -562,142 +375,3 @@ def plot_training(res: dict, out: Path) -> Path | None:
         + {"bench": " (seed 0, chosen lr)", "sweep": " (first seed)"}.get(res["kind"], "")
     )
     return _save(fig, out / "training_curves.png")
-
-
-def _table_md(rows: dict[str, dict], against: str = "vs student-sft", judge: str = "") -> str:
-    """The systems' table; a column that no system has (win rates over targets under a reference metric) is left
-    out."""
-
-    def cell(c) -> str:
-        return "-" if c is None else f"{c[0]:.3f} [{c[1]:.3f}, {c[2]:.3f}]"
-
-    cols = [
-        ("mean_score", f"mean score ({judge})" if judge else "mean score"),
-        ("win_rate_vs_target", "win rate vs target"),
-        ("head_to_head", against),
-    ]
-    cols = [(k, label) for k, label in cols if any(r[k] is not None for r in rows.values())] or cols[:1]
-    lines = ["| system | " + " | ".join(label for _, label in cols) + " |", "|---|" + "---|" * len(cols)]
-    lines += [f"| {n} | " + " | ".join(cell(r[k]) for k, _ in cols) + " |" for n, r in rows.items()]
-    return "\n".join(lines)
-
-
-def write_report(paths: list[str], output_dir: str, title: str = "plad report") -> dict:
-    """Markdown and self-contained HTML (plots embedded) from one or more results files."""
-    if not paths:
-        raise ConfigError(
-            "plad report: give at least one results file (bench.json, sweep.json or results.json)"
-        )
-    results = merge_evals([load_results(p) for p in paths])  # every input checked before anything is written
-    out = Path(output_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"output_dir {out} cannot be created: {e.strerror}") from None
-    md, figures = [f"# {title}", ""], []
-    for i, res in enumerate(results):
-        sub = out if len(results) == 1 else out / f"{i}-{res['path'].parent.name}"
-        sub.mkdir(parents=True, exist_ok=True)
-        rows = _rows(res)
-        data = res["data"]
-        if res["kind"] == "eval":
-            evals = data["results"]
-            first = next(iter(evals.values()))
-            md += [f"## plad eval: {', '.join(evals)}", ""]
-            md += [f"Test set {first['test_file']} ({first['n']} prompts); headline judge per system: "
-                   + ", ".join(f"{n} `{r.get('judge') or '-'}`" for n, r in evals.items()) + ".", ""]  # fmt: skip
-        else:
-            md += [f"## {res['path']}", ""]
-        if res["kind"] in ("bench", "sweep"):
-            m = data["machine"]
-            interval = (
-                f"Intervals: {data['interval']}."
-                if "interval" in data
-                else (
-                    "One seed: the main table's intervals are 95% bootstrap intervals over the test prompts; the "
-                    "others have no width."
-                    if len(data.get("seeds", [])) == 1
-                    else "Mean over seeds with 95% t-intervals."
-                )
-            )
-            md += [
-                f"`{data['command']}` on {data['date']}; {m['cpu']}, {m['cores']} cores; seeds {data['seeds']}. "
-                + interval,
-                "",
-            ]
-        judge = data.get("judge") or ""
-        md += [_table_md(rows, "head-to-head" if res["kind"] == "eval" else "vs student-sft", judge), ""]
-        made = [plot_win_rates(rows, sub, f"{title}: {res['path'].parent.name}", judge)]
-        if res["kind"] == "bench":
-            made.append(plot_length_buckets(data, sub))
-            bench_calibration = _bench_calibration(data)
-            if bench_calibration:
-                md += ["Calibration on held-out pairs (mean over seeds, 95% t-interval): how often the system's "
-                       "sequence log-prob ranks the better output first.", "", calibration_table(bench_calibration),
-                       ""]  # fmt: skip
-                made.append(plot_calibration(bench_calibration, sub))
-        if res["kind"] in ("bench", "sweep"):
-            made.append(plot_scaling(data, sub))
-        if res["kind"] in ("run", "eval"):
-            judged = judges_table(data["results"])
-            if judged:
-                md += ["Every judge: win rate over targets (pairwise LLM judge: both orders, disagreement = tie) or "
-                       "the metric's mean, with 95% bootstrap intervals.", "", judged, ""]  # fmt: skip
-            calibrated = calibration_table(data["results"])
-            if calibrated:
-                md += ["Calibration on held-out pairs: how often the system's sequence log-prob (summed, and per "
-                       "token) ranks the better output first; ties = 1/2, 95% bootstrap intervals.", "",
-                       calibrated, ""]  # fmt: skip
-            made += [plot_eval_length_buckets(data["results"], sub), plot_calibration(data["results"], sub)]
-        if res["kind"] != "eval":
-            made.append(plot_training(res, sub))
-        for png in [p for p in made if p is not None]:
-            rel = png.relative_to(out)
-            md += [f"![{png.stem}]({rel})", ""]
-            figures.append((png, rel))
-    text = "\n".join(md)
-    write_text_atomic(out / "report.md", text)
-    write_text_atomic(out / "report.html", _html(text, out))
-    log.info("report: %s, %s", out / "report.md", out / "report.html")
-    return {
-        "report": str(out / "report.md"),
-        "html": str(out / "report.html"),
-        "plots": [str(p) for p, _ in figures],
-    }
-
-
-def _html(markdown_text: str, root: Path) -> str:
-    """A minimal self-contained rendering: headings, paragraphs, tables, and images inlined as base64."""
-    body: list[str] = []
-    lines = markdown_text.splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
-        elif line.startswith("!["):
-            src = line[line.index("(") + 1 : -1]
-            data = base64.b64encode((root / src).read_bytes()).decode()
-            body.append(
-                f'<p><img alt="{html.escape(src)}" src="data:image/png;base64,{data}" style="max-width:100%"></p>'
-            )
-        elif line.startswith("|"):
-            table = []
-            while i < len(lines) and lines[i].startswith("|"):
-                table.append([c.strip() for c in lines[i].strip("|").split("|")])
-                i += 1
-            head, rows = table[0], table[2:]
-            body.append("<table border=1 cellspacing=0 cellpadding=4>")
-            body.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>")
-            body += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows]
-            body.append("</table>")
-            continue
-        elif line.strip():
-            body.append(f"<p>{html.escape(line)}</p>")
-        i += 1
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>plad report</title></head><body>"
-        + "\n".join(body)
-        + "</body></html>\n"
-    )

@@ -1,76 +1,159 @@
-"""The comparison table of a run: printed (rich) and written as report.md."""
+"""`plad report`: Markdown + self-contained HTML report with PNG plots from `plad bench`, `plad sweep`, `plad run` or
+`plad eval` results."""
 
 from __future__ import annotations
 
+import base64
+import html
+import logging
 from pathlib import Path
 from typing import Any
 
+from plad.reporting.plots import (
+    plot_calibration,
+    plot_eval_length_buckets,
+    plot_length_buckets,
+    plot_scaling,
+    plot_training,
+    plot_win_rates,
+)
+from plad.reporting.results import load_results, merge_evals, system_rows
+from plad.reporting.tables import (
+    bench_calibration,
+    calibration_table,
+    judges_table,
+    markdown_table,
+    systems_table,
+    table_rows,
+)
+from plad.utils.errors import ConfigError
 from plad.utils.io import write_text_atomic
 
-
-def _ci(m: dict | None) -> str:
-    if not m or m.get("value") is None:
-        return "-"
-    lo, hi = m["ci95"]
-    return f"{m['value']:.3f} [{lo:.3f}, {hi:.3f}]"
+log = logging.getLogger("plad")
 
 
-def _columns(results: dict[str, dict]) -> list[tuple[str, Any]]:
-    """(header, cell of a system's results) for every column some system has: a judge without win rates over
-    targets (ROUGE-L as the headline) leaves that column out; the mean score is named by its judge."""
-    judge = next((r.get("judge") for r in results.values() if r.get("judge")), None)
-    cols: list[tuple[str, Any]] = [
-        (f"mean score ({judge})" if judge else "mean score", lambda r: _ci(r.get("mean_score"))),
-        ("win rate vs target", lambda r: _ci(r.get("win_rate_vs_target"))),
-        ("vs student-sft", lambda r: _ci(r.get("head_to_head"))),
-        ("ROUGE-L", lambda r: _ci(r.get("rouge_l"))),
-        ("exact match", lambda r: f"{r['exact_match']['value']:.3f}" if r.get("exact_match") else "-"),
-        (
-            "out tokens",
-            lambda r: "-" if r.get("mean_output_tokens") is None else f"{r['mean_output_tokens']:.1f}",
-        ),
-        ("calibration (sum / per token)", _calibration),
-    ]
-    if judge == "rouge":
-        cols = [c for c in cols if c[0] != "ROUGE-L"]  # the same numbers as the mean score
-    return [(h, cell) for h, cell in cols if any(cell(r) != "-" for r in results.values())]
+def write_report(paths: list[str], output_dir: str, title: str = "plad report") -> dict:
+    """Markdown and self-contained HTML (plots embedded) from one or more results files."""
+    if not paths:
+        raise ConfigError(
+            "plad report: give at least one results file (bench.json, sweep.json or results.json)"
+        )
+    results = merge_evals([load_results(p) for p in paths])  # every input checked before anything is written
+    out = Path(output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"output_dir {out} cannot be created: {e.strerror}") from None
+    md, figures = [f"# {title}", ""], []
+    for i, res in enumerate(results):
+        sub = out if len(results) == 1 else out / f"{i}-{res['path'].parent.name}"
+        sub.mkdir(parents=True, exist_ok=True)
+        rows = system_rows(res)
+        data = res["data"]
+        if res["kind"] == "eval":
+            evals = data["results"]
+            first = next(iter(evals.values()))
+            md += [f"## plad eval: {', '.join(evals)}", ""]
+            md += [f"Test set {first['test_file']} ({first['n']} prompts); headline judge per system: "
+                   + ", ".join(f"{n} `{r.get('judge') or '-'}`" for n, r in evals.items()) + ".", ""]  # fmt: skip
+        else:
+            md += [f"## {res['path']}", ""]
+        if res["kind"] in ("bench", "sweep"):
+            m = data["machine"]
+            interval = (
+                f"Intervals: {data['interval']}."
+                if "interval" in data
+                else (
+                    "One seed: the main table's intervals are 95% bootstrap intervals over the test prompts; the "
+                    "others have no width."
+                    if len(data.get("seeds", [])) == 1
+                    else "Mean over seeds with 95% t-intervals."
+                )
+            )
+            md += [
+                f"`{data['command']}` on {data['date']}; {m['cpu']}, {m['cores']} cores; seeds {data['seeds']}. "
+                + interval,
+                "",
+            ]
+        judge = data.get("judge") or ""
+        md += [systems_table(rows, "head-to-head" if res["kind"] == "eval" else "vs student-sft", judge), ""]
+        made = [plot_win_rates(rows, sub, f"{title}: {res['path'].parent.name}", judge)]
+        if res["kind"] == "bench":
+            made.append(plot_length_buckets(data, sub))
+            calibrated = bench_calibration(data)
+            if calibrated:
+                md += ["Calibration on held-out pairs (mean over seeds, 95% t-interval): how often the system's "
+                       "sequence log-prob ranks the better output first.", "", calibration_table(calibrated),
+                       ""]  # fmt: skip
+                made.append(plot_calibration(calibrated, sub))
+        if res["kind"] in ("bench", "sweep"):
+            made.append(plot_scaling(data, sub))
+        if res["kind"] in ("run", "eval"):
+            judged = judges_table(data["results"])
+            if judged:
+                md += ["Every judge: win rate over targets (pairwise LLM judge: both orders, disagreement = tie) or "
+                       "the metric's mean, with 95% bootstrap intervals.", "", judged, ""]  # fmt: skip
+            calibrated = calibration_table(data["results"])
+            if calibrated:
+                md += ["Calibration on held-out pairs: how often the system's sequence log-prob (summed, and per "
+                       "token) ranks the better output first; ties = 1/2, 95% bootstrap intervals.", "",
+                       calibrated, ""]  # fmt: skip
+            made += [plot_eval_length_buckets(data["results"], sub), plot_calibration(data["results"], sub)]
+        if res["kind"] != "eval":
+            made.append(plot_training(res, sub))
+        for png in [p for p in made if p is not None]:
+            rel = png.relative_to(out)
+            md += [f"![{png.stem}]({rel})", ""]
+            figures.append((png, rel))
+    text = "\n".join(md)
+    write_text_atomic(out / "report.md", text)
+    write_text_atomic(out / "report.html", _html(text, out))
+    log.info("report: %s, %s", out / "report.md", out / "report.html")
+    return {
+        "report": str(out / "report.md"),
+        "html": str(out / "report.html"),
+        "plots": [str(p) for p, _ in figures],
+    }
 
 
-def _calibration(r: dict) -> str:
-    c = r.get("calibration")
-    if not c:
-        return "-"
-    return f"{c['summed']['value']:.3f} / {c['per_token']['value']:.3f}"
+def _html(markdown_text: str, root: Path) -> str:
+    """A minimal self-contained rendering: headings, paragraphs, tables, and images inlined as base64."""
+    body: list[str] = []
+    lines = markdown_text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
+        elif line.startswith("!["):
+            src = line[line.index("(") + 1 : -1]
+            data = base64.b64encode((root / src).read_bytes()).decode()
+            body.append(
+                f'<p><img alt="{html.escape(src)}" src="data:image/png;base64,{data}" style="max-width:100%"></p>'
+            )
+        elif line.startswith("|"):
+            table = []
+            while i < len(lines) and lines[i].startswith("|"):
+                table.append([c.strip() for c in lines[i].strip("|").split("|")])
+                i += 1
+            head, rows = table[0], table[2:]
+            body.append("<table border=1 cellspacing=0 cellpadding=4>")
+            body.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>")
+            body += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows]
+            body.append("</table>")
+            continue
+        elif line.strip():
+            body.append(f"<p>{html.escape(line)}</p>")
+        i += 1
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>plad report</title></head><body>"
+        + "\n".join(body)
+        + "</body></html>\n"
+    )
 
 
-def table_rows(results: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
-    """The table's header and one row per system."""
-    cols = _columns(results)
-    return ["system", *(h for h, _ in cols)], [
-        [name, *(cell(r) for _, cell in cols)] for name, r in results.items()
-    ]
-
-
-def print_table(results: dict[str, dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    header, rows = table_rows(results)
-    table = Table(title="plad: test set (95% bootstrap intervals)")
-    for c in header:
-        table.add_column(c, justify="left" if c == "system" else "right")
-    for row in rows:
-        table.add_row(*row)
-    Console(width=160).print(table)
-
-
-def markdown_table(header: list[str] | tuple[str, ...], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def write_report(path: Path, summary: dict[str, Any]) -> None:
+def write_run_report(path: Path, summary: dict[str, Any]) -> None:
     results = summary["results"]
     any_result = next(iter(results.values()))
     pairs = summary.get("pairs") or {}
