@@ -62,8 +62,10 @@ RUN_CONFIG = {
 ALL_STAGES = ["data", "models", "teacher-sft", "student-sft", "pairs"]
 ALL_STAGES += [f"distill/{m}" for m in METHODS] + [f"eval/{s}" for s in SYSTEMS]
 ALL_STAGES += [f"calibration/{s}" for s in SYSTEMS if s != "teacher"]
-# Top-level files every invocation rewrites (they describe the invocation: timings); checked separately.
-PER_INVOCATION = {"results.json", "report.md", "run_config.yaml"}
+# Top-level files every invocation rewrites (they describe the invocation: timings, and the report's plots);
+# checked separately.
+PER_INVOCATION = {"results.json", "report.md", "report.html", "run_config.yaml"}
+PER_INVOCATION |= {"win_rates.png", "length_buckets.png", "calibration.png", "training_curves.png"}
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, bytes]]:
@@ -192,6 +194,12 @@ def test_run_writes_every_artifact(run: SimpleNamespace) -> None:
         assert res["mean_score"]["value"] == pytest.approx(sum(o["score"] for o in outputs) / N_TEST)
     report = (root / "report.md").read_text()
     assert all(f"| {s} |" in report for s in SYSTEMS)
+    # the run's report is plad report's: the table, pairs and stage times, plots, and the HTML with them inlined
+    assert "## Pseudo-preference pairs" in report and "## Time (this invocation)" in report
+    pngs = sorted(p.name for p in root.glob("*.png"))
+    assert {"win_rates.png", "training_curves.png"} <= set(pngs) and all(f"]({p})" in report for p in pngs)
+    page = (root / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(pngs) and "<table>" in page
     assert yaml.safe_load((root / "run_config.yaml").read_text())["methods"] == METHODS
 
 

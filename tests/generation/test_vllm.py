@@ -137,4 +137,4 @@ def test_eval_through_vllm_matches_the_hf_backend(bench: Bench, models: Models, 
         assert results["calibration"]["pairs"] == 8
     same = ("id", "output", "n_tokens", "finish")
     assert [[r[f] for f in same] for r in outs["vllm"]] == [[r[f] for f in same] for r in outs["hf"]]
-    assert len({r["output"] for r in outs["hf"]}) >= 20
+    assert len({r["output"] for r in outs["hf"]}) >= 8  # the outputs depend on the prompt (answers repeat)

@@ -573,7 +573,7 @@ def run_pipeline(cfg: RunConfig, force: bool = False) -> int:
         results[name]["calibration"] = calibration_stage(run, name, systems[name], pairs)
 
     # 7. report ---------------------------------------------------------------------------------------------------
-    from plad.reporting.report import write_run_report
+    from plad.reporting.report import write_report
     from plad.reporting.tables import print_table
 
     total = round(time.perf_counter() - t_run, 1)
@@ -586,7 +586,7 @@ def run_pipeline(cfg: RunConfig, force: bool = False) -> int:
     }
     save_yaml(cfg, run.root / "run_config.yaml")  # every stage now matches this config
     write_json_atomic(run.root / "results.json", summary)
-    write_run_report(run.root / "report.md", summary)
+    write_report([str(run.root / "results.json")], str(run.root))  # report.md, report.html and the plots
     print_table(results)
     log.info("report: %s (total %.1f s this invocation)", run.root / "report.md", total)
     return 0

@@ -86,10 +86,8 @@ def plot_win_rates(rows: dict[str, dict], out: Path, title: str, judge: str = ""
             ax.axvline(0.5, color="grey", linewidth=0.8)
             ax.set_xlim(0, 1)
         else:
-            ax.set_xlim(
-                0,
-                max(1e-9, max(hi for _, _, hi in (rows[n][metric] for n in names if rows[n][metric]))) * 1.1,
-            )
+            top = max(hi for _, _, hi in (rows[n][metric] for n in names if rows[n][metric]))
+            ax.set_xlim(0, (top if top > 0 else 1) * 1.1)  # all zero: a readable 0..1 axis, not 0..1e-9
         ax.set_xlabel(f"{label}\n95% interval")
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].set_yticks(range(len(names)), names)
@@ -343,7 +341,6 @@ def plot_training(res: dict, out: Path) -> Path | None:
     """One panel per run, each with its own y axis (the methods' losses are different quantities: CE in nats per
     token, a hinge on log-probs, a KL): the total loss and the parts the method logs."""
     plt = _pyplot()
-
     from matplotlib.ticker import MaxNLocator
 
     curves = _curves(res)
@@ -364,6 +361,8 @@ def plot_training(res: dict, out: Path) -> Path | None:
         ax.set_title(name, fontsize=10)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("optimizer step", fontsize=8)
+        if len(set(steps)) == 1:  # one logged step: a unit-wide axis, so its ticks are whole steps too
+            ax.set_xlim(steps[0] - 1, steps[0] + 1)
         ax.set_ylabel("loss", fontsize=8)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)

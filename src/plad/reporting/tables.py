@@ -13,14 +13,14 @@ def _ci(m: dict | None) -> str:
     return f"{m['value']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def _columns(results: dict[str, dict]) -> list[tuple[str, Any]]:
+def _columns(results: dict[str, dict], against: str) -> list[tuple[str, Any]]:
     """(header, cell of a system's results) for every column some system has: a judge without win rates over
     targets (ROUGE-L as the headline) leaves that column out; the mean score is named by its judge."""
     judge = next((r.get("judge") for r in results.values() if r.get("judge")), None)
     cols: list[tuple[str, Any]] = [
         (f"mean score ({judge})" if judge else "mean score", lambda r: _ci(r.get("mean_score"))),
         ("win rate vs target", lambda r: _ci(r.get("win_rate_vs_target"))),
-        ("vs student-sft", lambda r: _ci(r.get("head_to_head"))),
+        (against, lambda r: _ci(r.get("head_to_head"))),
         ("ROUGE-L", lambda r: _ci(r.get("rouge_l"))),
         ("exact match", lambda r: f"{r['exact_match']['value']:.3f}" if r.get("exact_match") else "-"),
         (
@@ -41,9 +41,11 @@ def _calibration(r: dict) -> str:
     return f"{c['summed']['value']:.3f} / {c['per_token']['value']:.3f}"
 
 
-def table_rows(results: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
-    """The table's header and one row per system."""
-    cols = _columns(results)
+def table_rows(
+    results: dict[str, dict], against: str = "vs student-sft"
+) -> tuple[list[str], list[list[str]]]:
+    """The table's header and one row per system (`against`: the head-to-head column's header)."""
+    cols = _columns(results, against)
     return ["system", *(h for h, _ in cols)], [
         [name, *(cell(r) for _, cell in cols)] for name, r in results.items()
     ]
