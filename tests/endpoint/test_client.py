@@ -16,16 +16,9 @@ import pytest
 from servers import QuietHTTPServer
 
 from plad.config import ApiConfig, SamplingConfig
-from plad.endpoint.client import (
-    ApiError,
-    Endpoint,
-    HttpStatusError,
-    _error_message,
-    backoff_seconds,
-    cut_at_stop,
-    env_proxy,
-    retry_after_seconds,
-)
+from plad.endpoint.client import ApiError, Endpoint, cut_at_stop
+from plad.endpoint.retry import backoff_seconds, retry_after_seconds
+from plad.endpoint.transport import HttpStatusError, env_proxy, error_message
 from plad.utils.errors import ConfigError
 
 
@@ -139,16 +132,16 @@ def test_both_clients_classify_failures_alike():
 
 
 def test_error_messages_of_openai_style_bodies(monkeypatch):
-    assert _error_message(b'{"error": {"message": "model not found", "type": "x"}}') == "model not found"
-    assert _error_message(b'{"error": "plain"}') == "plain"
-    assert _error_message(b"<html>Bad gateway</html>") == "<html>Bad gateway</html>"
+    assert error_message(b'{"error": {"message": "model not found", "type": "x"}}') == "model not found"
+    assert error_message(b'{"error": "plain"}') == "plain"
+    assert error_message(b"<html>Bad gateway</html>") == "<html>Bad gateway</html>"
     # a key the server echoes across the point where the message is cut: scrubbed whole, before the cut
     key = "sk-secret-0123456789"
     monkeypatch.setenv("PLAD_TEST_KEY", key)
     ep = Endpoint(ApiConfig(base_url="http://x/v1", api_key_env="PLAD_TEST_KEY", client="lean"), "m", "t")
     for at in range(280, 310):
         body = ("x" * at + f"Bearer {key} refused").encode()
-        message = ep._classify(HttpStatusError(401, _error_message(body), {}))[3]
+        message = ep._classify(HttpStatusError(401, error_message(body), {}))[3]
         assert "sk-s" not in message and key[:-1] not in message, at
 
 
