@@ -263,3 +263,55 @@ def test_lean_client_goes_through_the_environments_proxy(monkeypatch):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("client", ["openai", "lean"])
+def test_reachability_probe_goes_through_the_same_client(client, monkeypatch):
+    """check_reachable asks GET /models through the endpoint's own HTTP client: a refused key stops before any work,
+    a server without the route (404) or with a plain-text answer counts as reachable, a 5xx only warns, and a port
+    with no server says it cannot be reached, naming why."""
+    status = {"code": 200}
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append(self.path + " " + self.headers.get("Authorization", ""))
+            body = b"not json" if status["code"] == 200 else b'{"error": {"message": "no"}}'
+            self.send_response(status["code"])
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = QuietHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("PLAD_TEST_PROBE_KEY", "sk-probe-secret")
+        cfg = ApiConfig(
+            base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", client=client,
+            api_key_env="PLAD_TEST_PROBE_KEY", timeout=2.0,
+        )  # fmt: skip
+        ep = Endpoint(cfg, "m", "teacher")
+        for code in (200, 404, 405, 503):
+            status["code"] = code
+            ep.check_reachable()
+        assert seen[0] == "/v1/models Bearer sk-probe-secret" and len(seen) == 4
+        for code in (401, 403):
+            status["code"] = code
+            with pytest.raises(ApiError, match=f"HTTP {code}, the key was refused; nothing was asked yet"):
+                ep.check_reachable()
+    finally:
+        server.shutdown()
+        server.server_close()
+    from servers import free_port
+
+    gone = ApiConfig(
+        base_url=f"http://127.0.0.1:{free_port()}/v1", client=client, api_key_env="", timeout=2.0
+    )
+    gone = Endpoint(gone, "m", "x")
+    with pytest.raises(ApiError) as e:
+        gone.check_reachable()
+    assert "cannot be reached (" in str(e.value) and "Nothing was asked yet" in str(e.value)
+    assert "sk-probe-secret" not in str(e.value)

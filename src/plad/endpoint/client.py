@@ -1,11 +1,10 @@
 """OpenAI-compatible endpoints: one client for API teachers, API students and LLM judges.
 
-Requests go through the official `openai` client over its aiohttp transport (`api.client: openai`), or through
-plad's own minimal JSON-over-aiohttp client (`api.client: lean`: a quarter to half the CPU per request, for
-fast local servers; measured in benchmarks/api_throughput.py). Either way the client's own retries are off, so
-that plad decides what is retried and counts it: 408/409/429, 5xx, timeouts, dropped connections and malformed
-replies are retried with exponential backoff and full jitter, honouring Retry-After; anything else (a bad
-request, a wrong key, an unknown model) stops at once with the endpoint named. The key comes only from the
+Requests (and the reachability probe) go through one of the HTTP clients of transport.py, the official `openai`
+client or plad's lean one, both over aiohttp. Either way the client's own retries are off, so that plad decides
+what is retried and counts it (retry.py): 408/409/429, 5xx, timeouts, dropped connections and malformed replies
+are retried with exponential backoff and full jitter, honouring Retry-After; anything else (a bad request, a
+wrong key, an unknown model) stops at once with the endpoint named. The key comes only from the
 environment variable the config names and is scrubbed from every message plad writes.
 """
 
@@ -141,33 +140,37 @@ class Endpoint:
         self.client = self._new_client()
 
     def check_reachable(self) -> None:
-        """Fail before any work when the server cannot be reached or refuses the key (GET /models; a server
-        without that route, answering 404 or 405, still counts as reachable)."""
-        import urllib.error
-        import urllib.request
+        """Fail before any work when the server cannot be reached or refuses the key: GET /models through the
+        same HTTP client as every request (a server without that route, answering 404 or 405, still counts as
+        reachable; one answering 5xx gets a warning, and its requests will be retried)."""
 
-        url = self.cfg.base_url.rstrip("/") + "/models"
-        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
+        async def probe() -> None:
+            try:
+                await within_deadline(self.client.get("/models"), min(self.cfg.timeout, 30.0))
+            finally:
+                await self.close()
+
         try:
-            with urllib.request.urlopen(
-                urllib.request.Request(url, headers=headers), timeout=min(self.cfg.timeout, 30.0)
-            ):
-                return
-        except urllib.error.HTTPError as e:
-            if e.code in (401, 403):
+            asyncio.run(probe())
+        except Exception as e:
+            status = getattr(e, "status_code", None)
+            if status in (401, 403):
                 raise ApiError(
-                    f"{self.describe()}: HTTP {e.code}, the key was refused; nothing was asked yet"
+                    f"{self.describe()}: HTTP {status}, the key was refused; nothing was asked yet",
+                    status=status,
                 ) from None
-            if e.code >= 500:
+            if status is not None and status >= 500:
                 log.warning(
-                    "%s answers HTTP %d to GET /models; requests will be retried", self.describe(), e.code
+                    "%s answers HTTP %d to GET /models; requests will be retried", self.describe(), status
                 )
-        except (OSError, ValueError) as e:
-            reason = getattr(e, "reason", e)
-            raise ApiError(
-                f"{self.describe()} cannot be reached ({self.scrub(str(reason))[:120]}); is the server running and "
-                "base_url right? Nothing was asked yet"
-            ) from None
+            if status is None:
+                reason, _, _, message = self._classify(e)
+                if reason == "connection":  # the innermost error says why: refused, unknown host, TLS
+                    message = self.scrub(str(causes(e)[-1]))[:160] or message
+                raise ApiError(
+                    f"{self.describe()} cannot be reached ({message}); is the server running and base_url right? "
+                    "Nothing was asked yet"
+                ) from None
 
     # ---------------------------------------------------------------------------------------------------------
     # The retry loop

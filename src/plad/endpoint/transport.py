@@ -1,7 +1,11 @@
 """The HTTP side of an endpoint: two clients with one interface (`post(path, body)` -> the parsed JSON reply,
-`close()`), the official `openai` client over its aiohttp transport and plad's lean aiohttp client (see
-benchmarks/README.md, "API throughput", for when each is faster), a per-request deadline, and the checks every
-reply passes before plad reads it (choices present, texts no longer than max_tokens allows)."""
+`get(path)`, `close()`), both over aiohttp (the one HTTP library plad uses; the reachability probe goes through the
+same client as the requests): the official `openai` client with its aiohttp transport (`api.client: openai`, the
+default) and plad's lean aiohttp client (`api.client: lean`). The lean one is kept because it pays off where
+plad's own share of a request matters: a quarter to half of the official client's CPU per request, and 3-13% more
+rows/s at concurrency 4-16 even with a slow (500 ms per request) teacher (benchmarks/README.md, "API
+throughput"). Also here: a per-request deadline, and the checks every reply passes before plad reads it (choices
+present, texts no longer than max_tokens allows)."""
 
 from __future__ import annotations
 
@@ -24,6 +28,9 @@ class OpenaiClient:
         self._client = openai.AsyncOpenAI(
             base_url=base_url, api_key=key or "none", max_retries=0, timeout=timeout, **http
         )
+
+    async def get(self, path: str) -> Any:
+        return await self._client.get(path, cast_to=object)
 
     async def post(self, path: str, body: dict, max_bytes: int | None = None) -> Any:
         # max_bytes is not enforced here (the openai client reads a reply whole); texts are bounded after parsing
@@ -65,9 +72,7 @@ class LeanClient:
         self.proxy = env_proxy(self.base_url)
         self._session: Any = None
 
-    async def post(self, path: str, body: dict, max_bytes: int | None = None) -> Any:
-        """The parsed reply; one longer than `max_bytes` is refused as malformed as soon as it gets longer (a
-        server that ignores max_tokens cannot fill the memory)."""
+    def _open(self) -> Any:
         if self._session is None:  # made inside the event loop that uses it
             import aiohttp
 
@@ -77,9 +82,21 @@ class LeanClient:
                 ),
                 connector=aiohttp.TCPConnector(limit=0),  # plad bounds the requests in flight itself
             )
+        return self._session
+
+    async def get(self, path: str) -> Any:
+        async with self._open().get(self.base_url + path, headers=self.headers, proxy=self.proxy) as r:
+            raw = await r.read()
+            if r.status >= 400:
+                raise HttpStatusError(r.status, error_message(raw), r.headers)
+        return raw  # what a server answers to a GET (the probe's /models) is not read
+
+    async def post(self, path: str, body: dict, max_bytes: int | None = None) -> Any:
+        """The parsed reply; one longer than `max_bytes` is refused as malformed as soon as it gets longer (a
+        server that ignores max_tokens cannot fill the memory)."""
         data = json.dumps(body).encode()
         url = self.base_url + path
-        async with self._session.post(url, data=data, headers=self.headers, proxy=self.proxy) as r:
+        async with self._open().post(url, data=data, headers=self.headers, proxy=self.proxy) as r:
             if max_bytes is None:
                 raw = await r.read()
             else:
