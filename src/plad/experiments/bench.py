@@ -27,8 +27,8 @@ import numpy as np
 
 from plad.config import BenchConfig, save_yaml
 from plad.evaluation.winrate import across_seeds, bucket_labels, bucket_of, outcomes, quantile_edges
+from plad.experiments.cache import Run
 from plad.experiments.pipeline import (
-    Run,
     calibration_pairs,
     calibration_stage,
     distill_stage,
