@@ -18,6 +18,7 @@ from servers import QuietHTTPServer
 from plad.config import ApiConfig, SamplingConfig
 from plad.endpoint.client import ApiError, Endpoint, cut_at_stop
 from plad.endpoint.retry import backoff_seconds, retry_after_seconds
+from plad.endpoint.retry import classify as classify_failure
 from plad.endpoint.transport import HttpStatusError, env_proxy, error_message
 from plad.utils.errors import ConfigError
 
@@ -89,7 +90,7 @@ def test_api_config_checks(monkeypatch):
 
 def classify(e: BaseException, client: str = "openai") -> tuple:
     ep = Endpoint(ApiConfig(base_url="http://x/v1", api_key_env="", timeout=7, client=client), "m", "teacher")
-    reason, hint, retryable, _ = ep._classify(e)
+    reason, hint, retryable, _ = classify_failure(e, ep.cfg, ep.scrub)
     return reason, hint, retryable
 
 
@@ -141,7 +142,7 @@ def test_error_messages_of_openai_style_bodies(monkeypatch):
     ep = Endpoint(ApiConfig(base_url="http://x/v1", api_key_env="PLAD_TEST_KEY", client="lean"), "m", "t")
     for at in range(280, 310):
         body = ("x" * at + f"Bearer {key} refused").encode()
-        message = ep._classify(HttpStatusError(401, error_message(body), {}))[3]
+        message = classify_failure(HttpStatusError(401, error_message(body), {}), ep.cfg, ep.scrub)[3]
         assert "sk-s" not in message and key[:-1] not in message, at
 
 

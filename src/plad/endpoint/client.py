@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import os
 import random
 import re
@@ -22,16 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plad.config import ApiConfig
-from plad.endpoint.retry import RETRYABLE_STATUS, backoff_seconds, retry_after_seconds
+from plad.endpoint.retry import backoff_seconds, classify
 from plad.endpoint.transport import (
-    DeadlineExceeded,
-    HttpStatusError,
     LeanClient,
-    MalformedReply,
     OpenaiClient,
     causes,
     check_reply,
-    is_timeout,
     reply_limit,
     within_deadline,
 )
@@ -164,7 +159,7 @@ class Endpoint:
                     "%s answers HTTP %d to GET /models; requests will be retried", self.describe(), status
                 )
             if status is None:
-                reason, _, _, message = self._classify(e)
+                reason, _, _, message = classify(e, self.cfg, self.scrub)
                 if reason == "connection":  # the innermost error says why: refused, unknown host, TLS
                     message = self.scrub(str(causes(e)[-1]))[:160] or message
                 raise ApiError(
@@ -200,7 +195,7 @@ class Endpoint:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # classified below; anything unknown is not retried
-                reason, wait_hint, retryable, message = self._classify(e)
+                reason, wait_hint, retryable, message = classify(e, self.cfg, self.scrub)
                 if not retryable:
                     status = getattr(e, "status_code", None)
                     raise ApiError(f"{self.describe()}: {message}", status=status) from None
@@ -222,49 +217,6 @@ class Endpoint:
                 log.debug("%s: %s; retry %d in %.2f s", self.describe(), message, attempt + 1, delay)
                 attempt += 1
                 await asyncio.sleep(delay)
-
-    def _classify(self, e: Exception) -> tuple[str, float | None, bool, str]:
-        """(reason, server-requested wait, retryable, message without the key)."""
-        o = self._openai
-        status = None
-        if isinstance(e, o.APIStatusError):
-            status, body, headers = e.status_code, str(getattr(e, "message", "") or e), e.response.headers
-        elif isinstance(e, HttpStatusError):
-            status, body, headers = e.status_code, e.message, e.headers
-        if status is not None:
-            body = self.scrub(body)[:300]
-            hint = retry_after_seconds(headers)
-            reason = "429" if status == 429 else "5xx" if status >= 500 else str(status)
-            if status in RETRYABLE_STATUS or status >= 500:
-                return reason, hint, True, f"HTTP {status}: {body}"
-            what = {401: "the key was refused", 403: "access denied", 404: "unknown model or path"}.get(
-                status, ""
-            )
-            return reason, None, False, f"HTTP {status}{' (' + what + ')' if what else ''}: {body}"
-        import aiohttp
-
-        if isinstance(e, DeadlineExceeded):
-            return "timeout", None, True, str(e)
-        chain = causes(e)
-        # the openai client's aiohttp transport reports a dropped connection as a connect timeout: look beneath
-        dropped = [x for x in chain if isinstance(x, aiohttp.ClientError) and not is_timeout(x)]
-        if isinstance(e, o.APITimeoutError) and not dropped or is_timeout(e):
-            return "timeout", None, True, f"timed out after {self.cfg.timeout:g} s (api.timeout)"
-        if any(isinstance(x, aiohttp.InvalidURL) for x in chain):
-            return "other", None, False, f"api.base_url {self.cfg.base_url!r} is not a valid URL"
-        if isinstance(e, o.APIConnectionError) or dropped:
-            cause = dropped[-1] if dropped else (e.__cause__ or e.__context__)
-            return (
-                "connection",
-                None,
-                True,
-                f"connection failed ({type(cause).__name__ if cause else 'error'})",
-            )
-        if isinstance(
-            e, json.JSONDecodeError | UnicodeDecodeError | o.APIResponseValidationError | MalformedReply
-        ):
-            return "malformed", None, True, f"malformed reply ({self.scrub(str(e))[:200]})"
-        return "other", None, False, f"{type(e).__name__}: {self.scrub(str(e))[:300]}"
 
     # ---------------------------------------------------------------------------------------------------------
     # Requests plad makes
@@ -315,75 +267,6 @@ class Endpoint:
             text, cut = cut_at_stop(valid_text(text or ""), self.stops(sampling))
             out.append({"text": text, "finish": "stop" if cut else (choice.finish_reason or "stop")})
         return out, response
-
-    async def echo_logprobs(self, prompt_text: str, output_text: str) -> tuple[float, int]:
-        """Summed log-prob (and token count) of `output_text` after `prompt_text`, from a completions request with
-        echo + logprobs: the tokens whose offset falls inside the output are summed."""
-        if self.cfg.mode != "completions":
-            raise ConfigError(
-                f"{self.what}: teacher log-probs through an API need api.mode=completions (echo + logprobs)"
-            )
-        prompt = self.cfg.prompt_template.format(prompt=prompt_text)
-        full = prompt + output_text
-        response = await self.call(
-            "completions", prompt=full, max_tokens=1, temperature=0.0, echo=True, logprobs=0
-        )
-        lp = response.choices[0].logprobs if response.choices else None
-        if lp is None or not getattr(lp, "token_logprobs", None) or not getattr(lp, "text_offset", None):
-            raise ApiError(
-                f"{self.describe()} returned no prompt log-probs for a completions request with echo=true and "
-                "logprobs=0; this server cannot score given texts: use a server that can (vLLM, llama.cpp) or a "
-                "local teacher (backend hf) for teacher_logprobs"
-            )
-        start, end = len(prompt), len(full)
-        total, count = 0.0, 0
-        for offset, logp in zip(lp.text_offset, lp.token_logprobs, strict=False):
-            if start <= offset < end:
-                if logp is None:
-                    raise ApiError(f"{self.describe()}: a token of the scored text has no log-prob")
-                total += float(logp)
-                count += 1
-        return total, count
-
-    async def check_echo_alignment(self, prompts: list[str]) -> bool | None:
-        """Does the server pair each echoed token with the log-prob of that token given the tokens before it?
-
-        Greedy-generate one token g after a prompt P (its log-prob comes from the generation path), then echo-score
-        P + g with the top log-prob of every position. An aligned server reports g's generation log-prob at g's
-        position; a server that shifts echo log-probs by one token (llama-cpp-python for models that add no BOS
-        token) reports it among the top log-probs of the position before. Returns True / False, or None when no
-        probe prompt gave a clear answer."""
-        for p in prompts[:3]:
-            prompt = self.cfg.prompt_template.format(prompt=p)
-            gen = await self.call("completions", prompt=prompt, max_tokens=1, temperature=0.0, logprobs=1)
-            c = gen.choices[0]
-            if not c.text or c.logprobs is None or not c.logprobs.token_logprobs:
-                continue
-            lp_gen = c.logprobs.token_logprobs[0]
-            echo = await self.call(
-                "completions", prompt=prompt + c.text, max_tokens=1, temperature=0.0, echo=True, logprobs=1
-            )
-            lp = echo.choices[0].logprobs
-            if lp is None or not lp.text_offset or lp_gen is None:
-                continue
-            # g must be one echoed token of its own (tokenization can merge across the boundary)
-            idx = [i for i, off in enumerate(lp.text_offset) if off == len(prompt)]
-            end = len(prompt + c.text)
-            if (
-                len(idx) != 1
-                or idx[0] == 0
-                or (idx[0] + 1 < len(lp.text_offset) and lp.text_offset[idx[0] + 1] < end)
-            ):
-                continue
-            i = idx[0]
-            at_g = lp.token_logprobs[i]
-            before = (lp.top_logprobs or [None] * len(lp.text_offset))[i - 1] or {}
-            d_aligned = abs(float(at_g) - float(lp_gen)) if at_g is not None else math.inf
-            d_shifted = abs(float(before[c.text]) - float(lp_gen)) if c.text in before else math.inf
-            if min(d_aligned, d_shifted) > 0.05:
-                continue
-            return d_aligned <= d_shifted
-        return None
 
 
 # -------------------------------------------------------------------------------------------------------------

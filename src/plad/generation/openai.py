@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,7 @@ from plad.endpoint.client import ApiError, ApiStopped, Endpoint, api_key
 from plad.endpoint.pool import Put, run_pool
 from plad.generation.backend import Drawn, Emit, Prompt, Rate, Sample, Want, without_batch_settings
 from plad.utils import signals
+from plad.utils.errors import ConfigError
 from plad.utils.io import append_jsonl
 from plad.utils.seeds import derive_seed
 
@@ -187,7 +189,7 @@ def teacher_logprobs_api(
         async with state.setdefault("lock", asyncio.Lock()):  # once per run, before any score is stored
             if "aligned" not in state:
                 state["aligned"] = None
-                state["aligned"] = await endpoint.check_echo_alignment([e.prompt for e, _, _ in todo[:3]])
+                state["aligned"] = await check_echo_alignment(endpoint, [e.prompt for e, _, _ in todo[:3]])
                 if state["aligned"] is None:
                     log.warning("%s: could not check that echo log-probs are aligned", endpoint.describe())
         if state["aligned"] is False:
@@ -197,7 +199,7 @@ def teacher_logprobs_api(
                 "that add no BOS token), so summed log-probs would be wrong. Use a server whose echo log-probs are "
                 "right (vLLM; llama.cpp with a BOS-adding model) or a local teacher (backend hf)"
             )
-        logp, n = await endpoint.echo_logprobs(ex.prompt, text_of(ex, s, j))
+        logp, n = await echo_logprobs(endpoint, ex.prompt, text_of(ex, s, j))
         await put([row_of(ex, s, j, logp, n)])
 
     def on_rows(rows: list[dict]) -> None:
@@ -234,6 +236,77 @@ def stopped_message(first: str, n_failed: int, what: str, path: Path, usage: dic
         f"({usage['requests']} requests, {usage['retries']} retries this run). Run the same command again to "
         "continue: only the missing samples are requested."
     )
+
+
+async def echo_logprobs(endpoint: Endpoint, prompt_text: str, output_text: str) -> tuple[float, int]:
+    """Summed log-prob (and token count) of `output_text` after `prompt_text`, from a completions request with
+    echo + logprobs: the tokens whose offset falls inside the output are summed."""
+    if endpoint.cfg.mode != "completions":
+        raise ConfigError(
+            f"{endpoint.what}: teacher log-probs through an API need api.mode=completions (echo + logprobs)"
+        )
+    prompt = endpoint.cfg.prompt_template.format(prompt=prompt_text)
+    full = prompt + output_text
+    response = await endpoint.call(
+        "completions", prompt=full, max_tokens=1, temperature=0.0, echo=True, logprobs=0
+    )
+    lp = response.choices[0].logprobs if response.choices else None
+    if lp is None or not getattr(lp, "token_logprobs", None) or not getattr(lp, "text_offset", None):
+        raise ApiError(
+            f"{endpoint.describe()} returned no prompt log-probs for a completions request with echo=true and "
+            "logprobs=0; this server cannot score given texts: use a server that can (vLLM, llama.cpp) or a "
+            "local teacher (backend hf) for teacher_logprobs"
+        )
+    start, end = len(prompt), len(full)
+    total, count = 0.0, 0
+    for offset, logp in zip(lp.text_offset, lp.token_logprobs, strict=False):
+        if start <= offset < end:
+            if logp is None:
+                raise ApiError(f"{endpoint.describe()}: a token of the scored text has no log-prob")
+            total += float(logp)
+            count += 1
+    return total, count
+
+
+async def check_echo_alignment(endpoint: Endpoint, prompts: list[str]) -> bool | None:
+    """Does the server pair each echoed token with the log-prob of that token given the tokens before it?
+
+    Greedy-generate one token g after a prompt P (its log-prob comes from the generation path), then echo-score
+    P + g with the top log-prob of every position. An aligned server reports g's generation log-prob at g's
+    position; a server that shifts echo log-probs by one token (llama-cpp-python for models that add no BOS
+    token) reports it among the top log-probs of the position before. Returns True / False, or None when no
+    probe prompt gave a clear answer."""
+    for p in prompts[:3]:
+        prompt = endpoint.cfg.prompt_template.format(prompt=p)
+        gen = await endpoint.call("completions", prompt=prompt, max_tokens=1, temperature=0.0, logprobs=1)
+        c = gen.choices[0]
+        if not c.text or c.logprobs is None or not c.logprobs.token_logprobs:
+            continue
+        lp_gen = c.logprobs.token_logprobs[0]
+        echo = await endpoint.call(
+            "completions", prompt=prompt + c.text, max_tokens=1, temperature=0.0, echo=True, logprobs=1
+        )
+        lp = echo.choices[0].logprobs
+        if lp is None or not lp.text_offset or lp_gen is None:
+            continue
+        # g must be one echoed token of its own (tokenization can merge across the boundary)
+        idx = [i for i, off in enumerate(lp.text_offset) if off == len(prompt)]
+        end = len(prompt + c.text)
+        if (
+            len(idx) != 1
+            or idx[0] == 0
+            or (idx[0] + 1 < len(lp.text_offset) and lp.text_offset[idx[0] + 1] < end)
+        ):
+            continue
+        i = idx[0]
+        at_g = lp.token_logprobs[i]
+        before = (lp.top_logprobs or [None] * len(lp.text_offset))[i - 1] or {}
+        d_aligned = abs(float(at_g) - float(lp_gen)) if at_g is not None else math.inf
+        d_shifted = abs(float(before[c.text]) - float(lp_gen)) if c.text in before else math.inf
+        if min(d_aligned, d_shifted) > 0.05:
+            continue
+        return d_aligned <= d_shifted
+    return None
 
 
 def usage_from_rows(rows: list[dict]) -> dict[str, int]:
