@@ -337,7 +337,27 @@ def run_eval(cfg: EvalConfig, force: bool = False) -> dict:
     finally:
         if backend is not None and not (pairs is not None and cfg.backend == "hf"):
             backend.close()  # (an hf model that also measures calibration stays loaded for it)
-    rows = [
+    rows = _rows(examples, outputs)
+    texts, targets = [r["output"] for r in rows], [r["target"] for r in rows]
+    lengths, edges, buckets = _length_buckets(cfg, tok, targets, texts)
+    others = [other[ex.id]["output"] for ex in examples] if other is not None else None
+    judged = judge_all(cfg, judges, rows, others, lengths, edges)
+    results = _results(cfg, out.name, scorer, rows, outputs, judged, buckets, gen_seconds, given is not None)
+    headline(results, judged, rows)
+    write_jsonl_atomic(
+        out / "outputs.jsonl",
+        [{**r, "n_tokens": o["n_tokens"], "finish": o["finish"]} for r, o in zip(rows, outputs, strict=True)],
+    )
+    if pairs is not None:
+        results["calibration"] = _calibration(cfg, backend, tok, pairs, encoded_pairs)
+    results = _no_nan(results)
+    write_json_atomic(out / "results.json", results)
+    return results
+
+
+def _rows(examples: list, outputs: list[dict]) -> list[dict]:
+    """A row per test prompt: its output, the target and the reference metrics (every judge adds its own)."""
+    return [
         {
             "id": ex.id,
             "prompt": ex.prompt,
@@ -348,17 +368,27 @@ def run_eval(cfg: EvalConfig, force: bool = False) -> dict:
         }
         for ex, o in zip(examples, outputs, strict=True)
     ]
-    texts, targets = [r["output"] for r in rows], [r["target"] for r in rows]
-    lengths, edges, buckets = _length_buckets(cfg, tok, targets, texts)
-    others = [other[ex.id]["output"] for ex in examples] if other is not None else None
-    judged = judge_all(cfg, judges, rows, others, lengths, edges)
 
+
+def _results(
+    cfg: EvalConfig,
+    default_name: str,
+    scorer: Any,
+    rows: list[dict],
+    outputs: list[dict],
+    judged: dict,
+    buckets: dict,
+    gen_seconds: float,
+    given: bool,
+) -> dict[str, Any]:
+    """results.json but for the headline (`headline`) and calibration."""
     n, seed = cfg.bootstrap_samples, cfg.seed
+    texts, targets = [r["output"] for r in rows], [r["target"] for r in rows]
     known = [o["n_tokens"] for o in outputs if o["n_tokens"] is not None]
-    results: dict[str, Any] = {
-        "name": cfg.name or out.name,
+    return {
+        "name": cfg.name or default_name,
         "model": cfg.model,
-        **({"backend": cfg.backend} if cfg.backend != "hf" and given is None else {}),
+        **({"backend": cfg.backend} if cfg.backend != "hf" and not given else {}),
         "outputs_file": cfg.outputs_file or None,
         "test_file": cfg.test_file,
         "scorer": scorer.name if scorer else None,
@@ -370,38 +400,34 @@ def run_eval(cfg: EvalConfig, force: bool = False) -> dict:
         "exact_match_squad": mean_with_ci([r["exact_match_squad"] for r in rows], n, seed),
         "rouge_l": mean_with_ci([r["rouge_l"] for r in rows], n, seed),
         "length_buckets": buckets,
-        "generation": None if given is not None else to_dict(cfg.generation),
+        "generation": None if given else to_dict(cfg.generation),
         "generation_seconds": gen_seconds,
         "mean_output_tokens": sum(known) / len(known) if known else None,
     }
-    headline(results, judged, rows)
-    write_jsonl_atomic(
-        out / "outputs.jsonl",
-        [{**r, "n_tokens": o["n_tokens"], "finish": o["finish"]} for r, o in zip(rows, outputs, strict=True)],
-    )
-    if pairs is not None:
-        from plad.evaluation.calibration import calibration
 
-        if cfg.backend == "hf":
-            model = backend.model
-            backend.close()
-        else:  # vllm: the same weights through transformers, for their log-probs
-            model, _ = load_model_and_tokenizer(cfg.model, cfg.tokenizer, tok=tok, dtype=cfg.dtype)
-            model = for_inference(model)
-        results["calibration"] = calibration(
-            model,
-            tok,
-            pairs,
-            cfg.data,
-            cfg.calibration_file,
-            cfg.generation.batch_size,
-            n,
-            seed,
-            encoded_pairs,
-        )
-    results = _no_nan(results)
-    write_json_atomic(out / "results.json", results)
-    return results
+
+def _calibration(cfg: EvalConfig, backend: Any, tok: Any, pairs: Any, encoded_pairs: Any) -> dict:
+    """How often the model's log-prob ranks the better output of each held-out pair first: with the hf backend's
+    weights, or (vllm) the same weights loaded through transformers."""
+    from plad.evaluation.calibration import calibration
+
+    if cfg.backend == "hf":
+        model = backend.model
+        backend.close()
+    else:
+        model, _ = load_model_and_tokenizer(cfg.model, cfg.tokenizer, tok=tok, dtype=cfg.dtype)
+        model = for_inference(model)
+    return calibration(
+        model,
+        tok,
+        pairs,
+        cfg.data,
+        cfg.calibration_file,
+        cfg.generation.batch_size,
+        cfg.bootstrap_samples,
+        cfg.seed,
+        encoded_pairs,
+    )
 
 
 def _no_nan(obj: Any) -> Any:

@@ -310,10 +310,8 @@ class LlmJudge:
         what: str,
         progress: Any,
     ) -> dict:
-        """Outcomes of `first` against `second` per prompt (1 / 0.5 / 0 / NaN) with per-order verdicts."""
-        from plad.endpoint.client import ApiStopped
-        from plad.endpoint.pool import run_pool
-
+        """Outcomes of `first` against `second` per prompt (1 / 0.5 / 0 / NaN) with per-order verdicts: each pair
+        asked in both orders (identical texts: a tie, no request), verdicts from the cache where paid for."""
         n = len(ids)
         plans: list[tuple[int, str, dict, str]] = []  # (row, order, params, key)
         identical = [first[i].strip() == second[i].strip() for i in range(n)]
@@ -331,72 +329,87 @@ class LlmJudge:
                 todo.append(plan)
         self.cache_hits += len(plans) - len(todo)
         if todo:
-            bar = progress(f"llm judge ({what})", len(todo))
-
-            async def work(plan: tuple, put: Any) -> None:
-                i, order, params, key = plan
-                kind = "chat" if self.cfg.api.mode == "chat" else "completions"
-                row = {"key": key, "id": ids[i], "order": order, "model": self.cfg.model}
-                try:
-                    response = await self.endpoint.call(kind, **params)
-                except ApiError as e:
-                    if e.status not in REQUEST_ERRORS:
-                        raise  # the endpoint, the key or the model is wrong: the run stops
-                    # this request can never succeed (e.g. over the judge's context): no verdict, kept and counted
-                    await put([{**row, "reply": None, "error": str(e)[:500]}])
-                    return
-                choice = response.choices[0]
-                message = choice.message if kind == "chat" else None
-                reply = (message.content if message else None) if kind == "chat" else choice.text
-                u = response.usage
-                await put(
-                    [
-                        {
-                            **row,
-                            "reply": reply,
-                            "endpoint": self.cfg.api.base_url,
-                            "prompt_tokens": getattr(u, "prompt_tokens", None),
-                            "completion_tokens": getattr(u, "completion_tokens", None),
-                        }
-                    ]
-                )
-
-            def on_rows(rows: list[dict]) -> None:
-                for r in rows:
-                    self.cache[r["key"]] = r
-                self.requests += len(rows)
-                bar.update(len(rows))
-
-            async def main() -> list:
-                try:
-                    return await run_pool(
-                        todo, work, partial(append_jsonl, self.cache_path), self.cfg.api.concurrency, on_rows
-                    )
-                finally:
-                    await self.endpoint.close()
-
-            try:
-                failed = asyncio.run(main())
-            except OSError as e:
-                if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise  # a full disk, not the endpoint: `plad` says so, and that the same command continues
-                raise ApiStopped(
-                    f"llm judge: writing {self.cache_path} failed ({e.strerror or e}); the run stopped, the verdicts "
-                    "stored before it are kept"
-                ) from None
-            finally:
-                bar.close()
-            signals.raise_pending()  # interrupted: every verdict received is in the cache
-            if failed:
-                raise ApiStopped(
-                    f"{failed[0][1]}\nstopped: every verdict received so far is stored in {self.cache_path} "
-                    f"({self.requests} this run); run the same command again to ask only for the missing ones."
-                )
+            self._ask(todo, ids, what, progress)
         if plans and all("error" in self.cache[p[3]] for p in plans):  # a setting is wrong, not the texts
+            from plad.endpoint.client import ApiStopped
+
             raise ApiStopped(
                 f"the llm judge refused every request ({self.cache[plans[0][3]]['error']}); check llm_judge.* "
                 "(model, api.mode, api.extra_body, max_tokens)"
             )
+        return self._tally(plans, identical)
+
+    def _ask(self, todo: list[tuple], ids: list[str], what: str, progress: Any) -> None:
+        """Ask the endpoint for every planned verdict (concurrently), each stored in the cache as it arrives."""
+        from plad.endpoint.client import ApiStopped
+        from plad.endpoint.pool import run_pool
+
+        bar = progress(f"llm judge ({what})", len(todo))
+
+        def on_rows(rows: list[dict]) -> None:
+            for r in rows:
+                self.cache[r["key"]] = r
+            self.requests += len(rows)
+            bar.update(len(rows))
+
+        async def main() -> list:
+            try:
+                work = partial(self._ask_one, ids)
+                store = partial(append_jsonl, self.cache_path)
+                return await run_pool(todo, work, store, self.cfg.api.concurrency, on_rows)
+            finally:
+                await self.endpoint.close()
+
+        try:
+            failed = asyncio.run(main())
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise  # a full disk, not the endpoint: `plad` says so, and that the same command continues
+            raise ApiStopped(
+                f"llm judge: writing {self.cache_path} failed ({e.strerror or e}); the run stopped, the verdicts "
+                "stored before it are kept"
+            ) from None
+        finally:
+            bar.close()
+        signals.raise_pending()  # interrupted: every verdict received is in the cache
+        if failed:
+            raise ApiStopped(
+                f"{failed[0][1]}\nstopped: every verdict received so far is stored in {self.cache_path} "
+                f"({self.requests} this run); run the same command again to ask only for the missing ones."
+            )
+
+    async def _ask_one(self, ids: list[str], plan: tuple, put: Any) -> None:
+        """One verdict request; a request the server refuses for itself (REQUEST_ERRORS, e.g. over the judge's
+        context) is kept with its error and counted; any other failure stops the run."""
+        i, order, params, key = plan
+        kind = "chat" if self.cfg.api.mode == "chat" else "completions"
+        row = {"key": key, "id": ids[i], "order": order, "model": self.cfg.model}
+        try:
+            response = await self.endpoint.call(kind, **params)
+        except ApiError as e:
+            if e.status not in REQUEST_ERRORS:
+                raise  # the endpoint, the key or the model is wrong: the run stops
+            await put([{**row, "reply": None, "error": str(e)[:500]}])
+            return
+        choice = response.choices[0]
+        message = choice.message if kind == "chat" else None
+        reply = (message.content if message else None) if kind == "chat" else choice.text
+        u = response.usage
+        await put(
+            [
+                {
+                    **row,
+                    "reply": reply,
+                    "endpoint": self.cfg.api.base_url,
+                    "prompt_tokens": getattr(u, "prompt_tokens", None),
+                    "completion_tokens": getattr(u, "completion_tokens", None),
+                }
+            ]
+        )
+
+    def _tally(self, plans: list[tuple], identical: list[bool]) -> dict:
+        """Per-row outcomes from the cached verdicts of both orders, and the judge's consistency statistics."""
+        n = len(identical)
         verdicts = {p[3]: parse_verdict(self.cache[p[3]]["reply"], self.cfg.verdict_regex) for p in plans}
         per_row: list[dict[str, Any]] = [{"ab": None, "ba": None} for _ in range(n)]
         for i, order, _, key in plans:
