@@ -236,14 +236,10 @@ def _variants(cfg: BenchConfig, run: Run) -> dict[str, tuple[str, tuple | None, 
 
 
 def bench_seed(cfg: BenchConfig, seed: int, force: bool) -> dict:
+    """One seed of the bench in its run folder seed-N: the shared stages, every tuning run and the test-time stages
+    in parallel (`cfg.jobs` workers), then everything read back in order into bench_seed.json."""
     t0 = time.perf_counter()
-    rcfg = dataclasses.replace(
-        cfg.run, output_dir=str(Path(cfg.output_dir) / f"seed-{seed}"), seed=seed, methods=list(cfg.methods)
-    )
-    if not rcfg.eval.generation_cache:  # a fixed teacher (skip_teacher_sft, prepared) is generated for once
-        gen_cache = str(Path(cfg.output_dir) / "generations")
-        rcfg = dataclasses.replace(rcfg, eval=dataclasses.replace(rcfg.eval, generation_cache=gen_cache))
-    run = prepare(rcfg, force)
+    run = _seed_run(cfg, seed, force)
     baseline = str(run.root / "eval" / "student-sft" / "outputs.jsonl")
     result: dict[str, Any] = {"seed": seed, "methods": {}, "systems": {}}
     first = eval_stage(run, "student-sft", run.student_sft)
@@ -252,82 +248,24 @@ def bench_seed(cfg: BenchConfig, seed: int, force: bool) -> dict:
 
     # The variants' own pairs first (sequential: one pairs store each), then every tuning run in parallel.
     variants = _variants(cfg, run)
-    tune_points = [
-        (method, label, lr, pairs, changes)
-        for label, (method, pairs, changes) in {
-            **{m: (m, None, None) for m in cfg.methods},
-            **_real_pairs_point(cfg, run),
-            **variants,
-        }.items()
-        for lr in cfg.grid_lr
-    ]
+    points = _tune_points(cfg, run, variants)
     run_parallel(
         run,
         cfg.jobs,
         [(eval_stage, ("teacher", run.teacher_sft, "test", baseline))]
-        + sorted([(_tune_point, p) for p in tune_points], key=lambda t: _cost_rank(t[1][0])),
+        + sorted([(_tune_point, p) for p in points], key=lambda t: _cost_rank(t[1][0])),
     )
     result["systems"]["teacher"] = _metrics(eval_stage(run, "teacher", run.teacher_sft, compare_to=baseline))
-    systems = {"student-sft": run.student_sft, "teacher": run.teacher_sft}
     tuned_all = {
         label: _tune(run, method, label, cfg.grid_lr, pairs=pairs, changes=changes)
-        for method, label, _, pairs, changes in {p[1]: p for p in tune_points}.values()
+        for method, label, _, pairs, changes in {p[1]: p for p in points}.values()
     }
-    # test evaluations at the chosen learning rates, calibration and data scaling, in parallel as well
-    later = [(eval_stage, (label, t["model"], "test", baseline)) for label, t in tuned_all.items()]
-    later += [
-        (fraction_stage, (method, frac, _at_lr(cfg, tuned_all[method]["lr"]), baseline))
-        for method in cfg.fraction_methods
-        if method in cfg.methods
-        for frac in cfg.fractions
-    ]
-    if cfg.calibration_pairs and (held_out := calibration_pairs(run, cfg.calibration_pairs)) is not None:
-        models = {"student-sft": run.student_sft, **{label: t["model"] for label, t in tuned_all.items()}}
-        later += [(calibration_stage, (name, model, held_out)) for name, model in models.items()]
-    run_parallel(run, cfg.jobs, later)
-
-    for method in cfg.methods:
-        tuned = tuned_all[method]
-        res = eval_stage(run, method, tuned["model"], compare_to=baseline)
-        systems[method] = tuned["model"]
-        result["methods"][method] = {
-            "lr": tuned["lr"],
-            "val": {lr: t["val_mean_score"] for lr, t in tuned["trials"].items()},
-            **_metrics(res),
-        }
-
-    if cfg.real_pairs:
-        if "plad-rank-real" not in tuned_all:
-            result["real_pairs"] = {"skipped": run_real_pairs_skip(run)}
-        else:
-            tuned = tuned_all["plad-rank-real"]
-            res = eval_stage(run, "plad-rank-real", tuned["model"], compare_to=baseline)
-            systems["plad-rank-real"] = tuned["model"]
-            real_info = json.loads((run.root / "pairs-real" / "stage.json").read_text())["info"]
-            result["real_pairs"] = {
-                "lr": tuned["lr"],
-                "pairs": {k: real_info.get(k) for k in ("pairs", "pairs_dropped_ties", "pairs_swapped")},
-                **_metrics(res),
-            }
-
-    result["variants"] = {}
-    for label in variants:
-        tuned = tuned_all[label]
-        res = eval_stage(run, label, tuned["model"], compare_to=baseline)
-        systems[label] = tuned["model"]
-        result["variants"][label] = {"lr": tuned["lr"], **_metrics(res)}
-
+    _run_test_stages(cfg, run, tuned_all, baseline)  # in parallel as well
+    systems = {"student-sft": run.student_sft, "teacher": run.teacher_sft}
+    systems.update(_read_tuned(cfg, run, tuned_all, variants, baseline, result))
     result["length_buckets"] = _length_buckets(run, systems, cfg.length_buckets)
     result["calibration"] = _calibration(run, systems, cfg.calibration_pairs) if cfg.calibration_pairs else {}
-
-    scaling: dict[str, dict] = {}
-    for method in [m for m in cfg.fraction_methods if m in cfg.methods]:
-        dcfg = _at_lr(cfg, result["methods"][method]["lr"])
-        scaling[method] = {"1.0": {k: v for k, v in result["methods"][method].items() if k in SCALING_KEYS}}
-        for frac in cfg.fractions:
-            _, res = fraction_stage(run, method, frac, dcfg, compare_to=baseline)
-            scaling[method][fraction_key(frac)] = {k: res[k]["value"] for k in SCALING_KEYS if k in res}
-    result["scaling"] = scaling
+    result["scaling"] = _scaling(cfg, run, result, baseline)
     result["pairs"] = {
         k: (run.pairs_info or {}).get(k)
         for k in ("pairs", "mean_chosen_score", "mean_rejected_score", "pairs_inverted")
@@ -344,6 +282,95 @@ def bench_seed(cfg: BenchConfig, seed: int, force: bool) -> dict:
     result["stage_seconds_total"] = run.seconds_total()
     write_json_atomic(run.root / "bench_seed.json", result)
     return result
+
+
+def _seed_run(cfg: BenchConfig, seed: int, force: bool) -> Run:
+    """The seed's run folder with its shared stages done (data, models, SFT, pairs)."""
+    rcfg = dataclasses.replace(
+        cfg.run, output_dir=str(Path(cfg.output_dir) / f"seed-{seed}"), seed=seed, methods=list(cfg.methods)
+    )
+    if not rcfg.eval.generation_cache:  # a fixed teacher (skip_teacher_sft, prepared) is generated for once
+        gen_cache = str(Path(cfg.output_dir) / "generations")
+        rcfg = dataclasses.replace(rcfg, eval=dataclasses.replace(rcfg.eval, generation_cache=gen_cache))
+    return prepare(rcfg, force)
+
+
+def _tune_points(cfg: BenchConfig, run: Run, variants: dict) -> list[tuple]:
+    """(method, label, lr, pairs, changes) of every tuning run: each method, the real-pairs point and the
+    variants, at each learning rate of the grid."""
+    return [
+        (method, label, lr, pairs, changes)
+        for label, (method, pairs, changes) in {
+            **{m: (m, None, None) for m in cfg.methods},
+            **_real_pairs_point(cfg, run),
+            **variants,
+        }.items()
+        for lr in cfg.grid_lr
+    ]
+
+
+def _run_test_stages(cfg: BenchConfig, run: Run, tuned_all: dict, baseline: str) -> None:
+    """Test evaluations at the chosen learning rates, data scaling and calibration, `cfg.jobs` at a time."""
+    later = [(eval_stage, (label, t["model"], "test", baseline)) for label, t in tuned_all.items()]
+    later += [
+        (fraction_stage, (method, frac, _at_lr(cfg, tuned_all[method]["lr"]), baseline))
+        for method in cfg.fraction_methods
+        if method in cfg.methods
+        for frac in cfg.fractions
+    ]
+    if cfg.calibration_pairs and (held_out := calibration_pairs(run, cfg.calibration_pairs)) is not None:
+        models = {"student-sft": run.student_sft, **{label: t["model"] for label, t in tuned_all.items()}}
+        later += [(calibration_stage, (name, model, held_out)) for name, model in models.items()]
+    run_parallel(run, cfg.jobs, later)
+
+
+def _read_tuned(
+    cfg: BenchConfig, run: Run, tuned_all: dict, variants: dict, baseline: str, result: dict
+) -> dict[str, str]:
+    """Each tuned system's test results into `result` (methods, real pairs, variants); returns their models."""
+    systems: dict[str, str] = {}
+    for method in cfg.methods:
+        tuned = tuned_all[method]
+        res = eval_stage(run, method, tuned["model"], compare_to=baseline)
+        systems[method] = tuned["model"]
+        result["methods"][method] = {
+            "lr": tuned["lr"],
+            "val": {lr: t["val_mean_score"] for lr, t in tuned["trials"].items()},
+            **_metrics(res),
+        }
+    if cfg.real_pairs:
+        if "plad-rank-real" not in tuned_all:
+            result["real_pairs"] = {"skipped": run_real_pairs_skip(run)}
+        else:
+            tuned = tuned_all["plad-rank-real"]
+            res = eval_stage(run, "plad-rank-real", tuned["model"], compare_to=baseline)
+            systems["plad-rank-real"] = tuned["model"]
+            real_info = json.loads((run.root / "pairs-real" / "stage.json").read_text())["info"]
+            result["real_pairs"] = {
+                "lr": tuned["lr"],
+                "pairs": {k: real_info.get(k) for k in ("pairs", "pairs_dropped_ties", "pairs_swapped")},
+                **_metrics(res),
+            }
+    result["variants"] = {}
+    for label in variants:
+        tuned = tuned_all[label]
+        res = eval_stage(run, label, tuned["model"], compare_to=baseline)
+        systems[label] = tuned["model"]
+        result["variants"][label] = {"lr": tuned["lr"], **_metrics(res)}
+    return systems
+
+
+def _scaling(cfg: BenchConfig, run: Run, result: dict, baseline: str) -> dict[str, dict]:
+    """Data scaling: each fraction method's test metrics on fractions of its training prompts (1.0: the full
+    run), at its chosen learning rate."""
+    scaling: dict[str, dict] = {}
+    for method in [m for m in cfg.fraction_methods if m in cfg.methods]:
+        dcfg = _at_lr(cfg, result["methods"][method]["lr"])
+        scaling[method] = {"1.0": {k: v for k, v in result["methods"][method].items() if k in SCALING_KEYS}}
+        for frac in cfg.fractions:
+            _, res = fraction_stage(run, method, frac, dcfg, compare_to=baseline)
+            scaling[method][fraction_key(frac)] = {k: res[k]["value"] for k in SCALING_KEYS if k in res}
+    return scaling
 
 
 def machine() -> dict:
