@@ -328,68 +328,21 @@ def _is_seq2seq(model: Any) -> bool:
 
 
 def run_distill(cfg: DistillConfig) -> dict:
+    """`plad distill`: check the settings and the data, encode the training items, load the student (and the
+    frozen teacher or reference copy the method needs), then train."""
     if cfg.method not in METHODS:
         raise ConfigError(f"unknown method {cfg.method!r}{suggest(cfg.method, METHODS)}")
     method = METHODS[cfg.method]
     source = method.data_source(cfg.loss)
     regularizer = cfg.loss.regularizer if method.uses_regularizer else "none"
     needs_targets = source == "targets" or regularizer == "target"
-    require(cfg, "model", "output_dir", *(["train_file"] if needs_targets else []))
-    if source != "targets":
-        require(cfg, "pairs_file")
-    if method.needs_teacher_model:
-        require(cfg, "teacher")
-    if cfg.rounds > 1:
-        if source not in ("pairs", "lists") or method.needs_teacher_logps:
-            raise ConfigError(
-                f"rounds = {cfg.rounds}: iterated PLaD regenerates the student samples of (teacher, student) pairs; "
-                f"it works with the plad-* methods, not {cfg.method}"
-            )
-        if (method.needs_scores or source == "lists") and not cfg.scorer:
-            raise ConfigError(
-                f"rounds = {cfg.rounds} with {cfg.method}: set scorer to score the fresh samples"
-            )
+    _check_distill(cfg, method, source, needs_targets)
     set_threads(cfg.threads)
     out = Path(cfg.output_dir)
-    pairs = (
-        load_pairs(
-            cfg.pairs_file, need_scores=method.needs_scores, need_teacher_logps=method.needs_teacher_logps
-        )
-        if source != "targets"
-        else []
-    )
-    examples = (
-        load_examples(cfg.train_file, cfg.data, need_target=True, what="training data")
-        if needs_targets
-        else []
-    )
-    if cfg.rounds > 1 and any((p.get("meta") or {}).get("ranked_by") for p in pairs):
-        raise ConfigError(
-            "rounds > 1 needs pseudo pairs (teacher first); these pairs were ranked by a scorer"
-        )
-    if cfg.rounds > 1 and cfg.scorer:  # it scores each round's samples: it must read these prompts
-        from plad.scoring.scorers import check_prompts, get_scorer
-
-        prompts = {str(p.get("prompt_id", p["id"])): p["prompt"] for p in pairs}
-        check_prompts(get_scorer(cfg.scorer), [Example(i, q) for i, q in prompts.items()], cfg.pairs_file)
-    if cfg.data_fraction < 1:
-        pairs, examples = _fraction(pairs, cfg.data_fraction), _fraction(examples, cfg.data_fraction)
+    pairs, examples = _distill_data(cfg, method, source, needs_targets)
     check_output_dir(out, cfg.resume, _resume_fingerprint(cfg), _resume_settings(cfg))
     tok = load_tokenizer(cfg.tokenizer or cfg.model, "tokenizer" if cfg.tokenizer else "model")
-    # the teacher of the token-level methods reads the same rows (on-policy samples are fitted in generation)
-    models: list = [cfg.model]
-    if method.needs_teacher_model:
-        models.append(load_model_config(cfg.teacher, "teacher"))
-    data = fit_positions(cfg.data, models, cfg.data.max_target_tokens, "data.max_target_tokens")
-    if source == "targets":
-        items = encode_targets(examples, tok, data, cfg.train_file)
-    elif source == "lists":
-        items = list_items(pairs, tok, data, cfg.pairs_file)
-    else:
-        items = pair_items(pairs, tok, data, cfg.pairs_file, source)
-    reg_items = encode_targets(examples, tok, data, cfg.train_file) if regularizer == "target" else None
-    if not items:
-        raise DataError(f"method {cfg.method}: no training items")
+    items, reg_items = _distill_items(cfg, method, source, regularizer, pairs, examples, tok)
     teacher = load_frozen_teacher(cfg, tok) if method.needs_teacher_model else None
     model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer, tok=tok, dtype=cfg.dtype)
     if teacher is not None and _is_seq2seq(teacher) != _is_seq2seq(model):
@@ -427,3 +380,72 @@ def run_distill(cfg: DistillConfig) -> dict:
         frozen=frozen,
         data_used=data_used,
     )
+
+
+def _check_distill(cfg: DistillConfig, method: Any, source: str, needs_targets: bool) -> None:
+    """The files the method needs are set, and iterated rounds go with a method and scorer that allow them."""
+    require(cfg, "model", "output_dir", *(["train_file"] if needs_targets else []))
+    if source != "targets":
+        require(cfg, "pairs_file")
+    if method.needs_teacher_model:
+        require(cfg, "teacher")
+    if cfg.rounds > 1:
+        if source not in ("pairs", "lists") or method.needs_teacher_logps:
+            raise ConfigError(
+                f"rounds = {cfg.rounds}: iterated PLaD regenerates the student samples of (teacher, student) pairs; "
+                f"it works with the plad-* methods, not {cfg.method}"
+            )
+        if (method.needs_scores or source == "lists") and not cfg.scorer:
+            raise ConfigError(
+                f"rounds = {cfg.rounds} with {cfg.method}: set scorer to score the fresh samples"
+            )
+
+
+def _distill_data(cfg: DistillConfig, method: Any, source: str, needs_targets: bool) -> tuple[list, list]:
+    """The pairs (or lists) and the labeled examples the method reads, checked, cut to data_fraction."""
+    pairs = (
+        load_pairs(
+            cfg.pairs_file, need_scores=method.needs_scores, need_teacher_logps=method.needs_teacher_logps
+        )
+        if source != "targets"
+        else []
+    )
+    examples = (
+        load_examples(cfg.train_file, cfg.data, need_target=True, what="training data")
+        if needs_targets
+        else []
+    )
+    if cfg.rounds > 1 and any((p.get("meta") or {}).get("ranked_by") for p in pairs):
+        raise ConfigError(
+            "rounds > 1 needs pseudo pairs (teacher first); these pairs were ranked by a scorer"
+        )
+    if cfg.rounds > 1 and cfg.scorer:  # it scores each round's samples: it must read these prompts
+        from plad.scoring.scorers import check_prompts, get_scorer
+
+        prompts = {str(p.get("prompt_id", p["id"])): p["prompt"] for p in pairs}
+        check_prompts(get_scorer(cfg.scorer), [Example(i, q) for i, q in prompts.items()], cfg.pairs_file)
+    if cfg.data_fraction < 1:
+        pairs, examples = _fraction(pairs, cfg.data_fraction), _fraction(examples, cfg.data_fraction)
+    return pairs, examples
+
+
+def _distill_items(
+    cfg: DistillConfig, method: Any, source: str, regularizer: str, pairs: list, examples: list, tok: Any
+) -> tuple[list, list | None]:
+    """The training items in the student's tokens and positions (the teacher's too, for token-level methods),
+    and the regulariser's target items."""
+    # the teacher of the token-level methods reads the same rows (on-policy samples are fitted in generation)
+    models: list = [cfg.model]
+    if method.needs_teacher_model:
+        models.append(load_model_config(cfg.teacher, "teacher"))
+    data = fit_positions(cfg.data, models, cfg.data.max_target_tokens, "data.max_target_tokens")
+    if source == "targets":
+        items = encode_targets(examples, tok, data, cfg.train_file)
+    elif source == "lists":
+        items = list_items(pairs, tok, data, cfg.pairs_file)
+    else:
+        items = pair_items(pairs, tok, data, cfg.pairs_file, source)
+    reg_items = encode_targets(examples, tok, data, cfg.train_file) if regularizer == "target" else None
+    if not items:
+        raise DataError(f"method {cfg.method}: no training items")
+    return items, reg_items
