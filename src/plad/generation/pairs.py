@@ -420,6 +420,8 @@ def _score_locally(
 def _materialize(
     examples: list, done: dict, fps: dict, cfg: PairsConfig, scorer: SampleScorer | None, teacher_logps: dict
 ) -> tuple[list[dict], dict[str, Any]]:
+    """pairs.jsonl's rows from the stored samples: the teacher's sample chosen over each student sample (pseudo
+    pairs), or with rank_by the higher-scored one (real pairs, ties dropped); and the scorer's statistics."""
     pairs, chosen_scores, rejected_scores, agree, ties, swapped = [], [], [], 0, 0, 0
     for ex in examples:
         teacher_row = done[(ex.id, "teacher", 0, fps["teacher"])]
@@ -444,58 +446,72 @@ def _materialize(
                         chosen, rejected, sc, sr = rejected, chosen, sr, sc
                         swapped += 1
                 scores = {"chosen": sc, "rejected": sr, "scorer": scorer.name}
-            row: dict[str, Any] = {
-                "id": ex.id if cfg.num_student_samples == 1 else f"{ex.id}#{j}",
-                "prompt_id": ex.id,
-                "prompt": ex.prompt,
-                "chosen": chosen[1]["text"],
-                "rejected": rejected[1]["text"],
-                "chosen_from": chosen[2],
-                "rejected_from": rejected[2],
-                "meta": {
-                    "sample_index": j,
-                    "chosen_side": chosen[0],
-                    "rejected_side": rejected[0],
-                    "chosen_finish": chosen[1]["finish"],
-                    "rejected_finish": rejected[1]["finish"],
-                    "chosen_seed": chosen[1]["seed"],
-                    "rejected_seed": rejected[1]["seed"],
-                    "ranked_by": cfg.rank_by or None,
-                    "fingerprints": fps,
-                },
-            }
-            if scores is not None:
-                row["scores"] = scores
-            if teacher_logps:
-                tc = teacher_logps[(ex.id, chosen[0], chosen[1]["index"])]
-                tr = teacher_logps[(ex.id, rejected[0], rejected[1]["index"])]
-                row["teacher_logps"] = {
-                    "chosen": tc["logp"],
-                    "rejected": tr["logp"],
-                    "chosen_tokens": tc["n_tokens"],
-                    "rejected_tokens": tr["n_tokens"],
-                    "model": cfg.teacher.model,
-                }
-            pairs.append(row)
-    stats: dict[str, Any] = {}
-    if chosen_scores:
-        n = len(chosen_scores)
-        stats = {
-            "scorer": scorer.name,
-            "mean_chosen_score": sum(chosen_scores) / n,
-            "mean_rejected_score": sum(rejected_scores) / n,
-            "pairs_teacher_better": agree / n,
-            "pairs_tied": ties / n,
-            "pairs_inverted": (n - agree - ties) / n,
-        }
-        if cfg.rank_by:
-            stats.update(ranked_by=cfg.rank_by, pairs_dropped_ties=ties, pairs_swapped=swapped)
+            pairs.append(_pair_row(ex, j, chosen, rejected, scores, fps, cfg, teacher_logps))
     if not pairs:
         raise NoPairsError(
             f"rank_by={cfg.rank_by}: every pair was a tie, no preference pair is left; use pseudo pairs (rank_by "
             "empty) or another scorer"
         )
+    if not chosen_scores:
+        return pairs, {}
+    n = len(chosen_scores)
+    stats: dict[str, Any] = {
+        "scorer": scorer.name,
+        "mean_chosen_score": sum(chosen_scores) / n,
+        "mean_rejected_score": sum(rejected_scores) / n,
+        "pairs_teacher_better": agree / n,
+        "pairs_tied": ties / n,
+        "pairs_inverted": (n - agree - ties) / n,
+    }
+    if cfg.rank_by:
+        stats.update(ranked_by=cfg.rank_by, pairs_dropped_ties=ties, pairs_swapped=swapped)
     return pairs, stats
+
+
+def _pair_row(
+    ex: Any,
+    j: int,
+    chosen: tuple,
+    rejected: tuple,
+    scores: dict | None,
+    fps: dict,
+    cfg: PairsConfig,
+    teacher_logps: dict,
+) -> dict[str, Any]:
+    """One row of pairs.jsonl; `chosen` / `rejected`: (side, stored sample row, model)."""
+    row: dict[str, Any] = {
+        "id": ex.id if cfg.num_student_samples == 1 else f"{ex.id}#{j}",
+        "prompt_id": ex.id,
+        "prompt": ex.prompt,
+        "chosen": chosen[1]["text"],
+        "rejected": rejected[1]["text"],
+        "chosen_from": chosen[2],
+        "rejected_from": rejected[2],
+        "meta": {
+            "sample_index": j,
+            "chosen_side": chosen[0],
+            "rejected_side": rejected[0],
+            "chosen_finish": chosen[1]["finish"],
+            "rejected_finish": rejected[1]["finish"],
+            "chosen_seed": chosen[1]["seed"],
+            "rejected_seed": rejected[1]["seed"],
+            "ranked_by": cfg.rank_by or None,
+            "fingerprints": fps,
+        },
+    }
+    if scores is not None:
+        row["scores"] = scores
+    if teacher_logps:
+        tc = teacher_logps[(ex.id, chosen[0], chosen[1]["index"])]
+        tr = teacher_logps[(ex.id, rejected[0], rejected[1]["index"])]
+        row["teacher_logps"] = {
+            "chosen": tc["logp"],
+            "rejected": tr["logp"],
+            "chosen_tokens": tc["n_tokens"],
+            "rejected_tokens": tr["n_tokens"],
+            "model": cfg.teacher.model,
+        }
+    return row
 
 
 def _progress(desc: str, total: int) -> Any:
