@@ -405,13 +405,66 @@ def provenance(command: str) -> dict:
 
 
 def aggregate(cfg: BenchConfig, per_seed: list[dict]) -> dict:
-    def over(get) -> dict | None:
-        vals = [v for r in per_seed if (v := get(r)) is not None]
-        return across_seeds(vals) if len(vals) == len(per_seed) else None
+    """bench.json: every seed's results as means with 95% t-intervals across seeds (one seed: the evaluation's
+    bootstrap interval over the prompts), with how and where they were made."""
+    lengths = per_seed[0]["length_buckets"]
+    return {
+        **provenance("plad bench"),
+        "seeds": [r["seed"] for r in per_seed],
+        "grid_lr": cfg.grid_lr,
+        "steps": cfg.run.distill.train.max_steps,
+        "table": _table(cfg, per_seed),
+        "judge": per_seed[0].get("judge"),
+        "length_buckets": {
+            "edges_tokens_per_seed": [r["length_buckets"]["edges_tokens"] for r in per_seed],
+            "labels": lengths.get("labels"),
+            "against": lengths.get("against", "target"),
+            "win_rate": _bucket_cells(per_seed, "win_rate"),
+            "mean_score": _bucket_cells(per_seed, "mean_score") if "mean_score" in lengths else {},
+        },
+        "scaling": {
+            m: {
+                f: {
+                    k: _over(per_seed, lambda r, m=m, f=f, k=k: r["scaling"][m].get(f, {}).get(k))
+                    for k in SCALING_KEYS
+                    if k in per_seed[0]["scaling"][m][f]
+                }
+                for f in per_seed[0]["scaling"][m]
+            }
+            for m in per_seed[0]["scaling"]
+        },
+        "calibration": {
+            name: {
+                k: _over(per_seed, lambda r, n=name, k=k: r.get("calibration", {}).get(n, {}).get(k))
+                for k in ("summed", "per_token")
+            }
+            | {
+                "pairs": [
+                    r["calibration"][name]["pairs"] for r in per_seed if name in r.get("calibration", {})
+                ]
+            }
+            for name in per_seed[0].get("calibration", {})
+        },
+        "pairs_per_seed": [r["pairs"] for r in per_seed],
+        "real_pairs_per_seed": [r.get("real_pairs", {}).get("pairs") for r in per_seed],
+        "seconds_per_seed": [r["stage_seconds_total"] for r in per_seed],
+        "wall_seconds_per_seed": [r.get("wall_seconds") for r in per_seed],
+        **({"prepared": prepared_provenance(cfg.run)} if cfg.run.prepared else {}),
+    }
 
-    def cell(row: dict, m: str) -> dict | None:
+
+def _over(per_seed: list[dict], get: Any) -> dict | None:
+    """`get` of every seed across seeds (mean, 95% t-interval); None unless every seed has it."""
+    vals = [v for r in per_seed if (v := get(r)) is not None]
+    return across_seeds(vals) if len(vals) == len(per_seed) else None
+
+
+def _table(cfg: BenchConfig, per_seed: list[dict]) -> dict[str, dict]:
+    """The main table: each system's metrics across seeds, and each tuned one's chosen learning rates."""
+
+    def cell(row: Any, m: str) -> dict | None:
         """A table cell: across seeds, or with one seed the evaluation's bootstrap interval over the prompts."""
-        out = over(lambda r: row(r).get(m))
+        out = _over(per_seed, lambda r: row(r).get(m))
         if out is not None and len(per_seed) == 1 and (ci := row(per_seed[0]).get(f"{m}_ci95")):
             out = {**out, "ci95": ci, "interval": "bootstrap over the test prompts (one seed)"}
         return out
@@ -423,66 +476,28 @@ def aggregate(cfg: BenchConfig, per_seed: list[dict]) -> dict:
         table[name] = {m: cell(lambda r, n=name: r["methods"][n], m) for m in METRICS}
         table[name]["lr"] = [r["methods"][name]["lr"] for r in per_seed]
     if cfg.real_pairs and all("lr" in r.get("real_pairs", {}) for r in per_seed):
-        table["plad-rank-real"] = {m: over(lambda r, m=m: r["real_pairs"].get(m)) for m in METRICS}
+        table["plad-rank-real"] = {m: _over(per_seed, lambda r, m=m: r["real_pairs"].get(m)) for m in METRICS}
         table["plad-rank-real"]["lr"] = [r["real_pairs"]["lr"] for r in per_seed]
     for label in per_seed[0].get("variants", {}):
         if all(label in r.get("variants", {}) for r in per_seed):
-            table[label] = {m: over(lambda r, n=label, m=m: r["variants"][n].get(m)) for m in METRICS}
-            table[label]["lr"] = [r["variants"][label]["lr"] for r in per_seed]
-    lengths = per_seed[0]["length_buckets"]
-    n_b = max(len(r["length_buckets"]["sizes"]) for r in per_seed)
-
-    def bucket_cells(key: str) -> dict:
-        return {
-            name: [
-                over(lambda r, k=key, n=name, b=b: (r["length_buckets"][k].get(n) or [None] * n_b)[b]
-                     if b < len(r["length_buckets"]["sizes"]) else None)
-                for b in range(n_b)
-            ]
-            for name in lengths[key]
-        }  # fmt: skip
-
-    scaling = {
-        m: {
-            f: {
-                k: over(lambda r, m=m, f=f, k=k: r["scaling"][m].get(f, {}).get(k))
-                for k in SCALING_KEYS
-                if k in per_seed[0]["scaling"][m][f]
+            table[label] = {
+                m: _over(per_seed, lambda r, n=label, m=m: r["variants"][n].get(m)) for m in METRICS
             }
-            for f in per_seed[0]["scaling"][m]
-        }
-        for m in per_seed[0]["scaling"]
-    }
-    calibration = {
-        name: {
-            k: over(lambda r, n=name, k=k: r.get("calibration", {}).get(n, {}).get(k))
-            for k in ("summed", "per_token")
-        }
-        | {"pairs": [r["calibration"][name]["pairs"] for r in per_seed if name in r.get("calibration", {})]}
-        for name in per_seed[0].get("calibration", {})
-    }
+            table[label]["lr"] = [r["variants"][label]["lr"] for r in per_seed]
+    return table
+
+
+def _bucket_cells(per_seed: list[dict], key: str) -> dict[str, list]:
+    """Per system, each length bucket's `key` (win_rate, mean_score) across seeds."""
+    n_b = max(len(r["length_buckets"]["sizes"]) for r in per_seed)
     return {
-        **provenance("plad bench"),
-        "seeds": [r["seed"] for r in per_seed],
-        "grid_lr": cfg.grid_lr,
-        "steps": cfg.run.distill.train.max_steps,
-        "table": table,
-        "judge": per_seed[0].get("judge"),
-        "length_buckets": {
-            "edges_tokens_per_seed": [r["length_buckets"]["edges_tokens"] for r in per_seed],
-            "labels": lengths.get("labels"),
-            "against": lengths.get("against", "target"),
-            "win_rate": bucket_cells("win_rate"),
-            "mean_score": bucket_cells("mean_score") if "mean_score" in lengths else {},
-        },
-        "scaling": scaling,
-        "calibration": calibration,
-        "pairs_per_seed": [r["pairs"] for r in per_seed],
-        "real_pairs_per_seed": [r.get("real_pairs", {}).get("pairs") for r in per_seed],
-        "seconds_per_seed": [r["stage_seconds_total"] for r in per_seed],
-        "wall_seconds_per_seed": [r.get("wall_seconds") for r in per_seed],
-        **({"prepared": prepared_provenance(cfg.run)} if cfg.run.prepared else {}),
-    }
+        name: [
+            _over(per_seed, lambda r, k=key, n=name, b=b: (r["length_buckets"][k].get(n) or [None] * n_b)[b]
+                  if b < len(r["length_buckets"]["sizes"]) else None)
+            for b in range(n_b)
+        ]
+        for name in per_seed[0]["length_buckets"][key]
+    }  # fmt: skip
 
 
 def prepared_provenance(run_cfg: Any) -> dict:
