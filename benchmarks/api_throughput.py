@@ -202,7 +202,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     from servers import LlamaCppServer, TransformersServer, write_gguf
 
-    from plad.experiments.bench import machine
+    from plad.experiments.provenance import machine
     from plad.utils.io import read_jsonl
 
     root = Path(tempfile.mkdtemp(prefix="plad-api-bench-"))

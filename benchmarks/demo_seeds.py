@@ -29,7 +29,7 @@ def main() -> int:
     import torch
 
     from plad.evaluation.winrate import across_seeds
-    from plad.experiments.bench import machine
+    from plad.experiments.provenance import machine
 
     plad = str(Path(sys.executable).with_name("plad"))
 

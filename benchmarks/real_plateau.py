@@ -32,8 +32,8 @@ def main() -> int:
 
     from plad.config import RunConfig, SFTConfig, load_config
     from plad.core.models import model_identity
-    from plad.experiments.bench import provenance
     from plad.experiments.pipeline import _with_seed, eval_stage, prepare
+    from plad.experiments.provenance import provenance
     from plad.train.stages import run_sft
     from plad.utils.logs import setup_logging
 

@@ -67,7 +67,7 @@ def test_teacher_logprobs_resume_scores_only_what_is_missing(
 
 
 class _LengthScorer:
-    """A stand-in judge of stored samples (pairs.SampleScorer's interface): longer output = better (0.1 per
+    """A stand-in judge of stored samples (scoring.samples.SampleScorer's interface): longer output = better (0.1 per
     character, capped at 1)."""
 
     name = "length"

@@ -13,12 +13,9 @@ Then bench.json and bench.md at the top: mean over seeds with a 95% t-interval, 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import logging
 import os
-import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +35,7 @@ from plad.experiments.pipeline import (
     pairs_stage,
     prepare,
 )
+from plad.experiments.provenance import prepared_provenance, provenance
 from plad.utils.errors import ConfigError
 from plad.utils.io import read_jsonl, write_json_atomic, write_text_atomic
 
@@ -373,37 +371,6 @@ def _scaling(cfg: BenchConfig, run: Run, result: dict, baseline: str) -> dict[st
     return scaling
 
 
-def machine() -> dict:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "gpu": gpu,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def provenance(command: str) -> dict:
-    """Date, machine and command line of this invocation (`command` when not started from the plad CLI)."""
-    from_cli = Path(sys.argv[0]).name in ("plad", "cli.py")
-    return {
-        "date": datetime.date.today().isoformat(),
-        "machine": machine(),
-        "command": " ".join(["plad", *sys.argv[1:]]) if from_cli else command,
-    }
-
-
 def aggregate(cfg: BenchConfig, per_seed: list[dict]) -> dict:
     """bench.json: every seed's results as means with 95% t-intervals across seeds (one seed: the evaluation's
     bootstrap interval over the prompts), with how and where they were made."""
@@ -498,21 +465,6 @@ def _bucket_cells(per_seed: list[dict], key: str) -> dict[str, list]:
         ]
         for name in per_seed[0]["length_buckets"][key]
     }  # fmt: skip
-
-
-def prepared_provenance(run_cfg: Any) -> dict:
-    """Where a prepared benchmark's parts came from (`plad prepare`'s manifest without this machine's paths):
-    the teacher wheel and GGUF checksums, the data release, options and file checksums, the pruned layers and the
-    healing, the teacher's SFT."""
-    from plad.prepare.real import load_prepared
-
-    manifest = load_prepared(run_cfg.prepared, run_cfg.prepared_cache_dir)
-    paths = {"root", "teacher", "teacher_base", "student", "files"}  # top level: this machine's folders
-    return {
-        k: {i: x for i, x in v.items() if i not in ("model", "output_dir")} if isinstance(v, dict) else v
-        for k, v in manifest.items()
-        if k not in paths
-    }
 
 
 def write_results(cfg: Any, name: str, summary: dict, markdown: str) -> None:

@@ -56,7 +56,7 @@ def check_presets(cfg: RunConfig) -> None:
 def check_task_prompts(cfg: RunConfig, what: str, path: str, examples: list) -> None:
     """The task scorers of the run read the prompts they will score (before hours of training, not after): the
     judge (run.task) on the test and validation prompts, the pairs' scorer on the distillation prompts."""
-    from plad.generation.pairs import SAMPLE_SCORERS
+    from plad.scoring.samples import SAMPLE_SCORERS
     from plad.scoring.scorers import check_prompts, get_scorer
 
     if what in ("test", "val") and cfg.task:

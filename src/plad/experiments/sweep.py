@@ -22,8 +22,9 @@ from pathlib import Path
 
 from plad.config import SweepConfig
 from plad.evaluation.winrate import across_seeds
-from plad.experiments.bench import provenance, write_results
+from plad.experiments.bench import write_results
 from plad.experiments.pipeline import eval_stage, fraction_key, fraction_stage, prepare
+from plad.experiments.provenance import provenance
 from plad.reporting.bench_report import interval_text
 from plad.utils.io import write_json_atomic
 from plad.utils.outputs import SUMMARY_FILE

@@ -23,7 +23,6 @@ missing batch exactly as an uninterrupted run would have: the final store is ide
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,7 @@ from plad.generation.openai import (
 )
 from plad.generation.registry import backend_class, side_backend
 from plad.generation.store import store_rows, stored_samples
+from plad.scoring.samples import SampleScorer
 from plad.utils.errors import ConfigError
 from plad.utils.io import append_jsonl, read_jsonl, repair_torn_tail, write_json_atomic, write_jsonl_atomic
 from plad.utils.outputs import check_output_dir
@@ -75,44 +75,6 @@ def side_fingerprint(side: ModelSide, num_samples: int, cfg: PairsConfig) -> str
     endpoint its model and request settings, not its address, concurrency, retries or prices), and k."""
     ident = backend_class(side.backend).identity(side, cfg.data)
     return fingerprint({**ident, "num_samples": num_samples})
-
-
-# Scorers that need no task: the teacher's own confidence, or ROUGE-L against the prompt's reference.
-SAMPLE_SCORERS = {
-    "teacher-logp": "exp(mean log-prob per token) of the sample under the teacher, in (0, 1]: needs no reference",
-    "rouge": "ROUGE-L F of the sample against the prompt's target in the prompts file",
-}
-
-
-class SampleScorer:
-    """Scores a stored sample (a row of samples.jsonl) of a prompt: a task scorer (text prompts), the teacher's
-    length-normalised likelihood (teacher-logp), or ROUGE-L against the prompt's target (rouge)."""
-
-    def __init__(self, name: str, examples: list, where: str = "prompts") -> None:
-        self.name, self.task, self.teacher_logps = name, None, {}
-        if name == "rouge":
-            if missing := next((ex for ex in examples if not ex.target), None):
-                raise ConfigError(
-                    f"{where} id {missing.id}: scorer rouge scores samples against the prompt's target, and this "
-                    "prompt has none; use scorer teacher-logp (needs no reference), or give the prompts targets (in "
-                    "the field that data.target_field names)"
-                )
-        elif name != "teacher-logp":
-            from plad.scoring.scorers import check_prompts, get_scorer
-
-            self.task = get_scorer(name)
-            # before any sample is generated: a scorer of another task fails on these prompts
-            check_prompts(self.task, examples, where, hint="use scorer teacher-logp or rouge")
-
-    def score(self, ex: Any, side: str, row: dict) -> float:
-        if self.task is not None:
-            return self.task.score(ex.prompt, row["text"])
-        if self.name == "rouge":
-            from plad.scoring.metrics import rouge_l
-
-            return rouge_l(row["text"], ex.target)
-        t = self.teacher_logps[(ex.id, side, row["index"])]
-        return math.exp(t["logp"] / max(t["n_tokens"], 1))
 
 
 def run_pairs(cfg: PairsConfig) -> dict:
