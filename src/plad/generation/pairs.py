@@ -78,6 +78,8 @@ def side_fingerprint(side: ModelSide, num_samples: int, cfg: PairsConfig) -> str
 
 
 def run_pairs(cfg: PairsConfig) -> dict:
+    """`plad pairs`: every side's missing samples through its backend, the teacher's log-probs of them when asked,
+    then pairs.jsonl and summary.json rebuilt from the store."""
     require(cfg, "prompts_file", "output_dir", "teacher.model", "student.model")
     set_threads(cfg.threads)
     examples = load_examples(cfg.prompts_file, cfg.data, need_target=False, what="distillation prompts")
@@ -85,29 +87,12 @@ def run_pairs(cfg: PairsConfig) -> dict:
         examples = examples[: cfg.limit]
     scorer = SampleScorer(cfg.scorer, examples, cfg.prompts_file) if cfg.scorer else None
     sides = {"teacher": (cfg.teacher, 1), "student": (cfg.student, cfg.num_student_samples)}
-    # every local side's tokenizer, positions and prompts, a missing vLLM, an endpoint's key: all before any weights
-    # are read, so that a bad student (a missing folder, chat prompts without a template) costs nothing
-    encoded = {
-        name: _encode_side(side, name, examples, cfg)
-        for name, (side, _) in sides.items()
-        if side.backend != "openai"
-    }
-    backends = {
-        name: side_backend(side, f"{name} (backend {side.backend})", encoded.get(name, (None, None))[0])
-        for name, (side, _) in sides.items()
-    }
+    encoded, backends = _open_sides(cfg, sides, examples)
     out = Path(cfg.output_dir)
     check_output_dir(out, resume=True)  # only checks that it is writable: the store is resumable by design
     samples_path = out / SAMPLES
-    dropped = repair_torn_tail(samples_path)
-    if dropped:
-        log.warning(
-            "%s: dropped an interrupted last line (%d bytes); its batch is regenerated", samples_path, dropped
-        )
-
     fps = {name: side_fingerprint(side, k, cfg) for name, (side, k) in sides.items()}
-    stored = read_jsonl(samples_path) if samples_path.exists() else []
-    done = stored_samples(stored, samples_path)
+    done = _read_store(samples_path)
     t0, generated_tokens, generated_rows = time.perf_counter(), 0, 0
 
     usage: dict[str, Any] = {}
@@ -151,6 +136,33 @@ def run_pairs(cfg: PairsConfig) -> dict:
         summary["api_usage_stored"] = _stored_usage(cfg, done, fps)
     write_json_atomic(out / SUMMARY, summary)
     return summary
+
+
+def _open_sides(cfg: PairsConfig, sides: dict, examples: list) -> tuple[dict, dict]:
+    """Every local side's tokenizer, positions and prompts (encoded), and each side's backend (a missing vLLM, an
+    endpoint's key): all before any weights are read, so that a bad student (a missing folder, chat prompts without
+    a template) costs nothing, not even the teacher's samples."""
+    encoded = {
+        name: _encode_side(side, name, examples, cfg)
+        for name, (side, _) in sides.items()
+        if side.backend != "openai"
+    }
+    backends = {
+        name: side_backend(side, f"{name} (backend {side.backend})", encoded.get(name, (None, None))[0])
+        for name, (side, _) in sides.items()
+    }
+    return encoded, backends
+
+
+def _read_store(samples_path: Path) -> dict[tuple, dict]:
+    """The stored samples by key, after cutting a torn last line left by a kill (its unit is sampled again)."""
+    dropped = repair_torn_tail(samples_path)
+    if dropped:
+        log.warning(
+            "%s: dropped an interrupted last line (%d bytes); its batch is regenerated", samples_path, dropped
+        )
+    stored = read_jsonl(samples_path) if samples_path.exists() else []
+    return stored_samples(stored, samples_path)
 
 
 def pairs_status(cfg: PairsConfig) -> dict[str, Any]:
@@ -282,19 +294,7 @@ def _teacher_logprobs(
     path = out / TEACHER_LOGPS
     if dropped := repair_torn_tail(path):
         log.warning("%s: dropped an interrupted last line (%d bytes)", path, dropped)
-    if cfg.teacher.backend == "openai":
-        scorer_ident: dict[str, Any] = {
-            **endpoint_identity(cfg.teacher.api, cfg.teacher.model),
-            "what": "echo-logprobs",
-        }
-    else:
-        scorer_ident = {
-            "model": model_identity(cfg.teacher.model),
-            "dtype": cfg.teacher.dtype,
-            "tokenizer": model_identity(cfg.teacher.tokenizer) if cfg.teacher.tokenizer else "",
-            "data": to_dict(cfg.data),
-        }
-    scorer_fp = fingerprint(scorer_ident)
+    scorer_fp = _logp_fingerprint(cfg)
     stored = {
         (r["id"], r["side"], r["index"], r["sample_fingerprint"]): r
         for r in (read_jsonl(path) if path.exists() else [])
@@ -336,6 +336,24 @@ def _teacher_logprobs(
             model, tok = teacher.model, teacher.tokenizer
         _score_locally(cfg, examples, todo, text_of, row_of, path, model, tok)
     return {(k[0], k[1], k[2]): v for k, v in stored.items() if v["sample_fingerprint"] == fps[k[1]]}
+
+
+def _logp_fingerprint(cfg: PairsConfig) -> str:
+    """What changes the teacher's log-prob of a sample: its endpoint and model (echo scoring), or its weights,
+    dtype, tokenizer and the data settings that cut prompts and outputs (a local teacher)."""
+    if cfg.teacher.backend == "openai":
+        scorer_ident: dict[str, Any] = {
+            **endpoint_identity(cfg.teacher.api, cfg.teacher.model),
+            "what": "echo-logprobs",
+        }
+    else:
+        scorer_ident = {
+            "model": model_identity(cfg.teacher.model),
+            "dtype": cfg.teacher.dtype,
+            "tokenizer": model_identity(cfg.teacher.tokenizer) if cfg.teacher.tokenizer else "",
+            "data": to_dict(cfg.data),
+        }
+    return fingerprint(scorer_ident)
 
 
 def _score_locally(

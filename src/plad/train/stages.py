@@ -271,18 +271,6 @@ def make_rounds(cfg: DistillConfig, tokenizer: Any, items: list[Item], output_di
             ]})  # fmt: skip
         return rows
 
-    def with_samples(it: Item, samples: list[dict]) -> Item:
-        if it.outputs is None:
-            s = samples[0]
-            return dataclasses.replace(it, rejected=s["ids"], rejected_score=s["score"])
-        students = sorted(samples, key=lambda s: -s["score"])
-        levels = sorted({s["score"] for s in students}, reverse=True)
-        return dataclasses.replace(
-            it,
-            outputs=[it.chosen] + [s["ids"] for s in students],
-            ranks=[0] + [1 + levels.index(s["score"]) for s in students],
-        )
-
     def refresh(accelerator: Any, model: Any, step: int) -> list[Item] | None:
         r = min(step // per_round, cfg.rounds - 1)
         if r == state["round"]:
@@ -301,9 +289,24 @@ def make_rounds(cfg: DistillConfig, tokenizer: Any, items: list[Item], output_di
                 write_jsonl_atomic(path, sample_round(model, r))
             accelerator.wait_for_everyone()
         rows = read_jsonl(path)
-        return [with_samples(it, row["samples"]) for it, row in zip(items, rows, strict=True)]
+        return [_with_samples(it, row["samples"]) for it, row in zip(items, rows, strict=True)]
 
     return refresh
+
+
+def _with_samples(it: Item, samples: list[dict]) -> Item:
+    """An item of iterated PLaD with a round's fresh student samples: the rejected output of a pair, or a list's
+    outputs after the teacher's, ranked by their scores (equal scores share a rank)."""
+    if it.outputs is None:
+        s = samples[0]
+        return dataclasses.replace(it, rejected=s["ids"], rejected_score=s["score"])
+    students = sorted(samples, key=lambda s: -s["score"])
+    levels = sorted({s["score"] for s in students}, reverse=True)
+    return dataclasses.replace(
+        it,
+        outputs=[it.chosen] + [s["ids"] for s in students],
+        ranks=[0] + [1 + levels.index(s["score"]) for s in students],
+    )
 
 
 def _prompt_key(row: Any) -> str:
