@@ -142,6 +142,42 @@ def extract(
     packages: Iterable[str], translations: Iterable[str], options: DebianOptions
 ) -> dict[str, list[dict]]:
     """Rows {id, prompt, target, meta} per split from the texts of `Packages` and `Translation-en` files."""
+    candidates = _candidates(packages, translations, options)
+    # one binary per source: the one named like the source, else the shortest (then alphabetical) name
+    chosen = [
+        min(rows, key=lambda r: (r["package"] != source, len(r["package"]), r["package"]))
+        for source, rows in candidates.items()
+    ]
+    chosen.sort(key=lambda r: _split_key(r["source"], options.salt))
+    kept, per_family = [], {}
+    for r in chosen:  # hash order, so the cap keeps a random sample of each family
+        fam = family(r["package"])
+        per_family[fam] = per_family.get(fam, 0) + 1
+        if per_family[fam] <= options.family_cap:
+            kept.append({**r, "family": fam})
+    if len(kept) < options.n_test + options.n_val + 2:
+        raise DebianError(
+            f"only {len(kept)} packages pass the filters; the lists look incomplete (fetch them again)"
+        )
+    splits = _split(kept, options)
+    pool = splits["train"] + splits["unlabeled"]
+    for held_out in ("test", "val") if options.drop_near_duplicates else ():
+        leaks = near_duplicates(splits[held_out], pool, options.max_jaccard)
+        if leaks:
+            log.info("debian: %d %s rows dropped, near-duplicates of training text: %s", len(leaks), held_out,
+                     ", ".join(f"{a}~{b}" for a, b in leaks[:5]) + (" ..." if len(leaks) > 5 else ""))  # fmt: skip
+            dropped = {a for a, _ in leaks}
+            splits[held_out] = [r for r in splits[held_out] if r["package"] not in dropped]
+    # rows in the salted-hash order: the first N of a file (pairs.limit, eval.limit, val_limit, data fractions)
+    # are a random sample of it, not the packages whose names start with "a"
+    return {s: [_row(r, labeled=s != "unlabeled") for r in rows] for s, rows in splits.items()}
+
+
+def _candidates(
+    packages: Iterable[str], translations: Iterable[str], options: DebianOptions
+) -> dict[str, list[dict]]:
+    """Source package -> its binaries whose description and synopsis pass the filters (no transitional, dummy,
+    -doc, -dev, ... packages; description and synopsis lengths in range)."""
     source_of: dict[str, tuple[str, str]] = {}  # binary -> (source, section)
     for text in packages:
         for p in parse_deb822(text):
@@ -177,22 +213,11 @@ def extract(
                     "description": body,
                 }
             )
-    # one binary per source: the one named like the source, else the shortest (then alphabetical) name
-    chosen = [
-        min(rows, key=lambda r: (r["package"] != source, len(r["package"]), r["package"]))
-        for source, rows in candidates.items()
-    ]
-    chosen.sort(key=lambda r: _split_key(r["source"], options.salt))
-    kept, per_family = [], {}
-    for r in chosen:  # hash order, so the cap keeps a random sample of each family
-        fam = family(r["package"])
-        per_family[fam] = per_family.get(fam, 0) + 1
-        if per_family[fam] <= options.family_cap:
-            kept.append({**r, "family": fam})
-    if len(kept) < options.n_test + options.n_val + 2:
-        raise DebianError(
-            f"only {len(kept)} packages pass the filters; the lists look incomplete (fetch them again)"
-        )
+    return candidates
+
+
+def _split(kept: list[dict], options: DebianOptions) -> dict[str, list[dict]]:
+    """test and val: the first packages in the salted-hash order; the rest train or unlabeled by a second hash."""
     splits = {s: [] for s in SPLITS}
     for i, r in enumerate(kept):
         if i < options.n_test:
@@ -204,17 +229,7 @@ def extract(
                 "train" if int(_split_key(r["source"], options.salt + ":half"), 16) % 2 == 0 else "unlabeled"
             )
         splits[split].append(r)
-    pool = splits["train"] + splits["unlabeled"]
-    for held_out in ("test", "val") if options.drop_near_duplicates else ():
-        leaks = near_duplicates(splits[held_out], pool, options.max_jaccard)
-        if leaks:
-            log.info("debian: %d %s rows dropped, near-duplicates of training text: %s", len(leaks), held_out,
-                     ", ".join(f"{a}~{b}" for a, b in leaks[:5]) + (" ..." if len(leaks) > 5 else ""))  # fmt: skip
-            dropped = {a for a, _ in leaks}
-            splits[held_out] = [r for r in splits[held_out] if r["package"] not in dropped]
-    # rows in the salted-hash order: the first N of a file (pairs.limit, eval.limit, val_limit, data fractions)
-    # are a random sample of it, not the packages whose names start with "a"
-    return {s: [_row(r, labeled=s != "unlabeled") for r in rows] for s, rows in splits.items()}
+    return splits
 
 
 def _group(source: str) -> str:
