@@ -25,7 +25,10 @@ async def run_pool(
     to `on_rows` (in the event loop: progress).
 
     The first ApiError stops new jobs (in-flight ones finish and are stored); returns the failed jobs. So does a
-    SIGINT / SIGTERM under `plad` (the caller then calls `signals.raise_pending`)."""
+    SIGINT / SIGTERM under `plad` (the caller then calls `signals.raise_pending`).
+
+    (One function of about 65 lines on purpose: the writer, the workers and the stop event share the queue, the
+    failure list and the stop; as separate functions they would pass all of it around.)"""
     queue: asyncio.Queue = asyncio.Queue()
     todo = list(reversed(jobs))
     failed: list[tuple[Any, ApiError]] = []

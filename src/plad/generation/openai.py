@@ -61,7 +61,10 @@ class SamplingStopped(ApiStopped):
 class OpenAIBackend:
     """An OpenAI-compatible endpoint: `api.concurrency` requests in flight, each retried by
     plad.endpoint.client.Endpoint; one request per prompt asks for its missing samples with `n` (or one request
-    per sample where the server ignores n). Each finished request is emitted at once, by one writer."""
+    per sample where the server ignores n). Each finished request is emitted at once, by one writer.
+
+    (`sample` is about 65 lines on purpose: its request worker is a closure over the endpoint, whose `n` support is
+    learnt from the first reply and read by every later request.)"""
 
     name = "openai"
 

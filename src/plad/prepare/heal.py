@@ -61,29 +61,42 @@ def heldout_nll(model: Any, pad_id: int, items: list[Item]) -> float:
     return -sum(lp for lp, _ in scored) / max(1, sum(n for _, n in scored))
 
 
+def _heal_data(cfg: HealConfig, tok: Any) -> tuple[list, list, list]:
+    """The texts in tokens; held out: the last val_texts, each alone and cut at max_tokens; the rest packed into
+    training rows of max_tokens."""
+    texts = text_items(cfg.text_file, cfg.text_field, tok)
+    if len(texts) <= cfg.val_texts:
+        raise DataError(f"{cfg.text_file}: {len(texts)} texts, not more than val_texts={cfg.val_texts}")
+    val = [Item(ids[:1], ids[1 : cfg.max_tokens]) for ids in texts[-cfg.val_texts :] if len(ids) >= 2]
+    return texts, val, pack(texts[: -cfg.val_texts], tok.eos_token_id, cfg.max_tokens)
+
+
+def _teacher_tokenizer(cfg: HealConfig, tok: Any) -> Any:
+    """With objective kd: the teacher's tokenizer, refused unless its vocabulary is the student's."""
+    if cfg.objective != "kd":
+        return None
+    from plad.train.stages import check_same_vocab
+
+    teacher_tok = load_tokenizer(cfg.teacher, "teacher")
+    check_same_vocab(tok, teacher_tok, f"heal objective kd: student {cfg.model}, teacher {cfg.teacher}")
+    return teacher_tok
+
+
 def run_heal(cfg: HealConfig) -> dict:
+    """`plad heal`: train a pruned model on unlabeled text (LM loss, or KD from the teacher), with the held-out NLL
+    before and after; resumable, and a finished heal with the same settings is not run again."""
     from plad.train.batches import TrainData
     from plad.train.loop import train
     from plad.train.stages import _resume_fingerprint
     from plad.utils.outputs import check_output_dir
 
-    require(cfg, "model", "text_file", "output_dir")
-    if cfg.objective == "kd":
-        require(cfg, "teacher")
+    require(cfg, "model", "text_file", "output_dir", *(["teacher"] if cfg.objective == "kd" else []))
     set_threads(cfg.threads)
     out = Path(cfg.output_dir)
     tok = load_tokenizer(cfg.model, "model")
-    texts = text_items(cfg.text_file, cfg.text_field, tok)
-    if len(texts) <= cfg.val_texts:
-        raise DataError(f"{cfg.text_file}: {len(texts)} texts, not more than val_texts={cfg.val_texts}")
-    # held out: the last texts, each alone and cut at max_tokens (the rest packed into rows of max_tokens)
-    val = [Item(ids[:1], ids[1 : cfg.max_tokens]) for ids in texts[-cfg.val_texts :] if len(ids) >= 2]
-    items = pack(texts[: -cfg.val_texts], tok.eos_token_id, cfg.max_tokens)
-    if cfg.objective == "kd":  # the vocabularies before anything is written or any weight read
-        from plad.train.stages import check_same_vocab
-
-        teacher_tok = load_tokenizer(cfg.teacher, "teacher")
-        check_same_vocab(tok, teacher_tok, f"heal objective kd: student {cfg.model}, teacher {cfg.teacher}")
+    texts, val, items = _heal_data(cfg, tok)
+    # the vocabularies before anything is written or any weight read
+    teacher_tok = _teacher_tokenizer(cfg, tok)
     check_output_dir(out, cfg.resume, _resume_fingerprint(cfg))
     summary_path = out / "heal.json"
     if cfg.resume and summary_path.is_file():  # written last: the heal is finished
@@ -92,7 +105,7 @@ def run_heal(cfg: HealConfig) -> dict:
             log.info("heal: %s is healed already with the same settings", out)
             return finished
     teacher = None
-    if cfg.objective == "kd":
+    if teacher_tok is not None:
         teacher, _ = load_model_and_tokenizer(cfg.teacher, tok=teacher_tok, dtype=cfg.teacher_dtype)
     model, tok = load_model_and_tokenizer(cfg.model, tok=tok, dtype=cfg.dtype)
     before = heldout_nll(model, tok.pad_token_id, val)
@@ -128,9 +141,8 @@ def run_heal(cfg: HealConfig) -> dict:
         "train_texts": len(texts) - cfg.val_texts,
         "train_rows": len(items),
         "tokens_per_epoch": n_tokens,
+        **({"teacher_heldout_nll": round(heldout_nll(teacher, tok.pad_token_id, val), 4)} if teacher else {}),
     }
-    if teacher is not None:
-        info["teacher_heldout_nll"] = round(heldout_nll(teacher, tok.pad_token_id, val), 4)
     write_json_atomic(summary_path, info)
     log.info("heal: held-out NLL %.3f -> %.3f", before, after)
     return info

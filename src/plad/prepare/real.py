@@ -259,11 +259,32 @@ def _check_inputs(cfg: PrepareConfig) -> Path | None:
     return data_src
 
 
+def _healed_step(cfg: PrepareConfig, root: Path, data: dict, pruned: dict, force: bool) -> dict:
+    """The pruned student healed on the unlabeled descriptions (plad heal, resumable: its checkpoints live in the
+    step's folder); the step's fingerprint holds the heal settings, the pruned model and the text's checksum."""
+    from plad.prepare.heal import run_heal
+
+    heal_cfg = dataclasses.replace(
+        cfg.heal,
+        model=str(root / "student-pruned" / "model"),
+        teacher=str(root / "teacher" / "model") if cfg.heal.objective == "kd" else "",
+        text_file=str(root / "data" / "heal_text.jsonl"),
+        resume=True,
+        threads=cfg.threads,
+    )
+    heal_parts = {
+        "heal": to_dict(dataclasses.replace(heal_cfg, threads=0)),
+        "pruned": {k: v for k, v in pruned.items() if k != "seconds"},
+        "text": data["files"]["heal_text.jsonl"],
+    }
+    return _step(root, "student", heal_parts,
+                   lambda d: run_heal(dataclasses.replace(heal_cfg, output_dir=str(d / "model"))), force)  # fmt: skip
+
+
 def run_prepare(cfg: PrepareConfig, force: bool = False) -> dict:
     """Every step in order (each skipped when done with the same fingerprint), then the manifest."""
     from plad.core.models import set_threads
     from plad.prepare import debian
-    from plad.prepare.heal import run_heal
     from plad.prepare.prune import layers_to_keep
 
     data_src = _check_inputs(cfg)
@@ -295,21 +316,7 @@ def run_prepare(cfg: PrepareConfig, force: bool = False) -> dict:
     prune_parts = {"teacher": teacher.get("gguf_sha256"), "keep": cfg.keep_layers, "n": cfg.student_layers}
     pruned = _step(root, "student-pruned", prune_parts, partial(_prune_step, cfg, root), force)
 
-    heal_cfg = dataclasses.replace(
-        cfg.heal,
-        model=str(root / "student-pruned" / "model"),
-        teacher=str(root / "teacher" / "model") if cfg.heal.objective == "kd" else "",
-        text_file=str(root / "data" / "heal_text.jsonl"),
-        resume=True,
-        threads=cfg.threads,
-    )
-    heal_parts = {
-        "heal": to_dict(dataclasses.replace(heal_cfg, threads=0)),
-        "pruned": {k: v for k, v in pruned.items() if k != "seconds"},
-        "text": data["files"]["heal_text.jsonl"],
-    }
-    healed = _step(root, "student", heal_parts,
-                   lambda d: run_heal(dataclasses.replace(heal_cfg, output_dir=str(d / "model"))), force)  # fmt: skip
+    healed = _healed_step(cfg, root, data, pruned, force)
 
     manifest = {
         "name": cfg.name,
