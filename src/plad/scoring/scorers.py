@@ -1,6 +1,6 @@
 """Task scorers s(y; x) in [0, 1], the built-in tasks' graded scorers (plad.benchmark.tasks): plad-margin's scores,
 the ranking of real pairs, iterated rounds and eval's `task` judge. Scorers that need no task (ROUGE-L, the
-teacher's log-prob) are in plad.scoring.metrics and plad.generation.pairs; eval's other judges in
+teacher's log-prob) are in plad.scoring.metrics and plad.scoring.samples; eval's other judges in
 plad.evaluation.judges."""
 
 from __future__ import annotations
