@@ -327,15 +327,19 @@ def run_eval(cfg: EvalConfig, force: bool = False) -> dict:
             j.endpoint.check_reachable()
 
     backend = None
-    if cfg.model:  # nothing heavy is loaded until the first sample: reused outputs cost no weights
+    if (
+        cfg.model and given is None
+    ):  # nothing heavy is loaded until the first sample: reused outputs cost none
         what = f"evaluated model (backend {cfg.backend})"
         backend = open_backend(cfg.backend, cfg.model, what, tok, cfg.tokenizer, cfg.dtype, cfg.api, cfg.vllm)
+    elif cfg.model:  # outputs given: the model's weights only measure calibration
+        backend = open_backend("hf", cfg.model, "evaluated model", tok, cfg.tokenizer, cfg.dtype)
     elif cfg.tokenizer:
         tok = load_tokenizer(cfg.tokenizer)
     try:
         outputs, gen_seconds = _outputs(cfg, backend, examples, prompt_ids, given, out)
     finally:
-        if backend is not None and not (pairs is not None and cfg.backend == "hf"):
+        if backend is not None and not (pairs is not None and backend.name == "hf"):
             backend.close()  # (an hf model that also measures calibration stays loaded for it)
     rows = _rows(examples, outputs)
     texts, targets = [r["output"] for r in rows], [r["target"] for r in rows]
@@ -411,7 +415,7 @@ def _calibration(cfg: EvalConfig, backend: Any, tok: Any, pairs: Any, encoded_pa
     weights, or (vllm) the same weights loaded through transformers."""
     from plad.evaluation.calibration import calibration
 
-    if cfg.backend == "hf":
+    if backend.name == "hf":
         model = backend.model
         backend.close()
     else:

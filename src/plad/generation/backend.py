@@ -32,7 +32,9 @@ from plad.config import SamplingConfig, to_dict
 @dataclass
 class Sample:
     text: str
-    n_tokens: int | None  # generated tokens, the end token included (None: an endpoint that did not say)
+    # generated tokens, the end token (or the token that completed a stop string) included; None: an endpoint that
+    # did not say (one request that returned several samples)
+    n_tokens: int | None
     finish: str  # "eos" (an end token: EOS or end-of-turn), "stop" (a stop string) or "length"
     ids: list[int] | None = None  # the generated token ids (local backends), as many as n_tokens
 
@@ -41,9 +43,8 @@ class Sample:
 class Prompt:
     id: str
     prompt: Any = None  # the text or chat messages (what an endpoint is sent)
-    ids: list[int] | None = (
-        None  # its token ids in the model's tokenizer, fitted to its positions (local backends)
-    )
+    # its token ids in the model's tokenizer, fitted to the model's positions (local backends)
+    ids: list[int] | None = None
 
 
 @dataclass
@@ -54,9 +55,8 @@ class Drawn:
     index: int  # sample number, 0 .. k-1
     sample: Sample
     seed: int  # the seed of the unit that made it
-    extra: dict[str, Any] = field(
-        default_factory=dict
-    )  # what the backend adds to a stored row (endpoint, request)
+    # what the backend adds to a stored row (vllm: backend; openai: endpoint, request)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 Want = Callable[[int, int], bool]
@@ -104,7 +104,7 @@ def wanted_rows(n_prompts: int, k: int, want: Want | None) -> int:
 def collect(
     backend: Backend, prompts: list[Prompt], sampling: SamplingConfig, k: int, seed: tuple, bar: Any = None
 ) -> list[list[Sample]]:
-    """Every prompt's k samples, in order: for callers that keep them in memory (eval, on-policy samples, rounds)."""
+    """Every prompt's k samples, in order: for callers that keep them in memory (eval, on-policy samples)."""
     got: list[list[Any]] = [[None] * k for _ in prompts]
 
     def emit(drawn: list[Drawn]) -> None:
