@@ -87,7 +87,7 @@ def run_heal(cfg: HealConfig) -> dict:
     before and after; resumable, and a finished heal with the same settings is not run again."""
     from plad.train.batches import TrainData
     from plad.train.loop import train
-    from plad.train.stages import _resume_fingerprint
+    from plad.train.stages import resume_fingerprint
     from plad.utils.outputs import check_output_dir
 
     require(cfg, "model", "text_file", "output_dir", *(["teacher"] if cfg.objective == "kd" else []))
@@ -97,11 +97,11 @@ def run_heal(cfg: HealConfig) -> dict:
     texts, val, items = _heal_data(cfg, tok)
     # the vocabularies before anything is written or any weight read
     teacher_tok = _teacher_tokenizer(cfg, tok)
-    check_output_dir(out, cfg.resume, _resume_fingerprint(cfg))
+    check_output_dir(out, cfg.resume, resume_fingerprint(cfg))
     summary_path = out / "heal.json"
     if cfg.resume and summary_path.is_file():  # written last: the heal is finished
         finished = json.loads(summary_path.read_text())
-        if finished.get("fingerprint") == _resume_fingerprint(cfg):
+        if finished.get("fingerprint") == resume_fingerprint(cfg):
             log.info("heal: %s is healed already with the same settings", out)
             return finished
     teacher = None
@@ -125,7 +125,7 @@ def run_heal(cfg: HealConfig) -> dict:
         loss_cfg=LossConfig(),
         cfg=cfg.train,
         output_dir=out,
-        config_fingerprint=_resume_fingerprint(cfg),
+        config_fingerprint=resume_fingerprint(cfg),
         resume=cfg.resume,
         frozen=Frozen(teacher=teacher, vocab=len(tok)),
     )

@@ -40,7 +40,7 @@ from plad.utils.outputs import check_output_dir
 log = logging.getLogger("plad")
 
 
-def _resume_settings(cfg: object) -> dict:
+def resume_settings(cfg: object) -> dict:
     """Settings that must not change across --resume (not the flag itself, not the thread count)."""
     d = result_settings(cfg)
     d.pop("resume", None)
@@ -48,8 +48,8 @@ def _resume_settings(cfg: object) -> dict:
     return d
 
 
-def _resume_fingerprint(cfg: object) -> str:
-    return fingerprint(_resume_settings(cfg))
+def resume_fingerprint(cfg: object) -> str:
+    return fingerprint(resume_settings(cfg))
 
 
 def encode_targets(examples: list[Example], tokenizer: object, cfg_data, where: str) -> list[Item]:
@@ -68,7 +68,7 @@ def run_sft(cfg: SFTConfig) -> dict:
     set_threads(cfg.threads)
     out = Path(cfg.output_dir)
     examples = load_examples(cfg.train_file, cfg.data, need_target=True, what="training data")
-    check_output_dir(out, cfg.resume, _resume_fingerprint(cfg), _resume_settings(cfg))
+    check_output_dir(out, cfg.resume, resume_fingerprint(cfg), resume_settings(cfg))
     tok = load_tokenizer(cfg.tokenizer or cfg.model, "tokenizer" if cfg.tokenizer else "model")
     data = fit_positions(cfg.data, [cfg.model], cfg.data.max_target_tokens, "data.max_target_tokens")
     # Over-long input fails here, before the weights are read.
@@ -84,7 +84,7 @@ def run_sft(cfg: SFTConfig) -> dict:
         loss_cfg=LossConfig(),
         cfg=cfg.train,
         output_dir=out,
-        config_fingerprint=_resume_fingerprint(cfg),
+        config_fingerprint=resume_fingerprint(cfg),
         resume=cfg.resume,
     )
 
@@ -343,7 +343,7 @@ def run_distill(cfg: DistillConfig) -> dict:
     set_threads(cfg.threads)
     out = Path(cfg.output_dir)
     pairs, examples = _distill_data(cfg, method, source, needs_targets)
-    check_output_dir(out, cfg.resume, _resume_fingerprint(cfg), _resume_settings(cfg))
+    check_output_dir(out, cfg.resume, resume_fingerprint(cfg), resume_settings(cfg))
     tok = load_tokenizer(cfg.tokenizer or cfg.model, "tokenizer" if cfg.tokenizer else "model")
     items, reg_items = _distill_items(cfg, method, source, regularizer, pairs, examples, tok)
     teacher = load_frozen_teacher(cfg, tok) if method.needs_teacher_model else None
@@ -378,7 +378,7 @@ def run_distill(cfg: DistillConfig) -> dict:
         loss_cfg=cfg.loss,
         cfg=cfg.train,
         output_dir=out,
-        config_fingerprint=_resume_fingerprint(cfg),
+        config_fingerprint=resume_fingerprint(cfg),
         resume=cfg.resume,
         frozen=frozen,
         data_used=data_used,
