@@ -14,6 +14,7 @@ from plad.config.sections import (
     SamplingConfig,
     TrainConfig,
     VllmOptions,
+    check_endpoint,
 )
 from plad.utils.errors import ConfigError
 
@@ -394,10 +395,7 @@ class EvalConfig:
         if len(set(self.judge)) != len(self.judge):
             raise ConfigError(f"judge lists a judge twice: {self.judge}")
         check_choices(self)
-        if self.backend == "openai" and not self.api.base_url:
-            raise ConfigError(
-                "backend openai needs api.base_url, the endpoint (e.g. http://127.0.0.1:8000/v1)"
-            )
+        check_endpoint(self.backend, self.api)
         if self.backend == "openai" and self.calibration_file:
             raise ConfigError(
                 "calibration_file measures a local model's log-probs; with backend openai evaluate without it, or "

@@ -259,6 +259,12 @@ class VllmOptions:
     max_model_len: int = opt(0, "context length vLLM reserves (0: the model's)")
 
 
+def check_endpoint(backend: str, api: ApiConfig) -> None:
+    """A model behind an endpoint (backend openai) needs the endpoint's address."""
+    if backend == "openai" and not api.base_url:
+        raise ConfigError("backend openai needs api.base_url, the endpoint (e.g. http://127.0.0.1:8000/v1)")
+
+
 @dataclass
 class ModelSide:
     backend: str = opt(
@@ -278,7 +284,4 @@ class ModelSide:
 
     def __post_init__(self) -> None:
         check_choices(self)
-        if self.backend == "openai" and not self.api.base_url:  # before the other side generates anything
-            raise ConfigError(
-                "backend openai needs api.base_url, the endpoint (e.g. http://127.0.0.1:8000/v1)"
-            )
+        check_endpoint(self.backend, self.api)  # before the other side generates anything

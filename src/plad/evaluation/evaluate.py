@@ -326,15 +326,8 @@ def run_eval(cfg: EvalConfig, force: bool = False) -> dict:
         if getattr(j, "kind", "") == "pairwise":
             j.endpoint.check_reachable()
 
-    backend = None
-    if (
-        cfg.model and given is None
-    ):  # nothing heavy is loaded until the first sample: reused outputs cost none
-        what = f"evaluated model (backend {cfg.backend})"
-        backend = open_backend(cfg.backend, cfg.model, what, tok, cfg.tokenizer, cfg.dtype, cfg.api, cfg.vllm)
-    elif cfg.model:  # outputs given: the model's weights only measure calibration
-        backend = open_backend("hf", cfg.model, "evaluated model", tok, cfg.tokenizer, cfg.dtype)
-    elif cfg.tokenizer:
+    backend = _backend(cfg, tok, given is not None)
+    if backend is None and cfg.tokenizer:
         tok = load_tokenizer(cfg.tokenizer)
     try:
         outputs, gen_seconds = _outputs(cfg, backend, examples, prompt_ids, given, out)
@@ -357,6 +350,17 @@ def run_eval(cfg: EvalConfig, force: bool = False) -> dict:
     results = _no_nan(results)
     write_json_atomic(out / "results.json", results)
     return results
+
+
+def _backend(cfg: EvalConfig, tok: Any, outputs_given: bool) -> Any:
+    """The evaluated model's backend, nothing heavy loaded until its first sample (reused outputs cost none); with
+    outputs given, an hf backend whose weights only measure calibration; None without a model."""
+    if not cfg.model:
+        return None
+    if outputs_given:
+        return open_backend("hf", cfg.model, "evaluated model", tok, cfg.tokenizer, cfg.dtype)
+    what = f"evaluated model (backend {cfg.backend})"
+    return open_backend(cfg.backend, cfg.model, what, tok, cfg.tokenizer, cfg.dtype, cfg.api, cfg.vllm)
 
 
 def _rows(examples: list, outputs: list[dict]) -> list[dict]:
