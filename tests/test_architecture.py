@@ -150,3 +150,26 @@ def test_commands_that_load_no_model_import_no_torch(argv):
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]", out
+
+
+def test_every_command_has_one_shape():
+    """Every command: a config dataclass and one entry function `entry(cfg, **flags) -> dict` whose keyword-only
+    parameters are exactly the command's flags (and whose first parameter is annotated with its config)."""
+    import dataclasses
+    import inspect
+    import typing
+
+    from plad.cli import COMMANDS, _resolve
+
+    for name, command in COMMANDS.items():
+        assert dataclasses.is_dataclass(command.config), name
+        entry = _resolve(command.entry)
+        params = list(inspect.signature(entry).parameters.values())
+        hints = typing.get_type_hints(entry)
+        assert params[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD, name
+        assert hints[params[0].name] is command.config, name
+        assert hints["return"] in (dict, dict[str, typing.Any]), name
+        keyword = {p.name for p in params[1:] if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        assert keyword == {f.name for f in command.flags} and len(params) == 1 + len(keyword), name
+        if command.show:
+            assert callable(_resolve(command.show)), name

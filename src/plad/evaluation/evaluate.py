@@ -291,7 +291,7 @@ def _length_buckets(
     return lengths, edges, buckets
 
 
-def run_eval(cfg: EvalConfig, force: bool = False) -> dict:
+def run_eval(cfg: EvalConfig, *, force: bool = False) -> dict:
     """`plad eval`: check everything that can be checked, load, generate (or read outputs_file), judge, write
     outputs.jsonl and results.json (and the calibration analysis with calibration_file)."""
     require(cfg, "test_file", "output_dir")

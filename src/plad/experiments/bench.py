@@ -475,14 +475,15 @@ def write_results(cfg: Any, name: str, summary: dict, markdown: str) -> None:
     write_text_atomic(root / f"{name}.md", markdown)
 
 
-def run_bench(cfg: BenchConfig, force: bool = False) -> int:
-    from plad.reporting.bench_report import print_summary, to_markdown
+def run_bench(cfg: BenchConfig, *, force: bool = False) -> dict:
+    """`plad bench`: every seed's stages (reused when finished), then bench.json / bench.md. Returns bench.json's
+    content."""
+    from plad.reporting.bench_report import to_markdown
 
     root = Path(cfg.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     per_seed = [bench_seed(cfg, int(seed), force) for seed in cfg.seeds]
     summary = aggregate(cfg, per_seed)
     write_results(cfg, "bench", summary, to_markdown(summary))
-    print_summary(summary)
     log.info("bench: %s", root / "bench.md")
-    return 0
+    return summary

@@ -449,7 +449,9 @@ def fraction_stage(
     return model, res
 
 
-def run_pipeline(cfg: RunConfig, force: bool = False) -> int:
+def run_pipeline(cfg: RunConfig, *, force: bool = False) -> dict:
+    """`plad run` / `plad demo`: every stage in order (finished ones with the same settings are reused; `force`
+    re-runs those whose settings changed instead of refusing). Returns what results.json holds."""
     t_run = time.perf_counter()
     run = prepare(cfg, force)
 
@@ -473,7 +475,6 @@ def run_pipeline(cfg: RunConfig, force: bool = False) -> int:
 
     # 7. report ---------------------------------------------------------------------------------------------------
     from plad.reporting.report import write_report
-    from plad.reporting.tables import print_table
 
     total = round(time.perf_counter() - t_run, 1)
     summary = {
@@ -486,6 +487,5 @@ def run_pipeline(cfg: RunConfig, force: bool = False) -> int:
     save_yaml(cfg, run.root / "run_config.yaml")  # every stage now matches this config
     write_json_atomic(run.root / "results.json", summary)
     write_report([str(run.root / "results.json")], str(run.root))  # report.md, report.html and the plots
-    print_table(results)
     log.info("report: %s (total %.1f s this invocation)", run.root / "report.md", total)
-    return 0
+    return summary

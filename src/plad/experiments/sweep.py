@@ -198,12 +198,13 @@ def print_summary(summary: dict) -> None:
     Console(width=160).print(table)
 
 
-def run_sweep(cfg: SweepConfig, force: bool = False) -> int:
+def run_sweep(cfg: SweepConfig, *, force: bool = False) -> dict:
+    """`plad sweep`: every seed's fractions (reused when finished), then sweep.json / sweep.md. Returns sweep.json's
+    content."""
     root = Path(cfg.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     per_seed = [sweep_seed(cfg, int(seed), force) for seed in cfg.seeds]
     summary = aggregate(cfg, per_seed)
     write_results(cfg, "sweep", summary, to_markdown(summary))
-    print_summary(summary)
     log.info("sweep: %s (plot it with `plad report %s`)", root / "sweep.md", root / "sweep.json")
-    return 0
+    return summary

@@ -281,7 +281,7 @@ def _healed_step(cfg: PrepareConfig, root: Path, data: dict, pruned: dict, force
                    lambda d: run_heal(dataclasses.replace(heal_cfg, output_dir=str(d / "model"))), force)  # fmt: skip
 
 
-def run_prepare(cfg: PrepareConfig, force: bool = False) -> dict:
+def run_prepare(cfg: PrepareConfig, *, force: bool = False) -> dict:
     """Every step in order (each skipped when done with the same fingerprint), then the manifest."""
     from plad.core.models import set_threads
     from plad.prepare import debian

@@ -51,11 +51,12 @@ def table_rows(
     ]
 
 
-def print_table(results: dict[str, dict]) -> None:
+def print_run_table(summary: dict) -> None:
+    """The test-set table of `plad run` / `plad demo` (what results.json holds), for people."""
     from rich.console import Console
     from rich.table import Table
 
-    header, rows = table_rows(results)
+    header, rows = table_rows(summary["results"])
     table = Table(title="plad: test set (95% bootstrap intervals)")
     for c in header:
         table.add_column(c, justify="left" if c == "system" else "right")
