@@ -8,11 +8,13 @@ it is untouched). Model weights are never read unless the case says so (`weights
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Bench, main_inprocess
@@ -223,8 +225,8 @@ class Case:
     weights: bool = False  # the error can only show once a model's weights are read
 
 
-def case(id_: str, make: Callable, weights: bool = False):
-    return pytest.param(Case(make, weights), id=id_)
+def case(id_: str, make: Callable, weights: bool = False, marks: Any = ()):
+    return pytest.param(Case(make, weights), id=id_, marks=marks)
 
 
 def p(t: Path, name: str) -> str:
@@ -963,6 +965,14 @@ CASES = [
             distill(t, b, "--method", "plad-margin", "--rounds", 3),
             ["rounds = 3 with plad-margin: set scorer"],
         ),
+    ),
+    case(
+        "distill-rounds-vllm-missing",
+        lambda t, b: (
+            distill(t, b, "--rounds", 2, "--rounds_backend", "vllm"),
+            ["backend vllm needs the vLLM package", "pip install 'plad[vllm]'"],
+        ),
+        marks=pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed"),
     ),
     case(
         "distill-data-fraction",

@@ -138,3 +138,30 @@ def test_eval_through_vllm_matches_the_hf_backend(bench: Bench, models: Models, 
     same = ("id", "output", "n_tokens", "finish")
     assert [[r[f] for f in same] for r in outs["vllm"]] == [[r[f] for f in same] for r in outs["hf"]]
     assert len({r["output"] for r in outs["hf"]}) >= 8  # the outputs depend on the prompt (answers repeat)
+
+
+def test_iterated_rounds_sample_through_vllm(bench: Bench, models: Models, tmp_path: Path) -> None:
+    """`plad distill --rounds 2 --rounds_backend vllm`: round 1's fresh student samples come from vLLM's engine on
+    the student trained in round 0 (saved for it, then removed); greedy float32 samples equal the hf backend's.
+    The student starts from the fine-tuned teacher, so that its samples differ per prompt."""
+    greedy = ["--limit", 16, "--student.sampling.temperature", 0, "--teacher.sampling.temperature", 0]
+    pairs(bench, models, tmp_path / "pairs", *greedy)
+    rounds = {}
+    for backend in ("hf", "vllm"):
+        out = tmp_path / backend
+        args = [
+            "distill", "--method", "plad-rank", "--model", models.teacher, "--pairs_file",
+            tmp_path / "pairs" / "pairs.jsonl", "--output_dir", out, "--rounds", 2, "--train.max_steps", 2,
+            "--train.batch_size", 4, "--on_policy.temperature", 0, "--on_policy.max_new_tokens", 24,
+            "--rounds_backend", backend, "--vllm.dtype", "float32", "--threads", 1,
+        ]  # fmt: skip
+        done = run_plad(*args, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        rounds[backend] = read_jsonl(out / "rounds" / "round-1.jsonl")
+        assert not (
+            out / "rounds" / "student"
+        ).exists()  # the weights saved for vLLM are gone after the round
+    assert len(rounds["vllm"]) == 16
+    texts = {b: [[s["text"] for s in r["samples"]] for r in rows] for b, rows in rounds.items()}
+    assert texts["vllm"] == texts["hf"]
+    assert len({t for (t,) in texts["vllm"]}) >= 8  # the samples depend on the prompt

@@ -130,6 +130,17 @@ class DistillConfig:
     scorer: str = opt(
         "", "task scorer of the fresh samples of iterated PLaD (needed by plad-margin and plad-list)"
     )
+    rounds_backend: str = opt(
+        "hf",
+        "what samples iterated PLaD's fresh negatives: hf (the student in memory, through transformers) or vllm "
+        "(the current student saved to output_dir/rounds/student and loaded by vLLM's engine once per round: "
+        "faster on a GPU; vllm.* settings). gkd's per-step on-policy samples always come from the student in memory",
+        ("hf", "vllm"),
+        in_fingerprint="unless-default",
+    )
+    vllm: VllmOptions = opt(
+        VllmOptions(), "engine settings of rounds_backend vllm", in_fingerprint="unless-default"
+    )
     data: DataOptions = opt(DataOptions(), "data fields and length limits")
     train: TrainConfig = opt(TrainConfig(lr=2e-4), "optimisation")
     threads: int = opt(0, "torch CPU threads (0: torch's default)")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import gc
 import logging
 import math
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -239,7 +243,6 @@ def make_rounds(cfg: DistillConfig, tokenizer: Any, items: list[Item], output_di
     samples are replaced by fresh ones from the current student (scored when a scorer is set). A round's samples
     are written to output_dir/rounds/round-R.jsonl before its first step, so a resumed run reuses them."""
     from plad.generation.backend import Prompt
-    from plad.generation.hf import HfBackend
     from plad.scoring.scorers import get_scorer
     from plad.utils.io import read_jsonl, write_jsonl_atomic
 
@@ -256,9 +259,10 @@ def make_rounds(cfg: DistillConfig, tokenizer: Any, items: list[Item], output_di
             for d in part:
                 drawn[d.prompt][d.index] = d.sample
 
-        HfBackend(model, tokenizer).sample(
-            prompts, cfg.on_policy, max(k), (cfg.train.seed, "round", r), emit, want=lambda i, j: j < k[i]
-        )
+        with _round_backend(cfg, model, tokenizer, output_dir / "rounds" / "student") as backend:
+            backend.sample(
+                prompts, cfg.on_policy, max(k), (cfg.train.seed, "round", r), emit, want=lambda i, j: j < k[i]
+            )
         rows = []
         for i, samples in enumerate(drawn):
             rows.append({"item": i, "samples": [
@@ -292,6 +296,30 @@ def make_rounds(cfg: DistillConfig, tokenizer: Any, items: list[Item], output_di
         return [_with_samples(it, row["samples"]) for it, row in zip(items, rows, strict=True)]
 
     return refresh
+
+
+@contextlib.contextmanager
+def _round_backend(cfg: DistillConfig, model: Any, tokenizer: Any, folder: Path) -> Iterator[Any]:
+    """The backend that samples a round: the student in memory (hf), or vLLM's engine on the current student's
+    weights, saved to `folder` for it and removed after the round (vLLM loads models from folders; the engine is
+    closed before training goes on)."""
+    from plad.generation.hf import HfBackend
+
+    if cfg.rounds_backend == "hf":
+        yield HfBackend(model, tokenizer)
+        return
+    from plad.generation.vllm import VllmBackend
+
+    shutil.rmtree(folder, ignore_errors=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    backend = VllmBackend(str(folder), str(folder), tokenizer, cfg.vllm)
+    try:
+        yield backend
+    finally:
+        backend.close()
+        gc.collect()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _with_samples(it: Item, samples: list[dict]) -> Item:
@@ -402,6 +430,10 @@ def _check_distill(cfg: DistillConfig, method: Any, source: str, needs_targets: 
             raise ConfigError(
                 f"rounds = {cfg.rounds} with {cfg.method}: set scorer to score the fresh samples"
             )
+        if cfg.rounds_backend == "vllm":
+            from plad.generation.vllm import import_vllm
+
+            import_vllm()  # a missing vLLM fails before anything is read or trained, not after the first round
 
 
 def _distill_data(cfg: DistillConfig, method: Any, source: str, needs_targets: bool) -> tuple[list, list]:
