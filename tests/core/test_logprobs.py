@@ -434,3 +434,75 @@ def test_output_logits_labels_follow_the_mask(models) -> None:
         logits, labels, mask = output_logits(models["student"], batch)
     assert logits.dtype == torch.float32 and logits.shape == (int(mask.sum()), VOCAB)
     assert torch.equal(labels, aligned_labels(batch)[mask]) and (labels != -100).all()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Chunked output layer (logprobs.chunked_rows): a few rows of logits at a time give the values and gradients of all
+# rows at once, and backward keeps no (M, V) tensor
+
+
+@pytest.fixture(scope="module")
+def llama_models() -> dict[str, torch.nn.Module]:
+    return {
+        "student": build("llama", 0),
+        "teacher": build("llama", 1).eval().requires_grad_(False),
+        "reference": build("llama", 2).eval().requires_grad_(False),
+    }
+
+
+@pytest.mark.parametrize(("method", "regularizer"), _loss_cases())
+@pytest.mark.parametrize("path", ["gathered", "full-forward"])
+def test_every_method_chunked_equals_one_chunk(
+    llama_models, monkeypatch, method: str, regularizer: str, path: str
+) -> None:
+    m = METHODS[method]
+    loss = LossConfig(beta=0.5, regularizer=regularizer, reg_weight=0.7, logp="mean", dpkd_token_beta=1.0)
+    source = m.data_source(loss)
+    items = ITEMS[{"targets": "single", "teacher": "single"}.get(source, source)]
+    batch = make_batch(items, ITEMS["reg"] if regularizer == "target" else None, PAD, loss)
+    if path == "full-forward":
+        _full_forward(monkeypatch)
+    monkeypatch.setattr(logprobs, "CHUNK_VALUES", 1 << 40)
+    one, one_grads, one_shapes = _loss_and_grads(method, loss, llama_models, batch)
+    monkeypatch.setattr(logprobs, "CHUNK_VALUES", 3 * VOCAB)  # 3 rows of logits at a time
+    chunked, chunked_grads, shapes = _loss_and_grads(method, loss, llama_models, batch)
+    if path == "gathered" and regularizer != "kl-init":  # kl-init's KL needs the chosen rows' logits at once
+        assert max(s[0] for s in shapes) <= 3 and len(shapes) > len(one_shapes), shapes
+    assert one.keys() == chunked.keys() and one
+    for key in one:
+        torch.testing.assert_close(chunked[key], one[key], **TOL, msg=lambda s, k=key: f"{k}: {s}")
+    assert chunked_grads.keys() == one_grads.keys() and one_grads
+    for name in one_grads:
+        torch.testing.assert_close(
+            chunked_grads[name], one_grads[name], **TOL, msg=lambda s, n=name: f"{n}: {s}"
+        )
+
+
+@pytest.mark.parametrize("method", ["kd", "gkd", "sft", "plad-rank"])
+def test_chunked_backward_keeps_no_full_logits(llama_models, monkeypatch, method: str) -> None:
+    """What autograd saves for backward outside the checkpointed chunks: with one chunk the (M, V) logits and
+    their log-softmax; with chunks, nothing as wide as the vocabulary beyond a chunk's rows."""
+    loss = LossConfig(regularizer="none")
+    source = METHODS[method].data_source(loss)
+    items = ITEMS[{"targets": "single", "teacher": "single"}.get(source, source)]
+    batch = make_batch(items, None, PAD, loss)
+    frozen = Frozen(teacher=llama_models["teacher"], reference=None, vocab=VOCAB)
+    M = int((aligned_labels(batch["main"]) != -100).sum())
+
+    def widest_saved(chunk_values: int) -> int:
+        monkeypatch.setattr(logprobs, "CHUNK_VALUES", chunk_values)
+        sizes: list[int] = []
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            sizes.append(t.numel() if t.dim() and t.shape[-1] == VOCAB else 0)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            parts = METHODS[method].loss(llama_models["student"], batch, loss, frozen)
+        total = sum(s for s in (parts.seq_sum, parts.tok_sum) if s is not None)
+        total.backward()
+        llama_models["student"].zero_grad(set_to_none=True)
+        return max(sizes)
+
+    assert widest_saved(1 << 40) >= M * VOCAB > 3 * VOCAB
+    assert widest_saved(3 * VOCAB) <= 0  # the chunks keep their hidden states only (the weight's are (V, H))

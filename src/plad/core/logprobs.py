@@ -6,11 +6,16 @@ forward plad knows (see _GATHERED_OUTPUT_LAYER) the model's decoder body runs to
 at the M labelled positions are gathered, and the output layer runs there only: logits (M, V) instead of (N, T, V).
 Every other model (encoder-decoder, an unknown class, a wrapper such as DistributedDataParallel) runs its full
 forward and the same M positions are picked from its logits: same values, more work.
+
+The losses then apply the output layer a chunk of rows at a time (chunked_rows, under activation checkpointing once
+there is more than one chunk): on a 150k vocabulary the float32 (M, V) logits of student and teacher, their
+log-softmax and gradients never exist for all M rows at once (benchmarks/output_layer.py measures it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -99,6 +104,44 @@ def gathered_output_layer(
     return body, lambda hidden: transform(model, head(hidden))
 
 
+@dataclass(frozen=True)
+class Gathered:
+    """The M labelled positions of a batch before the output layer: `values` are hidden states (M, H) with `head`
+    the output layer (hidden -> logits, as the model's forward computes them), or float32 logits (M, V) with head
+    None where the model ran its full forward. labels (M,) and mask (N, T') as output_logits returns them."""
+
+    values: torch.Tensor
+    head: Callable[[torch.Tensor], torch.Tensor] | None
+    labels: torch.Tensor
+    mask: torch.Tensor
+    vocab: int  # V: the width of the logits
+
+    def logits(self, rows: slice = slice(None)) -> torch.Tensor:
+        """float32 logits (m, V) of the positions `rows`."""
+        values = self.values[rows]
+        return values if self.head is None else self.head(values).float()
+
+
+def output_hidden(model: Any, batch: dict[str, torch.Tensor]) -> Gathered:
+    """The labelled positions of `batch` before the output layer (see Gathered): what output_logits computes,
+    without the (M, V) logits, so that a loss can apply the output layer a few rows at a time."""
+    labels = aligned_labels(batch)  # (N, T')
+    mask = labels != -100  # (N, T')
+    # An encoder-decoder batch needs the model's own forward (encoder, then decoder): no table entry covers it.
+    known = gathered_output_layer(model) if "decoder_input_ids" not in batch else None
+    if known is None:
+        logits, _ = forward_logits(model, batch)  # (N, T', V)
+        return Gathered(logits[mask].float(), None, labels[mask], mask, logits.shape[-1])
+    body, output_layer = known
+    hidden = body(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).last_hidden_state  # (N, T, H)
+    # position t predicts token t+1, as in forward_logits; the transform (softcapping) runs in the output layer's
+    # dtype, as in the model's forward, and Gathered.logits casts to float32 after it
+    vocab = model.get_output_embeddings().out_features
+    return Gathered(hidden[:, :-1][mask], output_layer, labels[mask], mask, vocab)
+
+
 def output_logits(
     model: Any, batch: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -109,20 +152,59 @@ def output_logits(
     Only the M positions go through the output layer where gathered_output_layer knows the model; otherwise the full
     forward runs and the same positions are picked from its logits.
     """
-    labels = aligned_labels(batch)  # (N, T')
-    mask = labels != -100  # (N, T')
-    # An encoder-decoder batch needs the model's own forward (encoder, then decoder): no table entry covers it.
-    known = gathered_output_layer(model) if "decoder_input_ids" not in batch else None
-    if known is None:
-        logits, _ = forward_logits(model, batch)  # (N, T', V)
-        return logits[mask].float(), labels[mask], mask
-    body, output_layer = known
-    hidden = body(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-    ).last_hidden_state  # (N, T, H)
-    hidden = hidden[:, :-1][mask]  # (M, H): position t predicts token t+1, as in forward_logits
-    # The transform (softcapping) runs in the output layer's dtype, as in the model's forward; then float32.
-    return output_layer(hidden).float(), labels[mask], mask
+    g = output_hidden(model, batch)
+    return g.logits(), g.labels, g.mask
+
+
+# Rows of logits a chunked loss computes at once: 2^25 float32 values (128 MiB) per logits tensor, e.g. 220 rows of
+# Qwen2's 151,936-token vocabulary; with a small vocabulary every batch is one chunk.
+CHUNK_VALUES = 1 << 25
+
+
+def chunked_rows(
+    fn: Callable[[torch.Tensor, torch.Tensor | None, slice], tuple[torch.Tensor, ...]],
+    student: Gathered,
+    teacher: Gathered | None = None,
+    chunk_values: int | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """`fn(student_logits (m, V), teacher_logits (m, V') or None, rows)` -> per-row tensors (m,), where `rows` is
+    the slice of the M rows that the m rows are (to pick their labels), over the rows of `student` (and the same
+    rows of `teacher`) a chunk at a time, concatenated: equal to fn on all M rows at once.
+
+    With more than one chunk each runs under activation checkpointing: backward keeps the chunk's hidden states,
+    not its logits, and computes them again, so at most one chunk's logits (and their log-softmax) exist at a time
+    instead of all M rows' (on a 150k vocabulary, 500 output tokens in fp32 are 300 MB per tensor). The teacher's
+    logits are computed without gradient."""
+    import torch.utils.checkpoint
+
+    m = student.values.shape[0]
+    rows = max(
+        1,
+        (chunk_values or CHUNK_VALUES) // max(student.vocab, teacher.vocab if teacher is not None else 0, 1),
+    )
+
+    def piece(s_values: torch.Tensor, t_values: torch.Tensor | None, start: int) -> tuple[torch.Tensor, ...]:
+        sl = slice(start, start + s_values.shape[0])
+        s_logits = s_values if student.head is None else student.head(s_values).float()
+        t_logits = None
+        if teacher is not None:
+            with torch.no_grad():
+                t_logits = t_values if teacher.head is None else teacher.head(t_values).float()
+        return fn(s_logits, t_logits, sl)
+
+    if m <= rows:
+        return piece(student.values, teacher.values if teacher is not None else None, 0)
+    parts = [
+        torch.utils.checkpoint.checkpoint(
+            piece,
+            student.values[i : i + rows],
+            teacher.values[i : i + rows] if teacher is not None else None,
+            i,
+            use_reentrant=False,
+        )
+        for i in range(0, m, rows)
+    ]
+    return tuple(torch.cat(p) for p in zip(*parts, strict=True))
 
 
 def _scatter_rows(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -135,8 +217,9 @@ def forward_token_nll(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tenso
 
     Returns (N, T-1), 0 where there is no label.
     """
-    logits, labels, mask = output_logits(model, batch)  # (M, V), (M,), (N, T-1)
-    return _scatter_rows(token_nll(logits, labels), mask)
+    g = output_hidden(model, batch)
+    (nll,) = chunked_rows(lambda logits, _, rows: (token_nll(logits, g.labels[rows]),), g)  # (M,)
+    return _scatter_rows(nll, g.mask)
 
 
 def sequence_logps(
@@ -154,8 +237,14 @@ def sequence_logps(
     counted tokens, and with return_logits the logits (M, V) and labels (M,) of the labelled tokens with their
     mask (N, T-1) (see output_logits: row by row, so rows [0, B) own the first label_mask[:B].sum() of them).
     """
-    logits, labels, mask = output_logits(model, batch)  # (M, V), (M,), (N, T-1)
-    nll = _scatter_rows(token_nll(logits, labels), mask)  # (N, T-1)
+    g = output_hidden(model, batch)
+    if return_logits:
+        logits = g.logits()  # (M, V)
+        nll_rows = token_nll(logits, g.labels)  # (M,)
+    else:  # a chunk of rows at a time (see chunked_rows)
+        (nll_rows,) = chunked_rows(lambda lg, _, rows: (token_nll(lg, g.labels[rows]),), g)
+    labels, mask = g.labels, g.mask  # (M,), (N, T-1)
+    nll = _scatter_rows(nll_rows, mask)  # (N, T-1)
     if count_labels is not None and "decoder_input_ids" not in batch:
         count_labels = count_labels[:, 1:]  # decoder-only: shifted like the labels
     counted = mask if count_labels is None else count_labels != -100  # (N, T-1)

@@ -17,7 +17,7 @@ import torch
 from plad.config import LossConfig
 from plad.config.method_specs import METHOD_SPECS, MethodSpec
 from plad.core.batching import collate_sequences
-from plad.core.logprobs import forward_token_nll, output_logits, sequence_logps
+from plad.core.logprobs import chunked_rows, forward_token_nll, output_hidden, output_logits, sequence_logps
 from plad.core.losses import (
     dpkd_sequence_loss,
     dpkd_token_loss,
@@ -276,19 +276,24 @@ def _token_level(kind: str) -> Callable[..., LossParts]:
 
     def loss_fn(model: Any, batch: dict[str, Any], loss: LossConfig, frozen: Frozen = NO_FROZEN) -> LossParts:
         main = batch["main"]
-        logits, labels, _ = output_logits(model, main)  # (M, V), (M,): the labelled tokens only
+        student = output_hidden(model, main)  # the labelled tokens only, before the output layer
         with torch.no_grad():
-            teacher_logits, _, _ = output_logits(frozen.teacher, main)  # (M, V'), the same tokens
-        V = frozen.vocab or logits.shape[-1]
-        logits, teacher_logits = logits[..., :V], teacher_logits[..., :V]  # drop embedding padding rows
-        nll = token_nll(logits, labels)  # (M,)
-        if kind == "dpkd-token":  # released code: (1 - r) * CE + r * per-token preference loss
-            pref = dpkd_token_loss(logits, teacher_logits, labels, loss.dpkd_token_beta)
-            per_token = (1 - loss.dpkd_token_ratio) * nll + loss.dpkd_token_ratio * pref
-        elif kind == "gkd":
-            per_token = generalized_jsd(logits, teacher_logits, labels, loss.gkd_beta)
-        else:
-            per_token = token_divergence(logits, teacher_logits, labels, kind, loss.skew_alpha)
+            teacher = output_hidden(frozen.teacher, main)  # the same tokens
+        labels = student.labels  # (M,)
+
+        def per_row(logits: Any, teacher_logits: Any, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+            V = frozen.vocab or logits.shape[-1]
+            logits, teacher_logits = logits[..., :V], teacher_logits[..., :V]  # drop embedding padding rows
+            nll = token_nll(logits, labels[rows])  # (m,)
+            if kind == "dpkd-token":  # released code: (1 - r) * CE + r * per-token preference loss
+                pref = dpkd_token_loss(logits, teacher_logits, labels[rows], loss.dpkd_token_beta)
+                return (1 - loss.dpkd_token_ratio) * nll + loss.dpkd_token_ratio * pref, nll
+            if kind == "gkd":
+                return generalized_jsd(logits, teacher_logits, labels[rows], loss.gkd_beta), nll
+            return token_divergence(logits, teacher_logits, labels[rows], kind, loss.skew_alpha), nll
+
+        # a chunk of rows at a time: on a 150k vocabulary the (M, V) logits of both models never exist at once
+        per_token, nll = chunked_rows(per_row, student, teacher)  # (M,), (M,)
         n = max(labels.numel(), 1)  # every gathered token has a label
         metrics = {"divergence": float(per_token.detach().sum()) / n, "ce": float(nll.detach().sum()) / n}
         return LossParts(tok_sum=per_token.sum(), metrics=metrics)
