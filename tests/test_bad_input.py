@@ -707,6 +707,13 @@ CASES = [
         ),
     ),
     case(
+        "pairs-export-no-store",
+        lambda t, b: (
+            ["pairs", "--output_dir", t / "nostore", "--export", t / "ds"],
+            [f"output_dir {p(t, 'nostore')} holds no pairs.jsonl"],
+        ),
+    ),
+    case(
         "pairs-overlong-error",
         lambda t, b: (
             pairs(t, b, "--data.max_prompt_tokens", 2, "--data.overlong", "error"),

@@ -42,6 +42,10 @@ def _sft(cfg: Any, ns: argparse.Namespace) -> dict:
 
 
 def _pairs(cfg: Any, ns: argparse.Namespace) -> dict:
+    if ns.export:
+        from plad.generation.export import export_pairs
+
+        return export_pairs(cfg, ns.export)
     from plad.generation.pairs import pairs_status, run_pairs
 
     return pairs_status(cfg) if ns.status else run_pairs(cfg)
@@ -252,10 +256,18 @@ def build_parser() -> argparse.ArgumentParser:
                 help="replace the results of another model, test file or outputs file in output_dir",
             )
         if name == "pairs":
-            p.add_argument(
+            only = p.add_mutually_exclusive_group()
+            only.add_argument(
                 "--status",
                 action="store_true",
                 help="generate nothing: print done / pending / failed rows per side of this config's store",
+            )
+            only.add_argument(
+                "--export",
+                metavar="DIR",
+                default="",
+                help="generate nothing: write the pairs of the store in output_dir to DIR as a `datasets` data set "
+                "(save_to_disk) in TRL's preference columns (prompt, chosen, rejected) plus plad's",
             )
         _add_fields(p, cls)
     rep = sub.add_parser(
@@ -361,12 +373,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _lock_target(ns: argparse.Namespace, cfg: Any) -> tuple[str, str] | None:
     """(folder, setting) that this command writes into and locks: its output_dir (the top folder of run, demo,
-    bench and sweep), or prepare's cache folder; None for what writes nothing (`pairs --status`)."""
+    bench and sweep), or prepare's cache folder; None for what only reads it (`pairs --status`, `pairs --export`,
+    which writes its data set beside, through a rename)."""
     if ns.command == "prepare":
         from plad.prepare.real import cache_root
 
         return str(cache_root(cfg).parent), "cache_dir"
-    if ns.command == "pairs" and ns.status:
+    if ns.command == "pairs" and (ns.status or ns.export):  # they only read the store
         return None
     folder = getattr(cfg, "output_dir", "")
     return (folder, "output_dir") if folder else None
