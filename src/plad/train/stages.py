@@ -34,6 +34,7 @@ from plad.core.models import (
 )
 from plad.train.batches import TrainData
 from plad.train.loop import train
+from plad.train.model_card import write_card
 from plad.utils.errors import ConfigError, DataError
 from plad.utils.outputs import check_output_dir
 
@@ -76,7 +77,7 @@ def run_sft(cfg: SFTConfig) -> dict:
     model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer, tok=tok, dtype=cfg.dtype)
     save_yaml(cfg, out / "plad_config.yaml")
     log.info("sft: %d examples, %d steps", len(items), cfg.train.max_steps)
-    return train(
+    summary = train(
         model=model,
         tokenizer=tok,
         method=METHODS["sft"],
@@ -87,6 +88,8 @@ def run_sft(cfg: SFTConfig) -> dict:
         config_fingerprint=resume_fingerprint(cfg),
         resume=cfg.resume,
     )
+    write_card(out)
+    return summary
 
 
 def pair_items(pairs: list[dict], tokenizer: object, cfg_data, where: str, source: str) -> list[Item]:
@@ -370,7 +373,7 @@ def run_distill(cfg: DistillConfig) -> dict:
         "examples": len(examples),
         "items": len(items),
     }
-    return train(
+    summary = train(
         model=model,
         tokenizer=tok,
         method=method,
@@ -383,6 +386,8 @@ def run_distill(cfg: DistillConfig) -> dict:
         frozen=frozen,
         data_used=data_used,
     )
+    write_card(out)
+    return summary
 
 
 def _check_distill(cfg: DistillConfig, method: Any, source: str, needs_targets: bool) -> None:
