@@ -22,6 +22,7 @@ from plad.config import (
     PairsConfig,
     PrepareConfig,
     PruneConfig,
+    PushConfig,
     RunConfig,
     SFTConfig,
     SweepConfig,
@@ -93,6 +94,12 @@ def _heal(cfg: Any, ns: argparse.Namespace) -> dict:
     return run_heal(cfg)
 
 
+def _push(cfg: Any, ns: argparse.Namespace) -> dict:
+    from plad.experiments.push import run_push
+
+    return run_push(cfg)
+
+
 def _prepare(cfg: Any, ns: argparse.Namespace) -> dict:
     from plad.prepare.real import run_prepare
 
@@ -147,6 +154,11 @@ COMMANDS: dict[str, Command] = {
         HealConfig,
         "repair a pruned model by training it on unlabeled text (LM loss or KD from the teacher)",
         _heal,
+    ),
+    "push": Command(
+        PushConfig,
+        "upload a trained folder (model, tokenizer, model card) to a Hugging Face Hub model repository",
+        _push,
     ),
     "prepare": Command(
         PrepareConfig,
@@ -334,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from plad.endpoint.client import ApiError, ApiStopped
     from plad.scoring.scorers import UnknownScorer
-    from plad.utils.errors import DataError, ModelError
+    from plad.utils.errors import DataError, ModelError, RemoteError
     from plad.utils.signals import Interrupted, handle_signals
 
     command = " ".join(["plad", *argv])
@@ -346,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (ApiError, ApiStopped) as e:
         print(f"plad {ns.command}: endpoint error: {e}", file=sys.stderr)
+        return 3
+    except RemoteError as e:
+        print(f"plad {ns.command}: error: {e}", file=sys.stderr)
         return 3
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
