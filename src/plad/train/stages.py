@@ -33,7 +33,7 @@ from plad.core.models import (
     torch_dtype_of,
 )
 from plad.train.batches import TrainData
-from plad.train.loop import train
+from plad.train.loop import check_trackers, train
 from plad.train.model_card import write_card
 from plad.utils.errors import ConfigError, DataError
 from plad.utils.outputs import check_output_dir
@@ -66,6 +66,7 @@ def encode_targets(examples: list[Example], tokenizer: object, cfg_data, where: 
 
 def run_sft(cfg: SFTConfig) -> dict:
     require(cfg, "model", "train_file", "output_dir")
+    check_trackers(cfg.train)
     set_threads(cfg.threads)
     out = Path(cfg.output_dir)
     examples = load_examples(cfg.train_file, cfg.data, need_target=True, what="training data")
@@ -393,6 +394,7 @@ def run_distill(cfg: DistillConfig) -> dict:
 def _check_distill(cfg: DistillConfig, method: Any, source: str, needs_targets: bool) -> None:
     """The files the method needs are set, and iterated rounds go with a method and scorer that allow them."""
     require(cfg, "model", "output_dir", *(["train_file"] if needs_targets else []))
+    check_trackers(cfg.train)
     if source != "targets":
         require(cfg, "pairs_file")
     if method.needs_teacher_model:
