@@ -709,6 +709,13 @@ CASES = [
         ),
     ),
     case(
+        "pairs-export-no-store",
+        lambda t, b: (
+            ["pairs", "--output_dir", t / "nostore", "--export", t / "ds"],
+            [f"output_dir {p(t, 'nostore')} holds no pairs.jsonl"],
+        ),
+    ),
+    case(
         "pairs-overlong-error",
         lambda t, b: (
             pairs(t, b, "--data.max_prompt_tokens", 2, "--data.overlong", "error"),
@@ -1495,6 +1502,42 @@ CASES = [
             [f"data file {p(t, 'nope.jsonl')} does not exist"],
         ),
     ),
+    # ---- push ----------------------------------------------------------------------------------------------
+    case(
+        "push-folder-missing",
+        lambda t, b: (
+            ["push", "--folder", t / "nope", "--repo_id", "me/m"],
+            [f"folder {p(t, 'nope')} does not exist"],
+        ),
+    ),
+    case(
+        "push-not-a-model",
+        lambda t, b: (
+            ["push", "--folder", folder(t / "f", notes__txt="x"), "--repo_id", "me/m"],
+            [f"folder {p(t, 'f')} holds no config.json"],
+        ),
+    ),
+    case(
+        "push-training-not-finished",
+        lambda t, b: (
+            [
+                "push",
+                "--folder",
+                folder(t / "f", config__json="{}", plad_config__yaml="a: 1"),
+                "--repo_id",
+                "me/m",
+            ],
+            [f"folder {p(t, 'f')}: its training has not finished (no train_summary.json)"],
+        ),
+    ),
+    case(
+        "push-repo-id-not-namespace-name",
+        lambda t, b: (
+            ["push", "--folder", b.student, "--repo_id", "just a name"],
+            ["repo_id 'just a name' is not"],
+        ),
+    ),
+    case("push-repo-id-missing", lambda t, b: (["push", "--folder", b.student], ["missing repo_id"])),
     # ---- prune, heal, prepare --------------------------------------------------------------------------------
     case(
         "prune-layer-out-of-range",

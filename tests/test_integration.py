@@ -102,6 +102,8 @@ def _ci(metric: dict) -> None:
 
 @pytest.mark.slow
 def test_run_writes_every_artifact(run: SimpleNamespace) -> None:
+    from huggingface_hub import ModelCard
+
     root = run.root
     for stage in ALL_STAGES:
         marker = json.loads((root / stage / "stage.json").read_text())
@@ -156,6 +158,13 @@ def test_run_writes_every_artifact(run: SimpleNamespace) -> None:
         assert [r["step"] for r in read_jsonl(d / "metrics.jsonl")] == [5]  # log_every 10 > max_steps
         assert yaml.safe_load((d / "plad_config.yaml").read_text())["method"] == m
         assert not (d / "checkpoints").exists()
+        # the model card: the method, and the run's evaluation of this model with its interval (model-index too)
+        card = ModelCard.load(d / "README.md")
+        evaluated = json.loads((root / "eval" / m / "results.json").read_text())
+        (entry,) = card.data.to_dict()["plad"]["evaluations"]
+        assert m in card.data.tags and entry["name"] == m and entry["compare_to"] == "student-sft"
+        assert entry["judges"]["task"]["mean_score"]["ci95"] == evaluated["mean_score"]["ci95"]
+        assert {r.metric_type for r in card.data.eval_results} >= {"task/mean_score", "task/head_to_head"}
 
     # evaluation
     results = json.loads((root / "results.json").read_text())

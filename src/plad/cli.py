@@ -23,6 +23,7 @@ from plad.config import (
     PairsConfig,
     PrepareConfig,
     PruneConfig,
+    PushConfig,
     RunConfig,
     SFTConfig,
     SweepConfig,
@@ -36,10 +37,12 @@ from plad.utils.logs import setup_logging
 @dataclass(frozen=True)
 class Flag:
     """A command-line switch of one command that is not a setting (it changes what the command does this time, not
-    its results): passed to the entry function as a keyword argument."""
+    its results): passed to the entry function as a keyword argument; on/off, or a value when it has a metavar. A
+    command's flags exclude each other (each picks another thing to do)."""
 
     name: str
     help: str
+    metavar: str = ""
 
 
 FORCE_STAGES = Flag("force", "re-run stages whose settings changed")
@@ -78,6 +81,12 @@ COMMANDS: dict[str, Command] = {
             Flag(
                 "status",
                 "generate nothing: print done / pending / failed rows per side of this config's store",
+            ),
+            Flag(
+                "export",
+                "generate nothing: write the pairs of the store in output_dir to DIR as a `datasets` data set "
+                "(save_to_disk) in TRL's preference columns (prompt, chosen, rejected) plus plad's",
+                "DIR",
             ),
         ),
     ),
@@ -130,6 +139,11 @@ COMMANDS: dict[str, Command] = {
         HealConfig,
         "repair a pruned model by training it on unlabeled text (LM loss or KD from the teacher)",
         "plad.prepare.heal:run_heal",
+    ),
+    "push": Command(
+        PushConfig,
+        "upload a trained folder (model, tokenizer, model card) to a Hugging Face Hub model repository",
+        "plad.experiments.push:run_push",
     ),
     "prepare": Command(
         PrepareConfig,
@@ -231,8 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--config", dest="config_file", metavar="FILE", help="YAML config (fields below override it)"
             )
+        only = p.add_mutually_exclusive_group() if command.flags else p  # (an empty group breaks usage)
         for flag in command.flags:
-            p.add_argument(f"--{flag.name}", action="store_true", help=flag.help)
+            if flag.metavar:
+                only.add_argument(f"--{flag.name}", metavar=flag.metavar, default="", help=flag.help)
+            else:
+                only.add_argument(f"--{flag.name}", action="store_true", help=flag.help)
         _add_fields(p, cls)
     rep = sub.add_parser(
         "report",
@@ -298,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from plad.endpoint.client import ApiError, ApiStopped
     from plad.scoring.scorers import UnknownScorer
-    from plad.utils.errors import DataError, ModelError
+    from plad.utils.errors import DataError, ModelError, RemoteError
     from plad.utils.signals import Interrupted, handle_signals
 
     command = " ".join(["plad", *argv])
@@ -310,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (ApiError, ApiStopped) as e:
         print(f"plad {ns.command}: endpoint error: {e}", file=sys.stderr)
+        return 3
+    except RemoteError as e:
+        print(f"plad {ns.command}: error: {e}", file=sys.stderr)
         return 3
     except KeyboardInterrupt as e:
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
@@ -337,12 +358,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _lock_target(ns: argparse.Namespace, cfg: Any) -> tuple[str, str] | None:
     """(folder, setting) that this command writes into and locks: its output_dir (the top folder of run, demo,
-    bench and sweep), or prepare's cache folder; None for what writes nothing (`pairs --status`)."""
+    bench and sweep), or prepare's cache folder; None for what only reads it (`pairs --status`, `pairs --export`,
+    which writes its data set beside, through a rename)."""
     if ns.command == "prepare":
         from plad.prepare.real import cache_root
 
         return str(cache_root(cfg).parent), "cache_dir"
-    if ns.command == "pairs" and ns.status:
+    if ns.command == "pairs" and (ns.status or ns.export):  # they only read the store
         return None
     folder = getattr(cfg, "output_dir", "")
     return (folder, "output_dir") if folder else None

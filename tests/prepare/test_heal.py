@@ -102,6 +102,9 @@ def test_heal_lm_lowers_heldout_nll_and_resume_of_a_finished_heal(parts, tmp_pat
     assert info["heldout_nll_after"] < info["heldout_nll_before"]
     assert info["objective"] == "lm" and info["method"] == "sft" and info["steps"] == 8
     assert info["heldout_texts"] == 4 and info["train_texts"] == 36
+    card = (out / "README.md").read_text()  # the model card, with what healing did
+    assert "- plad\n- heal\n- heal-lm\n" in card
+    assert f"held-out NLL {info['heldout_nll_before']} before, {info['heldout_nll_after']} after" in card
     # the 36 training texts joined by EOS into one stream, cut into rows of 32: each row's first token only a prompt
     tok = AutoTokenizer.from_pretrained(parts["pruned"])
     texts = [r["text"] for r in read_jsonl(parts["texts"])[:36]]

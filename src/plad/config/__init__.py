@@ -18,6 +18,7 @@ from plad.config.commands import (
     PairsConfig,
     PrepareConfig,
     PruneConfig,
+    PushConfig,
     RewardModelOptions,
     SFTConfig,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "PairsConfig",
     "PrepareConfig",
     "PruneConfig",
+    "PushConfig",
     "RewardModelOptions",
     "RunConfig",
     "SFTConfig",

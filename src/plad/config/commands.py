@@ -1,4 +1,4 @@
-"""One dataclass per single-stage command: sft, pairs, distill, prune, heal, prepare, eval."""
+"""One dataclass per single-stage command: sft, pairs, distill, prune, heal, prepare, eval, push."""
 
 from __future__ import annotations
 
@@ -253,6 +253,32 @@ class PrepareConfig:
         check_layers(self.keep_layers)  # before the teacher is fetched, which costs minutes
         if not self.keep_layers and self.student_layers < 1:
             raise ConfigError(f"student_layers must be >= 1 (got {self.student_layers})")
+
+
+@dataclass
+class PushConfig:
+    """`plad push`: upload a trained folder (the model, its tokenizer, its model card README.md and plad's files; not
+    checkpoints/ or hidden files) to a model repository on the Hugging Face Hub, created when missing."""
+
+    folder: str = opt(
+        "", "the folder to upload: a saved model, e.g. the output_dir of plad sft / distill / heal"
+    )
+    repo_id: str = opt("", "the Hub repository, NAMESPACE/NAME (your user or organisation)")
+    private: bool = opt(False, "create the repository private (an existing repository keeps its visibility)")
+    revision: str = opt("", "the branch to commit to (default: the repository's main branch)")
+    commit_message: str = opt("", "the commit's message (default: Upload FOLDER-NAME with plad push)")
+    token_env: str = opt(
+        "HF_TOKEN",
+        "environment variable holding a Hub token that can write to repo_id (unset: the token of `hf auth login`)",
+    )
+    endpoint: str = opt("", "the Hub's address (default: $HF_ENDPOINT, else https://huggingface.co)")
+
+    def __post_init__(self) -> None:
+        if self.repo_id and not re.fullmatch(r"[\w.-]+/[\w.-]+", self.repo_id):
+            raise ConfigError(
+                f"repo_id {self.repo_id!r} is not NAMESPACE/NAME (letters, digits, '-', '_', '.'), e.g. "
+                "my-user/smollm2-plad-rank"
+            )
 
 
 JUDGES = ("task", "reward-model", "llm", "rouge", "exact-match")

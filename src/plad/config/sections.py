@@ -6,7 +6,7 @@ import json
 import urllib.parse
 from dataclasses import dataclass
 
-from plad.config.fields import check_choices, dtype_opt, opt
+from plad.config.fields import check_choices, dtype_opt, opt, suggest
 from plad.utils.errors import ConfigError
 
 # --------------------------------------------------------------------------------------------------------------
@@ -36,6 +36,9 @@ class DataOptions:
             raise ConfigError("max_prompt_tokens and max_target_tokens must be >= 1")
 
 
+TRACKERS = ("tensorboard", "wandb", "trackio", "none")
+
+
 @dataclass
 class TrainConfig:
     max_steps: int = opt(200, "optimizer steps")
@@ -53,9 +56,16 @@ class TrainConfig:
         "its last step, so --resume continues it)",
     )
     keep_checkpoints: int = opt(2, "how many resumable checkpoints to keep")
-    log_every: int = opt(10, "steps between logged scalars (TensorBoard and metrics.jsonl)")
+    log_every: int = opt(10, "steps between logged scalars (metrics.jsonl and the trackers of report_to)")
     seed: int = opt(0, "seed for initialisation-independent randomness: data order, dropout")
     mixed_precision: str = opt("no", "accelerate mixed precision", ("no", "bf16", "fp16"))
+    report_to: list = opt(
+        ["tensorboard"],
+        "where the logged scalars also go, through accelerate's trackers: tensorboard (OUTPUT/logs), wandb "
+        "(pip install 'plad[wandb]'; WANDB_MODE=offline writes under OUTPUT/logs), trackio (pip install "
+        "'plad[trackio]'; local), several (tensorboard,wandb), or none; metrics.jsonl is always written",
+        in_fingerprint=False,  # a tracker records results, it cannot change them
+    )
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -68,6 +78,13 @@ class TrainConfig:
             raise ConfigError(f"warmup_steps must be >= 0 (got {self.warmup_steps})")
         if self.save_every < 0 or self.keep_checkpoints < 1:
             raise ConfigError("save_every must be >= 0 and keep_checkpoints >= 1")
+        for t in self.report_to:
+            if t not in TRACKERS:
+                raise ConfigError(f"report_to: unknown tracker {t!r}{suggest(t, TRACKERS)}")
+        if "none" in self.report_to and len(self.report_to) > 1:
+            raise ConfigError(
+                f"report_to: none cannot go with other trackers (got {','.join(self.report_to)})"
+            )
 
 
 @dataclass

@@ -41,6 +41,7 @@ from plad.generation.backend import Prompt, collect
 from plad.generation.registry import open_backend
 from plad.scoring.metrics import rouge_l, squad_exact_match
 from plad.scoring.scorers import check_prompts, get_scorer
+from plad.train.model_card import record_eval
 from plad.utils.errors import ConfigError, DataError
 from plad.utils.io import lone_surrogate, read_jsonl, surrogate_error, write_json_atomic, write_jsonl_atomic
 from plad.utils.outputs import check_output_dir
@@ -349,6 +350,8 @@ def run_eval(cfg: EvalConfig, *, force: bool = False) -> dict:
         results["calibration"] = _calibration(cfg, backend, tok, pairs, encoded_pairs)
     results = _no_nan(results)
     write_json_atomic(out / "results.json", results)
+    if cfg.model and not cfg.outputs_file:  # the model's own outputs: a plad-trained folder's card shows them
+        record_eval(cfg.model, results, out, cfg.compare_to)
     return results
 
 

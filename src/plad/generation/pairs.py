@@ -77,11 +77,16 @@ def side_fingerprint(side: ModelSide, num_samples: int, cfg: PairsConfig) -> str
     return fingerprint({**ident, "num_samples": num_samples})
 
 
-def run_pairs(cfg: PairsConfig, *, status: bool = False) -> dict:
+def run_pairs(cfg: PairsConfig, *, status: bool = False, export: str = "") -> dict:
     """`plad pairs`: every side's missing samples through its backend, the teacher's log-probs of them when asked,
-    then pairs.jsonl and summary.json rebuilt from the store. status: generate nothing, return `pairs_status`."""
+    then pairs.jsonl and summary.json rebuilt from the store. status: generate nothing, return `pairs_status`;
+    export DIR: generate nothing, write the store's pairs to DIR as a `datasets` data set (generation/export.py)."""
     if status:
         return pairs_status(cfg)
+    if export:
+        from plad.generation.export import export_pairs
+
+        return export_pairs(cfg, export)
     require(cfg, "prompts_file", "output_dir", "teacher.model", "student.model")
     set_threads(cfg.threads)
     examples = load_examples(cfg.prompts_file, cfg.data, need_target=False, what="distillation prompts")

@@ -86,11 +86,13 @@ def run_heal(cfg: HealConfig) -> dict:
     """`plad heal`: train a pruned model on unlabeled text (LM loss, or KD from the teacher), with the held-out NLL
     before and after; resumable, and a finished heal with the same settings is not run again."""
     from plad.train.batches import TrainData
-    from plad.train.loop import train
+    from plad.train.loop import check_trackers, train
+    from plad.train.model_card import write_card
     from plad.train.stages import resume_fingerprint
     from plad.utils.outputs import check_output_dir
 
     require(cfg, "model", "text_file", "output_dir", *(["teacher"] if cfg.objective == "kd" else []))
+    check_trackers(cfg.train)
     set_threads(cfg.threads)
     out = Path(cfg.output_dir)
     tok = load_tokenizer(cfg.model, "model")
@@ -144,5 +146,6 @@ def run_heal(cfg: HealConfig) -> dict:
         **({"teacher_heldout_nll": round(heldout_nll(teacher, tok.pad_token_id, val), 4)} if teacher else {}),
     }
     write_json_atomic(summary_path, info)
+    write_card(out)  # after heal.json: the card shows the held-out NLL
     log.info("heal: held-out NLL %.3f -> %.3f", before, after)
     return info

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib.util
 import json
 import logging
 import math
@@ -22,7 +23,7 @@ from typing import Any
 
 import torch
 
-from plad.config import LossConfig, TrainConfig
+from plad.config import LossConfig, TrainConfig, to_dict
 from plad.core.logprobs import decoder_start_id
 from plad.core.methods import NO_FROZEN, Frozen, Method, make_batch
 from plad.train.batches import TrainData
@@ -89,7 +90,7 @@ class Trainer:
         cfg = self.cfg
         self.accelerator = accelerator = Accelerator(
             mixed_precision=cfg.mixed_precision,
-            log_with="tensorboard",
+            log_with=[t for t in cfg.report_to if t != "none"] or None,
             project_config=ProjectConfiguration(
                 project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")
             ),
@@ -236,12 +237,34 @@ class Trainer:
         )
         raise signals.Interrupted(signum)
 
+    def start_trackers(self) -> None:
+        """The trackers of train.report_to (none: no logs folder at all). wandb writes under OUTPUT/logs (offline
+        runs too, WANDB_MODE=offline); wandb and trackio also get the run's settings as its configuration."""
+        names = [t for t in self.cfg.report_to if t != "none"]
+        if not names:
+            return
+        logs = self.output_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        kwargs = {
+            "wandb": {"dir": str(logs), "name": self.output_dir.name},
+            "trackio": {"name": self.output_dir.name},
+        }
+        self.accelerator.init_trackers("plad", init_kwargs={k: v for k, v in kwargs.items() if k in names})
+        settings = {"method": self.method.name, "output_dir": str(self.output_dir)}
+        for section, values in (("train", to_dict(self.cfg)), ("loss", to_dict(self.loss_cfg))):
+            settings.update(
+                {f"{section}.{k}": v for k, v in values.items() if isinstance(v, str | int | float)}
+            )
+        for tracker in self.accelerator.trackers:
+            if tracker.name in ("wandb", "trackio"):
+                tracker.store_init_configuration(settings)
+
     def run(self) -> dict:
         from tqdm.auto import tqdm
 
         accelerator = self.accelerator
         self.start_id = decoder_start_id(accelerator.unwrap_model(self.model))  # None for decoder-only models
-        accelerator.init_trackers("plad")
+        self.start_trackers()
         bar = tqdm(
             total=self.cfg.max_steps,
             initial=self.step,
@@ -286,6 +309,17 @@ class Trainer:
                 shutil.rmtree(self.output_dir / "checkpoints", ignore_errors=True)
         signals.raise_pending()  # a signal in the last step or the final save: the run is done, then it stops
         return summary
+
+
+def check_trackers(cfg: TrainConfig, where: str = "train") -> None:
+    """Every tracker of report_to is installed: checked when a stage starts, before any weight is read (accelerate
+    would drop a missing one without a word)."""
+    for name in cfg.report_to:
+        if name != "none" and importlib.util.find_spec(name) is None:
+            raise ConfigError(
+                f"{where}.report_to {name}: the {name} package is not installed; pip install 'plad[{name}]' (or pip "
+                f"install {name}), or log to tensorboard or none"
+            )
 
 
 def train(

@@ -37,7 +37,8 @@ from plad.core.models import (
     torch_dtype_of,
 )
 from plad.train.batches import TrainData
-from plad.train.loop import train
+from plad.train.loop import check_trackers, train
+from plad.train.model_card import write_card
 from plad.utils.errors import ConfigError, DataError
 from plad.utils.outputs import check_output_dir
 
@@ -69,6 +70,7 @@ def encode_targets(examples: list[Example], tokenizer: object, cfg_data, where: 
 
 def run_sft(cfg: SFTConfig) -> dict:
     require(cfg, "model", "train_file", "output_dir")
+    check_trackers(cfg.train)
     set_threads(cfg.threads)
     out = Path(cfg.output_dir)
     examples = load_examples(cfg.train_file, cfg.data, need_target=True, what="training data")
@@ -80,7 +82,7 @@ def run_sft(cfg: SFTConfig) -> dict:
     model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer, tok=tok, dtype=cfg.dtype)
     save_yaml(cfg, out / "plad_config.yaml")
     log.info("sft: %d examples, %d steps", len(items), cfg.train.max_steps)
-    return train(
+    summary = train(
         model=model,
         tokenizer=tok,
         method=METHODS["sft"],
@@ -91,6 +93,8 @@ def run_sft(cfg: SFTConfig) -> dict:
         config_fingerprint=resume_fingerprint(cfg),
         resume=cfg.resume,
     )
+    write_card(out)
+    return summary
 
 
 def pair_items(pairs: list[dict], tokenizer: object, cfg_data, where: str, source: str) -> list[Item]:
@@ -398,7 +402,7 @@ def run_distill(cfg: DistillConfig) -> dict:
         "examples": len(examples),
         "items": len(items),
     }
-    return train(
+    summary = train(
         model=model,
         tokenizer=tok,
         method=method,
@@ -411,11 +415,14 @@ def run_distill(cfg: DistillConfig) -> dict:
         frozen=frozen,
         data_used=data_used,
     )
+    write_card(out)
+    return summary
 
 
 def _check_distill(cfg: DistillConfig, method: Any, source: str, needs_targets: bool) -> None:
     """The files the method needs are set, and iterated rounds go with a method and scorer that allow them."""
     require(cfg, "model", "output_dir", *(["train_file"] if needs_targets else []))
+    check_trackers(cfg.train)
     if source != "targets":
         require(cfg, "pairs_file")
     if method.needs_teacher_model:

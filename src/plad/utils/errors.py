@@ -11,3 +11,8 @@ class DataError(ValueError):
 
 class ModelError(ValueError):
     """A model or tokenizer that cannot be used; the message names the folder and the fix."""
+
+
+class RemoteError(RuntimeError):
+    """A service outside plad (the Hugging Face Hub) could not be reached or refused the request: nothing of plad's
+    is wrong, and the same command can be run again (the CLI exits with 3)."""

@@ -1,0 +1,126 @@
+"""`train.report_to` (README, "Configuration reference"): the trackers of the one training loop through
+accelerate. tensorboard (the default) and none always; wandb (offline) and trackio (local) when installed, skipped
+otherwise (they are optional extras, not in requirements-cpu.txt). Tiny models, two steps, in this process."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import Bench, main_inprocess
+
+from plad.config import DistillConfig, HealConfig, RunConfig, SFTConfig, fingerprint, result_settings
+
+
+def sft(bench: Bench, out: Path, *extra: object) -> int:
+    args = [
+        "-q",
+        "sft",
+        "--model",
+        bench.student,
+        "--train_file",
+        bench.sft,
+        "--output_dir",
+        out,
+        "--threads",
+        1,
+    ]
+    return main_inprocess(
+        *args, "--train.max_steps", 2, "--train.batch_size", 4, "--train.log_every", 1, *extra
+    )
+
+
+def test_tensorboard_is_the_default(bench: Bench, tmp_path: Path) -> None:
+    out = tmp_path / "sft"
+    assert sft(bench, out) == 0
+    events = list((out / "logs").rglob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 0 for e in events)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2]
+
+
+def test_none_writes_no_logs_folder_but_metrics(bench: Bench, tmp_path: Path) -> None:
+    out = tmp_path / "sft"
+    assert sft(bench, out, "--train.report_to", "none") == 0
+    assert not (out / "logs").exists()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+
+
+def test_a_missing_tracker_is_named_with_its_pip_command(
+    bench: Bench, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
+    )
+    capsys.readouterr()
+    assert sft(bench, tmp_path / "sft", "--train.report_to", "tensorboard,wandb") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "plad sft: error: train.report_to wandb: the wandb package is not installed; pip install 'plad[wandb]' "
+        "(or pip install wandb), or log to tensorboard or none"
+    ]
+    assert not (tmp_path / "sft" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("tensorbord", "unknown tracker 'tensorbord' (did you mean tensorboard?)"),
+        ("none,wandb", "none cannot go"),
+    ],
+)
+def test_bad_report_to(bench: Bench, tmp_path: Path, capsys, value, expected) -> None:
+    capsys.readouterr()
+    assert sft(bench, tmp_path / "sft", "--train.report_to", value) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_report_to_changes_no_fingerprint() -> None:
+    """Fingerprints of stages finished before report_to existed (values computed at the commit before it): a
+    finished stage stays finished, and --resume with another tracker is the same run."""
+    made = {"model": "m", "train_file": "t", "output_dir": "o"}
+    for cfg, before in [
+        (SFTConfig(**made), "507d21b622b0d433"),
+        (DistillConfig(model="m", pairs_file="p", output_dir="o"), "b87e519a0558e378"),
+        (HealConfig(), "63344f066c5c5411"),
+    ]:
+        assert fingerprint(result_settings(cfg)) == before
+        cfg.train.report_to = ["wandb"]
+        assert fingerprint(result_settings(cfg)) == before
+    from plad.experiments.cache import settings
+
+    assert fingerprint(settings(RunConfig())) == "0e8b924322774255"
+
+
+def test_wandb_offline_writes_under_logs(bench: Bench, tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    out = tmp_path / "sft"
+    assert sft(bench, out, "--train.report_to", "tensorboard,wandb") == 0
+    runs = list((out / "logs" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb")), runs
+    record = next(runs[0].glob("*.wandb")).read_bytes()  # the run's records: its configuration and scalars
+    assert b"train.max_steps" in record and b"train/loss" in record
+    assert list((out / "logs").rglob("events.out.tfevents.*"))  # both trackers
+
+
+def test_trackio_logs_locally(bench: Bench, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))  # read when trackio is imported
+    if "trackio" in sys.modules:
+        pytest.skip("trackio was imported before: it keeps the folder it read then")
+    pytest.importorskip("trackio")
+    out = tmp_path / "sft"
+    assert sft(bench, out, "--train.report_to", "trackio") == 0
+    assert list((tmp_path / "trackio").rglob("plad*")), list((tmp_path / "trackio").rglob("*"))
+    assert not (out / "logs").exists() or not list((out / "logs").rglob("events.out.tfevents.*"))
