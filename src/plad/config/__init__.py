@@ -37,6 +37,7 @@ from plad.config.method_specs import ALL_METHODS, METHOD_SPECS, MethodSpec
 from plad.config.sections import (
     ApiConfig,
     DataOptions,
+    LoraOptions,
     LossConfig,
     ModelSide,
     SamplingConfig,
@@ -56,6 +57,7 @@ __all__ = [
     "HealConfig",
     "JUDGES",
     "LlmJudgeConfig",
+    "LoraOptions",
     "LossConfig",
     "METHOD_SPECS",
     "MethodSpec",
