@@ -362,9 +362,10 @@ def test_settings_added_after_fingerprints_count_only_when_set():
     assert api["api"]["base_url"] == "http://127.0.0.1:9/v1"
 
 
-def test_lora_leaves_fingerprints_of_defaults_unchanged():
-    """lora.* came after stage fingerprints existed: a default config hashes to what it hashed before (values
-    computed before it was added), so finished stages and --resume stay valid; LoRA on changes the fingerprint."""
+def test_lora_and_gradient_checkpointing_leave_fingerprints_of_defaults_unchanged():
+    """lora.* and train.gradient_checkpointing came after stage fingerprints existed: a default config hashes to
+    what it hashed before them (values computed before they were added), so finished stages and --resume stay
+    valid; LoRA on changes the fingerprint, gradient checkpointing (same gradients) never does."""
     from plad.config import HealConfig, LoraOptions, fingerprint, result_settings
     from plad.train.stages import resume_fingerprint
 
@@ -376,4 +377,5 @@ def test_lora_leaves_fingerprints_of_defaults_unchanged():
     for cls, value in before.items():
         assert resume_fingerprint(cls()) == value, cls.__name__
     assert fingerprint(result_settings(RunConfig())) == "5fed643cfbd2f40e"
+    assert resume_fingerprint(SFTConfig(train=TrainConfig(gradient_checkpointing=True))) == before[SFTConfig]
     assert resume_fingerprint(DistillConfig(lora=LoraOptions(r=8))) != before[DistillConfig]

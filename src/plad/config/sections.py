@@ -56,6 +56,12 @@ class TrainConfig:
     log_every: int = opt(10, "steps between logged scalars (TensorBoard and metrics.jsonl)")
     seed: int = opt(0, "seed for initialisation-independent randomness: data order, dropout")
     mixed_precision: str = opt("no", "accelerate mixed precision", ("no", "bf16", "fp16"))
+    gradient_checkpointing: bool = opt(
+        False,
+        "recompute each layer's activations in the backward pass instead of keeping them: the same gradients, "
+        "about half the memory of a step, slower steps (a second forward of every layer)",
+        in_fingerprint=False,
+    )
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -97,6 +97,8 @@ class Trainer:
         )
         set_seed(cfg.seed)
         self.model.train()
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(self.model)
         trained = [p for p in self.model.parameters() if p.requires_grad]  # a LoRA model: its adapters only
         optimizer = torch.optim.AdamW(
             trained, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, cfg.adam_beta2)
@@ -366,6 +368,24 @@ def _save_checkpoint(accelerator: Any, output_dir: Path, step: int, fingerprint:
         for old in saved_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Recompute each layer's activations in the backward pass (transformers' gradient checkpointing with
+    non-reentrant torch.utils.checkpoint: the same gradients; a LoRA model's frozen embeddings need nothing extra).
+    A model whose class cannot is refused, saying which setting to change."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(
+            f"train.gradient_checkpointing: {type(model).__name__} does not support gradient checkpointing; set "
+            "train.gradient_checkpointing false"
+        )
+    kwargs = {"use_reentrant": False}
+    if hasattr(
+        model, "activation_checkpointing_enable"
+    ):  # transformers >= 5.x's name; the old one warns there
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def disk_nearly_full(path: Path, margin: int = 16 << 20) -> bool:
