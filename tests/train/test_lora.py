@@ -171,3 +171,44 @@ def test_interrupted_lora_run_resumes_exactly(
     got = load_safetensors(out / "adapter" / "adapter_model.safetensors")
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_lora_model_computes_only_the_labelled_logits(bench: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A LoRA student takes logprobs' gathered path (the output layer on the labelled positions only) through its
+    base, and gets the full forward's log-probs and adapter gradients."""
+    from transformers import AutoModelForCausalLM
+
+    from plad.config import LoraOptions, LossConfig
+    from plad.core import logprobs
+    from plad.core.methods import Item, make_batch
+
+    model = lora.add_adapters(
+        AutoModelForCausalLM.from_pretrained(bench.student), LoraOptions(r=4), "s", seed=0
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))  # adapters that act
+    gen = torch.Generator().manual_seed(0)
+    items = [
+        Item(torch.randint(3, model.config.vocab_size, (9,), generator=gen).tolist(), [5, 6, 7, 8][: 2 + i])
+        for i in range(3)
+    ]
+    batch = make_batch(items, None, 0, LossConfig())["main"]
+    assert logprobs.gathered_output_layer(model) is not None
+    shapes = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, a, o: shapes.append(a[0].shape))
+
+    def logps_and_grads() -> tuple[torch.Tensor, dict]:
+        model.zero_grad(set_to_none=True)
+        out = logprobs.sequence_logps(model, batch)["logps"]
+        out.sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    fast, fast_grads = logps_and_grads()
+    monkeypatch.setattr(logprobs, "gathered_output_layer", lambda m: None)
+    full, full_grads = logps_and_grads()
+    hook.remove()
+    assert len(shapes[0]) == 2 and len(shapes[1]) == 3  # (M, H) gathered, then (N, T, H) in the full forward
+    torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
+    assert all(torch.allclose(fast_grads[n], full_grads[n], atol=1e-6, rtol=1e-4) for n in full_grads)
