@@ -134,6 +134,18 @@ def test_yaml_errors(tmp_path):
         (RunConfig, [("methods", "sft,plad-rnak")], r"unknown method 'plad-rnak'.*did you mean plad-rank"),
         (RunConfig, [("distill.model", "m")], r"distill\.model is set by the pipeline"),
         (RunConfig, [("pairs.teacher.model", "m")], r"use the top-level `teacher` key"),
+        (SFTConfig, [("lora.r", "-1")], r"lora: r must be >= 0"),
+        (DistillConfig, [("lora.dropout", "1")], r"lora: .*dropout in \[0, 1\)"),
+        (
+            DistillConfig,
+            [("lora.config", "a.json"), ("lora.r", "8")],
+            r"lora: config a.json holds .* remove r",
+        ),
+        (
+            RunConfig,
+            [("distill.lora.r", "8"), ("distill.lora.merge", "false")],
+            r"keep distill\.lora\.merge true",
+        ),
     ],
 )
 def test_contradictions_rejected(cls, overrides, pattern):
@@ -348,3 +360,22 @@ def test_settings_added_after_fingerprints_count_only_when_set():
     assert vllm["backend"] == "vllm" and "api" not in vllm
     api = result_settings(EvalConfig(backend="openai", api=ApiConfig(base_url="http://127.0.0.1:9/v1")))
     assert api["api"]["base_url"] == "http://127.0.0.1:9/v1"
+
+
+def test_lora_and_gradient_checkpointing_leave_fingerprints_of_defaults_unchanged():
+    """lora.* and train.gradient_checkpointing came after stage fingerprints existed: a default config hashes to
+    what it hashed before them (values computed before they were added), so finished stages and --resume stay
+    valid; LoRA on changes the fingerprint, gradient checkpointing (same gradients) never does."""
+    from plad.config import HealConfig, LoraOptions, fingerprint, result_settings
+    from plad.train.stages import resume_fingerprint
+
+    before = {
+        SFTConfig: "486dc31b86b15d9d",
+        DistillConfig: "c2c3a9fa507c8141",
+        HealConfig: "0d4cbabbbc0bfee5",
+    }
+    for cls, value in before.items():
+        assert resume_fingerprint(cls()) == value, cls.__name__
+    assert fingerprint(result_settings(RunConfig())) == "5fed643cfbd2f40e"
+    assert resume_fingerprint(SFTConfig(train=TrainConfig(gradient_checkpointing=True))) == before[SFTConfig]
+    assert resume_fingerprint(DistillConfig(lora=LoraOptions(r=8))) != before[DistillConfig]

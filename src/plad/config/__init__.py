@@ -38,6 +38,7 @@ from plad.config.method_specs import ALL_METHODS, METHOD_SPECS, MethodSpec
 from plad.config.sections import (
     ApiConfig,
     DataOptions,
+    LoraOptions,
     LossConfig,
     ModelSide,
     SamplingConfig,
@@ -57,6 +58,7 @@ __all__ = [
     "HealConfig",
     "JUDGES",
     "LlmJudgeConfig",
+    "LoraOptions",
     "LossConfig",
     "METHOD_SPECS",
     "MethodSpec",

@@ -9,6 +9,7 @@ from plad.config.fields import check_choices, check_layers, dtype_opt, opt, sugg
 from plad.config.sections import (
     ApiConfig,
     DataOptions,
+    LoraOptions,
     LossConfig,
     ModelSide,
     SamplingConfig,
@@ -33,6 +34,11 @@ class SFTConfig:
     dtype: str = dtype_opt("weights of the trained model (and of its optimizer state)")
     data: DataOptions = opt(DataOptions(), "data fields and length limits")
     train: TrainConfig = opt(TrainConfig(), "optimisation")
+    lora: LoraOptions = opt(
+        LoraOptions(),
+        "LoRA adapters instead of full fine-tuning (lora.r > 0 or lora.config)",
+        in_fingerprint="unless-default",
+    )
     threads: int = opt(0, "torch CPU threads (0: torch's default)")
     resume: bool = opt(False, "continue from the latest checkpoint in output_dir (same config required)")
 
@@ -143,6 +149,11 @@ class DistillConfig:
     )
     data: DataOptions = opt(DataOptions(), "data fields and length limits")
     train: TrainConfig = opt(TrainConfig(lr=2e-4), "optimisation")
+    lora: LoraOptions = opt(
+        LoraOptions(),
+        "LoRA adapters instead of full fine-tuning (lora.r > 0 or lora.config)",
+        in_fingerprint="unless-default",
+    )
     threads: int = opt(0, "torch CPU threads (0: torch's default)")
     resume: bool = opt(False, "continue from the latest checkpoint in output_dir (same config required)")
 
@@ -196,6 +207,11 @@ class HealConfig:
         TrainConfig(max_steps=500, batch_size=8, lr=3e-4, warmup_steps=0, save_every=25, log_every=5),
         "optimisation",
     )
+    lora: LoraOptions = opt(
+        LoraOptions(),
+        "LoRA adapters instead of full fine-tuning (lora.r > 0 or lora.config)",
+        in_fingerprint="unless-default",
+    )
     threads: int = opt(0, "torch CPU threads (0: torch's default)")
     resume: bool = opt(False, "continue from the latest checkpoint in output_dir (same config required)")
 
@@ -248,6 +264,11 @@ class PrepareConfig:
         for key in ("model", "teacher", "text_file", "output_dir"):
             if getattr(self.heal, key):
                 raise ConfigError(f"heal.{key} is set by plad prepare; remove it")
+        if self.heal.lora.enabled and not self.heal.lora.merge:
+            raise ConfigError(
+                "heal.lora.merge false writes only the adapters, but the benchmark's student must be a model "
+                "folder; keep heal.lora.merge true"
+            )
         if self.n_test < 1 or self.n_val < 1 or self.family_cap < 1:
             raise ConfigError("n_test, n_val and family_cap must be >= 1")
         check_layers(self.keep_layers)  # before the teacher is fetched, which costs minutes

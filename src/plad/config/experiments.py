@@ -110,6 +110,11 @@ class RunConfig:
             for key in keys:
                 if getattr(getattr(self, section), key):
                     raise ConfigError(f"{section}.{key} is set by the pipeline in `plad run`; remove it")
+        if self.distill.lora.enabled and not self.distill.lora.merge:
+            raise ConfigError(
+                "distill.lora.merge false writes only the adapters, but the pipeline evaluates each distilled "
+                "model as a model folder; keep distill.lora.merge true"
+            )
         if self.eval.backend == "openai":
             raise ConfigError(
                 "eval.backend openai: the pipeline evaluates the models it trains, which are local; use hf or vllm "

@@ -66,6 +66,12 @@ class TrainConfig:
         "'plad[trackio]'; local), several (tensorboard,wandb), or none; metrics.jsonl is always written",
         in_fingerprint=False,  # a tracker records results, it cannot change them
     )
+    gradient_checkpointing: bool = opt(
+        False,
+        "recompute each layer's activations in the backward pass instead of keeping them: the same gradients, "
+        "about half the memory of a step, slower steps (a second forward of every layer)",
+        in_fingerprint=False,
+    )
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -84,6 +90,58 @@ class TrainConfig:
         if "none" in self.report_to and len(self.report_to) > 1:
             raise ConfigError(
                 f"report_to: none cannot go with other trackers (got {','.join(self.report_to)})"
+            )
+
+
+@dataclass
+class LoraOptions:
+    """LoRA adapters on the trained model through `peft` (Hu et al. 2021, https://arxiv.org/abs/2106.09685): only
+    the low-rank matrices A, B of W + (alpha / r) B A train; the base weights stay as loaded."""
+
+    r: int = opt(0, "LoRA rank; 0: no adapters, every weight trains (full fine-tuning)")
+    alpha: float = opt(16.0, "LoRA alpha: the update B A is scaled by alpha / r")
+    dropout: float = opt(0.0, "dropout on the adapters' input")
+    target_modules: list = opt(
+        ["all-linear"],
+        "names (or name suffixes) of the layers that get adapters, e.g. q_proj,v_proj; all-linear: every linear "
+        "layer but the output layer",
+    )
+    merge: bool = opt(
+        True,
+        "also write the merged model (base + adapters) at output_dir as a plain model folder, which the next "
+        "stages read; false: only the adapter (output_dir/adapter)",
+    )
+    config: str = opt(
+        "",
+        "a peft LoraConfig as JSON (e.g. an adapter_config.json) instead of r, alpha, dropout and target_modules: "
+        "turns LoRA on with every setting peft has",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.r > 0 or bool(self.config)
+
+    def __post_init__(self) -> None:
+        if self.r < 0 or self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise ConfigError(
+                f"r must be >= 0, alpha > 0 and dropout in [0, 1) (got r {self.r}, alpha {self.alpha}, dropout "
+                f"{self.dropout})"
+            )
+        if not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
+            raise ConfigError(f"target_modules must name layers (got {self.target_modules!r})")
+        changed = [
+            name
+            for name, default in (
+                ("r", 0),
+                ("alpha", 16.0),
+                ("dropout", 0.0),
+                ("target_modules", ["all-linear"]),
+            )
+            if getattr(self, name) != default
+        ]
+        if self.config and changed:
+            raise ConfigError(
+                f"config {self.config} holds every LoRA setting; remove {', '.join(changed)} (or config)"
             )
 
 

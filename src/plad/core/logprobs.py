@@ -80,6 +80,19 @@ _GATHERED_OUTPUT_LAYER: dict[str, tuple[str, Callable[[Any, torch.Tensor], torch
 }
 
 
+def _lora_base(model: Any) -> Any:
+    """A peft causal LM with LoRA adapters -> its base model, whose layers hold the adapters (peft injects them in
+    place): PeftModelForCausalLM's forward calls the base's forward with the same inputs (peft 0.13-0.21,
+    peft_model.py), so the base's body and output layer compute what it computes, adapters and their on/off state
+    included. Anything else (prompt learning, which adds virtual tokens; another wrapper) comes back as it is."""
+    if type(model).__name__ != "PeftModelForCausalLM" or not type(model).__module__.startswith("peft."):
+        return model
+    config = getattr(model, "active_peft_config", None)
+    if config is None or getattr(config, "peft_type", None) != "LORA" or config.is_prompt_learning:
+        return model
+    return model.get_base_model()
+
+
 def gathered_output_layer(
     model: Any,
 ) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]] | None:
@@ -87,10 +100,12 @@ def gathered_output_layer(
     None when the model must run its full forward.
 
     The check is by exact class, from transformers itself: a subclass may override forward, and a wrapper
-    (DistributedDataParallel, a compiled or PEFT model) must see its own forward called (DDP syncs gradients
-    there). The output layer is called as a module, so a bias and tied embeddings (the same Parameter as the input
-    embeddings: its gradient gets both uses) work as in the full forward.
+    (DistributedDataParallel, a compiled model) must see its own forward called (DDP syncs gradients there); a peft
+    LoRA model is read through its base (_lora_base). The output layer is called as a module, so a bias and tied
+    embeddings (the same Parameter as the input embeddings: its gradient gets both uses) work as in the full
+    forward.
     """
+    model = _lora_base(model)
     cls = type(model)
     known = _GATHERED_OUTPUT_LAYER.get(cls.__name__)
     if known is None or not cls.__module__.startswith("transformers.models."):

@@ -52,7 +52,8 @@ class Item:
 @dataclass
 class Frozen:
     """Models held fixed during training: the teacher of the token-level methods, the initial student of the
-    kl-init regulariser. `vocab` is the shared vocabulary size (logits beyond it are embedding padding)."""
+    kl-init regulariser (a frozen copy, or for a LoRA student its own base with the adapters off: anything called
+    like a model). `vocab` is the shared vocabulary size (logits beyond it are embedding padding)."""
 
     teacher: Any = None
     reference: Any = None

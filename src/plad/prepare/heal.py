@@ -82,11 +82,23 @@ def _teacher_tokenizer(cfg: HealConfig, tok: Any) -> Any:
     return teacher_tok
 
 
+def _healed(cfg: HealConfig, out: Path, tok: Any) -> Any:
+    """The saved healed model (also when resumed after the end): the model folder, or with LoRA and no merged
+    model the base with the saved adapter."""
+    if cfg.lora.enabled and not cfg.lora.merge:
+        from plad.train.lora import with_saved_adapter
+
+        return with_saved_adapter(cfg.model, out, tok, cfg.dtype)
+    healed, _ = load_model_and_tokenizer(str(out), tok=tok, dtype=cfg.dtype)
+    return healed
+
+
 def run_heal(cfg: HealConfig) -> dict:
     """`plad heal`: train a pruned model on unlabeled text (LM loss, or KD from the teacher), with the held-out NLL
     before and after; resumable, and a finished heal with the same settings is not run again."""
     from plad.train.batches import TrainData
     from plad.train.loop import check_trackers, train
+    from plad.train.lora import add_adapters
     from plad.train.model_card import write_card
     from plad.train.stages import resume_fingerprint
     from plad.utils.outputs import check_output_dir
@@ -111,6 +123,8 @@ def run_heal(cfg: HealConfig) -> dict:
         teacher, _ = load_model_and_tokenizer(cfg.teacher, tok=teacher_tok, dtype=cfg.teacher_dtype)
     model, tok = load_model_and_tokenizer(cfg.model, tok=tok, dtype=cfg.dtype)
     before = heldout_nll(model, tok.pad_token_id, val)
+    if cfg.lora.enabled:
+        model = add_adapters(model, cfg.lora, cfg.model, cfg.train.seed)
     if not math.isfinite(before):
         raise ConfigError(f"{cfg.model}: held-out NLL is {before} before healing; the model is broken")
     save_yaml(cfg, out / "plad_config.yaml")
@@ -130,10 +144,9 @@ def run_heal(cfg: HealConfig) -> dict:
         config_fingerprint=resume_fingerprint(cfg),
         resume=cfg.resume,
         frozen=Frozen(teacher=teacher, vocab=len(tok)),
+        lora=cfg.lora if cfg.lora.enabled else None,
     )
-    # the saved model (also when resumed after the end)
-    healed, _ = load_model_and_tokenizer(str(out), tok=tok, dtype=cfg.dtype)
-    after = heldout_nll(healed, tok.pad_token_id, val)
+    after = heldout_nll(_healed(cfg, out, tok), tok.pad_token_id, val)
     info = {
         **result,
         "objective": cfg.objective,

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from plad.config import LossConfig, TrainConfig, to_dict
+from plad.config import LoraOptions, LossConfig, TrainConfig, to_dict
 from plad.core.logprobs import decoder_start_id
 from plad.core.methods import NO_FROZEN, Frozen, Method, make_batch
 from plad.train.batches import TrainData
@@ -71,10 +71,11 @@ class Trainer:
         fingerprint: str,
         frozen: Frozen,
         data_used: dict | None,
+        lora: LoraOptions | None = None,
     ):
         self.model, self.tokenizer, self.method, self.data = model, tokenizer, method, data
         self.loss_cfg, self.cfg, self.output_dir, self.fingerprint = loss_cfg, cfg, output_dir, fingerprint
-        self.frozen, self.data_used = frozen, data_used
+        self.frozen, self.data_used, self.lora = frozen, data_used, lora
         self.metrics_path = output_dir / "metrics.jsonl"
         self.step = 0
         self.saved_step = 0  # the newest checkpoint (or the resumed one)
@@ -97,14 +98,17 @@ class Trainer:
         )
         set_seed(cfg.seed)
         self.model.train()
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(self.model)
+        trained = [p for p in self.model.parameters() if p.requires_grad]  # a LoRA model: its adapters only
         optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, cfg.adam_beta2)
+            trained, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, cfg.adam_beta2)
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
         self.model, self.optimizer = accelerator.prepare(self.model, optimizer)
         accelerator.register_for_checkpointing(self.scheduler)
         for fixed in (self.frozen.teacher, self.frozen.reference):
-            if fixed is not None:
+            if isinstance(fixed, torch.nn.Module):  # not a LoRA student's own base (lora.AdaptersOff)
                 fixed.to(accelerator.device).eval().requires_grad_(False)
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
 
@@ -303,8 +307,15 @@ class Trainer:
         if accelerator.is_main_process:
             with signals.deferred("the final model is written"):
                 unwrapped = accelerator.unwrap_model(self.model)
-                unwrapped.save_pretrained(self.output_dir, state_dict=accelerator.get_state_dict(self.model))
-                self.tokenizer.save_pretrained(self.output_dir)
+                if self.lora is not None:
+                    from plad.train import lora
+
+                    lora.save(unwrapped, self.tokenizer, self.output_dir, self.lora.merge)
+                else:
+                    unwrapped.save_pretrained(
+                        self.output_dir, state_dict=accelerator.get_state_dict(self.model)
+                    )
+                    self.tokenizer.save_pretrained(self.output_dir)
                 write_json_atomic(self.output_dir / SUMMARY_FILE, summary)
                 shutil.rmtree(self.output_dir / "checkpoints", ignore_errors=True)
         signals.raise_pending()  # a signal in the last step or the final save: the run is done, then it stops
@@ -335,11 +346,14 @@ def train(
     resume: bool,
     frozen: Frozen = NO_FROZEN,
     data_used: dict | None = None,
+    lora: LoraOptions | None = None,
 ) -> dict:
     """Train `model` with `method` for cfg.max_steps optimizer steps on `data` and save it to output_dir.
 
     frozen: models held fixed (teacher logits, the initial student of kl-init), moved to the training device.
     data_used: counts of the training data (prompts, pairs, examples, items), recorded in the summary.
+    lora: the settings of a model given with LoRA adapters (plad.train.lora.add_adapters): the adapters are saved,
+    and the merged model when lora.merge.
     """
     summary_path = output_dir / SUMMARY_FILE
     if resume and not saved_checkpoints(output_dir) and summary_path.is_file():
@@ -358,6 +372,7 @@ def train(
         fingerprint=config_fingerprint,
         frozen=frozen,
         data_used=data_used,
+        lora=lora,
     )
     trainer.setup()
     trainer.resume(resume)
@@ -387,6 +402,24 @@ def _save_checkpoint(accelerator: Any, output_dir: Path, step: int, fingerprint:
         for old in saved_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Recompute each layer's activations in the backward pass (transformers' gradient checkpointing with
+    non-reentrant torch.utils.checkpoint: the same gradients; a LoRA model's frozen embeddings need nothing extra).
+    A model whose class cannot is refused, saying which setting to change."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(
+            f"train.gradient_checkpointing: {type(model).__name__} does not support gradient checkpointing; set "
+            "train.gradient_checkpointing false"
+        )
+    kwargs = {"use_reentrant": False}
+    if hasattr(
+        model, "activation_checkpointing_enable"
+    ):  # transformers >= 5.x's name; the old one warns there
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def disk_nearly_full(path: Path, margin: int = 16 << 20) -> bool:

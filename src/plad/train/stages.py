@@ -38,6 +38,7 @@ from plad.core.models import (
 )
 from plad.train.batches import TrainData
 from plad.train.loop import check_trackers, train
+from plad.train.lora import AdaptersOff, add_adapters, save_plain
 from plad.train.model_card import write_card
 from plad.utils.errors import ConfigError, DataError
 from plad.utils.outputs import check_output_dir
@@ -80,6 +81,8 @@ def run_sft(cfg: SFTConfig) -> dict:
     # Over-long input fails here, before the weights are read.
     items = encode_targets(examples, tok, data, cfg.train_file)
     model, tok = load_model_and_tokenizer(cfg.model, cfg.tokenizer, tok=tok, dtype=cfg.dtype)
+    if cfg.lora.enabled:
+        model = add_adapters(model, cfg.lora, cfg.model, cfg.train.seed)
     save_yaml(cfg, out / "plad_config.yaml")
     log.info("sft: %d examples, %d steps", len(items), cfg.train.max_steps)
     summary = train(
@@ -92,6 +95,7 @@ def run_sft(cfg: SFTConfig) -> dict:
         output_dir=out,
         config_fingerprint=resume_fingerprint(cfg),
         resume=cfg.resume,
+        lora=cfg.lora if cfg.lora.enabled else None,
     )
     write_card(out)
     return summary
@@ -315,7 +319,7 @@ def _round_backend(cfg: DistillConfig, model: Any, tokenizer: Any, folder: Path)
     from plad.generation.vllm import VllmBackend
 
     shutil.rmtree(folder, ignore_errors=True)
-    model.save_pretrained(folder)
+    save_plain(model, folder)  # a LoRA student merged into a copy: vLLM loads plain folders
     tokenizer.save_pretrained(folder)
     backend = VllmBackend(str(folder), str(folder), tokenizer, cfg.vllm)
     try:
@@ -386,9 +390,7 @@ def run_distill(cfg: DistillConfig) -> dict:
             f"encoder-decoder: teacher {cfg.teacher} is {teacher.config.model_type}, student {cfg.model} is "
             f"{model.config.model_type}; use a text-only method for this pair"
         )
-    reference = None
-    if regularizer == "kl-init":  # the initial student, frozen, in the frozen models' dtype
-        reference = copy.deepcopy(model).to(torch_dtype_of(cfg.frozen_dtype, model))
+    model, reference = _student(cfg, model, regularizer)
     frozen = Frozen(teacher=teacher, reference=reference, vocab=len(tok))
     on_policy = make_on_policy(cfg, tok) if method.on_policy and cfg.loss.on_policy_frac > 0 else None
     refresh = make_rounds(cfg, tok, items, out) if cfg.rounds > 1 else None
@@ -414,9 +416,22 @@ def run_distill(cfg: DistillConfig) -> dict:
         resume=cfg.resume,
         frozen=frozen,
         data_used=data_used,
+        lora=cfg.lora if cfg.lora.enabled else None,
     )
     write_card(out)
     return summary
+
+
+def _student(cfg: DistillConfig, model: Any, regularizer: str) -> tuple[Any, Any]:
+    """The model that trains (with LoRA adapters when lora is on) and kl-init's reference, the initial student:
+    a frozen copy in the frozen models' dtype, or with LoRA the student's own base with its adapters off (no copy:
+    the base does not train)."""
+    if cfg.lora.enabled:
+        model = add_adapters(model, cfg.lora, cfg.model, cfg.train.seed)
+        return model, AdaptersOff(model) if regularizer == "kl-init" else None
+    if regularizer == "kl-init":
+        return model, copy.deepcopy(model).to(torch_dtype_of(cfg.frozen_dtype, model))
+    return model, None
 
 
 def _check_distill(cfg: DistillConfig, method: Any, source: str, needs_targets: bool) -> None:

@@ -1,0 +1,158 @@
+"""LoRA students through `peft` (Hu et al. 2021, https://arxiv.org/abs/2106.09685): the trained model gets low-rank
+adapters, only they train, and the frozen base with the adapters switched off is the initial student (kl-init's
+reference) at no memory cost.
+
+What a LoRA run writes (`save`): the adapter in `OUTPUT/adapter/` (peft's adapter_config.json and
+adapter_model.safetensors: `PeftModel.from_pretrained(base, OUTPUT/adapter)`), and with `lora.merge` the merged
+model (base + (alpha / r) B A folded into the weights) at `OUTPUT/` as a plain `save_pretrained` folder, which the
+next stages (pairs, eval, calibration, a further distill) load through the Auto classes like any model. The adapter
+sits in a subfolder because transformers reads a folder holding adapter_config.json as an adapter on its base.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from plad.config import LoraOptions
+from plad.utils.errors import ConfigError
+from plad.utils.seeds import derive_seed
+
+log = logging.getLogger("plad")
+
+ADAPTER_DIR = "adapter"
+
+
+def lora_config(opts: LoraOptions, model: Any) -> Any:
+    """The peft LoraConfig of the settings: from lora.config's JSON file, or from r, alpha, dropout and
+    target_modules; the task type follows the model (causal LM or encoder-decoder)."""
+    from peft import LoraConfig, TaskType
+
+    task = TaskType.SEQ_2_SEQ_LM if getattr(model.config, "is_encoder_decoder", False) else TaskType.CAUSAL_LM
+    if not opts.config:
+        targets = opts.target_modules
+        return LoraConfig(
+            r=opts.r,
+            lora_alpha=opts.alpha,
+            lora_dropout=opts.dropout,
+            target_modules="all-linear" if targets == ["all-linear"] else list(targets),
+            task_type=task,
+        )
+    try:
+        data = json.loads(Path(opts.config).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"lora.config {opts.config}: not a readable JSON file ({e})") from None
+    if not isinstance(data, dict) or data.get("peft_type", "LORA") != "LORA":
+        raise ConfigError(f"lora.config {opts.config}: not a LoRA config (a JSON object with peft_type LORA)")
+    known = {f.name for f in dataclasses.fields(LoraConfig)}
+    if unknown := sorted(set(data) - known):
+        raise ConfigError(f"lora.config {opts.config}: peft's LoraConfig has no {', '.join(unknown)}")
+    for stale in ("base_model_name_or_path", "revision", "inference_mode"):
+        data.pop(
+            stale, None
+        )  # an adapter_config.json names the base it was made on; this run's base is `model`
+    data.update(peft_type="LORA", task_type=task)
+    try:
+        return LoraConfig(**data)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"lora.config {opts.config}: {e}") from None
+
+
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """peft 0.21 asks transformers 5 `is_gradient_checkpointing`, which warns that it is deprecated: not the user's
+    business."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        yield
+
+
+def add_adapters(model: Any, opts: LoraOptions, where: str, seed: int) -> Any:
+    """`model` with fresh LoRA adapters (B = 0, so it computes what it computed before); only they train. A's
+    random start derives from `seed` alone (not from what the process drew before), so a run and its resumed or
+    repeated twin start from the same adapters; the global random state is left as it was."""
+    from peft import get_peft_model
+
+    config = lora_config(opts, model)
+    try:
+        with quiet_peft(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, "lora"))
+            peft_model = get_peft_model(model, config)
+    except ValueError as e:  # target modules that match nothing
+        raise ConfigError(f"lora on {where}: {e}") from None
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    log.info(
+        "LoRA r %d on %s: %d of %d parameters train (%.2f%%)",
+        config.r,
+        where,
+        trainable,
+        total,
+        100 * trainable / total,
+    )
+    return peft_model
+
+
+class AdaptersOff:
+    """The student's base model, called with its adapters switched off and in eval mode: the initial student of
+    kl-init, held by the same weights as the student instead of a second copy (the base never trains). Called like
+    a model; the training loop neither moves nor freezes it (it is the trained model)."""
+
+    def __init__(self, model: Any):
+        self.model = model
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @torch.no_grad()
+    def __call__(self, **inputs: Any) -> Any:
+        was_training = self.model.training
+        self.model.eval()  # no dropout in the reference, as in a frozen copy
+        try:
+            with self.model.disable_adapter():
+                return self.model(**inputs)
+        finally:
+            self.model.train(was_training)
+
+
+def save(model: Any, tokenizer: Any, output_dir: Path, merge: bool) -> None:
+    """The adapter to OUTPUT/adapter/, and with `merge` the merged model and its tokenizer at OUTPUT/ (the model
+    is merged in place: call this last)."""
+    model.save_pretrained(output_dir / ADAPTER_DIR)
+    if merge:
+        merged = model.merge_and_unload()
+        merged.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+
+
+def save_plain(model: Any, folder: Path) -> None:
+    """`model` as a plain transformers folder that any loader reads (vLLM's engine for iterated rounds): a peft
+    LoRA model is merged into a copy (the training model keeps its adapters; the copy lives only while it is
+    written), anything else is saved as it is."""
+    if not hasattr(model, "merge_and_unload"):
+        model.save_pretrained(folder)
+        return
+    import copy
+
+    merged = copy.deepcopy(model).merge_and_unload()
+    merged.save_pretrained(folder)
+    del merged
+
+
+def with_saved_adapter(base: str, output_dir: Path, tokenizer: Any, dtype: str) -> Any:
+    """The base model `base` with the adapter a LoRA run saved in output_dir (a run without lora.merge)."""
+    from peft import PeftModel
+
+    from plad.core.models import load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer(base, tok=tokenizer, dtype=dtype)
+    with quiet_peft():
+        return PeftModel.from_pretrained(model, str(output_dir / ADAPTER_DIR))
