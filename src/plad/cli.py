@@ -9,6 +9,7 @@ import argparse
 import difflib
 import errno
 import importlib
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -359,7 +360,10 @@ def main(argv: list[str] | None = None) -> int:
 def _lock_target(ns: argparse.Namespace, cfg: Any) -> tuple[str, str] | None:
     """(folder, setting) that this command writes into and locks: its output_dir (the top folder of run, demo,
     bench and sweep), or prepare's cache folder; None for what only reads it (`pairs --status`, `pairs --export`,
-    which writes its data set beside, through a rename)."""
+    which writes its data set beside, through a rename). Under `accelerate launch` / torchrun only the process of
+    global rank 0 takes it: the other processes of the same run write into the same folder as its helpers."""
+    if os.environ.get("RANK", "0") != "0":  # set by torch.distributed's launchers for every process
+        return None
     if ns.command == "prepare":
         from plad.prepare.real import cache_root
 

@@ -86,9 +86,14 @@ class Trainer:
 
     def setup(self) -> None:
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
         from accelerate.utils import ProjectConfiguration, set_seed
 
         cfg = self.cfg
+        # accelerate keeps one process-wide state and refuses a second Accelerator with another mixed_precision:
+        # `plad run` trains its stages in one process, each with its own train.mixed_precision. The process part
+        # of the state (rank, world, device) stays.
+        AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = accelerator = Accelerator(
             mixed_precision=cfg.mixed_precision,
             log_with=[t for t in cfg.report_to if t != "none"] or None,
@@ -107,6 +112,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
         self.model, self.optimizer = accelerator.prepare(self.model, optimizer)
         accelerator.register_for_checkpointing(self.scheduler)
+        check_sharding(accelerator, self.frozen, self.data)
         for fixed in (self.frozen.teacher, self.frozen.reference):
             if isinstance(fixed, torch.nn.Module):  # not a LoRA student's own base (lora.AdaptersOff)
                 fixed.to(accelerator.device).eval().requires_grad_(False)
@@ -167,13 +173,14 @@ class Trainer:
             batch = _to_device(batch, accelerator.device)
             sync = a == len(micro) - 1
             ctx = accelerator.no_sync(model) if not sync and self.world > 1 else contextlib.nullcontext()
-            with ctx, accelerator.autocast():
-                parts = self.method.loss(model, batch, self.loss_cfg, self.frozen)
-                loss = torch.zeros((), device=accelerator.device)
-                if parts.seq_sum is not None:
-                    loss = loss + parts.seq_sum / max(n_examples, 1)
-                if parts.tok_sum is not None:
-                    loss = loss + parts.tok_weight * parts.tok_sum / max(n_tokens, 1)
+            with ctx:
+                with accelerator.autocast():  # the forward only: backward runs in the forward's dtypes anyway
+                    parts = self.method.loss(model, batch, self.loss_cfg, self.frozen)
+                    loss = torch.zeros((), device=accelerator.device)
+                    if parts.seq_sum is not None:
+                        loss = loss + parts.seq_sum / max(n_examples, 1)
+                    if parts.tok_sum is not None:
+                        loss = loss + parts.tok_weight * parts.tok_sum / max(n_tokens, 1)
                 # DDP averages gradients over processes; the normalisers above are global sums already.
                 accelerator.backward(loss * self.world)
             step_loss += float(loss.detach())
@@ -197,20 +204,41 @@ class Trainer:
         return step_loss
 
     def log(self) -> None:
-        """Every log_every steps and at the end: the means since the last row, to metrics.jsonl and the tracker."""
+        """Every log_every steps and at the end: the means since the last row, to metrics.jsonl and the tracker.
+        With several processes the row is the whole run's: the loss summed over processes (each holds its share
+        of the global loss), the other metrics averaged over them, the tokens of all."""
         if self.step % self.cfg.log_every and self.step != self.cfg.max_steps:
             return
         elapsed = time.perf_counter() - self.t_log
-        row = {k: sum(v) / len(v) for k, v in self.window_log.items()}
+        row = self._reduced_means()
         row.update(
             step=self.step,
             lr=self.scheduler.get_last_lr()[0],
-            tokens_per_s=self.tokens_log * self.world / max(elapsed, 1e-9),
+            tokens_per_s=row.pop("tokens") / max(elapsed, 1e-9),
         )
         self.accelerator.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=self.step)
         if self.accelerator.is_main_process:
             append_jsonl(self.metrics_path, [row])
         self.window_log, self.t_log, self.tokens_log = {}, time.perf_counter(), 0
+
+    def _reduced_means(self) -> dict[str, float]:
+        """The means of window_log over this process's steps, then over the processes (loss summed), and the
+        tokens of every process. One all-reduce of a vector; the metric names are gathered first, so a metric
+        that only some processes logged in this window is averaged over those that did."""
+        local = {k: sum(v) / len(v) for k, v in self.window_log.items()}
+        if self.world == 1:
+            return {**local, "tokens": float(self.tokens_log)}
+        from accelerate.utils import gather_object
+
+        names = sorted({k for keys in gather_object([sorted(local)]) for k in keys})
+        vec = [x for k in names for x in ((local[k], 1.0) if k in local else (0.0, 0.0))] + [self.tokens_log]
+        total = self.accelerator.reduce(
+            torch.tensor(vec, dtype=torch.float64, device=self.accelerator.device), reduction="sum"
+        ).tolist()
+        row = {
+            k: total[2 * i] / (1 if k == "loss" else max(total[2 * i + 1], 1)) for i, k in enumerate(names)
+        }
+        return {**row, "tokens": total[-1]}
 
     def save(self) -> None:
         """A checkpoint every save_every steps (not at the end: the final model supersedes it)."""
@@ -232,7 +260,7 @@ class Trainer:
         if self.saved_step != self.step:
             self.save_checkpoint()
         bar.close()
-        self.accelerator.end_training()
+        self.end()
         log.warning(
             "stopped at step %d of %d; checkpoint %s written: --resume continues from it",
             self.step,
@@ -289,13 +317,31 @@ class Trainer:
                 self.save()
                 self.stop_if_signalled(bar)
         bar.close()
+        summary = self.finish()
+        self.end()
+        return summary
+
+    def end(self) -> None:
+        """Stop the trackers and end the process group, after every process let go of its DDP-wrapped model. The
+        wrapper's gradient reducer holds the process group: freed after the group was destroyed (when train()
+        returns), its gloo threads wait for a peer that has exited, and the process hangs (seen under `accelerate
+        launch`, tests/train/test_multiprocess.py)."""
+        accelerator = self.accelerator
+        if self.world > 1:
+            self.model = accelerator.unwrap_model(self.model)
+            self.optimizer = None
+            accelerator.free_memory()  # its own references to the prepared model and optimizer; collects garbage
+            accelerator.wait_for_everyone()
         accelerator.end_training()
-        return self.finish()
 
     def finish(self) -> dict:
         """The trained model, its tokenizer and train_summary.json; the checkpoints go (the model supersedes them)."""
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
+        if self.world > 1:  # each process holds its share of the step's loss
+            self.last_loss = float(
+                accelerator.reduce(torch.tensor([self.last_loss], device=accelerator.device), "sum")
+            )
         summary = {
             "method": self.method.name,
             "steps": self.step,
@@ -304,6 +350,8 @@ class Trainer:
             "fingerprint": self.fingerprint,
             **({"data_used": self.data_used} if self.data_used is not None else {}),
         }
+        # every process: under FSDP / DeepSpeed ZeRO-3 gathering the full state dict is a collective
+        state = accelerator.get_state_dict(self.model) if self.lora is None else None
         if accelerator.is_main_process:
             with signals.deferred("the final model is written"):
                 unwrapped = accelerator.unwrap_model(self.model)
@@ -312,14 +360,51 @@ class Trainer:
 
                     lora.save(unwrapped, self.tokenizer, self.output_dir, self.lora.merge)
                 else:
-                    unwrapped.save_pretrained(
-                        self.output_dir, state_dict=accelerator.get_state_dict(self.model)
-                    )
+                    unwrapped.save_pretrained(self.output_dir, state_dict=state)
                     self.tokenizer.save_pretrained(self.output_dir)
                 write_json_atomic(self.output_dir / SUMMARY_FILE, summary)
                 shutil.rmtree(self.output_dir / "checkpoints", ignore_errors=True)
+        accelerator.wait_for_everyone()  # no process returns (and reads the folder) before the model is there
         signals.raise_pending()  # a signal in the last step or the final save: the run is done, then it stops
         return summary
+
+
+def check_sharding(accelerator: Any, frozen: Frozen, data: TrainData) -> None:
+    """What plad runs under each of accelerate's distributed types, checked at the start:
+    - DDP (and CPU processes, which accelerate always runs as DDP): everything; tested in make test.
+    - FSDP shards the student's parameters; the trained model alone is supported. A frozen teacher or kl-init
+      reference would be a whole copy on every process (they are not sharded), and sampling (gkd's on-policy
+      outputs, iterated rounds) would call generate on a shard. Refused, naming the setting.
+    - DeepSpeed: refused. Its engine takes the optimizer step inside every backward call unless accelerate's own
+      accumulation context is used, so plad's accumulation window (train.grad_accum), gradient clipping and
+      schedule would not be what they say (accelerate's DeepSpeedEngineWrapper.backward)."""
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    if kind == DistributedType.DEEPSPEED:
+        raise ConfigError(
+            "accelerate's DeepSpeed mode is not supported: plad runs its own accumulation window and optimizer "
+            "step, which DeepSpeed's engine replaces; launch with configs/accelerate/ddp.yaml (every method) or "
+            "configs/accelerate/fsdp.yaml (the student's parameters sharded)"
+        )
+    if kind != DistributedType.FSDP:
+        return
+    needs = [
+        *(["a frozen teacher (the method's loss reads its logits)"] if frozen.teacher is not None else []),
+        *(
+            ["kl-init's frozen reference (loss.regularizer)"]
+            if isinstance(frozen.reference, torch.nn.Module)
+            else []
+        ),
+        *(["gkd's on-policy samples (loss.on_policy_frac > 0)"] if data.on_policy is not None else []),
+        *(["iterated PLaD's rounds (rounds > 1)"] if data.refresh is not None else []),
+    ]
+    if needs:
+        raise ConfigError(
+            f"FSDP shards the student's parameters, and this run also needs {'; '.join(needs)}, which plad does "
+            "not run on sharded parameters; launch with configs/accelerate/ddp.yaml, or use a method without "
+            "them (sft, plad-rank, plad-margin, dpkd with loss.regularizer none, distill from stored pairs)"
+        )
 
 
 def check_trackers(cfg: TrainConfig, where: str = "train") -> None:

@@ -1,0 +1,147 @@
+"""Two processes through `accelerate launch` on CPU (gloo), with configs/accelerate/ddp.yaml: each run equals the single-process run with the same global batch (2 processes x batch 2
+against 1 process x batch 2 x grad_accum 2), in the saved weights and in every metrics row. Measured on this
+machine the two are equal bit for bit; the tolerance below (1e-6) leaves room for another all-reduce order.
+
+Covered: sft, plad-rank, dpkd, kd (a frozen teacher), gkd with on-policy samples drawn on every process, and
+iterated PLaD's rounds (sampled by the main process, read by all), under DDP. accelerate runs CPU processes as DDP
+whatever the config says (its FSDP and DeepSpeed paths need an accelerator device), so configs/accelerate/fsdp.yaml
+is not run here, and DeepSpeed is refused; the start-up check that refuses what plad does not run is tested on
+its own."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import Bench, load_safetensors, main_inprocess, make_pairs, read_jsonl, subprocess_env
+from servers import free_port
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "accelerate"
+ATOL = 1e-6
+
+CASES = {
+    "sft": ("sft",),
+    "plad-rank": ("plad-rank",),
+    "dpkd": ("dpkd",),
+    "kd": ("kd",),
+    "gkd-on-policy": ("gkd", "--loss.on_policy_frac", 0.5),
+    "plad-rank-rounds": ("plad-rank", "--rounds", 2),
+}
+
+
+@pytest.fixture(scope="module")
+def store(bench: Bench, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_pairs(bench, tmp_path_factory.mktemp("multiprocess") / "pairs", "--teacher_logprobs", "true")
+
+
+def _args(bench: Bench, store: Path, out: Path, method: str, *extra: object) -> list[object]:
+    common = ["--model", bench.student, "--output_dir", out, "--train.max_steps", 3, "--train.log_every", 1]
+    common += ["--train.batch_size", 2, "--train.lr", 1e-2, "--threads", 1, *extra]
+    if method == "sft":
+        return ["sft", "--train_file", bench.sft, *common]
+    return [
+        "distill", "--method", method, "--pairs_file", store / "pairs.jsonl", "--teacher", bench.teacher,
+        "--train_file", bench.sft, "--on_policy.max_new_tokens", 6, *common,
+    ]  # fmt: skip
+
+
+def _launch(config: str, args: list[object]) -> subprocess.CompletedProcess:
+    """`accelerate launch --config_file configs/accelerate/CONFIG -m plad.cli ARGS` with 2 CPU processes."""
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", CONFIGS / config,
+        "--num_processes", 2, "--main_process_port", free_port(), "-m", "plad.cli", *args,
+    ]  # fmt: skip
+    env = dict(subprocess_env(), ACCELERATE_USE_CPU="true", OMP_WAIT_POLICY="PASSIVE")
+    return subprocess.run(list(map(str, cmd)), env=env, capture_output=True, text=True, timeout=300)
+
+
+def _assert_same_run(got: Path, want: Path) -> None:
+    a, b = load_safetensors(got / "model.safetensors"), load_safetensors(want / "model.safetensors")
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= ATOL, f"weights differ by up to {worst}"
+    assert any(not torch.equal(a[k], v) for k, v in load_safetensors(got.parent / "untrained.st").items())
+    rows_a, rows_b = read_jsonl(got / "metrics.jsonl"), read_jsonl(want / "metrics.jsonl")
+    assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b] == [1, 2, 3]
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        assert ra.keys() == rb.keys()
+        for k in ra.keys() - {"tokens_per_s"}:
+            assert ra[k] == pytest.approx(rb[k], rel=1e-5, abs=ATOL), (k, ra["step"])
+    summary = json.loads((got / "train_summary.json").read_text())
+    assert summary["final_loss"] == pytest.approx(
+        json.loads((want / "train_summary.json").read_text())["final_loss"]
+    )
+
+
+@pytest.fixture
+def untrained(bench: Bench, tmp_path: Path) -> None:
+    """The student's initial weights beside the runs: a run that trained nothing would equal its twin too."""
+    (tmp_path / "untrained.st").write_bytes((bench.student / "model.safetensors").read_bytes())
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_ddp_two_processes_equal_one_with_the_same_global_batch(
+    bench: Bench, store: Path, tmp_path: Path, case: str, untrained: None
+) -> None:
+    method, *extra = CASES[case]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main_inprocess(*_args(bench, store, one, method, "--train.grad_accum", 2, *extra)) == 0
+    done = _launch("ddp.yaml", _args(bench, store, two, method, *extra))
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_same_run(two, one)
+    if (
+        case == "plad-rank-rounds"
+    ):  # round 2's samples: drawn once, by the main process, from the same student
+        assert (two / "rounds" / "round-1.jsonl").read_text() == (
+            one / "rounds" / "round-1.jsonl"
+        ).read_text()
+
+
+def _fake_accelerator(kind: str, zero_stage: int | None = None) -> SimpleNamespace:
+    from accelerate.utils import DistributedType
+
+    plugin = SimpleNamespace(zero_stage=zero_stage) if zero_stage is not None else None
+    return SimpleNamespace(
+        distributed_type=DistributedType[kind], state=SimpleNamespace(deepspeed_plugin=plugin)
+    )
+
+
+def test_sharded_and_deepspeed_runs_refuse_what_plad_does_not_run(bench: Bench) -> None:
+    """accelerate runs CPU processes as DDP whatever the config file says (MULTI_CPU: no FSDP, no DeepSpeed), so
+    the start-up check is tested on its own: FSDP refuses a frozen teacher, kl-init's reference, on-policy samples
+    and rounds, naming each; DeepSpeed is refused outright; DDP takes everything."""
+    from plad.core.methods import NO_FROZEN, Frozen, Item
+    from plad.train.batches import TrainData
+    from plad.train.loop import check_sharding
+    from plad.utils.errors import ConfigError
+
+    teacher, items = torch.nn.Linear(2, 2), [Item([1, 2], [3])]
+    everything = (Frozen(teacher, teacher), TrainData(items, 2, 0, None, lambda *a: [], lambda *a: None))
+    plain = (NO_FROZEN, TrainData(items, 2, 0))
+    for kind in ("MULTI_GPU", "MULTI_CPU", "NO"):
+        check_sharding(_fake_accelerator(kind), *everything)
+    check_sharding(_fake_accelerator("FSDP"), *plain)  # the student alone: runs
+    with pytest.raises(ConfigError) as e:
+        check_sharding(_fake_accelerator("FSDP"), *everything)
+    msg = str(e.value)
+    assert msg.startswith("FSDP shards the student's parameters")
+    for setting in ("frozen teacher", "loss.regularizer", "loss.on_policy_frac", "rounds > 1", "ddp.yaml"):
+        assert setting in msg, setting
+    with pytest.raises(ConfigError, match="DeepSpeed mode is not supported.*ddp.yaml"):
+        check_sharding(_fake_accelerator("DEEPSPEED"), *plain)
+
+
+def test_shipped_launch_configs_load_in_accelerate() -> None:
+    """What `accelerate launch --config_file` reads: the DDP config (run above) and the FSDP one (not run here)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == ["ddp.yaml", "fsdp.yaml"]
+    ddp, fsdp = (load_config_from_file(str(CONFIGS / n)) for n in ("ddp.yaml", "fsdp.yaml"))
+    assert ddp.distributed_type == DistributedType.MULTI_GPU and ddp.num_processes == 2
+    assert fsdp.distributed_type == DistributedType.FSDP and fsdp.fsdp_config["fsdp_version"] == 2
