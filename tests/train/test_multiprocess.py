@@ -11,14 +11,25 @@ its own."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import Bench, load_safetensors, main_inprocess, make_pairs, read_jsonl, subprocess_env
+from conftest import (
+    Bench,
+    complete_lines,
+    kill_point,
+    load_safetensors,
+    main_inprocess,
+    make_pairs,
+    read_jsonl,
+    subprocess_env,
+)
 from servers import free_port
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "accelerate"
@@ -50,24 +61,28 @@ def _args(bench: Bench, store: Path, out: Path, method: str, *extra: object) -> 
     ]  # fmt: skip
 
 
-def _launch(config: str, args: list[object]) -> subprocess.CompletedProcess:
+def _launch_cmd(config: str, args: list[object]) -> tuple[list[str], dict[str, str]]:
     """`accelerate launch --config_file configs/accelerate/CONFIG -m plad.cli ARGS` with 2 CPU processes."""
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", CONFIGS / config,
         "--num_processes", 2, "--main_process_port", free_port(), "-m", "plad.cli", *args,
     ]  # fmt: skip
-    env = dict(subprocess_env(), ACCELERATE_USE_CPU="true", OMP_WAIT_POLICY="PASSIVE")
-    return subprocess.run(list(map(str, cmd)), env=env, capture_output=True, text=True, timeout=300)
+    return list(map(str, cmd)), dict(subprocess_env(), ACCELERATE_USE_CPU="true", OMP_WAIT_POLICY="PASSIVE")
 
 
-def _assert_same_run(got: Path, want: Path) -> None:
+def _launch(config: str, args: list[object]) -> subprocess.CompletedProcess:
+    cmd, env = _launch_cmd(config, args)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _assert_same_run(got: Path, want: Path, steps: int = 3) -> None:
     a, b = load_safetensors(got / "model.safetensors"), load_safetensors(want / "model.safetensors")
     assert a.keys() == b.keys()
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst <= ATOL, f"weights differ by up to {worst}"
     assert any(not torch.equal(a[k], v) for k, v in load_safetensors(got.parent / "untrained.st").items())
     rows_a, rows_b = read_jsonl(got / "metrics.jsonl"), read_jsonl(want / "metrics.jsonl")
-    assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b] == [1, 2, 3]
+    assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b] == list(range(1, steps + 1))
     for ra, rb in zip(rows_a, rows_b, strict=True):
         assert ra.keys() == rb.keys()
         for k in ra.keys() - {"tokens_per_s"}:
@@ -100,6 +115,35 @@ def test_ddp_two_processes_equal_one_with_the_same_global_batch(
         assert (two / "rounds" / "round-1.jsonl").read_text() == (
             one / "rounds" / "round-1.jsonl"
         ).read_text()
+
+
+def test_ddp_run_stopped_by_sigterm_resumes_to_the_single_process_result(
+    bench: Bench, store: Path, tmp_path: Path, untrained: None
+) -> None:
+    """SIGTERM to the launcher (what a scheduler sends) at a seeded step: torchrun passes it to both processes,
+    which write one checkpoint of that step and stop; `--resume` in 2 processes then ends where one process with
+    the same global batch ends, uninterrupted (bit for bit here, asserted to 1e-6)."""
+    steps, stop_at = 30, kill_point("ddp-sigterm", 6, 14)
+    args = ("--train.max_steps", steps, "--train.save_every", 5)
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main_inprocess(*_args(bench, store, one, "plad-rank", "--train.grad_accum", 2, *args)) == 0
+    cmd, env = _launch_cmd("ddp.yaml", _args(bench, store, two, "plad-rank", *args))
+    with (tmp_path / "launch.log").open("w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while complete_lines(two / "metrics.jsonl") < stop_at:
+        assert proc.poll() is None, (tmp_path / "launch.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, (tmp_path / "launch.log").read_text()[-3000:]
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+    log_text = (tmp_path / "launch.log").read_text()
+    assert log_text.count("plad: stopped at step") == 2, log_text[-3000:]  # each process, at the same step
+    assert not (two / "train_summary.json").exists() and list((two / "checkpoints").glob("step-*"))
+    done = _launch("ddp.yaml", [*_args(bench, store, two, "plad-rank", *args), "--resume"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "plad: resumed from" in done.stderr
+    _assert_same_run(two, one, steps)
 
 
 def _fake_accelerator(kind: str, zero_stage: int | None = None) -> SimpleNamespace:
