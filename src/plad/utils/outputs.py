@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def check_output_dir(
     before any model is loaded or file written, also when the folder is not writable."""
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / ".plad-write-test"
+        probe = output_dir / f".plad-write-test-{os.getpid()}"  # per process: a run's processes probe at once
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
