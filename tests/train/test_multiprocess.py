@@ -161,7 +161,7 @@ def test_sharded_and_deepspeed_runs_refuse_what_plad_does_not_run(bench: Bench) 
     and rounds, naming each; DeepSpeed is refused outright; DDP takes everything."""
     from plad.core.methods import NO_FROZEN, Frozen, Item
     from plad.train.batches import TrainData
-    from plad.train.loop import check_sharding
+    from plad.train.distributed import check_sharding
     from plad.utils.errors import ConfigError
 
     teacher, items = torch.nn.Linear(2, 2), [Item([1, 2], [3])]

@@ -27,6 +27,7 @@ from plad.config import LoraOptions, LossConfig, TrainConfig, to_dict
 from plad.core.logprobs import decoder_start_id
 from plad.core.methods import NO_FROZEN, Frozen, Method, make_batch
 from plad.train.batches import TrainData
+from plad.train.distributed import check_sharding, window_means
 from plad.utils import signals
 from plad.utils.errors import ConfigError
 from plad.utils.io import append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
@@ -210,7 +211,7 @@ class Trainer:
         if self.step % self.cfg.log_every and self.step != self.cfg.max_steps:
             return
         elapsed = time.perf_counter() - self.t_log
-        row = self._reduced_means()
+        row = window_means(self.accelerator, self.window_log, self.tokens_log)
         row.update(
             step=self.step,
             lr=self.scheduler.get_last_lr()[0],
@@ -220,25 +221,6 @@ class Trainer:
         if self.accelerator.is_main_process:
             append_jsonl(self.metrics_path, [row])
         self.window_log, self.t_log, self.tokens_log = {}, time.perf_counter(), 0
-
-    def _reduced_means(self) -> dict[str, float]:
-        """The means of window_log over this process's steps, then over the processes (loss summed), and the
-        tokens of every process. One all-reduce of a vector; the metric names are gathered first, so a metric
-        that only some processes logged in this window is averaged over those that did."""
-        local = {k: sum(v) / len(v) for k, v in self.window_log.items()}
-        if self.world == 1:
-            return {**local, "tokens": float(self.tokens_log)}
-        from accelerate.utils import gather_object
-
-        names = sorted({k for keys in gather_object([sorted(local)]) for k in keys})
-        vec = [x for k in names for x in ((local[k], 1.0) if k in local else (0.0, 0.0))] + [self.tokens_log]
-        total = self.accelerator.reduce(
-            torch.tensor(vec, dtype=torch.float64, device=self.accelerator.device), reduction="sum"
-        ).tolist()
-        row = {
-            k: total[2 * i] / (1 if k == "loss" else max(total[2 * i + 1], 1)) for i, k in enumerate(names)
-        }
-        return {**row, "tokens": total[-1]}
 
     def save(self) -> None:
         """A checkpoint every save_every steps (not at the end: the final model supersedes it)."""
@@ -367,44 +349,6 @@ class Trainer:
         accelerator.wait_for_everyone()  # no process returns (and reads the folder) before the model is there
         signals.raise_pending()  # a signal in the last step or the final save: the run is done, then it stops
         return summary
-
-
-def check_sharding(accelerator: Any, frozen: Frozen, data: TrainData) -> None:
-    """What plad runs under each of accelerate's distributed types, checked at the start:
-    - DDP (and CPU processes, which accelerate always runs as DDP): everything; tested in make test.
-    - FSDP shards the student's parameters; the trained model alone is supported. A frozen teacher or kl-init
-      reference would be a whole copy on every process (they are not sharded), and sampling (gkd's on-policy
-      outputs, iterated rounds) would call generate on a shard. Refused, naming the setting.
-    - DeepSpeed: refused. Its engine takes the optimizer step inside every backward call unless accelerate's own
-      accumulation context is used, so plad's accumulation window (train.grad_accum), gradient clipping and
-      schedule would not be what they say (accelerate's DeepSpeedEngineWrapper.backward)."""
-    from accelerate.utils import DistributedType
-
-    kind = accelerator.distributed_type
-    if kind == DistributedType.DEEPSPEED:
-        raise ConfigError(
-            "accelerate's DeepSpeed mode is not supported: plad runs its own accumulation window and optimizer "
-            "step, which DeepSpeed's engine replaces; launch with configs/accelerate/ddp.yaml (every method) or "
-            "configs/accelerate/fsdp.yaml (the student's parameters sharded)"
-        )
-    if kind != DistributedType.FSDP:
-        return
-    needs = [
-        *(["a frozen teacher (the method's loss reads its logits)"] if frozen.teacher is not None else []),
-        *(
-            ["kl-init's frozen reference (loss.regularizer)"]
-            if isinstance(frozen.reference, torch.nn.Module)
-            else []
-        ),
-        *(["gkd's on-policy samples (loss.on_policy_frac > 0)"] if data.on_policy is not None else []),
-        *(["iterated PLaD's rounds (rounds > 1)"] if data.refresh is not None else []),
-    ]
-    if needs:
-        raise ConfigError(
-            f"FSDP shards the student's parameters, and this run also needs {'; '.join(needs)}, which plad does "
-            "not run on sharded parameters; launch with configs/accelerate/ddp.yaml, or use a method without "
-            "them (sft, plad-rank, plad-margin, dpkd with loss.regularizer none, distill from stored pairs)"
-        )
 
 
 def check_trackers(cfg: TrainConfig, where: str = "train") -> None:

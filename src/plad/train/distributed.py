@@ -1,0 +1,69 @@
+"""What the training loop does differently in several processes (`accelerate launch`): which distributed types
+and settings it runs (checked at the start), and how a logged row becomes the whole run's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from plad.core.methods import Frozen
+from plad.train.batches import TrainData
+from plad.utils.errors import ConfigError
+
+
+def window_means(accelerator: Any, window: dict[str, list[float]], tokens: int) -> dict[str, float]:
+    """The means of a log window's metrics over this process's steps, then over the processes (the loss summed:
+    each process holds its share of the global loss), and the tokens of every process. One all-reduce of a
+    vector; the metric names are gathered first, so a metric that only some processes logged in this window is
+    averaged over those that did."""
+    local = {k: sum(v) / len(v) for k, v in window.items()}
+    if accelerator.num_processes == 1:
+        return {**local, "tokens": float(tokens)}
+    from accelerate.utils import gather_object
+
+    names = sorted({k for keys in gather_object([sorted(local)]) for k in keys})
+    vec = [x for k in names for x in ((local[k], 1.0) if k in local else (0.0, 0.0))] + [tokens]
+    total = accelerator.reduce(
+        torch.tensor(vec, dtype=torch.float64, device=accelerator.device), reduction="sum"
+    ).tolist()
+    row = {k: total[2 * i] / (1 if k == "loss" else max(total[2 * i + 1], 1)) for i, k in enumerate(names)}
+    return {**row, "tokens": total[-1]}
+
+
+def check_sharding(accelerator: Any, frozen: Frozen, data: TrainData) -> None:
+    """What plad runs under each of accelerate's distributed types, checked at the start:
+    - DDP (and CPU processes, which accelerate always runs as DDP): everything; tested in make test.
+    - FSDP shards the student's parameters; the trained model alone is supported. A frozen teacher or kl-init
+      reference would be a whole copy on every process (they are not sharded), and sampling (gkd's on-policy
+      outputs, iterated rounds) would call generate on a shard. Refused, naming the setting.
+    - DeepSpeed: refused. Its engine takes the optimizer step inside every backward call unless accelerate's own
+      accumulation context is used, so plad's accumulation window (train.grad_accum), gradient clipping and
+      schedule would not be what they say (accelerate's DeepSpeedEngineWrapper.backward)."""
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    if kind == DistributedType.DEEPSPEED:
+        raise ConfigError(
+            "accelerate's DeepSpeed mode is not supported: plad runs its own accumulation window and optimizer "
+            "step, which DeepSpeed's engine replaces; launch with configs/accelerate/ddp.yaml (every method) or "
+            "configs/accelerate/fsdp.yaml (the student's parameters sharded)"
+        )
+    if kind != DistributedType.FSDP:
+        return
+    needs = [
+        *(["a frozen teacher (the method's loss reads its logits)"] if frozen.teacher is not None else []),
+        *(
+            ["kl-init's frozen reference (loss.regularizer)"]
+            if isinstance(frozen.reference, torch.nn.Module)
+            else []
+        ),
+        *(["gkd's on-policy samples (loss.on_policy_frac > 0)"] if data.on_policy is not None else []),
+        *(["iterated PLaD's rounds (rounds > 1)"] if data.refresh is not None else []),
+    ]
+    if needs:
+        raise ConfigError(
+            f"FSDP shards the student's parameters, and this run also needs {'; '.join(needs)}, which plad does "
+            "not run on sharded parameters; launch with configs/accelerate/ddp.yaml, or use a method without "
+            "them (sft, plad-rank, plad-margin, dpkd with loss.regularizer none, distill from stored pairs)"
+        )
