@@ -93,11 +93,43 @@ def _healed(cfg: HealConfig, out: Path, tok: Any) -> Any:
     return healed
 
 
+def _already_healed(cfg: HealConfig, summary_path: Path) -> dict | None:
+    """heal.json of a finished heal with the same settings (--resume), or None. It is written last."""
+    from plad.train.stages import resume_fingerprint
+
+    if cfg.resume and summary_path.is_file():
+        finished = json.loads(summary_path.read_text())
+        if finished.get("fingerprint") == resume_fingerprint(cfg):
+            log.info("heal: %s is healed already with the same settings", summary_path.parent)
+            return finished
+    return None
+
+
+def _train(cfg: HealConfig, model: Any, tok: Any, items: list, teacher: Any) -> dict:
+    """The heal's training run: sft's loss on the texts (objective lm) or kd from the teacher."""
+    from plad.train.batches import TrainData
+    from plad.train.loop import train
+    from plad.train.stages import resume_fingerprint
+
+    return train(
+        model=model,
+        tokenizer=tok,
+        method=METHODS["sft" if cfg.objective == "lm" else "kd"],
+        data=TrainData(items, cfg.train.batch_size, cfg.train.seed),
+        loss_cfg=LossConfig(),
+        cfg=cfg.train,
+        output_dir=Path(cfg.output_dir),
+        config_fingerprint=resume_fingerprint(cfg),
+        resume=cfg.resume,
+        frozen=Frozen(teacher=teacher, vocab=len(tok)),
+        lora=cfg.lora if cfg.lora.enabled else None,
+    )
+
+
 def run_heal(cfg: HealConfig) -> dict:
     """`plad heal`: train a pruned model on unlabeled text (LM loss, or KD from the teacher), with the held-out NLL
     before and after; resumable, and a finished heal with the same settings is not run again."""
-    from plad.train.batches import TrainData
-    from plad.train.loop import check_trackers, train
+    from plad.train.loop import check_trackers
     from plad.train.lora import add_adapters
     from plad.train.model_card import write_card
     from plad.train.stages import resume_fingerprint
@@ -113,11 +145,8 @@ def run_heal(cfg: HealConfig) -> dict:
     teacher_tok = _teacher_tokenizer(cfg, tok)
     check_output_dir(out, cfg.resume, resume_fingerprint(cfg))
     summary_path = out / "heal.json"
-    if cfg.resume and summary_path.is_file():  # written last: the heal is finished
-        finished = json.loads(summary_path.read_text())
-        if finished.get("fingerprint") == resume_fingerprint(cfg):
-            log.info("heal: %s is healed already with the same settings", out)
-            return finished
+    if (finished := _already_healed(cfg, summary_path)) is not None:
+        return finished
     teacher = None
     if teacher_tok is not None:
         teacher, _ = load_model_and_tokenizer(cfg.teacher, tok=teacher_tok, dtype=cfg.teacher_dtype)
@@ -133,19 +162,7 @@ def run_heal(cfg: HealConfig) -> dict:
         "heal %s (%s): %d texts in %d rows (%d tokens), held-out NLL %.3f before",
         cfg.model, cfg.objective, len(texts) - cfg.val_texts, len(items), n_tokens, before,
     )  # fmt: skip
-    result = train(
-        model=model,
-        tokenizer=tok,
-        method=METHODS["sft" if cfg.objective == "lm" else "kd"],
-        data=TrainData(items, cfg.train.batch_size, cfg.train.seed),
-        loss_cfg=LossConfig(),
-        cfg=cfg.train,
-        output_dir=out,
-        config_fingerprint=resume_fingerprint(cfg),
-        resume=cfg.resume,
-        frozen=Frozen(teacher=teacher, vocab=len(tok)),
-        lora=cfg.lora if cfg.lora.enabled else None,
-    )
+    result = _train(cfg, model, tok, items, teacher)
     after = heldout_nll(_healed(cfg, out, tok), tok.pad_token_id, val)
     info = {
         **result,
