@@ -66,6 +66,12 @@ class TrainConfig:
         "'plad[trackio]'; local), several (tensorboard,wandb), or none; metrics.jsonl is always written",
         in_fingerprint=False,  # a tracker records results, it cannot change them
     )
+    group_by_length: bool = opt(
+        False,
+        "batch items of similar length together (spans of 50 batches sorted by length, the batches' order drawn at "
+        "random): less padding per step, every item still once per epoch",
+        in_fingerprint="unless-default",
+    )
     gradient_checkpointing: bool = opt(
         False,
         "recompute each layer's activations in the backward pass instead of keeping them: the same gradients, "

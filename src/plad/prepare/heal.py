@@ -115,7 +115,9 @@ def _train(cfg: HealConfig, model: Any, tok: Any, items: list, teacher: Any) -> 
         model=model,
         tokenizer=tok,
         method=METHODS["sft" if cfg.objective == "lm" else "kd"],
-        data=TrainData(items, cfg.train.batch_size, cfg.train.seed),
+        data=TrainData(
+            items, cfg.train.batch_size, cfg.train.seed, group_by_length=cfg.train.group_by_length
+        ),
         loss_cfg=LossConfig(),
         cfg=cfg.train,
         output_dir=Path(cfg.output_dir),

@@ -89,7 +89,9 @@ def run_sft(cfg: SFTConfig) -> dict:
         model=model,
         tokenizer=tok,
         method=METHODS["sft"],
-        data=TrainData(items, cfg.train.batch_size, cfg.train.seed),
+        data=TrainData(
+            items, cfg.train.batch_size, cfg.train.seed, group_by_length=cfg.train.group_by_length
+        ),
         loss_cfg=LossConfig(),
         cfg=cfg.train,
         output_dir=out,
@@ -408,7 +410,15 @@ def run_distill(cfg: DistillConfig) -> dict:
         model=model,
         tokenizer=tok,
         method=method,
-        data=TrainData(items, cfg.train.batch_size, cfg.train.seed, reg_items, on_policy, refresh),
+        data=TrainData(
+            items,
+            cfg.train.batch_size,
+            cfg.train.seed,
+            reg_items,
+            on_policy,
+            refresh,
+            cfg.train.group_by_length,
+        ),
         loss_cfg=cfg.loss,
         cfg=cfg.train,
         output_dir=out,
