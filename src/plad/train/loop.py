@@ -332,7 +332,7 @@ class Trainer:
             "fingerprint": self.fingerprint,
             **({"data_used": self.data_used} if self.data_used is not None else {}),
         }
-        # every process: under FSDP / DeepSpeed ZeRO-3 gathering the full state dict is a collective
+        # every process: under FSDP gathering the full state dict is a collective
         state = accelerator.get_state_dict(self.model) if self.lora is None else None
         if accelerator.is_main_process:
             with signals.deferred("the final model is written"):
