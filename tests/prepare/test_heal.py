@@ -159,3 +159,20 @@ def test_heal_kd_from_the_teacher(parts, tmp_path, capsys):
         return total / n
 
     assert kl_to_teacher(out) < kl_to_teacher(parts["pruned"])
+
+
+def test_heal_with_lora_trains_adapters_and_measures_the_merged_model(parts, tmp_path, capsys):
+    """`plad heal --lora.r 4`: adapters over the pruned model, the merged folder at OUTPUT (what prepare's later
+    stages load) and the held-out NLL after healing measured on it (not on the base alone)."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "lora"
+    assert main_inprocess(*heal_args(parts, out, "--lora.r", 4, "--train.lr", 1e-2)) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info == json.loads((out / "heal.json").read_text()) and info["steps"] == 8
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(parts["pruned"])
+    changed = [k for k, v in merged.state_dict().items() if not torch.equal(v, base.state_dict()[k])]
+    assert changed and all("proj" in k for k in changed)  # only the adapted projections moved
+    assert info["heldout_nll_after"] < info["heldout_nll_before"]
