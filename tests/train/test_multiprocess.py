@@ -1,5 +1,6 @@
-"""Two processes through `accelerate launch` on CPU (gloo), with configs/accelerate/ddp.yaml: each run equals the single-process run with the same global batch (2 processes x batch 2
-against 1 process x batch 2 x grad_accum 2), in the saved weights and in every metrics row. Measured on this
+"""Two processes through `accelerate launch` on CPU (gloo), with configs/accelerate/ddp.yaml: each run equals the
+single-process run with the same global batch (2 processes x batch 2 against 1 process x batch 2 x grad_accum 2),
+in the saved weights and in every metrics row. Measured on this
 machine the two are equal bit for bit; the tolerance below (1e-6) leaves room for another all-reduce order.
 
 Covered: sft, plad-rank, dpkd, kd (a frozen teacher), gkd with on-policy samples drawn on every process, and
