@@ -398,38 +398,36 @@ def run_distill(cfg: DistillConfig) -> dict:
     refresh = make_rounds(cfg, tok, items, out) if cfg.rounds > 1 else None
     save_yaml(cfg, out / "plad_config.yaml")
     log.info("distill %s: %d items, %d steps", cfg.method, len(items), cfg.train.max_steps)
-    # what the run trained on after data_fraction (data scaling reads it from train_summary.json)
-    data_used = {
-        "data_fraction": cfg.data_fraction,
-        "prompts": len(_prompts(pairs if source != "targets" else examples)),
-        "pairs": len(pairs),
-        "examples": len(examples),
-        "items": len(items),
-    }
+    data = TrainData(
+        items, cfg.train.batch_size, cfg.train.seed, reg_items, on_policy, refresh, cfg.train.group_by_length
+    )
     summary = train(
         model=model,
         tokenizer=tok,
         method=method,
-        data=TrainData(
-            items,
-            cfg.train.batch_size,
-            cfg.train.seed,
-            reg_items,
-            on_policy,
-            refresh,
-            cfg.train.group_by_length,
-        ),
+        data=data,
         loss_cfg=cfg.loss,
         cfg=cfg.train,
         output_dir=out,
         config_fingerprint=resume_fingerprint(cfg),
         resume=cfg.resume,
         frozen=frozen,
-        data_used=data_used,
+        data_used=_data_used(cfg, source, pairs, examples, items),
         lora=cfg.lora if cfg.lora.enabled else None,
     )
     write_card(out)
     return summary
+
+
+def _data_used(cfg: DistillConfig, source: str, pairs: list, examples: list, items: list[Item]) -> dict:
+    """What the run trained on after data_fraction (data scaling reads it from train_summary.json)."""
+    return {
+        "data_fraction": cfg.data_fraction,
+        "prompts": len(_prompts(pairs if source != "targets" else examples)),
+        "pairs": len(pairs),
+        "examples": len(examples),
+        "items": len(items),
+    }
 
 
 def _student(cfg: DistillConfig, model: Any, regularizer: str) -> tuple[Any, Any]:
