@@ -595,7 +595,14 @@ def _naive_grads(bench: Bench, method_name: str, loss_cfg, items, reg_items, bat
     n_micro = len(items) // batch_size
     for a in range(n_micro):
         sl = slice(a * batch_size, (a + 1) * batch_size)
-        batch = make_batch(items[sl], reg_items[sl] if reg_items else None, tok.pad_token_id, loss_cfg)
+        batch = make_batch(
+            items[sl],
+            reg_items[sl] if reg_items else None,
+            tok.pad_token_id,
+            loss_cfg,
+            None,
+            method.from_divergence,
+        )
         parts = method.loss(model, batch, loss_cfg, frozen)
         loss = parts.tok_weight * parts.tok_sum / batch["n_tokens"]
         if parts.seq_sum is not None:

@@ -266,7 +266,7 @@ def test_sequence_logps_counted_tokens_and_logits_equal_full(models, monkeypatch
     """The divergence-aware count (a subset of the labels) and return_logits: the same values both ways."""
     model = models["student"]
     cfg = LossConfig(regularizer="none")
-    main = make_batch(ITEMS["pairs"], None, PAD, cfg)["main"]
+    main = make_batch(ITEMS["pairs"], None, PAD, cfg, divergence=True)["main"]
     counted = main["divergence_labels"]
     assert ((counted != -100).sum() < (main["labels"] != -100).sum()) and (counted != -100).any()
     batch = {k: main[k] for k in ("input_ids", "attention_mask", "labels")}
@@ -370,7 +370,9 @@ def test_every_method_gathered_equals_full(models, monkeypatch, method: str, reg
     loss = LossConfig(beta=0.5, regularizer=regularizer, reg_weight=0.7, logp="mean", dpkd_token_beta=1.0)
     source = m.data_source(loss)
     items = ITEMS[{"targets": "single", "teacher": "single"}.get(source, source)]
-    batch = make_batch(items, ITEMS["reg"] if regularizer == "target" else None, PAD, loss)
+    batch = make_batch(
+        items, ITEMS["reg"] if regularizer == "target" else None, PAD, loss, None, m.from_divergence
+    )
 
     fast, fast_grads, shapes = _loss_and_grads(method, loss, models, batch)
     assert shapes and all(len(s) == 2 for s in shapes), "the student's output layer must run on (M, H) only"
@@ -459,7 +461,9 @@ def test_every_method_chunked_equals_one_chunk(
     loss = LossConfig(beta=0.5, regularizer=regularizer, reg_weight=0.7, logp="mean", dpkd_token_beta=1.0)
     source = m.data_source(loss)
     items = ITEMS[{"targets": "single", "teacher": "single"}.get(source, source)]
-    batch = make_batch(items, ITEMS["reg"] if regularizer == "target" else None, PAD, loss)
+    batch = make_batch(
+        items, ITEMS["reg"] if regularizer == "target" else None, PAD, loss, None, m.from_divergence
+    )
     if path == "full-forward":
         _full_forward(monkeypatch)
     monkeypatch.setattr(logprobs, "CHUNK_VALUES", 1 << 40)
@@ -506,3 +510,51 @@ def test_chunked_backward_keeps_no_full_logits(llama_models, monkeypatch, method
 
     assert widest_saved(1 << 40) >= M * VOCAB > 3 * VOCAB
     assert widest_saved(3 * VOCAB) <= 0  # the chunks keep their hidden states only (the weight's are (V, H))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The shared-prompt forward of pair batches
+
+
+@pytest.mark.parametrize(
+    ("method", "regularizer"),
+    [("plad-rank", "chosen"), ("plad-margin-div", "none"), ("dpkd", "chosen"), ("plad-rank", "kl-init")],
+)
+def test_shared_prompt_equals_prompt_plus_output_rows(models, method: str, regularizer: str) -> None:
+    """Each prompt once and both outputs on its cache (train.shared_prompt) against prompt + output rows: the same
+    loss parts (to 1e-5) and parameter gradients (to 1e-4), on prompts of 3-9 tokens (left padding up to 6) and on
+    every family, Gemma-3's sliding-window layers (window 4) included; the body reads fewer tokens."""
+    m = METHODS[method]
+    loss = LossConfig(beta=0.5, regularizer=regularizer, reg_weight=0.7, logp="mean")
+    items = ITEMS["pairs"]
+    body = gathered_output_layer(models["student"])[0]
+    tokens: list[int] = []
+    hook = body.get_input_embeddings().register_forward_hook(
+        lambda mod, args, out: tokens.append(args[0].numel())
+    )
+    try:
+        results = {}
+        for shared in (False, True):
+            batch = make_batch(items, None, PAD, loss, None, m.from_divergence, shared)
+            assert ("shared_prompt" in batch["main"]) == shared
+            tokens.clear()
+            results[shared] = _loss_and_grads(method, loss, models, batch)
+            results[shared] += (sum(tokens),)
+    finally:
+        hook.remove()
+    (values, grads, _, read), (s_values, s_grads, _, s_read) = results[False], results[True]
+    assert values.keys() == s_values.keys() and grads.keys() == s_grads.keys()
+    for k in values:
+        torch.testing.assert_close(s_values[k], values[k], **TOL)
+    for (
+        k
+    ) in grads:  # the attention runs on other shapes: float32 rounding differs by ~1e-7 in the hidden states
+        torch.testing.assert_close(s_grads[k], grads[k], atol=1e-4, rtol=1e-4)
+    B = len(items)
+    Tp = max(len(it.prompt) for it in items)
+    To = max(len(o) for it in items for o in (it.chosen, it.rejected))
+    T = max(len(it.prompt) + len(o) for it in items for o in (it.chosen, it.rejected))
+    assert (read, s_read) == (
+        2 * B * T,
+        B * Tp + 2 * B * To,
+    )  # the student's body (kl-init's reference apart)

@@ -419,3 +419,18 @@ def test_data_fraction_keeps_whole_prompts_in_file_order() -> None:
     examples = [Example(str(i), "p") for i in range(10)]
     assert [e.id for e in _fraction(examples, 0.25)] == ["0", "1", "2"]
     assert _fraction(examples, 1.0) == examples
+
+
+def test_divergence_labels_built_only_for_the_methods_that_read_them() -> None:
+    """make_batch loops over the pairs for divergence-aware labels only when asked; the training loop asks for the
+    methods whose spec says from_divergence, which are exactly the -div methods (their losses read the labels)."""
+    from plad.config import LossConfig
+    from plad.core.methods import METHODS, Item, make_batch
+
+    assert {n for n, m in METHODS.items() if m.from_divergence} == {"plad-rank-div", "plad-margin-div"}
+    items = [Item([1, 2], [3, 4, 9], [3, 5, 9]), Item([6], [7, 9], [8, 9])]
+    assert "divergence_labels" not in make_batch(items, None, 0, LossConfig())["main"]
+    div = make_batch(items, None, 0, LossConfig(), divergence=True)["main"]["divergence_labels"]
+    assert (div[0] != -100).sum() == 2 and (
+        div[1] != -100
+    ).sum() == 2  # from the first differing token, EOS too

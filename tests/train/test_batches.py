@@ -61,8 +61,8 @@ def test_sft_with_group_by_length_trains_the_same_examples_with_less_padding(
     seen: dict[str, list[tuple[int, int]]] = {}
     real = loop.make_batch
 
-    def spy(items, reg, pad_id, loss_cfg, start_id):
-        batch = real(items, reg, pad_id, loss_cfg, start_id)
+    def spy(*args):
+        batch = real(*args)
         mask = batch["main"]["attention_mask"]
         seen.setdefault(key, []).append((int(mask.sum()), mask.numel()))
         return batch

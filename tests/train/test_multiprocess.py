@@ -54,6 +54,8 @@ def store(bench: Bench, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _args(bench: Bench, store: Path, out: Path, method: str, *extra: object) -> list[object]:
     common = ["--model", bench.student, "--output_dir", out, "--train.max_steps", 3, "--train.log_every", 1]
     common += ["--train.batch_size", 2, "--train.lr", 1e-2, "--threads", 1, *extra]
+    # DDP runs the wrapped model's own forward (prompt + output rows): so does the one-process run it must equal
+    common += ["--train.shared_prompt", "false"]
     if method == "sft":
         return ["sft", "--train_file", bench.sft, *common]
     return [

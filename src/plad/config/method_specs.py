@@ -22,6 +22,7 @@ class MethodSpec:
     needs_teacher_model: bool = False  # a frozen local teacher with the student's vocabulary
     needs_teacher_logps: bool = False  # teacher log-probs stored with the pairs
     on_policy: bool = False  # student samples generated during training
+    from_divergence: bool = False  # counts each output from the first token where y+ and y- differ
 
     def data_source(self, loss: Any) -> str:
         """The data a batch is built from: `source`, with "tokens" resolved by `loss.token_data`."""
@@ -63,6 +64,7 @@ METHOD_SPECS: dict[str, MethodSpec] = {
             "plad-rank with log-probs counted from the first token where y+ and y- differ (divergence-aware)",
             "pairs",
             uses_regularizer=True,
+            from_divergence=True,
         ),
         MethodSpec(
             "plad-margin-div",
@@ -70,6 +72,7 @@ METHOD_SPECS: dict[str, MethodSpec] = {
             "pairs",
             needs_scores=True,
             uses_regularizer=True,
+            from_divergence=True,
         ),
         MethodSpec(
             "dpkd",

@@ -78,6 +78,13 @@ class TrainConfig:
         "about half the memory of a step, slower steps (a second forward of every layer)",
         in_fingerprint=False,
     )
+    shared_prompt: bool = opt(
+        True,
+        "pair methods (plad-rank, plad-margin, their -div forms, dpkd): run each prompt once and both outputs on its "
+        "key/value cache instead of the prompt twice (the same values; for the model families whose output layer plad "
+        "gathers, without gradient checkpointing; others run prompt + output rows)",
+        in_fingerprint=False,  # the same computation, in fewer tokens
+    )
 
     def __post_init__(self) -> None:
         check_choices(self)

@@ -144,6 +144,18 @@ def encode_output(
     return ids
 
 
+def pad_rows(rows: Sequence[list[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded token rows (at the end, or at the start with left): ids (N, T) and attention mask (N, T)."""
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, r in enumerate(rows):
+        cols = slice(T - len(r), T) if left else slice(0, len(r))
+        ids[i, cols] = torch.tensor(r, dtype=torch.long)
+        mask[i, cols] = 1
+    return ids, mask
+
+
 def collate_sequences(
     prompts: Sequence[list[int]],
     outputs: Sequence[list[int]],

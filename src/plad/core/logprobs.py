@@ -148,13 +148,66 @@ def output_hidden(model: Any, batch: dict[str, torch.Tensor]) -> Gathered:
         logits, _ = forward_logits(model, batch)  # (N, T', V)
         return Gathered(logits[mask].float(), None, labels[mask], mask, logits.shape[-1])
     body, output_layer = known
+    vocab = model.get_output_embeddings().out_features
+    if "shared_prompt" in batch and not getattr(body, "gradient_checkpointing", False):
+        values = _shared_prompt_hidden(body, batch["shared_prompt"])
+        if values is not None:
+            return Gathered(values, output_layer, labels[mask], mask, vocab)
     hidden = body(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
     ).last_hidden_state  # (N, T, H)
     # position t predicts token t+1, as in forward_logits; the transform (softcapping) runs in the output layer's
     # dtype, as in the model's forward, and Gathered.logits casts to float32 after it
-    vocab = model.get_output_embeddings().out_features
     return Gathered(hidden[:, :-1][mask], output_layer, labels[mask], mask, vocab)
+
+
+def _shared_prompt_hidden(body: torch.nn.Module, rows: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The hidden states (M, H) at the labelled positions of a pair batch (rows [0, B) prompt + chosen, [B, 2B)
+    prompt + rejected), with each prompt computed once: the B prompts with their key/value cache, then the 2B
+    outputs on that cache (the cache's rows taken twice). Gradients reach the prompt's layers through the cache.
+
+    The prompts are padded at the start, so that every prompt ends where the outputs begin: no padding between a
+    prompt and its output, and a sliding attention window (Gemma-3) covers the tokens it covers in the prompt +
+    output row. Positions count real tokens (0 at a prompt's first), as in that row. The position that predicts
+    output token 0 is the prompts' last one; token j > 0 is predicted at output position j - 1. Rows in order,
+    positions in order: the order of labels[mask]. None when the body returns no cache (the caller then runs
+    prompt + output rows)."""
+    prompt_mask, output_mask = rows["prompt_mask"], rows["output_mask"]  # (B, Tp) left-padded, (2B, To)
+    B = prompt_mask.shape[0]
+    prompt_positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (B, Tp)
+    first = body(
+        input_ids=rows["prompt_ids"],
+        attention_mask=prompt_mask,
+        position_ids=prompt_positions,
+        use_cache=True,
+    )
+    cache = getattr(first, "past_key_values", None)
+    if cache is None or not hasattr(cache, "reorder_cache"):
+        return None
+    both = torch.cat([torch.arange(B, device=prompt_mask.device)] * 2)  # (2B,): prompt b for rows b and B + b
+    cache.reorder_cache(both)
+    prompt_len = prompt_mask.sum(-1)[both]  # (2B,)
+    positions = prompt_len[:, None] + torch.arange(
+        output_mask.shape[1], device=output_mask.device
+    )  # (2B, To)
+    hidden = body(
+        input_ids=rows["output_ids"],
+        attention_mask=torch.cat([prompt_mask[both], output_mask], dim=1),
+        position_ids=positions,
+        use_cache=True,
+        **{_cache_argument(body): cache},
+    ).last_hidden_state  # (2B, To, H)
+    last = first.last_hidden_state[both, -1]  # (2B, H): every prompt ends at the last column
+    predicting = torch.cat([last[:, None], hidden[:, :-1]], dim=1)  # (2B, To, H): column j predicts token j
+    return predicting[output_mask.bool()]
+
+
+def _cache_argument(body: torch.nn.Module) -> str:
+    """The name the body's forward takes a key/value cache under: `cache` from transformers 5.24 on (where
+    `past_key_values` is deprecated), `past_key_values` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
 
 
 def output_logits(

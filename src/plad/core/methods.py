@@ -16,7 +16,7 @@ import torch
 
 from plad.config import LossConfig
 from plad.config.method_specs import METHOD_SPECS, MethodSpec
-from plad.core.batching import collate_sequences
+from plad.core.batching import collate_sequences, pad_rows
 from plad.core.logprobs import chunked_rows, forward_token_nll, output_hidden, output_logits, sequence_logps
 from plad.core.losses import (
     dpkd_sequence_loss,
@@ -68,7 +68,8 @@ class LossParts:
     seq_sum: torch.Tensor | None = None  # sum over examples of sequence-level losses
     tok_sum: torch.Tensor | None = None  # sum over tokens of token-level losses
     tok_weight: float = 1.0
-    metrics: dict[str, float] = field(default_factory=dict)  # detached diagnostics, micro-batch means
+    # detached diagnostics, micro-batch means: 0-dim tensors on the model's device (read at log time, not per step)
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def divergence_labels(labels: torch.Tensor, prompt_len: int, a: list[int], b: list[int], window: int) -> None:
@@ -86,9 +87,13 @@ def make_batch(
     pad_id: int,
     loss: LossConfig,
     decoder_start_id: int | None = None,
+    divergence: bool = False,
+    shared_prompt: bool = False,
 ) -> dict[str, Any]:
     """A micro-batch: single outputs; a pair stacked for one concatenated forward; or a list of K outputs.
-    decoder_start_id: the encoder-decoder layout (prompts to the encoder, outputs to the decoder)."""
+    decoder_start_id: the encoder-decoder layout (prompts to the encoder, outputs to the decoder).
+    divergence: also the pairs' divergence-aware labels (a Python loop per pair: only for the -div methods).
+    shared_prompt: pairs also carry their prompts and outputs apart, for output_hidden's shared-prompt forward."""
     prompts = [it.prompt for it in items]
     B = len(items)
     if items[0].outputs is not None:
@@ -112,23 +117,35 @@ def make_batch(
             pad_id,
             decoder_start_id,
         )
+        if decoder_start_id is None and shared_prompt:  # the prompt once, both outputs on its cache
+            prompt_ids, prompt_mask = pad_rows(prompts, pad_id, left=True)
+            output_ids, output_mask = pad_rows(
+                [it.chosen for it in items] + [it.rejected for it in items], pad_id
+            )
+            main["shared_prompt"] = {
+                "prompt_ids": prompt_ids,
+                "prompt_mask": prompt_mask,
+                "output_ids": output_ids,
+                "output_mask": output_mask,
+            }
         main["chosen_scores"] = torch.tensor([it.chosen_score for it in items])
         main["rejected_scores"] = torch.tensor([it.rejected_score for it in items])
         main["teacher_logps"] = torch.tensor(
             [it.teacher_chosen_logp for it in items] + [it.teacher_rejected_logp for it in items],
             dtype=torch.float32,
         )
-        # Divergence-aware calibration: each output counts from the first token where the two differ.
-        div = main["labels"].clone()
-        for i, it in enumerate(items):
-            offset = (
-                0 if decoder_start_id is not None else len(it.prompt)
-            )  # where the output starts in labels
-            divergence_labels(div[i], offset, it.chosen, it.rejected, loss.divergence_window)
-            divergence_labels(div[B + i], offset, it.rejected, it.chosen, loss.divergence_window)
-        main["divergence_labels"] = div
+        if (
+            divergence
+        ):  # divergence-aware calibration: each output counts from the first token where they differ
+            div = main["labels"].clone()
+            for i, it in enumerate(items):
+                offset = 0 if decoder_start_id is not None else len(it.prompt)  # where the output starts
+                divergence_labels(div[i], offset, it.chosen, it.rejected, loss.divergence_window)
+                divergence_labels(div[B + i], offset, it.rejected, it.chosen, loss.divergence_window)
+            main["divergence_labels"] = div
         n_tokens = sum(len(it.chosen) for it in items)
-    batch: dict[str, Any] = {"main": main, "n_examples": B, "n_tokens": n_tokens}
+    n_chosen = sum(len(it.chosen) for it in items)  # labelled tokens of rows [0, B): the chosen outputs
+    batch: dict[str, Any] = {"main": main, "n_examples": B, "n_tokens": n_tokens, "n_chosen_tokens": n_chosen}
     if reg_items:
         batch["reg"] = collate_sequences(
             [it.prompt for it in reg_items], [it.chosen for it in reg_items], pad_id, decoder_start_id
@@ -147,7 +164,7 @@ def cross_entropy(
     """CE on the output tokens (targets for sft, teacher outputs for seqkd), EOS included."""
     nll = forward_token_nll(model, batch["main"])  # (B, T-1)
     n = max(batch["n_tokens"], 1)
-    return LossParts(tok_sum=nll.sum(), metrics={"ce": float(nll.sum().detach()) / n})
+    return LossParts(tok_sum=nll.sum(), metrics={"ce": nll.sum().detach() / n})
 
 
 def _regulariser(
@@ -168,12 +185,13 @@ def _regulariser(
     return None
 
 
-def _chosen_rows(out: dict[str, torch.Tensor], B: int) -> dict[str, torch.Tensor]:
+def _chosen_rows(out: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The chosen outputs' part of a sequence_logps result, rows [0, B): token_nll (B, T-1) and, when it holds
-    logits (kl-init), the logits (Mc, V) of their labelled tokens, the first Mc of the gathered ones."""
-    chosen = {"token_nll": out["token_nll"][:B]}
+    logits (kl-init), the logits (Mc, V) of their labelled tokens, the first Mc of the gathered ones (Mc counted
+    by make_batch on the host: every chosen token is labelled once)."""
+    chosen = {"token_nll": out["token_nll"][: batch["n_examples"]]}
     if "logits" in out:
-        chosen["logits"] = out["logits"][: int(out["label_mask"][:B].sum())]
+        chosen["logits"] = out["logits"][: batch["n_chosen_tokens"]]
     return chosen
 
 
@@ -184,11 +202,11 @@ def _pair_metrics(
     chosen_logps: torch.Tensor, rejected_logps: torch.Tensor, per_example: torch.Tensor
 ) -> dict:
     return {
-        "calibration": float(per_example.detach().mean()),
-        "chosen_logps": float(chosen_logps.detach().mean()),
-        "rejected_logps": float(rejected_logps.detach().mean()),
-        "margin": float((chosen_logps - rejected_logps).detach().mean()),
-        "rank_acc": float(ranking_accuracy(chosen_logps, rejected_logps)),
+        "calibration": per_example.detach().mean(),
+        "chosen_logps": chosen_logps.detach().mean(),
+        "rejected_logps": rejected_logps.detach().mean(),
+        "margin": (chosen_logps - rejected_logps).detach().mean(),
+        "rank_acc": ranking_accuracy(chosen_logps, rejected_logps),
     }
 
 
@@ -198,7 +216,7 @@ def _with_regulariser(
     tok_sum = _regulariser(model, batch, loss, frozen, chosen)
     if tok_sum is not None:
         key = "reg_kl" if loss.regularizer == "kl-init" else "reg_ce"  # per regularised token
-        metrics[key] = float(tok_sum.detach()) / max(batch["n_tokens"], 1)
+        metrics[key] = tok_sum.detach() / max(batch["n_tokens"], 1)
     return LossParts(seq_sum=per_example.sum(), tok_sum=tok_sum, tok_weight=loss.reg_weight, metrics=metrics)
 
 
@@ -221,7 +239,7 @@ def _calibration(kind: str, from_divergence: bool = False) -> Callable[..., Loss
             per_example = margin_calibration_loss(
                 chosen_logps, rejected_logps, main["chosen_scores"], main["rejected_scores"], loss.beta
             )
-        chosen = _chosen_rows(out, B)
+        chosen = _chosen_rows(out, batch)
         return _with_regulariser(
             model,
             batch,
@@ -242,13 +260,14 @@ def plad_list(model: Any, batch: dict[str, Any], loss: LossConfig, frozen: Froze
     K = main["list_mask"].shape[1]
     logps = out["logps"].view(K, B).T  # (B, K)
     per_example = listwise_rank_loss(logps, main["list_ranks"], main["list_mask"], loss.beta)
-    chosen = _chosen_rows(out, B)
+    chosen = _chosen_rows(out, batch)
     others = logps[:, 1:].masked_fill(~main["list_mask"][:, 1:], float("nan"))
     metrics = {
-        "calibration": float(per_example.detach().mean()),
-        "chosen_logps": float(logps[:, 0].detach().mean()),
-        "rejected_logps": float(others.detach().nanmean()),
-        "rank_acc": float((logps[:, :1] > others).float()[main["list_mask"][:, 1:]].mean()),
+        "calibration": per_example.detach().mean(),
+        "chosen_logps": logps[:, 0].detach().mean(),
+        "rejected_logps": others.detach().nanmean(),
+        "rank_acc": ((logps[:, :1] > others) & main["list_mask"][:, 1:]).sum()
+        / main["list_mask"][:, 1:].sum(),
     }
     return _with_regulariser(model, batch, loss, frozen, chosen, per_example, metrics)
 
@@ -262,12 +281,10 @@ def dpkd(model: Any, batch: dict[str, Any], loss: LossConfig, frozen: Frozen = N
     per_example = dpkd_sequence_loss(
         out["logps"][:B], out["logps"][B:], teacher[:B], teacher[B:], lengths[:B], lengths[B:], loss.beta
     )
-    chosen = _chosen_rows(out, B)
+    chosen = _chosen_rows(out, batch)
     metrics = _pair_metrics(out["logps"][:B], out["logps"][B:], per_example)
     ratio_c, ratio_r = out["logps"][:B] - teacher[:B], out["logps"][B:] - teacher[B:]
-    metrics["reward_margin"] = float(
-        (ratio_c / lengths[:B] - ratio_r / lengths[B:]).detach().mean() * loss.beta
-    )
+    metrics["reward_margin"] = (ratio_c / lengths[:B] - ratio_r / lengths[B:]).detach().mean() * loss.beta
     return _with_regulariser(model, batch, loss, frozen, chosen, per_example, metrics)
 
 
@@ -296,7 +313,7 @@ def _token_level(kind: str) -> Callable[..., LossParts]:
         # a chunk of rows at a time: on a 150k vocabulary the (M, V) logits of both models never exist at once
         per_token, nll = chunked_rows(per_row, student, teacher)  # (M,), (M,)
         n = max(labels.numel(), 1)  # every gathered token has a label
-        metrics = {"divergence": float(per_token.detach().sum()) / n, "ce": float(nll.detach().sum()) / n}
+        metrics = {"divergence": per_token.detach().sum() / n, "ce": nll.detach().sum() / n}
         return LossParts(tok_sum=per_token.sum(), metrics=metrics)
 
     return loss_fn

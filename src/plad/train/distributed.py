@@ -12,12 +12,17 @@ from plad.train.batches import TrainData
 from plad.utils.errors import ConfigError
 
 
-def window_means(accelerator: Any, window: dict[str, list[float]], tokens: int) -> dict[str, float]:
+def window_means(accelerator: Any, window: dict[str, list], tokens: int) -> dict[str, float]:
     """The means of a log window's metrics over this process's steps, then over the processes (the loss summed:
     each process holds its share of the global loss), and the tokens of every process. One all-reduce of a
     vector; the metric names are gathered first, so a metric that only some processes logged in this window is
     averaged over those that did."""
-    local = {k: sum(v) / len(v) for k, v in window.items()}
+    # the window's values stay on the device until here: one copy to the host per log row, not one per value
+    means = [
+        torch.stack([torch.as_tensor(x, dtype=torch.float64, device=accelerator.device) for x in v]).mean()
+        for v in window.values()
+    ]
+    local = dict(zip(window, torch.stack(means).tolist() if means else [], strict=True))
     if accelerator.num_processes == 1:
         return {**local, "tokens": float(tokens)}
     from accelerate.utils import gather_object

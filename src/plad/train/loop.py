@@ -81,7 +81,7 @@ class Trainer:
         self.step = 0
         self.saved_step = 0  # the newest checkpoint (or the resumed one)
         self.last_loss = float("nan")
-        self.window_log: dict[str, list[float]] = {}  # metrics since the last log row
+        self.window_log: dict[str, list[torch.Tensor]] = {}  # metrics since the last log row, on the device
         self.tokens_log = 0
         self.t_log = self.t_start = time.perf_counter()
 
@@ -156,20 +156,34 @@ class Trainer:
         for a in range(cfg.grad_accum):
             g = (self.step * cfg.grad_accum + a) * self.world + self.rank
             items, reg = self.data.micro_batch(model, g)
-            micro.append(make_batch(items, reg, self.tokenizer.pad_token_id, self.loss_cfg, self.start_id))
-        counts = torch.tensor(
-            [sum(b["n_examples"] for b in micro), sum(b["n_tokens"] for b in micro)],
-            dtype=torch.float64,
-            device=accelerator.device,
-        )
-        n_examples, n_tokens = accelerator.reduce(counts, reduction="sum").tolist()
+            micro.append(
+                make_batch(
+                    items,
+                    reg,
+                    self.tokenizer.pad_token_id,
+                    self.loss_cfg,
+                    self.start_id,
+                    self.method.from_divergence,
+                    # DDP calls the wrapper's forward (prompt + output rows), checkpointing keeps no cache
+                    cfg.shared_prompt and not cfg.gradient_checkpointing and self.world == 1,
+                )
+            )
+        for b in micro:  # the forward's tokens, counted on the host before the batches go to the device
+            self.tokens_log += int(b["main"]["attention_mask"].sum())
+            self.tokens_log += int(b["main"].get("decoder_attention_mask", torch.zeros(())).sum())
+        counts = [float(sum(b["n_examples"] for b in micro)), float(sum(b["n_tokens"] for b in micro))]
+        if self.world > 1:  # one all-reduce; one process needs no round trip through the device
+            counts = accelerator.reduce(
+                torch.tensor(counts, dtype=torch.float64, device=accelerator.device), reduction="sum"
+            ).tolist()
+        n_examples, n_tokens = counts
         return micro, n_examples, n_tokens
 
-    def optimizer_step(self, micro: list[dict], n_examples: float, n_tokens: float) -> float:
+    def optimizer_step(self, micro: list[dict], n_examples: float, n_tokens: float) -> torch.Tensor:
         """Forward and backward over the window's micro-batches (gradients synchronised on the last), then one
-        optimizer and schedule step. Returns the window's loss."""
+        optimizer and schedule step. Returns the window's loss (a 0-dim tensor on the device)."""
         accelerator, model = self.accelerator, self.model
-        step_loss = 0.0
+        step_loss = torch.zeros((), device=accelerator.device)  # read at log time: no host sync per step
         for a, batch in enumerate(micro):
             batch = _to_device(batch, accelerator.device)
             sync = a == len(micro) - 1
@@ -184,11 +198,9 @@ class Trainer:
                         loss = loss + parts.tok_weight * parts.tok_sum / max(n_tokens, 1)
                 # DDP averages gradients over processes; the normalisers above are global sums already.
                 accelerator.backward(loss * self.world)
-            step_loss += float(loss.detach())
+            step_loss = step_loss + loss.detach()
             for k, v in parts.metrics.items():
                 self.window_log.setdefault(k, []).append(v)
-            self.tokens_log += int(batch["main"]["attention_mask"].sum())
-            self.tokens_log += int(batch["main"].get("decoder_attention_mask", torch.zeros(())).sum())
         grad_norm = (
             accelerator.clip_grad_norm_(model.parameters(), self.cfg.max_grad_norm)
             if self.cfg.max_grad_norm
@@ -198,18 +210,17 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        self.last_loss = step_loss
         self.window_log.setdefault("loss", []).append(step_loss)
         if grad_norm is not None:
-            self.window_log.setdefault("grad_norm", []).append(float(grad_norm))
+            self.window_log.setdefault("grad_norm", []).append(grad_norm)
         return step_loss
 
-    def log(self) -> None:
+    def log(self) -> dict | None:
         """Every log_every steps and at the end: the means since the last row, to metrics.jsonl and the tracker.
         With several processes the row is the whole run's: the loss summed over processes (each holds its share
         of the global loss), the other metrics averaged over them, the tokens of all."""
         if self.step % self.cfg.log_every and self.step != self.cfg.max_steps:
-            return
+            return None
         elapsed = time.perf_counter() - self.t_log
         row = window_means(self.accelerator, self.window_log, self.tokens_log)
         row.update(
@@ -221,6 +232,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             append_jsonl(self.metrics_path, [row])
         self.window_log, self.t_log, self.tokens_log = {}, time.perf_counter(), 0
+        return row
 
     def save(self) -> None:
         """A checkpoint every save_every steps (not at the end: the final model supersedes it)."""
@@ -292,10 +304,10 @@ class Trainer:
         self.t_log = self.t_start = time.perf_counter()
         with signals.deferred("the step in progress ends and a checkpoint of it is written"):
             while self.step < self.cfg.max_steps:
-                step_loss = self.optimizer_step(*self.window())
+                self.last_loss = self.optimizer_step(*self.window())
                 bar.update(1)
-                bar.set_postfix(loss=f"{step_loss:.4f}", refresh=False)
-                self.log()
+                if row := self.log():  # the log window's mean loss: the host waits for the device only here
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
                 self.save()
                 self.stop_if_signalled(bar)
         bar.close()
@@ -320,14 +332,13 @@ class Trainer:
         """The trained model, its tokenizer and train_summary.json; the checkpoints go (the model supersedes them)."""
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
+        last = torch.as_tensor(self.last_loss, dtype=torch.float64, device=accelerator.device).reshape(1)
         if self.world > 1:  # each process holds its share of the step's loss
-            self.last_loss = float(
-                accelerator.reduce(torch.tensor([self.last_loss], device=accelerator.device), "sum")
-            )
+            last = accelerator.reduce(last, "sum")
         summary = {
             "method": self.method.name,
             "steps": self.step,
-            "final_loss": self.last_loss,
+            "final_loss": float(last),
             "train_seconds": round(time.perf_counter() - self.t_start, 2),
             "fingerprint": self.fingerprint,
             **({"data_used": self.data_used} if self.data_used is not None else {}),
