@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.plad-installed
 
-.PHONY: demo test test-servers test-vllm lint install clean bench bench-methods bench-api prepare-real bench-real bench-real-smoke
+.PHONY: demo test test-servers test-vllm lint install clean bench bench-methods bench-api prepare-real bench-real bench-real-smoke bench-trl
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,19 @@ bench-api: $(STAMP)
 	$(BIN)/python benchmarks/api_throughput.py --server llamacpp --preset teacher --max_new_tokens 64 --prompts 96
 	$(BIN)/python benchmarks/api_throughput.py --server canned --delay_ms 50 --prompts 200
 	$(BIN)/python benchmarks/api_throughput.py --server canned --delay_ms 5 --prompts 2000 --concurrency 8 16 32
+
+# plad against TRL's DPOTrainer and GKDTrainer on the same pairs, students and CPU (benchmarks/trl_compare.py; about
+# an hour on 2 cores). TRL lives in its own venv with plad's exact pins, so plad's .venv never holds it.
+TRL_VENV ?= .venv-trl
+$(TRL_VENV)/.plad-installed: requirements-trl.txt requirements-cpu.txt pyproject.toml
+	$(PYTHON) -m venv $(TRL_VENV)
+	$(TRL_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TRL_VENV)/bin/python -m pip install --quiet -r requirements-trl.txt
+	$(TRL_VENV)/bin/python -m pip install --quiet -c requirements-cpu.txt -e .
+	touch $@
+
+bench-trl: $(TRL_VENV)/.plad-installed
+	$(TRL_VENV)/bin/python benchmarks/trl_compare.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/demo_seeds.py
