@@ -416,6 +416,8 @@ def plot(runs: list[dict], sizes: dict[str, int], path: Path) -> None:
     scaling_model = next((r["model"] for r in runs if r["batch"] != r["main_batch"]), None)
     for name, color, style in pairs:
         mine = [r for r in runs if r["contender"] == name and r["model"] == scaling_model]
+        if len({r["batch"] for r in mine}) < 2:  # a contender run at one batch size only: no line to draw
+            mine = []
         pts = [(statistics.median(r["tokens"] / r["steps"] for r in mine if r["batch"] == b),
                 statistics.median(r["seconds"] / r["steps"] for r in mine if r["batch"] == b))
                for b in sorted({r["batch"] for r in mine})]  # fmt: skip
@@ -432,7 +434,7 @@ def plot(runs: list[dict], sizes: dict[str, int], path: Path) -> None:
     left.set(xlabel="real tokens per step", ylabel="seconds per step",
              title=f"step time vs tokens per step ({scaling_model}, batch sizes; medians)")  # fmt: skip
     right.set(xlabel="student parameters (millions)", ylabel="seconds per 1k real tokens",
-              title="time per token vs model size (median of reps)", xscale="log")  # fmt: skip
+              title="time per token vs model size (median of reps)", xscale="log", yscale="log")  # fmt: skip
     for ax in (left, right):
         ax.grid(alpha=0.3)
         if ax.lines:
@@ -528,7 +530,7 @@ def main() -> int:
         "--work", default="runs/trl_compare", help="models, pairs and scratch runs (kept for reuse)"
     )
     ap.add_argument("--models", default="demo,llama25m,smollm2-l10")
-    ap.add_argument("--pairs", type=int, default=32, help="pairs (one epoch) of llama25m and smollm2-l10")
+    ap.add_argument("--pairs", type=int, default=16, help="pairs (one epoch) of llama25m and smollm2-l10")
     ap.add_argument("--demo_pairs", type=int, default=256, help="pairs of the demo model (its steps take ms)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--reps", type=int, default=2)
@@ -538,7 +540,7 @@ def main() -> int:
     ap.add_argument(
         "--scaling_batches", default="2,4", help="extra batch sizes for the plot's left panel ('' none)"
     )
-    ap.add_argument("--parallel", type=int, default=1, help="contender processes at a time (1 thread each)")
+    ap.add_argument("--parallel", type=int, default=2, help="contender processes at a time (1 thread each)")
     ap.add_argument("--contenders", default="", help="comma-separated subset of the contender names")
     ap.add_argument(
         "--trl_python", default=str(Path(".venv-trl/bin/python")), help="a Python that imports trl"
