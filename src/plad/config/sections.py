@@ -80,9 +80,10 @@ class TrainConfig:
     )
     shared_prompt: bool = opt(
         True,
-        "pair methods (plad-rank, plad-margin, their -div forms, dpkd): run each prompt once and both outputs on its "
-        "key/value cache instead of the prompt twice (the same values; for the model families whose output layer plad "
-        "gathers, without gradient checkpointing; others run prompt + output rows)",
+        "pair and list methods (plad-rank, plad-margin, their -div forms, dpkd, plad-list): run each prompt once and "
+        "its outputs on its key/value cache instead of the prompt once per output (the same values; for the model "
+        "families whose output layer plad gathers, without gradient checkpointing, in one process; otherwise prompt + "
+        "output rows)",
         in_fingerprint=False,  # the same computation, in fewer tokens
     )
 

@@ -162,9 +162,9 @@ def output_hidden(model: Any, batch: dict[str, torch.Tensor]) -> Gathered:
 
 
 def _shared_prompt_hidden(body: torch.nn.Module, rows: dict[str, torch.Tensor]) -> torch.Tensor | None:
-    """The hidden states (M, H) at the labelled positions of a pair batch (rows [0, B) prompt + chosen, [B, 2B)
-    prompt + rejected), with each prompt computed once: the B prompts with their key/value cache, then the 2B
-    outputs on that cache (the cache's rows taken twice). Gradients reach the prompt's layers through the cache.
+    """The hidden states (M, H) at the labelled positions of a pair or list batch (row k*B + b: prompt b + its
+    output k; K = 2 for a pair), with each prompt computed once: the B prompts with their key/value cache, then the
+    K*B outputs on that cache (its rows taken K times). Gradients reach the prompt's layers through the cache.
 
     The prompts are padded at the start, so that every prompt ends where the outputs begin: no padding between a
     prompt and its output, and a sliding attention window (Gemma-3) covers the tokens it covers in the prompt +
@@ -172,8 +172,8 @@ def _shared_prompt_hidden(body: torch.nn.Module, rows: dict[str, torch.Tensor]) 
     output token 0 is the prompts' last one; token j > 0 is predicted at output position j - 1. Rows in order,
     positions in order: the order of labels[mask]. None when the body returns no cache (the caller then runs
     prompt + output rows)."""
-    prompt_mask, output_mask = rows["prompt_mask"], rows["output_mask"]  # (B, Tp) left-padded, (2B, To)
-    B = prompt_mask.shape[0]
+    prompt_mask, output_mask = rows["prompt_mask"], rows["output_mask"]  # (B, Tp) left-padded, (K*B, To)
+    B, K = prompt_mask.shape[0], output_mask.shape[0] // prompt_mask.shape[0]
     prompt_positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (B, Tp)
     first = body(
         input_ids=rows["prompt_ids"],
@@ -184,21 +184,19 @@ def _shared_prompt_hidden(body: torch.nn.Module, rows: dict[str, torch.Tensor]) 
     cache = getattr(first, "past_key_values", None)
     if cache is None or not hasattr(cache, "reorder_cache"):
         return None
-    both = torch.cat([torch.arange(B, device=prompt_mask.device)] * 2)  # (2B,): prompt b for rows b and B + b
-    cache.reorder_cache(both)
-    prompt_len = prompt_mask.sum(-1)[both]  # (2B,)
-    positions = prompt_len[:, None] + torch.arange(
-        output_mask.shape[1], device=output_mask.device
-    )  # (2B, To)
+    each = torch.arange(B, device=prompt_mask.device).repeat(K)  # (K*B,): prompt b for rows b, B + b, ...
+    cache.reorder_cache(each)
+    prompt_len = prompt_mask.sum(-1)[each]  # (K*B,)
+    steps = torch.arange(output_mask.shape[1], device=output_mask.device)
     hidden = body(
         input_ids=rows["output_ids"],
-        attention_mask=torch.cat([prompt_mask[both], output_mask], dim=1),
-        position_ids=positions,
+        attention_mask=torch.cat([prompt_mask[each], output_mask], dim=1),
+        position_ids=prompt_len[:, None] + steps,  # (K*B, To)
         use_cache=True,
         **{_cache_argument(body): cache},
-    ).last_hidden_state  # (2B, To, H)
-    last = first.last_hidden_state[both, -1]  # (2B, H): every prompt ends at the last column
-    predicting = torch.cat([last[:, None], hidden[:, :-1]], dim=1)  # (2B, To, H): column j predicts token j
+    ).last_hidden_state  # (K*B, To, H)
+    last = first.last_hidden_state[each, -1]  # (K*B, H): every prompt ends at the last column
+    predicting = torch.cat([last[:, None], hidden[:, :-1]], dim=1)  # (K*B, To, H): column j predicts token j
     return predicting[output_mask.bool()]
 
 

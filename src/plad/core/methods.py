@@ -93,7 +93,8 @@ def make_batch(
     """A micro-batch: single outputs; a pair stacked for one concatenated forward; or a list of K outputs.
     decoder_start_id: the encoder-decoder layout (prompts to the encoder, outputs to the decoder).
     divergence: also the pairs' divergence-aware labels (a Python loop per pair: only for the -div methods).
-    shared_prompt: pairs also carry their prompts and outputs apart, for output_hidden's shared-prompt forward."""
+    shared_prompt: pairs and lists also carry their prompts and outputs apart, for output_hidden's shared-prompt
+    forward."""
     prompts = [it.prompt for it in items]
     B = len(items)
     if items[0].outputs is not None:
@@ -101,6 +102,8 @@ def make_batch(
         K = max(len(it.outputs) for it in items)
         outs = [it.outputs[k] if k < len(it.outputs) else [pad_id] for k in range(K) for it in items]
         main = collate_sequences(prompts * K, outs, pad_id, decoder_start_id)
+        if decoder_start_id is None and shared_prompt:  # the prompt once, its K outputs on its cache
+            main["shared_prompt"] = _shared_prompt_rows(prompts, outs, pad_id)
         main["list_mask"] = torch.tensor([[k < len(it.outputs) for k in range(K)] for it in items])  # (B, K)
         main["list_ranks"] = torch.tensor(
             [[it.ranks[k] if k < len(it.outputs) else 0 for k in range(K)] for it in items]
@@ -118,16 +121,8 @@ def make_batch(
             decoder_start_id,
         )
         if decoder_start_id is None and shared_prompt:  # the prompt once, both outputs on its cache
-            prompt_ids, prompt_mask = pad_rows(prompts, pad_id, left=True)
-            output_ids, output_mask = pad_rows(
-                [it.chosen for it in items] + [it.rejected for it in items], pad_id
-            )
-            main["shared_prompt"] = {
-                "prompt_ids": prompt_ids,
-                "prompt_mask": prompt_mask,
-                "output_ids": output_ids,
-                "output_mask": output_mask,
-            }
+            outs = [it.chosen for it in items] + [it.rejected for it in items]
+            main["shared_prompt"] = _shared_prompt_rows(prompts, outs, pad_id)
         main["chosen_scores"] = torch.tensor([it.chosen_score for it in items])
         main["rejected_scores"] = torch.tensor([it.rejected_score for it in items])
         main["teacher_logps"] = torch.tensor(
@@ -152,6 +147,21 @@ def make_batch(
         )
         batch["n_tokens"] = int((batch["reg"]["labels"] != -100).sum())
     return batch
+
+
+def _shared_prompt_rows(
+    prompts: list[list[int]], outputs: list[list[int]], pad_id: int
+) -> dict[str, torch.Tensor]:
+    """The B prompts padded at the start and the K*B outputs (row k*B + b: output k of prompt b) padded at the end,
+    for output_hidden's shared-prompt forward."""
+    prompt_ids, prompt_mask = pad_rows(prompts, pad_id, left=True)
+    output_ids, output_mask = pad_rows(outputs, pad_id)
+    return {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": prompt_mask,
+        "output_ids": output_ids,
+        "output_mask": output_mask,
+    }
 
 
 # --------------------------------------------------------------------------------------------------------------
