@@ -129,9 +129,8 @@ def make_batch(
             [it.teacher_chosen_logp for it in items] + [it.teacher_rejected_logp for it in items],
             dtype=torch.float32,
         )
-        if (
-            divergence
-        ):  # divergence-aware calibration: each output counts from the first token where they differ
+        # divergence-aware calibration: each output counts from the first token where the two differ
+        if divergence:
             div = main["labels"].clone()
             for i, it in enumerate(items):
                 offset = 0 if decoder_start_id is not None else len(it.prompt)  # where the output starts
