@@ -97,46 +97,26 @@ def make_batch(
     forward."""
     prompts = [it.prompt for it in items]
     B = len(items)
-    if items[0].outputs is not None:
-        # rows [kB, (k+1)B) hold output k of every prompt (a 1-token stand-in where a prompt has fewer outputs).
-        K = max(len(it.outputs) for it in items)
-        outs = [it.outputs[k] if k < len(it.outputs) else [pad_id] for k in range(K) for it in items]
-        main = collate_sequences(prompts * K, outs, pad_id, decoder_start_id)
-        if decoder_start_id is None and shared_prompt:  # the prompt once, its K outputs on its cache
-            main["shared_prompt"] = _shared_prompt_rows(prompts, outs, pad_id)
-        main["list_mask"] = torch.tensor([[k < len(it.outputs) for k in range(K)] for it in items])  # (B, K)
-        main["list_ranks"] = torch.tensor(
-            [[it.ranks[k] if k < len(it.outputs) else 0 for k in range(K)] for it in items]
-        )  # (B, K)
-        n_tokens = sum(len(it.chosen) for it in items)
-    elif items[0].rejected is None:
+    if items[0].outputs is None and items[0].rejected is None:
         main = collate_sequences(prompts, [it.chosen for it in items], pad_id, decoder_start_id)
         n_tokens = int((main["labels"] != -100).sum())
     else:
-        # rows [0, B) are prompt+chosen, rows [B, 2B) prompt+rejected: one forward for both.
-        main = collate_sequences(
-            prompts + prompts,
-            [it.chosen for it in items] + [it.rejected for it in items],
-            pad_id,
-            decoder_start_id,
-        )
-        if decoder_start_id is None and shared_prompt:  # the prompt once, both outputs on its cache
-            outs = [it.chosen for it in items] + [it.rejected for it in items]
+        # row k*B + b holds output k of prompt b, all in one forward: a pair's chosen then rejected; a list's K
+        # outputs (a 1-token stand-in where a prompt has fewer)
+        outs = _outputs(items, pad_id)
+        K = len(outs) // B
+        main = collate_sequences(prompts * K, outs, pad_id, decoder_start_id)
+        if decoder_start_id is None and shared_prompt:  # each prompt once, its outputs on its cache
             main["shared_prompt"] = _shared_prompt_rows(prompts, outs, pad_id)
-        main["chosen_scores"] = torch.tensor([it.chosen_score for it in items])
-        main["rejected_scores"] = torch.tensor([it.rejected_score for it in items])
-        main["teacher_logps"] = torch.tensor(
-            [it.teacher_chosen_logp for it in items] + [it.teacher_rejected_logp for it in items],
-            dtype=torch.float32,
-        )
-        # divergence-aware calibration: each output counts from the first token where the two differ
-        if divergence:
-            div = main["labels"].clone()
-            for i, it in enumerate(items):
-                offset = 0 if decoder_start_id is not None else len(it.prompt)  # where the output starts
-                divergence_labels(div[i], offset, it.chosen, it.rejected, loss.divergence_window)
-                divergence_labels(div[B + i], offset, it.rejected, it.chosen, loss.divergence_window)
-            main["divergence_labels"] = div
+        if items[0].outputs is not None:
+            main["list_mask"] = torch.tensor(
+                [[k < len(it.outputs) for k in range(K)] for it in items]
+            )  # (B, K)
+            main["list_ranks"] = torch.tensor(
+                [[it.ranks[k] if k < len(it.outputs) else 0 for k in range(K)] for it in items]
+            )  # (B, K)
+        else:
+            main.update(_pair_fields(items, main["labels"], loss, decoder_start_id, divergence))
         n_tokens = sum(len(it.chosen) for it in items)
     n_chosen = sum(len(it.chosen) for it in items)  # labelled tokens of rows [0, B): the chosen outputs
     batch: dict[str, Any] = {"main": main, "n_examples": B, "n_tokens": n_tokens, "n_chosen_tokens": n_chosen}
@@ -146,6 +126,38 @@ def make_batch(
         )
         batch["n_tokens"] = int((batch["reg"]["labels"] != -100).sum())
     return batch
+
+
+def _outputs(items: list[Item], pad_id: int) -> list[list[int]]:
+    """Every output of a pair or list batch, output k of prompt b at k*B + b."""
+    if items[0].outputs is None:
+        return [it.chosen for it in items] + [it.rejected for it in items]
+    K = max(len(it.outputs) for it in items)
+    return [it.outputs[k] if k < len(it.outputs) else [pad_id] for k in range(K) for it in items]
+
+
+def _pair_fields(
+    items: list[Item], labels: torch.Tensor, loss: LossConfig, decoder_start_id: int | None, divergence: bool
+) -> dict[str, torch.Tensor]:
+    """A pair batch's scores and stored teacher log-probs (chosen rows, then rejected) and, for the divergence-aware
+    methods, labels that count each output from the first token where the two differ."""
+    B = len(items)
+    fields = {
+        "chosen_scores": torch.tensor([it.chosen_score for it in items]),
+        "rejected_scores": torch.tensor([it.rejected_score for it in items]),
+        "teacher_logps": torch.tensor(
+            [it.teacher_chosen_logp for it in items] + [it.teacher_rejected_logp for it in items],
+            dtype=torch.float32,
+        ),
+    }
+    if divergence:
+        div = labels.clone()
+        for i, it in enumerate(items):
+            offset = 0 if decoder_start_id is not None else len(it.prompt)  # where the output starts
+            divergence_labels(div[i], offset, it.chosen, it.rejected, loss.divergence_window)
+            divergence_labels(div[B + i], offset, it.rejected, it.chosen, loss.divergence_window)
+        fields["divergence_labels"] = div
+    return fields
 
 
 def _shared_prompt_rows(
