@@ -54,8 +54,6 @@ def store(bench: Bench, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _args(bench: Bench, store: Path, out: Path, method: str, *extra: object) -> list[object]:
     common = ["--model", bench.student, "--output_dir", out, "--train.max_steps", 3, "--train.log_every", 1]
     common += ["--train.batch_size", 2, "--train.lr", 1e-2, "--threads", 1, *extra]
-    # DDP runs the wrapped model's own forward (prompt + output rows): so does the one-process run it must equal
-    common += ["--train.shared_prompt", "false"]
     if method == "sft":
         return ["sft", "--train_file", bench.sft, *common]
     return [
@@ -192,3 +190,44 @@ def test_shipped_launch_configs_load_in_accelerate() -> None:
     ddp, fsdp = (load_config_from_file(str(CONFIGS / n)) for n in ("ddp.yaml", "fsdp.yaml"))
     assert ddp.distributed_type == DistributedType.MULTI_GPU and ddp.num_processes == 2
     assert fsdp.distributed_type == DistributedType.FSDP and fsdp.fsdp_config["fsdp_version"] == 2
+
+
+def test_ddp_wrapped_model_gathers_and_shares_the_prompt_inside_its_forward() -> None:
+    """Under DistributedDataParallel the body runs inside the wrapper's forward (where DDP prepares the all-reduce)
+    with the output layer at the labelled positions only and each prompt once: the same loss and gradients as the
+    bare model, the wrapper's forward called once per loss, and the body reading prompts and outputs apart."""
+    import torch.distributed as dist
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from plad.config import LossConfig
+    from plad.core.methods import METHODS, Item, make_batch
+
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, pad_token_id=0, eos_token_id=1, bos_token_id=1)  # fmt: skip
+    items = [Item([5, 6, 7], [8, 9, 1], [10, 1]), Item([11, 12, 13, 14, 15, 16], [17, 1], [18, 19, 20, 1])]
+    loss_cfg = LossConfig(regularizer="chosen")
+    batch = make_batch(items, None, 0, loss_cfg, None, False, True)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        results = []
+        for wrap in (False, True):
+            torch.manual_seed(0)
+            model = LlamaForCausalLM(config)
+            tokens: list[int] = []
+            model.model.embed_tokens.register_forward_hook(lambda m, a, o, t=tokens: t.append(a[0].numel()))
+            net = torch.nn.parallel.DistributedDataParallel(model) if wrap else model
+            calls: list[int] = []
+            net.register_forward_pre_hook(lambda m, a, c=calls: c.append(1))
+            parts = METHODS["plad-rank"].loss(net, batch, loss_cfg)
+            (parts.seq_sum + parts.tok_weight * parts.tok_sum).backward()
+            grads = {n: p.grad for n, p in model.named_parameters()}
+            results.append((parts.seq_sum.detach(), grads, tokens, calls))
+        (loss, grads, tokens, calls), (w_loss, w_grads, w_tokens, w_calls) = results
+        torch.testing.assert_close(w_loss, loss)
+        for name, g in grads.items():
+            torch.testing.assert_close(w_grads[name], g)
+        rows = batch["main"]["shared_prompt"]
+        assert w_tokens == tokens == [rows["prompt_ids"].numel(), rows["output_ids"].numel()]
+        assert (calls, w_calls) == ([], [1])  # the bare model's own forward never runs; the wrapper's once
+    finally:
+        dist.destroy_process_group()

@@ -82,8 +82,7 @@ class TrainConfig:
         True,
         "pair and list methods (plad-rank, plad-margin, their -div forms, dpkd, plad-list): run each prompt once and "
         "its outputs on its key/value cache instead of the prompt once per output (the same values; for the model "
-        "families whose output layer plad gathers, without gradient checkpointing, in one process; otherwise prompt + "
-        "output rows)",
+        "families whose output layer plad gathers, without gradient checkpointing; otherwise prompt + output rows)",
         in_fingerprint=False,  # the same computation, in fewer tokens
     )
 

@@ -4,8 +4,10 @@ The loss covers only the output tokens (about 10 of 130 positions per row on the
 layer (hidden -> vocabulary) is about half of a small student's FLOPs. So for the decoder-only families whose
 forward plad knows (see _GATHERED_OUTPUT_LAYER) the model's decoder body runs to hidden states, the hidden states
 at the M labelled positions are gathered, and the output layer runs there only: logits (M, V) instead of (N, T, V).
-Every other model (encoder-decoder, an unknown class, a wrapper such as DistributedDataParallel) runs its full
-forward and the same M positions are picked from its logits: same values, more work.
+A model wrapped in DistributedDataParallel is read through its module, the body running inside the wrapper's
+forward. Every other model (encoder-decoder, an unknown class, another wrapper) runs its full forward and the same
+M positions are picked from its logits: same values, more work. Pair and list batches run each prompt once, their
+outputs on its key/value cache (train.shared_prompt).
 
 The losses then apply the output layer a chunk of rows at a time (chunked_rows, under activation checkpointing once
 there is more than one chunk): on a 150k vocabulary the float32 (M, V) logits of student and teacher, their
@@ -139,26 +141,55 @@ class Gathered:
 
 def output_hidden(model: Any, batch: dict[str, torch.Tensor]) -> Gathered:
     """The labelled positions of `batch` before the output layer (see Gathered): what output_logits computes,
-    without the (M, V) logits, so that a loss can apply the output layer a few rows at a time."""
+    without the (M, V) logits, so that a loss can apply the output layer a few rows at a time.
+
+    A model wrapped in DistributedDataParallel is read through its module, and the body runs inside the wrapper's
+    forward (_in_forward_of), where DDP prepares the gradients' all-reduce."""
     labels = aligned_labels(batch)  # (N, T')
     mask = labels != -100  # (N, T')
+    inner = _ddp_module(model)
     # An encoder-decoder batch needs the model's own forward (encoder, then decoder): no table entry covers it.
-    known = gathered_output_layer(model) if "decoder_input_ids" not in batch else None
+    known = gathered_output_layer(inner or model) if "decoder_input_ids" not in batch else None
     if known is None:
         logits, _ = forward_logits(model, batch)  # (N, T', V)
         return Gathered(logits[mask].float(), None, labels[mask], mask, logits.shape[-1])
     body, output_layer = known
-    vocab = model.get_output_embeddings().out_features
-    if "shared_prompt" in batch and not getattr(body, "gradient_checkpointing", False):
-        values = _shared_prompt_hidden(body, batch["shared_prompt"])
-        if values is not None:
-            return Gathered(values, output_layer, labels[mask], mask, vocab)
-    hidden = body(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-    ).last_hidden_state  # (N, T, H)
-    # position t predicts token t+1, as in forward_logits; the transform (softcapping) runs in the output layer's
-    # dtype, as in the model's forward, and Gathered.logits casts to float32 after it
-    return Gathered(hidden[:, :-1][mask], output_layer, labels[mask], mask, vocab)
+    vocab = (inner or model).get_output_embeddings().out_features
+
+    def values() -> torch.Tensor:
+        if "shared_prompt" in batch and not getattr(body, "gradient_checkpointing", False):
+            shared = _shared_prompt_hidden(body, batch["shared_prompt"])
+            if shared is not None:
+                return shared
+        hidden = body(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).last_hidden_state  # (N, T, H)
+        # position t predicts token t+1, as in forward_logits; the transform (softcapping) runs in the output
+        # layer's dtype, as in the model's forward, and Gathered.logits casts to float32 after it
+        return hidden[:, :-1][mask]
+
+    gathered = values() if inner is None else _in_forward_of(model, values)
+    return Gathered(gathered, output_layer, labels[mask], mask, vocab)
+
+
+def _ddp_module(model: Any) -> Any:
+    """The module a DistributedDataParallel wrapper holds; None for anything else."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else None
+
+
+def _in_forward_of(wrapper: Any, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """fn() run as the forward of the wrapper's module, through the wrapper's own forward: DDP's forward prepares
+    the gradients' all-reduce for the backward that follows, then calls module(...), which runs fn. The output
+    layer runs after it, outside the forward, as in one process; its parameters' gradients are reduced all the
+    same (every parameter that gets a gradient in the backward is)."""
+    module = wrapper.module
+    module.forward = lambda *args, **kwargs: fn()  # an instance attribute: Module.__call__ calls it
+    try:
+        return wrapper()
+    finally:
+        del module.forward
 
 
 def _shared_prompt_hidden(body: torch.nn.Module, rows: dict[str, torch.Tensor]) -> torch.Tensor | None:

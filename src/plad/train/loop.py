@@ -164,8 +164,7 @@ class Trainer:
                     self.loss_cfg,
                     self.start_id,
                     self.method.from_divergence,
-                    # DDP calls the wrapper's forward (prompt + output rows), checkpointing keeps no cache
-                    cfg.shared_prompt and not cfg.gradient_checkpointing and self.world == 1,
+                    cfg.shared_prompt and not cfg.gradient_checkpointing,  # checkpointing keeps no cache
                 )
             )
         for b in micro:  # the forward's tokens, counted on the host before the batches go to the device
