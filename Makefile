@@ -55,7 +55,8 @@ bench-api: $(STAMP)
 	$(BIN)/python benchmarks/api_throughput.py --server canned --delay_ms 5 --prompts 2000 --concurrency 8 16 32
 
 # plad against TRL's DPOTrainer and GKDTrainer on the same pairs, students and CPU (benchmarks/trl_compare.py; about
-# 30 minutes on 2 cores, plus the venv and the SmolLM2 wheel the first time). TRL lives in its own venv with plad's exact pins, so plad's .venv never holds it.
+# 30 minutes on 2 cores, plus the venv and the SmolLM2 wheel the first time). TRL lives in its own venv with plad's
+# exact pins, so plad's .venv never holds it.
 TRL_VENV ?= .venv-trl
 $(TRL_VENV)/.plad-installed: requirements-trl.txt requirements-cpu.txt pyproject.toml
 	$(PYTHON) -m venv $(TRL_VENV)
