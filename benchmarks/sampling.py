@@ -58,11 +58,11 @@ def by_hand(model, tok, rows: list[list[int]], batch: int, max_new: int, ends: l
     """`generate` on `batch` prompts at a time in the given order (left padding), greedy."""
     import torch
 
-    from plad.core.batching import left_pad
+    from plad.core.batching import pad_rows
 
     outs = []
     for start in range(0, len(rows), batch):
-        ids, mask = left_pad(rows[start : start + batch], tok.pad_token_id)
+        ids, mask = pad_rows(rows[start : start + batch], tok.pad_token_id, left=True)
         with torch.no_grad():
             gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new,
                                  eos_token_id=ends, pad_token_id=tok.pad_token_id)  # fmt: skip

@@ -171,23 +171,16 @@ def build(work: Path, models: list[str], n_pairs: int, demo_pairs: int) -> dict[
         pairs = work / "debian-pairs.jsonl"
         if not pairs.exists():
             write_pairs(debian_rows(n_pairs, teacher), teacher, pairs)
-        if "llama25m" in models:
-            spec["llama25m"] = {
-                "student": _llama25m(work, teacher),
-                "teacher": teacher,
-                "pairs": pairs,
-                "n": n_pairs,
-            }
-        if "smollm2-l10" in models:
-            spec["smollm2-l10"] = {
-                "student": _pruned(work, teacher),
-                "teacher": teacher,
-                "pairs": pairs,
-                "n": n_pairs,
-            }
-    for (
-        s
-    ) in spec.values():  # a data set of exactly the asked rows, so that one epoch is the same work everywhere
+        for name, student in (("llama25m", _llama25m), ("smollm2-l10", _pruned)):
+            if name in models:
+                spec[name] = {
+                    "student": student(work, teacher),
+                    "teacher": teacher,
+                    "pairs": pairs,
+                    "n": n_pairs,
+                }
+    # a data set of exactly the asked rows, so that one epoch is the same work everywhere
+    for s in spec.values():
         if sum(1 for _ in s["pairs"].open()) != s["n"]:
             raise SystemExit(
                 f"{s['pairs']} holds another number of pairs than asked ({s['n']}): delete it to rebuild"

@@ -145,7 +145,8 @@ def encode_output(
 
 
 def pad_rows(rows: Sequence[list[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Padded token rows (at the end, or at the start with left): ids (N, T) and attention mask (N, T)."""
+    """Padded token rows, at the end or at the start (left: prompts for generation, shared prompts): ids (N, T)
+    and attention mask (N, T)."""
     T = max(len(r) for r in rows)
     ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), T), dtype=torch.long)
@@ -202,14 +203,3 @@ def collate_sequences(
         attention_mask[i, :L] = 1
         labels[i, len(p) : L] = torch.tensor(o)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-
-def left_pad(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded prompts for generation: (input_ids, attention_mask), both (N, T)."""
-    T = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for i, r in enumerate(rows):
-        input_ids[i, T - len(r) :] = torch.tensor(r)
-        attention_mask[i, T - len(r) :] = 1
-    return input_ids, attention_mask

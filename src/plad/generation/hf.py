@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from plad.config import SamplingConfig, to_dict
-from plad.core.batching import left_pad, stop_ids
+from plad.core.batching import pad_rows, stop_ids
 from plad.core.models import for_inference, load_model_and_tokenizer, model_identity, position_limit
 from plad.generation.backend import Drawn, Emit, Prompt, Rate, Sample, Want
 from plad.utils.errors import ModelError
@@ -132,7 +132,7 @@ def generate(
     from transformers import GenerationConfig
 
     device = next(model.parameters()).device
-    input_ids, attention_mask = left_pad(prompt_ids, tokenizer.pad_token_id)
+    input_ids, attention_mask = pad_rows(prompt_ids, tokenizer.pad_token_id, left=True)
     max_new_tokens = sampling.max_new_tokens
     if (limit := position_limit(model.config)) is not None:  # never past the position table (an IndexError)
         if input_ids.shape[1] >= limit:
