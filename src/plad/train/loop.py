@@ -164,7 +164,7 @@ class Trainer:
                     self.loss_cfg,
                     self.start_id,
                     self.method.from_divergence,
-                    cfg.shared_prompt and not cfg.gradient_checkpointing,  # checkpointing keeps no cache
+                    cfg.shared_prompt,  # output_hidden runs prompt + output rows where no cache can be kept
                 )
             )
         for b in micro:  # the forward's tokens, counted on the host before the batches go to the device
