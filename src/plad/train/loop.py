@@ -428,6 +428,8 @@ def _save_checkpoint(accelerator: Any, output_dir: Path, step: int, fingerprint:
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(tmp))
+        # every process writes into tmp (its random state; under FSDP its shards): all done before the rename
+        accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             write_json_atomic(tmp / STATE_FILE, {"step": step, "fingerprint": fingerprint})
     except Exception as e:
