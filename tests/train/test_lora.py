@@ -49,9 +49,9 @@ def saved_state(monkeypatch: pytest.MonkeyPatch) -> dict:
     seen: dict = {}
     real = lora.save
 
-    def spy(model, tokenizer, output_dir, merge):
+    def spy(model, tokenizer, output_dir, merge, sharded_state=None):
         seen.update({k: v.detach().clone() for k, v in model.state_dict().items()})
-        return real(model, tokenizer, output_dir, merge)
+        return real(model, tokenizer, output_dir, merge, sharded_state)
 
     monkeypatch.setattr(lora, "save", spy)
     return seen

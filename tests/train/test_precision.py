@@ -82,10 +82,10 @@ def test_bfloat16_weights_train_full_and_lora(
     dtypes: dict[str, set] = {}
     real = lora.save
 
-    def spy(model, tokenizer, output_dir, merge):
+    def spy(model, tokenizer, output_dir, merge, sharded_state=None):
         for p in model.parameters():
             dtypes.setdefault("trained" if p.requires_grad else "frozen", set()).add(p.dtype)
-        return real(model, tokenizer, output_dir, merge)
+        return real(model, tokenizer, output_dir, merge, sharded_state)
 
     monkeypatch.setattr(lora, "save", spy)
     assert main_inprocess(*base, "--output_dir", tmp_path / "lora", "--dtype", "bfloat16", "--lora.r", 4) == 0

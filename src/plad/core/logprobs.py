@@ -4,9 +4,10 @@ The loss covers only the output tokens (about 10 of 130 positions per row on the
 layer (hidden -> vocabulary) is about half of a small student's FLOPs. So for the decoder-only families whose
 forward plad knows (see _GATHERED_OUTPUT_LAYER) the model's decoder body runs to hidden states, the hidden states
 at the M labelled positions are gathered, and the output layer runs there only: logits (M, V) instead of (N, T, V).
-A model wrapped in DistributedDataParallel is read through its module, the body running inside the wrapper's
-forward. Every other model (encoder-decoder, an unknown class, another wrapper) runs its full forward and the same
-M positions are picked from its logits: same values, more work. Pair and list batches run each prompt once, their
+A model wrapped in DistributedDataParallel is read through its module and an FSDP2-sharded one through the class
+it had before sharding, the body running inside the model's own forward. Every other model (encoder-decoder, an
+unknown class, another wrapper) runs its full forward and the same M positions are picked from its logits: same
+values, more work. Pair and list batches run each prompt once, their
 outputs on its key/value cache (train.shared_prompt).
 
 The losses then apply the output layer a chunk of rows at a time (chunked_rows, under activation checkpointing once
@@ -108,7 +109,7 @@ def gathered_output_layer(
     forward.
     """
     model = _lora_base(model)
-    cls = type(model)
+    cls = unsharded_class(model)
     known = _GATHERED_OUTPUT_LAYER.get(cls.__name__)
     if known is None or not cls.__module__.startswith("transformers.models."):
         return None
@@ -143,11 +144,11 @@ def output_hidden(model: Any, batch: dict[str, torch.Tensor]) -> Gathered:
     """The labelled positions of `batch` before the output layer (see Gathered): what output_logits computes,
     without the (M, V) logits, so that a loss can apply the output layer a few rows at a time.
 
-    A model wrapped in DistributedDataParallel is read through its module, and the body runs inside the wrapper's
-    forward (_in_forward_of), where DDP prepares the gradients' all-reduce."""
+    A model wrapped in DistributedDataParallel or sharded by FSDP2 runs the body inside its own forward
+    (_in_forward_of), where DDP prepares the gradients' all-reduce and FSDP gathers the parameters."""
     labels = aligned_labels(batch)  # (N, T')
     mask = labels != -100  # (N, T')
-    inner = _ddp_module(model)
+    inner = _wrapped_module(model)
     # An encoder-decoder batch needs the model's own forward (encoder, then decoder): no table entry covers it.
     known = gathered_output_layer(inner or model) if "decoder_input_ids" not in batch else None
     if known is None:
@@ -172,19 +173,38 @@ def output_hidden(model: Any, batch: dict[str, torch.Tensor]) -> Gathered:
     return Gathered(gathered, output_layer, labels[mask], mask, vocab)
 
 
-def _ddp_module(model: Any) -> Any:
-    """The module a DistributedDataParallel wrapper holds; None for anything else."""
+def _wrapped_module(model: Any) -> Any:
+    """The module whose forward a wrapper runs, where the body must run inside the wrapper's own forward:
+    DistributedDataParallel's module, or an FSDP2-sharded model itself (fully_shard makes its class FSDP<Class>,
+    whose forward hooks gather the parameters the root holds and prepare the backward's reduce-scatter). None for
+    anything else."""
+    from torch.distributed.fsdp import FSDPModule
     from torch.nn.parallel import DistributedDataParallel
 
-    return model.module if isinstance(model, DistributedDataParallel) else None
+    if isinstance(model, DistributedDataParallel):
+        return model.module
+    return model if isinstance(model, FSDPModule) else None
+
+
+def unsharded_class(model: Any) -> type:
+    """The model's class; for an FSDP2-sharded model, the class it had before fully_shard (FSDP<Class> only adds
+    the sharding methods and hooks: the forward is the class's own)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    cls = type(model)
+    if isinstance(model, FSDPModule):
+        return next(c for c in cls.__mro__[1:] if not issubclass(c, FSDPModule))
+    return cls
 
 
 def _in_forward_of(wrapper: Any, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """fn() run as the forward of the wrapper's module, through the wrapper's own forward: DDP's forward prepares
-    the gradients' all-reduce for the backward that follows, then calls module(...), which runs fn. The output
-    layer runs after it, outside the forward, as in one process; its parameters' gradients are reduced all the
-    same (every parameter that gets a gradient in the backward is)."""
-    module = wrapper.module
+    """fn() run as the forward of the wrapped module, through the wrapper's own call: DDP's forward prepares the
+    gradients' all-reduce for the backward that follows, then calls module(...), which runs fn; an FSDP2 model's
+    hooks gather the root's parameters before fn and register the backward's hooks after it. The output layer runs
+    after it, outside the forward, as in one process: its parameters' gradients are reduced all the same (DDP
+    reduces every parameter that gets a gradient; under FSDP2 the output layer is its own sharded unit, called as
+    a module)."""
+    module = _wrapped_module(wrapper)
     module.forward = lambda *args, **kwargs: fn()  # an instance attribute: Module.__call__ calls it
     try:
         return wrapper()

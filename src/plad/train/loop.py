@@ -1,6 +1,7 @@
 """The one training loop, used by `plad sft` and every `plad distill` method. Read it top to bottom.
 
-- accelerate runs it on CPU, one GPU, or many processes (DDP/FSDP/DeepSpeed via `accelerate launch`).
+- accelerate runs it on CPU, one GPU, or many processes (DDP or FSDP via `accelerate launch`; train/distributed.py
+  says what runs under each).
 - Data order is a pure function of (seed, step), so a resumed run sees exactly the batches it would have seen.
 - Losses are normalised by the number of examples/tokens of the whole accumulation window (all processes).
 - Checkpoints (model, optimizer, scheduler, RNG) are written to a temp folder and renamed; `--resume` continues
@@ -27,7 +28,7 @@ from plad.config import LoraOptions, LossConfig, TrainConfig, to_dict
 from plad.core.logprobs import decoder_start_id
 from plad.core.methods import NO_FROZEN, Frozen, Method, make_batch
 from plad.train.batches import TrainData
-from plad.train.distributed import check_sharding, window_means
+from plad.train.distributed import check_sharding, prepare_frozen, window_means
 from plad.utils import signals
 from plad.utils.errors import ConfigError
 from plad.utils.io import append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
@@ -114,9 +115,7 @@ class Trainer:
         self.model, self.optimizer = accelerator.prepare(self.model, optimizer)
         accelerator.register_for_checkpointing(self.scheduler)
         check_sharding(accelerator, self.frozen, self.data)
-        for fixed in (self.frozen.teacher, self.frozen.reference):
-            if isinstance(fixed, torch.nn.Module):  # not a LoRA student's own base (lora.AdaptersOff)
-                fixed.to(accelerator.device).eval().requires_grad_(False)
+        self.frozen = prepare_frozen(accelerator, self.frozen)
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
 
     def resume(self, resume: bool) -> None:
@@ -211,7 +210,9 @@ class Trainer:
         self.step += 1
         self.window_log.setdefault("loss", []).append(step_loss)
         if grad_norm is not None:
-            self.window_log.setdefault("grad_norm", []).append(grad_norm)
+            # FSDP2's norm over sharded gradients is a DTensor (one value, replicated): its plain tensor
+            full = getattr(grad_norm, "full_tensor", None)
+            self.window_log.setdefault("grad_norm", []).append(full() if full else grad_norm)
         return step_loss
 
     def log(self) -> dict | None:
@@ -343,17 +344,19 @@ class Trainer:
             **({"data_used": self.data_used} if self.data_used is not None else {}),
         }
         # every process: under FSDP gathering the full state dict is a collective
-        state = accelerator.get_state_dict(self.model) if self.lora is None else None
+        from accelerate.utils import DistributedType
+
+        sharded = accelerator.distributed_type == DistributedType.FSDP
+        state = accelerator.get_state_dict(self.model) if self.lora is None or sharded else None
         if accelerator.is_main_process:
             with signals.deferred("the final model is written"):
                 unwrapped = accelerator.unwrap_model(self.model)
                 if self.lora is not None:
                     from plad.train import lora
 
-                    lora.save(unwrapped, self.tokenizer, self.output_dir, self.lora.merge)
+                    lora.save(unwrapped, self.tokenizer, self.output_dir, self.lora.merge, state)
                 else:
-                    unwrapped.save_pretrained(self.output_dir, state_dict=state)
-                    self.tokenizer.save_pretrained(self.output_dir)
+                    _save_model(unwrapped, self.tokenizer, self.output_dir, state)
                 write_json_atomic(self.output_dir / SUMMARY_FILE, summary)
                 shutil.rmtree(self.output_dir / "checkpoints", ignore_errors=True)
         accelerator.wait_for_everyone()  # no process returns (and reads the folder) before the model is there
@@ -416,6 +419,17 @@ def train(
     trainer.setup()
     trainer.resume(resume)
     return trainer.run()
+
+
+def _save_model(model: Any, tokenizer: Any, output_dir: Path, state: dict | None) -> None:
+    """The trained model and its tokenizer, from `state` (the state dict gathered over the processes). A gathered
+    FSDP state dict holds a copy per tied weight; tied again, transformers saves the weight once, as from one
+    process."""
+    for tied, source in getattr(model, "all_tied_weights_keys", {}).items():
+        if state is not None and tied in state and source in state:
+            state[tied] = state[source]
+    model.save_pretrained(output_dir, state_dict=state)
+    tokenizer.save_pretrained(output_dir)
 
 
 def _save_checkpoint(accelerator: Any, output_dir: Path, step: int, fingerprint: str, keep: int) -> None:
