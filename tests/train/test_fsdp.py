@@ -5,11 +5,12 @@ in the saved weights and every metrics row, to the tolerance of the DDP tests (1
 accelerate picks FSDP on accelerator devices only, so the runs go through tests/fsdp_on_cpu.py, which sets the
 distributed type accelerate would set on GPUs; everything after that (prepare, the sharded forward and backward,
 clipping, the gathered state dict, save) is accelerate's and PyTorch's own code. Covered: sft, plad-rank, dpkd,
-kd (its frozen teacher sharded too), plad-rank under gradient checkpointing, kl-init (its frozen reference sharded
-too), and a LoRA student with kl-init (the reference is the base with the adapters off; the adapter and the merged
-model are written from the gathered state); a run stopped by SIGTERM and resumed in test_multiprocess.py. Not
-covered: FSDP on GPUs (NCCL), FSDP version 1, CPU offload, mixed precision (bf16 runs, its values unasserted).
-Sampling during training is refused under FSDP (test_multiprocess.py)."""
+kd (its frozen teacher sharded too), plad-rank under gradient checkpointing, gkd with on-policy samples (drawn by
+both processes in step), iterated rounds (sampled by the main process from the gathered student), kl-init (its
+frozen reference sharded too), and a LoRA student with kl-init (the reference is the base with the adapters off;
+the adapter and the merged model are written from the gathered state); a run stopped by SIGTERM and resumed in
+test_multiprocess.py. Not covered: FSDP on GPUs (NCCL), FSDP version 1, CPU offload, mixed precision (bf16 runs,
+its values unasserted)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ CASES = {
     "kd": ("kd",),
     "kl-init": ("plad-rank", "--loss.regularizer", "kl-init"),
     "checkpointing": ("plad-rank", "--train.gradient_checkpointing", "true"),
+    "gkd-on-policy": ("gkd", "--loss.on_policy_frac", 0.8),  # samples drawn in step (test_multiprocess.py)
+    "plad-rank-rounds": ("plad-rank", "--rounds", 2),
     "lora-kl-init": ("plad-rank", "--loss.regularizer", "kl-init", "--lora.r", 4),  # reference: adapters off
 }
 
@@ -52,10 +55,14 @@ def test_fsdp_two_processes_equal_one_with_the_same_global_batch(
     done = _launch("fsdp.yaml", _args(bench, store, two, method, *extra))
     assert done.returncode == 0, done.stderr[-3000:]
     _assert_same_run(two, one)
+    if "--rounds" in extra:  # round 2's samples: drawn by the main process from the gathered student
+        assert (two / "rounds" / "round-1.jsonl").read_text() == (
+            one / "rounds" / "round-1.jsonl"
+        ).read_text()
     if "--lora.r" in extra:  # the adapter, read from the gathered state, and the merged model (above)
         a, b = (load_safetensors(d / "adapter" / "adapter_model.safetensors") for d in (two, one))
         assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() <= 1e-6 for k in a)
-    frozen = {"kd": "teacher", "kl-init": "reference"}.get(case)
+    frozen = {"kd": "teacher", "gkd-on-policy": "teacher", "kl-init": "reference"}.get(case)
     sharded = [line for line in done.stderr.splitlines() if "FSDP: the frozen" in line]
     if frozen is None:
         assert not sharded

@@ -162,6 +162,7 @@ def generate(
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),
         generation_config=gen_cfg,
+        synced_gpus=sharded_world(model) > 1,  # every process steps until all are done (FSDP: collectives)
         **({"tokenizer": tokenizer} if sampling.stop else {}),
     )
     model.train(was_training)
@@ -198,3 +199,14 @@ def to_sample(tokenizer: Any, row: list[int], ends: list[int], stop: list[str]) 
     if end is not None:
         return Sample(text=text, n_tokens=end + 1, finish="eos", ids=row[: end + 1])
     return Sample(text=text, n_tokens=len(row), finish="length", ids=row)
+
+
+def sharded_world(model: Any) -> int:
+    """The number of processes whose FSDP2 shards hold `model`'s parameters (every forward of it is a collective
+    over them); 1 for a model that is not sharded."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule) or not dist.is_initialized():
+        return 1
+    return dist.get_world_size()

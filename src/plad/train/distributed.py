@@ -42,48 +42,42 @@ def window_means(accelerator: Any, window: dict[str, list], tokens: int) -> dict
 
 def check_sharding(accelerator: Any, frozen: Frozen, data: TrainData) -> None:
     """What plad runs under each of accelerate's distributed types, checked at the start:
-    - DDP (and CPU processes, which accelerate runs as DDP): everything; tested in make test.
-    - FSDP (version 2) shards the student's parameters, gradients and optimizer state, and a frozen teacher or
-      kl-init reference too (prepare_frozen). Sampling during training (gkd's on-policy outputs, iterated rounds)
-      is refused, naming the setting: under sharded parameters every generation step is a collective, and the
-      processes sample different prompts (or the main process alone). FSDP version 1 runs the student alone.
+    - DDP (and CPU processes, which accelerate runs as DDP): everything.
+    - FSDP version 2: everything. It shards the student's parameters, gradients and optimizer state, and a frozen
+      teacher or kl-init reference too (prepare_frozen). Iterated rounds sample on the main process from an
+      unsharded copy of the gathered student (whole_on_main); gkd's on-policy samples are drawn by every process
+      in step (plad.train.stages.make_on_policy).
+    - FSDP version 1: the student alone; a frozen model or sampling during training is refused, naming it.
     - DeepSpeed: refused. Its engine takes the optimizer step inside every backward call unless accelerate's own
       accumulation context is used, so plad's accumulation window (train.grad_accum), gradient clipping and
-      schedule would not be what they say (accelerate's DeepSpeedEngineWrapper.backward)."""
+      schedule would not be what they say (accelerate's DeepSpeedEngineWrapper.backward).
+    DDP and FSDP 2 are tested on 2 CPU processes (tests/train/test_multiprocess.py, test_fsdp.py)."""
     from accelerate.utils import DistributedType
 
     kind = accelerator.distributed_type
     if kind == DistributedType.DEEPSPEED:
         raise ConfigError(
             "accelerate's DeepSpeed mode is not supported: plad runs its own accumulation window and optimizer "
-            "step, which DeepSpeed's engine replaces; launch with configs/accelerate/ddp.yaml (every method) or "
+            "step, which DeepSpeed's engine replaces; launch with configs/accelerate/ddp.yaml or "
             "configs/accelerate/fsdp.yaml (the student, teacher and reference sharded)"
         )
-    if kind != DistributedType.FSDP:
+    if kind != DistributedType.FSDP or accelerator.is_fsdp2:
         return
-    frozen_models = [
+    needs = [
         *(["a frozen teacher (the method's loss reads its logits)"] if frozen.teacher is not None else []),
         *(
             ["kl-init's frozen reference (loss.regularizer)"]
             if isinstance(frozen.reference, torch.nn.Module)
             else []
         ),
-    ]
-    needs = [
-        *(frozen_models if not accelerator.is_fsdp2 else []),
         *(["gkd's on-policy samples (loss.on_policy_frac > 0)"] if data.on_policy is not None else []),
         *(["iterated PLaD's rounds (rounds > 1)"] if data.refresh is not None else []),
     ]
     if needs:
         raise ConfigError(
-            f"FSDP shards the models' parameters, and this run also needs {'; '.join(needs)}, which plad does "
-            "not run on sharded parameters; launch with configs/accelerate/ddp.yaml, or use a method without "
-            "them"
-            + (
-                " (FSDP version 1 shards the student alone: fsdp_version 2 shards a frozen teacher and reference too)"
-                if frozen_models and not accelerator.is_fsdp2
-                else ""
-            )
+            f"FSDP version 1 shards the student alone, and this run also needs {'; '.join(needs)}; set "
+            "fsdp_version: 2 in the accelerate config (configs/accelerate/fsdp.yaml), or launch with "
+            "configs/accelerate/ddp.yaml"
         )
 
 
@@ -124,3 +118,33 @@ def _shard_size(model: torch.nn.Module) -> tuple[int, int]:
     params = list(model.parameters())
     local = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in params)
     return local, sum(p.numel() for p in params)
+
+
+def unsharded_copy(model: Any, state: dict) -> Any:
+    """A plain copy of a model whose parameters FSDP shards, from its gathered full state dict (generate samples
+    plain weights only): the class it had before fully_shard, built on the CPU in the state's dtype, with every key
+    of the state loaded (strict); a peft LoRA model through plad.train.lora.unsharded_twin. The caller holds it
+    only while it needs it: one whole copy of the model."""
+    from plad.core.logprobs import unsharded_class
+
+    if getattr(model, "peft_config", None) is not None:
+        from plad.train.lora import unsharded_twin
+
+        return unsharded_twin(model, state)
+    dtype = next(v.dtype for v in state.values() if v.is_floating_point())
+    with torch.device("cpu"):
+        copy = unsharded_class(model)(model.config).to(dtype)
+    copy.load_state_dict(state)
+    return copy
+
+
+def whole_on_main(accelerator: Any, model: Any) -> Any:
+    """The trained model as the main process can run it alone (iterated rounds sample on the main process while
+    the others wait): the model itself, or under FSDP an unsharded copy of its gathered state (a collective: every
+    process calls this; the others get None)."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return model
+    state = accelerator.get_state_dict(model)
+    return unsharded_copy(model, state) if accelerator.is_main_process else None

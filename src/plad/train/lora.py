@@ -131,17 +131,15 @@ def save(
     parameters FSDP shards; the adapter is read from it, and the merge runs on an unsharded twin built from it."""
     model.save_pretrained(output_dir / ADAPTER_DIR, state_dict=sharded_state)
     if merge:
-        merged = (
-            model if sharded_state is None else _unsharded_twin(model, sharded_state)
-        ).merge_and_unload()
+        merged = (model if sharded_state is None else unsharded_twin(model, sharded_state)).merge_and_unload()
         merged.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
 
 
-def _unsharded_twin(model: Any, state: dict) -> Any:
-    """A plain copy of a peft LoRA model whose parameters FSDP shards (peft merges plain weights only): its base
-    class (as before fully_shard) and peft config, built on the CPU in the state's dtype, with the gathered state
-    loaded (every key, strict). Held only while the merged model is written."""
+def unsharded_twin(model: Any, state: dict) -> Any:
+    """A plain copy of a peft LoRA model whose parameters FSDP shards (peft merges, and generate samples, plain
+    weights only): its base's class (as before fully_shard) and its peft config, built on the CPU in the state's
+    dtype, with the gathered full state loaded (every key, strict)."""
     from peft import get_peft_model
 
     from plad.core.logprobs import unsharded_class

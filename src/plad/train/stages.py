@@ -37,6 +37,7 @@ from plad.core.models import (
     torch_dtype_of,
 )
 from plad.train.batches import TrainData
+from plad.train.distributed import whole_on_main
 from plad.train.loop import check_trackers, train
 from plad.train.lora import AdaptersOff, add_adapters, save_plain
 from plad.train.model_card import write_card
@@ -225,21 +226,33 @@ def load_frozen_teacher(cfg: DistillConfig, student_tok: object) -> Any:
 
 def make_on_policy(cfg: DistillConfig, tokenizer: Any) -> Any:
     """gkd's on-policy data: with probability lambda a micro-batch's outputs are replaced by samples of the current
-    student. The coin and the sampling seed derive from (seed, micro-batch number): a resumed run repeats them."""
+    student. The coin and the sampling seed derive from (seed, micro-batch number): a resumed run repeats them.
+
+    Under FSDP every generation step is a collective: a process samples whenever any process of the same window
+    slot does (the coins of all are known to each: they derive from the micro-batch numbers), keeping its samples
+    only if its own coin says so, and samples its micro-batch in one generate call, in step with the others
+    (generate's synced_gpus)."""
     from plad.generation.backend import Prompt, collect
-    from plad.generation.hf import HfBackend
+    from plad.generation.hf import HfBackend, sharded_world
     from plad.utils.seeds import derive_seed
 
     frac, seed = cfg.loss.on_policy_frac, cfg.train.seed
 
-    def on_policy(model: Any, items: list[Item], g: int) -> list[Item]:
+    def heads(g: int) -> bool:
         coin = torch.Generator().manual_seed(derive_seed(seed, "on-policy", g))
-        if float(torch.rand((), generator=coin)) >= frac:
+        return float(torch.rand((), generator=coin)) < frac
+
+    def on_policy(model: Any, items: list[Item], g: int) -> list[Item]:
+        world = sharded_world(model)  # 1 unless FSDP shards the model
+        if not any(heads(g - g % world + r) for r in range(world)):
             return items
+        sampling = cfg.on_policy
+        if world > 1:  # one generate call on every process, whatever the batching settings
+            sampling = dataclasses.replace(sampling, batch_size=max(len(items), 1), max_batch_tokens=0)
         prompts = [Prompt(str(n), ids=it.prompt) for n, it in enumerate(items)]
-        samples = collect(
-            HfBackend(model, tokenizer), prompts, cfg.on_policy, 1, (seed, "on-policy-sample", g)
-        )
+        samples = collect(HfBackend(model, tokenizer), prompts, sampling, 1, (seed, "on-policy-sample", g))
+        if not heads(g):  # drawn only to keep step with the other processes
+            return items
         return [
             Item(it.prompt, s.ids or [tokenizer.eos_token_id])
             for it, (s,) in zip(items, samples, strict=True)
@@ -291,16 +304,14 @@ def make_rounds(cfg: DistillConfig, tokenizer: Any, items: list[Item], output_di
             return None
         state["round"] = r
         path = output_dir / "rounds" / f"round-{r}.jsonl"
+        accelerator.wait_for_everyone()  # every process sees the file before the main process may write it
         if not path.is_file():
+            # under FSDP every process gathers the student; the main one samples
+            student = whole_on_main(accelerator, model)
             if accelerator.is_main_process:
-                log.info(
-                    "iterated PLaD: round %d of %d, sampling %d prompts from the student",
-                    r + 1,
-                    cfg.rounds,
-                    len(items),
-                )
+                log.info("iterated PLaD: round %d of %d, sampling %d prompts", r + 1, cfg.rounds, len(items))
                 path.parent.mkdir(parents=True, exist_ok=True)
-                write_jsonl_atomic(path, sample_round(model, r))
+                write_jsonl_atomic(path, sample_round(student, r))
             accelerator.wait_for_everyone()
         rows = read_jsonl(path)
         return [_with_samples(it, row["samples"]) for it, row in zip(items, rows, strict=True)]
