@@ -75,11 +75,12 @@ def test_fsdp_two_processes_equal_one_with_the_same_global_batch(
         assert all(int(a) < int(b) for a, b in held)
 
 
-def test_fsdp2_model_gathers_and_shares_the_prompt_inside_its_forward() -> None:
+@pytest.mark.parametrize("lora", [False, True])
+def test_fsdp2_model_gathers_and_shares_the_prompt_inside_its_forward(lora: bool) -> None:
     """A model sharded with fully_shard (as accelerate's fsdp2_prepare_model does: each decoder layer, the output
-    layer with the final norm, then the root) runs its body inside its own forward, with the output layer at the
-    labelled positions only and each prompt once: the same loss and gradients as the bare model, its forward
-    called once per loss, the body reading prompts and outputs apart."""
+    layer with the final norm, then the root; with LoRA the root is the peft model) runs its body inside its own
+    forward, with the output layer at the labelled positions only and each prompt once: the same loss and
+    gradients as the bare model, its forward called once per loss, the body reading prompts and outputs apart."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -99,20 +100,31 @@ def test_fsdp2_model_gathers_and_shares_the_prompt_inside_its_forward() -> None:
         results = []
         for wrap in (False, True):
             torch.manual_seed(0)
-            model = LlamaForCausalLM(config)
+            model = base = LlamaForCausalLM(config)
             tokens: list[int] = []
-            model.model.embed_tokens.register_forward_hook(lambda m, a, o, t=tokens: t.append(a[0].numel()))
+            base.model.embed_tokens.register_forward_hook(lambda m, a, o, t=tokens: t.append(a[0].numel()))
+            if lora:
+                from peft import LoraConfig, get_peft_model
+
+                model = get_peft_model(
+                    base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+                )
+                for n, p in model.named_parameters():  # B != 0: the adapters change the forward
+                    if "lora_B" in n:
+                        torch.nn.init.normal_(p)
             if wrap:
-                for layer in model.model.layers:
+                for layer in base.model.layers:
                     fully_shard(layer, mesh=mesh)
-                fully_shard([model.model.norm, model.lm_head], mesh=mesh, reshard_after_forward=False)
+                fully_shard([base.model.norm, base.lm_head], mesh=mesh, reshard_after_forward=False)
                 fully_shard(model, mesh=mesh)
             calls: list[int] = []
             model.register_forward_pre_hook(lambda m, a, c=calls: c.append(1))
             parts = METHODS["plad-rank"].loss(model, batch, loss_cfg)
             (parts.seq_sum + parts.tok_weight * parts.tok_sum).backward()
             grads = {
-                n: getattr(p.grad, "full_tensor", lambda g=p.grad: g)() for n, p in model.named_parameters()
+                n: getattr(p.grad, "full_tensor", lambda g=p.grad: g)()
+                for n, p in model.named_parameters()
+                if p.requires_grad
             }
             results.append((parts.seq_sum.detach(), grads, tokens, calls))
         (loss, grads, tokens, calls), (w_loss, w_grads, w_tokens, w_calls) = results
@@ -122,9 +134,7 @@ def test_fsdp2_model_gathers_and_shares_the_prompt_inside_its_forward() -> None:
             torch.testing.assert_close(w_grads[name], g)
         rows = batch["main"]["shared_prompt"]
         assert w_tokens == tokens == [rows["prompt_ids"].numel(), rows["output_ids"].numel()]
-        assert (calls, w_calls) == (
-            [],
-            [1],
-        )  # the bare model's own forward never runs; the sharded one's once
+        # the bare model's own forward never runs; the sharded one's once
+        assert (calls, w_calls) == ([], [1])
     finally:
         dist.destroy_process_group()

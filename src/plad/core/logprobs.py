@@ -84,11 +84,12 @@ _GATHERED_OUTPUT_LAYER: dict[str, tuple[str, Callable[[Any, torch.Tensor], torch
 
 
 def _lora_base(model: Any) -> Any:
-    """A peft causal LM with LoRA adapters -> its base model, whose layers hold the adapters (peft injects them in
-    place): PeftModelForCausalLM's forward calls the base's forward with the same inputs (peft 0.13-0.21,
+    """A peft causal LM with LoRA adapters (FSDP2-sharded or not) -> its base model, whose layers hold the adapters
+    (peft injects them in place): PeftModelForCausalLM's forward calls the base's forward with the same inputs (peft 0.13-0.21,
     peft_model.py), so the base's body and output layer compute what it computes, adapters and their on/off state
     included. Anything else (prompt learning, which adds virtual tokens; another wrapper) comes back as it is."""
-    if type(model).__name__ != "PeftModelForCausalLM" or not type(model).__module__.startswith("peft."):
+    cls = unsharded_class(model)  # FSDP2 shards a peft model as a whole
+    if cls.__name__ != "PeftModelForCausalLM" or not cls.__module__.startswith("peft."):
         return model
     config = getattr(model, "active_peft_config", None)
     if config is None or getattr(config, "peft_type", None) != "LORA" or config.is_prompt_learning:
