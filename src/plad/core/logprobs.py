@@ -85,9 +85,9 @@ _GATHERED_OUTPUT_LAYER: dict[str, tuple[str, Callable[[Any, torch.Tensor], torch
 
 def _lora_base(model: Any) -> Any:
     """A peft causal LM with LoRA adapters (FSDP2-sharded or not) -> its base model, whose layers hold the adapters
-    (peft injects them in place): PeftModelForCausalLM's forward calls the base's forward with the same inputs (peft 0.13-0.21,
-    peft_model.py), so the base's body and output layer compute what it computes, adapters and their on/off state
-    included. Anything else (prompt learning, which adds virtual tokens; another wrapper) comes back as it is."""
+    (peft injects them in place): PeftModelForCausalLM's forward calls the base's forward with the same inputs
+    (peft 0.13-0.21, peft_model.py), so the base's body and output layer compute what it computes, adapters and
+    their on/off state included. Anything else (prompt learning, which adds virtual tokens; another wrapper) comes back as it is."""
     cls = unsharded_class(model)  # FSDP2 shards a peft model as a whole
     if cls.__name__ != "PeftModelForCausalLM" or not cls.__module__.startswith("peft."):
         return model
