@@ -48,8 +48,14 @@ ENV = dict(
     TOKENIZERS_PARALLELISM="false",
 )
 
-# (name, library, method, precision, gradient checkpointing, plad's extra settings); every TRL row names what
-# differs from TRL's defaults
+LORA_PLAD = ("--lora.r", "16", "--lora.alpha", "32", "--lora.merge", "false")  # target modules: all-linear
+# on-policy samples of 32 new tokens at temperature 0.9 (TRL's default temperature), the top-p / top-k filters off
+ON_POLICY_PLAD = ("--loss.on_policy_frac", "1", "--loss.gkd_beta", "0", "--on_policy.max_new_tokens", "32",
+                  "--on_policy.temperature", "0.9", "--on_policy.top_p", "1", "--on_policy.top_k", "0")  # fmt: skip
+ON_POLICY_TRL = ("max_new_tokens=32", "temperature=0.9")
+# (name, library, method, precision, gradient checkpointing, extra settings: plad's command-line arguments, or
+# TRL config fields as key=value with lora=R for a peft LoraConfig); every TRL row names what differs from TRL's
+# defaults
 CONTENDERS = [
     ("plad plad-rank fp32", "plad", "plad-rank", "fp32", False, ()),
     ("plad plad-rank fp32, prompt twice", "plad", "plad-rank", "fp32", False, ("--train.shared_prompt", "false")),
@@ -63,6 +69,13 @@ CONTENDERS = [
     ("plad kd bf16", "plad", "kd", "bf16", False, ()),
     ("TRL GKD bf16", "trl", "gkd", "bf16", False, ()),
     ("TRL GKD defaults (bf16, checkpointing)", "trl", "gkd", "bf16", True, ()),
+    # each library's other ways: LoRA students (TRL's reference is then the base with the adapter off, as plad's
+    # kl-init reference is), TRL's reference log-probs computed before training, on-policy samples every step
+    ("plad plad-rank fp32, LoRA r16", "plad", "plad-rank", "fp32", False, LORA_PLAD),
+    ("TRL DPO fp32, LoRA r16", "trl", "dpo", "fp32", False, ("lora=16",)),
+    ("TRL DPO fp32, precomputed reference", "trl", "dpo", "fp32", False, ("precompute_ref_log_probs=true",)),
+    ("plad gkd fp32, on-policy every step", "plad", "gkd", "fp32", False, ON_POLICY_PLAD),
+    ("TRL GKD fp32, on-policy every step", "trl", "gkd", "fp32", False, ("lmbda=1.0", *ON_POLICY_TRL)),
 ]  # fmt: skip
 # (a, b) rows whose ratio a / b the table reports: plad against TRL at equal precision and at each library's
 # recommended settings; plad's shared-prompt forward against the prompt computed twice; bf16 against fp32
@@ -74,6 +87,9 @@ RATIOS = [
     ("plad kd bf16", "TRL GKD defaults (bf16, checkpointing)"),
     ("plad plad-rank fp32", "plad plad-rank fp32, prompt twice"),
     ("plad plad-rank bf16", "plad plad-rank fp32"), ("plad kd bf16", "plad kd fp32"),
+    ("plad plad-rank fp32, LoRA r16", "TRL DPO fp32, LoRA r16"),
+    ("plad plad-rank fp32", "TRL DPO fp32, precomputed reference"),
+    ("plad gkd fp32, on-policy every step", "TRL GKD fp32, on-policy every step"),
 ]  # fmt: skip
 LLAMA25M = dict(hidden_size=320, intermediate_size=1280, num_hidden_layers=6, num_attention_heads=5,
                 num_key_value_heads=5)  # fmt: skip
@@ -249,7 +265,7 @@ def run_plad(
            "--pairs_file", str(spec["pairs"]), "--output_dir", str(out), "--train.max_steps", str(steps),
            "--train.batch_size", str(batch), "--train.lr", "1e-5", "--train.report_to", "none", "--threads", "1",
            "--train.mixed_precision", "bf16" if precision == "bf16" else "no", "--data.overlong", "error"]  # fmt: skip
-    if method == "kd":
+    if method in ("kd", "gkd"):
         cmd += ["--teacher", str(spec["teacher"]), "--loss.token_data", "teacher"]
     return cmd + list(extra)
 
@@ -268,20 +284,32 @@ def trl_worker(job: dict) -> None:
                   report_to="none", use_cpu=True, seed=0, bf16=job["precision"] == "bf16",
                   gradient_checkpointing=job["checkpointing"], dataloader_num_workers=0, disable_tqdm=True,
                   max_length=None)  # fmt: skip
+    extra = dict(kv.split("=", 1) for kv in job["extra"])
+    peft = {}
+    if "lora" in extra:  # plad's LoRA settings: rank R, alpha 2R, every linear layer but the output layer
+        from peft import LoraConfig
+
+        r = int(extra.pop("lora"))
+        peft["peft_config"] = LoraConfig(
+            r=r, lora_alpha=2 * r, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
+    common.update({k: json.loads(v) for k, v in extra.items()})  # numbers and true / false
     if job["trainer"] == "dpo":
         from trl import DPOConfig, DPOTrainer
 
         data = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
         args = DPOConfig(beta=0.1, model_init_kwargs={"dtype": "float32"}, **common)
-        trainer = DPOTrainer(model=job["student"], args=args, train_dataset=data, processing_class=tok)
+        trainer = DPOTrainer(
+            model=job["student"], args=args, train_dataset=data, processing_class=tok, **peft
+        )
         ds = trainer.train_dataset
         tokens = sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"], strict=True))  # fmt: skip
     else:
         from trl.experimental.gkd import GKDConfig, GKDTrainer
 
         data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows])
-        args = GKDConfig(lmbda=0.0, beta=0.0, seq_kd=False, model_init_kwargs={"dtype": "float32"},
-                         teacher_model_init_kwargs={"dtype": "float32"}, **common)  # fmt: skip
+        args = GKDConfig(**{"lmbda": 0.0, **common}, beta=0.0, seq_kd=False, model_init_kwargs={"dtype": "float32"},
+                         teacher_model_init_kwargs={"dtype": "float32"})  # fmt: skip
         collate = PlainCollator(tok)
         trainer = GKDTrainer(model=job["student"], teacher_model=job["teacher"], args=args, train_dataset=data,
                              processing_class=tok, data_collator=collate)  # fmt: skip
@@ -310,15 +338,22 @@ class PlainCollator:
         import torch
 
         enc = [self.encode(r) for r in rows]
-        T = max(len(ids) for ids, _ in enc)
+        T, P = max(len(ids) for ids, _ in enc), max(n for _, n in enc)
         ids = torch.full((len(enc), T), self.tok.pad_token_id)
         mask = torch.zeros((len(enc), T), dtype=torch.long)
         labels = torch.full((len(enc), T), -100)
+        prompts = torch.full(
+            (len(enc), P), self.tok.pad_token_id
+        )  # left-padded: GKD's on-policy generate reads them
+        prompt_mask = torch.zeros((len(enc), P), dtype=torch.long)
         for i, (x, n_prompt) in enumerate(enc):
             ids[i, : len(x)] = torch.tensor(x)
             mask[i, : len(x)] = 1
             labels[i, n_prompt : len(x)] = torch.tensor(x[n_prompt:])
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+            prompts[i, P - n_prompt :] = torch.tensor(x[:n_prompt])
+            prompt_mask[i, P - n_prompt :] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "prompts": prompts,
+                "prompt_attention_mask": prompt_mask}  # fmt: skip
 
 
 def run_one(cmd: list[str], timeout: float) -> tuple[str, float]:
@@ -342,10 +377,11 @@ def contender(name: str, spec: dict, work: Path, steps: int, batch: int, trl_pyt
     if lib == "plad":
         _, rss = run_one(run_plad(spec, method, precision, out / "model", steps, batch, extra), 3600)
         seconds = json.loads((out / "model" / "train_summary.json").read_text())["train_seconds"]
-        tokens = spec["plad_tokens"][method == "kd"]
+        tokens = spec["plad_tokens"][method in ("kd", "gkd")]
     else:
         job = {k: str(v) for k, v in spec.items() if k in ("student", "teacher", "pairs")}
-        job.update(out=str(out), trainer=method, precision=precision, checkpointing=checkpointing, steps=steps, batch=batch)  # fmt: skip
+        job.update(out=str(out), trainer=method, precision=precision, checkpointing=checkpointing, steps=steps, batch=batch,
+                   extra=list(extra))  # fmt: skip
         stdout, rss = run_one([trl_python, __file__, "--trl_worker", json.dumps(job)], 3600)
         result = json.loads(stdout.strip().splitlines()[-1])
         if result["steps"] != steps:
@@ -487,6 +523,15 @@ SETTINGS = {
                "step; plad samples in `plad pairs`), beta=0 (forward KL, plad kd's loss), seq_kd=False, max_length=None, "
                "fp32 student and teacher weights); a plain-text collator that builds the rows plad kd trains on "
                "(prompt + output + EOS, loss on the output), since TRL's ChatML collator needs chat messages",
+    "LoRA rows": "plad `--lora.r 16 --lora.alpha 32` (all-linear, the adapter only saved), TRL peft_config=LoraConfig(r=16, "
+                 "lora_alpha=32, target_modules all-linear): neither holds a second model, TRL's reference is the base "
+                 "with the adapter off",
+    "precomputed reference": "DPOConfig(precompute_ref_log_probs=True): TRL computes the reference log-probs of the epoch "
+                             "before its first step (inside train_runtime) and holds the reference model all the same",
+    "on-policy rows": "plad gkd `--loss.on_policy_frac 1 --loss.gkd_beta 0 --on_policy.max_new_tokens 32 "
+                      "--on_policy.temperature 0.9 --on_policy.top_p 1 --on_policy.top_k 0`; TRL GKDConfig(lmbda=1.0, "
+                      "beta=0, max_new_tokens=32, temperature=0.9): every step's outputs are the student's samples; tokens/s "
+                      "counts the pairs' tokens (as kd's rows), so it is epoch time on a common scale, sampling included",
     "both": "same student folder, same pairs in the same file, AdamW, lr 1e-5 constant after plad's 10-step warm-up / "
             "TRL's none, dropout off (none in these models), no truncation (plad: data.overlong error)",
 }  # fmt: skip

@@ -49,6 +49,9 @@ def test_gkd_collator_rows_are_plad_kd_rows(tc, demo) -> None:
             and batch["input_ids"][i, :n].tolist() == it.prompt + it.chosen
         )
         assert batch["labels"][i].tolist() == [-100] * len(it.prompt) + it.chosen + [-100] * (batch["labels"].shape[1] - n)  # fmt: skip
+        P = batch["prompts"].shape[1]  # left-padded prompts, what GKD's on-policy generate reads
+        assert batch["prompts"][i, P - len(it.prompt) :].tolist() == it.prompt
+        assert batch["prompt_attention_mask"][i].tolist() == [0] * (P - len(it.prompt)) + [1] * len(it.prompt)
     assert demo["n"] == len(pairs) == 16 and all(
         set(p["teacher_logps"]) == {"chosen", "rejected"} for p in pairs
     )
@@ -68,7 +71,8 @@ def test_ratios_are_per_repetition(tc) -> None:
 
 def test_plad_contender_runs_and_counts(tc, demo) -> None:
     demo = dict(demo, plad_tokens=(tc.plad_tokens(demo, "plad-rank"), tc.plad_tokens(demo, "kd")))
-    for name in ("plad plad-rank fp32", "plad kd bf16"):
+    token_level = ("plad kd bf16", "plad gkd fp32, on-policy every step")
+    for name in ("plad plad-rank fp32", *token_level, "plad plad-rank fp32, LoRA r16"):
         r = tc.contender(name, demo, demo["work"], 2, 8, sys.executable)
-        assert r["tokens"] == demo["plad_tokens"][name.startswith("plad kd")] > 0
+        assert r["tokens"] == demo["plad_tokens"][name in token_level] > 0
         assert r["seconds"] > 0 and 100 < r["peak_rss_mib"] < 4000
