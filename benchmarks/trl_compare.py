@@ -580,7 +580,9 @@ def main() -> int:
         "--scaling_batches", default="2,4", help="extra batch sizes for the plot's left panel ('' none)"
     )
     ap.add_argument("--parallel", type=int, default=2, help="contender processes at a time (1 thread each)")
-    ap.add_argument("--contenders", default="", help="comma-separated subset of the contender names")
+    ap.add_argument(
+        "--contenders", nargs="*", default=[], help="a subset of the contender names (names hold commas)"
+    )
     ap.add_argument(
         "--trl_python", default=str(Path(".venv-trl/bin/python")), help="a Python that imports trl"
     )
@@ -609,7 +611,9 @@ def main() -> int:
         Path(args.work, "spec.json").write_text(json.dumps(spec, indent=1, default=str))
         return 0
     models = [m for m in args.models.split(",") if m]
-    names = [c[0] for c in CONTENDERS if not args.contenders or c[0] in args.contenders.split(",")]
+    if unknown := set(args.contenders) - {c[0] for c in CONTENDERS}:
+        ap.error(f"--contenders: no contender named {sorted(unknown)}")
+    names = [c[0] for c in CONTENDERS if not args.contenders or c[0] in args.contenders]
     work = Path(args.work).resolve()
     trl_python = str(Path(args.trl_python).absolute()) if os.sep in args.trl_python else args.trl_python
     vers = versions(trl_python)
