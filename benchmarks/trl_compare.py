@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -432,9 +433,10 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
-def plot(runs: list[dict], sizes: dict[str, int], path: Path) -> None:
+def plot(runs: list[dict], sizes: dict[str, int], path: Path) -> bool:
     """Step time against tokens per step (batch sizes on one model) and against model size, plad-rank vs TRL DPO
-    (fp32) and plad kd vs TRL GKD (fp32)."""
+    (fp32) and plad kd vs TRL GKD (fp32). Written only when both panels compare plad with TRL (a run of a subset
+    of the contenders, or without --scaling_batches, may lack them): whether it was."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -465,12 +467,17 @@ def plot(runs: list[dict], sizes: dict[str, int], path: Path) -> None:
              title=f"step time vs tokens per step ({scaling_model}, batch sizes; medians)")  # fmt: skip
     right.set(xlabel="student parameters (millions)", ylabel="seconds per 1k real tokens",
               title="time per token vs model size (median of reps)", xscale="log", yscale="log")  # fmt: skip
+    if len(left.lines) < 2 or len(right.lines) < 2:
+        plt.close(fig)
+        path.unlink(missing_ok=True)
+        return False
     for ax in (left, right):
         ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def report(result: dict) -> str:
@@ -497,7 +504,8 @@ def report(result: dict) -> str:
         for name, r in m["ratios"].items():
             s, mem = r["speed"], r["memory"]
             lines.append(f"| {name} | {s['median']:.2f}x ({s['min']:.2f}-{s['max']:.2f}) | {mem['median']:.2f}x ({mem['min']:.2f}-{mem['max']:.2f}) |")  # fmt: skip
-    lines += ["", "![step time vs tokens per step and model size](trl_compare.png)"]
+    if result.get("plot"):
+        lines += ["", f"![step time vs tokens per step and model size]({result['plot']})"]
     return "\n".join(lines) + "\n"
 
 
@@ -549,9 +557,9 @@ def write_results(meta: dict, runs: list[dict], sizes: dict[str, int], record: s
         runs=runs,
     )
     results = HERE / "results"
+    result["plot"] = f"{record}.png" if plot(runs, sizes, results / f"{record}.png") else None
     (results / f"{record}.json").write_text(json.dumps(result, indent=1) + "\n")
-    plot(runs, sizes, results / f"{record}.png")
-    text = report(result).replace("trl_compare.png", f"{record}.png")
+    text = report(result)
     (results / f"{record}.md").write_text(text)
     print(text)
 
@@ -622,7 +630,7 @@ def main() -> int:
     subprocess.run([sys.executable, __file__, *sys.argv[1:], "--prepare"], env=ENV, check=True)
     spec = json.loads((work / "spec.json").read_text())
     sizes = {m: s.pop("parameters") for m, s in spec.items()}
-    meta = {"date": time.strftime("%Y-%m-%d"), "versions": vers, "command": "python benchmarks/trl_compare.py " + " ".join(sys.argv[1:]),
+    meta = {"date": time.strftime("%Y-%m-%d"), "versions": vers, "command": "python benchmarks/trl_compare.py " + shlex.join(sys.argv[1:]),
             "pairs": args.pairs, "demo_pairs": args.demo_pairs, "parallel": args.parallel, "batch": args.batch, "reps": args.reps}  # fmt: skip
     (work / "meta.json").write_text(json.dumps(meta, indent=1))
     jobs = [(m, n, args.batch) for m in models for n in names]
