@@ -20,7 +20,7 @@ import pytest
 import torch
 from conftest import Bench, load_safetensors, main_inprocess, make_pairs
 from servers import free_port
-from test_multiprocess import _args, _assert_same_run, _launch
+from test_multiprocess import CONFIGS, _args, _assert_same_run, _launch
 
 CASES = {
     "sft": ("sft",),
@@ -73,6 +73,28 @@ def test_fsdp_two_processes_equal_one_with_the_same_global_batch(
         held = [line.split("sharded, ")[1].split(" on this")[0].split(" of ") for line in sharded]
         assert sum(int(a) for a, _ in held) == int(held[0][1]) == int(held[1][1])
         assert all(int(a) < int(b) for a, b in held)
+
+
+def test_cpu_ram_efficient_loading_trains_the_same(
+    bench: Bench, store: Path, tmp_path: Path, untrained: None
+) -> None:
+    """fsdp.yaml with fsdp_cpu_ram_efficient_loading true: accelerate's fsdp2_prepare_model then sends the main
+    process's weights to the others. plad loads its models before the process group exists, so transformers'
+    rank-0-only loading (weights on the meta device elsewhere) does not apply and every process still reads whole
+    models; the run equals one process (kd: the frozen teacher prepared the same way). Tried once by hand with the
+    process group started before loading: every run came out different from one process (weights off by up to
+    0.04), so this test also guards against starting it early."""
+    config = tmp_path / "fsdp-efficient-loading.yaml"
+    text = (CONFIGS / "fsdp.yaml").read_text()
+    assert "fsdp_cpu_ram_efficient_loading: false" in text
+    config.write_text(
+        text.replace("fsdp_cpu_ram_efficient_loading: false", "fsdp_cpu_ram_efficient_loading: true")
+    )
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main_inprocess(*_args(bench, store, one, "kd", "--train.grad_accum", 2)) == 0
+    done = _launch(config, _args(bench, store, two, "kd"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_same_run(two, one)
 
 
 @pytest.mark.parametrize("lora", [False, True])

@@ -79,10 +79,11 @@ def _args(bench: Bench, store: Path, out: Path, method: str, *extra: object) -> 
     ]  # fmt: skip
 
 
-def _launch_cmd(config: str, args: list[object]) -> tuple[list[str], dict[str, str]]:
-    """`accelerate launch --config_file configs/accelerate/CONFIG -m plad.cli ARGS` with 2 CPU processes; under
-    fsdp.yaml through tests/fsdp_on_cpu.py, which gives accelerate's FSDP path to CPU processes (test_fsdp.py)."""
-    entry = [FSDP_ON_CPU] if config == "fsdp.yaml" else ["-m", "plad.cli"]
+def _launch_cmd(config: str | Path, args: list[object]) -> tuple[list[str], dict[str, str]]:
+    """`accelerate launch --config_file configs/accelerate/CONFIG -m plad.cli ARGS` with 2 CPU processes (CONFIG
+    may be a path of its own); an FSDP config through tests/fsdp_on_cpu.py, which gives accelerate's FSDP path to
+    CPU processes (test_fsdp.py)."""
+    entry = [FSDP_ON_CPU] if "fsdp" in Path(config).name else ["-m", "plad.cli"]
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", CONFIGS / config,
         "--num_processes", 2, "--main_process_port", free_port(), *entry, *args,
@@ -90,7 +91,7 @@ def _launch_cmd(config: str, args: list[object]) -> tuple[list[str], dict[str, s
     return list(map(str, cmd)), dict(subprocess_env(), ACCELERATE_USE_CPU="true", OMP_WAIT_POLICY="PASSIVE")
 
 
-def _launch(config: str, args: list[object]) -> subprocess.CompletedProcess:
+def _launch(config: str | Path, args: list[object]) -> subprocess.CompletedProcess:
     cmd, env = _launch_cmd(config, args)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
