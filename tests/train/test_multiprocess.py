@@ -63,8 +63,8 @@ def test_the_on_policy_case_samples_some_micro_batches_and_not_others() -> None:
     assert any(coins[i] != coins[i + 1] for i in range(0, 6, 2))
 
 
-@pytest.fixture(scope="module")
-def store(bench: Bench, tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture(scope="module", name="store")
+def store_fixture(bench: Bench, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_pairs(bench, tmp_path_factory.mktemp("multiprocess") / "pairs", "--teacher_logprobs", "true")
 
 
@@ -114,10 +114,23 @@ def _assert_same_run(got: Path, want: Path, steps: int = 3, rel: float = 1e-5) -
     )
 
 
-@pytest.fixture
-def untrained(bench: Bench, tmp_path: Path) -> None:
+@pytest.fixture(name="untrained")
+def untrained_fixture(bench: Bench, tmp_path: Path) -> None:
     """The student's initial weights beside the runs: a run that trained nothing would equal its twin too."""
     (tmp_path / "untrained.st").write_bytes((bench.student / "model.safetensors").read_bytes())
+
+
+def two_equal_one(
+    bench: Bench, store: Path, tmp_path: Path, config: str | Path, method: str, *extra: object
+) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """One process at grad_accum 2 (tmp_path/one) and two through `accelerate launch` with `config` (tmp_path/two):
+    the same run, asserted. Returns both folders and the launch."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main_inprocess(*_args(bench, store, one, method, "--train.grad_accum", 2, *extra)) == 0
+    done = _launch(config, _args(bench, store, two, method, *extra))
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_same_run(two, one)
+    return one, two, done
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -125,11 +138,7 @@ def test_ddp_two_processes_equal_one_with_the_same_global_batch(
     bench: Bench, store: Path, tmp_path: Path, case: str, untrained: None
 ) -> None:
     method, *extra = CASES[case]
-    one, two = tmp_path / "one", tmp_path / "two"
-    assert main_inprocess(*_args(bench, store, one, method, "--train.grad_accum", 2, *extra)) == 0
-    done = _launch("ddp.yaml", _args(bench, store, two, method, *extra))
-    assert done.returncode == 0, done.stderr[-3000:]
-    _assert_same_run(two, one)
+    one, two, _ = two_equal_one(bench, store, tmp_path, "ddp.yaml", method, *extra)
     if (
         case == "plad-rank-rounds"
     ):  # round 2's samples: drawn once, by the main process, from the same student
@@ -227,11 +236,17 @@ def test_shipped_launch_configs_load_in_accelerate() -> None:
     assert fsdp.distributed_type == DistributedType.FSDP and fsdp.fsdp_config["fsdp_version"] == 2
 
 
-def test_ddp_wrapped_model_gathers_and_shares_the_prompt_inside_its_forward() -> None:
-    """Under DistributedDataParallel the body runs inside the wrapper's forward (where DDP prepares the all-reduce)
-    with the output layer at the labelled positions only and each prompt once: the same loss and gradients as the
-    bare model, the wrapper's forward called once per loss, and the body reading prompts and outputs apart."""
+@pytest.mark.parametrize("wrapper", ["ddp", "fsdp2", "fsdp2-lora"])
+def test_wrapped_model_gathers_and_shares_the_prompt_inside_its_forward(wrapper: str) -> None:
+    """A model wrapped in DistributedDataParallel, or sharded with fully_shard as accelerate's fsdp2_prepare_model
+    does (each decoder layer, the output layer with the final norm, then the root; with LoRA the root is the peft
+    model), runs its body inside its own forward (where DDP prepares the all-reduce and FSDP gathers the
+    parameters), with the output layer at the labelled positions only and each prompt once: the same loss and
+    gradients as the bare model, the wrapper's forward called once per loss, the body reading prompts and outputs
+    apart."""
     import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from plad.config import LossConfig
@@ -244,21 +259,47 @@ def test_ddp_wrapped_model_gathers_and_shares_the_prompt_inside_its_forward() ->
     batch = make_batch(items, None, 0, loss_cfg, None, False, True)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     try:
+        mesh = init_device_mesh("cpu", (1,))
         results = []
         for wrap in (False, True):
             torch.manual_seed(0)
-            model = LlamaForCausalLM(config)
+            model = base = LlamaForCausalLM(config)
             tokens: list[int] = []
-            model.model.embed_tokens.register_forward_hook(lambda m, a, o, t=tokens: t.append(a[0].numel()))
-            net = torch.nn.parallel.DistributedDataParallel(model) if wrap else model
+            base.model.embed_tokens.register_forward_hook(lambda m, a, o, t=tokens: t.append(a[0].numel()))
+            if wrapper == "fsdp2-lora":
+                from peft import LoraConfig, get_peft_model
+
+                from plad.train.lora import quiet_peft
+
+                lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+                with quiet_peft():
+                    model = get_peft_model(base, lora)
+                for n, p in model.named_parameters():  # B != 0: the adapters change the forward
+                    if "lora_B" in n:
+                        torch.nn.init.normal_(p)
+            net = model
+            if wrap and wrapper == "ddp":
+                net = torch.nn.parallel.DistributedDataParallel(model)
+            elif wrap:
+                for layer in base.model.layers:
+                    fully_shard(layer, mesh=mesh)
+                fully_shard([base.model.norm, base.lm_head], mesh=mesh, reshard_after_forward=False)
+                fully_shard(model, mesh=mesh)
             calls: list[int] = []
             net.register_forward_pre_hook(lambda m, a, c=calls: c.append(1))
             parts = METHODS["plad-rank"].loss(net, batch, loss_cfg)
             (parts.seq_sum + parts.tok_weight * parts.tok_sum).backward()
-            grads = {n: p.grad for n, p in model.named_parameters()}
+            grads = {
+                n: getattr(
+                    p.grad, "full_tensor", lambda g=p.grad: g
+                )()  # FSDP2: a DTensor of the whole gradient
+                for n, p in model.named_parameters()
+                if p.requires_grad
+            }
             results.append((parts.seq_sum.detach(), grads, tokens, calls))
         (loss, grads, tokens, calls), (w_loss, w_grads, w_tokens, w_calls) = results
         torch.testing.assert_close(w_loss, loss)
+        assert w_grads.keys() == grads.keys()
         for name, g in grads.items():
             torch.testing.assert_close(w_grads[name], g)
         rows = batch["main"]["shared_prompt"]
