@@ -7,8 +7,8 @@ at the M labelled positions are gathered, and the output layer runs there only: 
 A model wrapped in DistributedDataParallel is read through its module and an FSDP2-sharded one through the class
 it had before sharding, the body running inside the model's own forward. Every other model (encoder-decoder, an
 unknown class, another wrapper) runs its full forward and the same M positions are picked from its logits: same
-values, more work. Pair and list batches run each prompt once, their
-outputs on its key/value cache (train.shared_prompt).
+values, more work. Pair and list batches run each prompt once, their outputs on its key/value cache
+(train.shared_prompt).
 
 The losses then apply the output layer a chunk of rows at a time (chunked_rows, under activation checkpointing once
 there is more than one chunk): on a 150k vocabulary the float32 (M, V) logits of student and teacher, their
@@ -87,7 +87,8 @@ def _lora_base(model: Any) -> Any:
     """A peft causal LM with LoRA adapters (FSDP2-sharded or not) -> its base model, whose layers hold the adapters
     (peft injects them in place): PeftModelForCausalLM's forward calls the base's forward with the same inputs
     (peft 0.13-0.21, peft_model.py), so the base's body and output layer compute what it computes, adapters and
-    their on/off state included. Anything else (prompt learning, which adds virtual tokens; another wrapper) comes back as it is."""
+    their on/off state included. Anything else (prompt learning, which adds virtual tokens; another wrapper) comes
+    back as it is."""
     cls = unsharded_class(model)  # FSDP2 shards a peft model as a whole
     if cls.__name__ != "PeftModelForCausalLM" or not cls.__module__.startswith("peft."):
         return model

@@ -343,9 +343,10 @@ class Trainer:
             "fingerprint": self.fingerprint,
             **({"data_used": self.data_used} if self.data_used is not None else {}),
         }
-        # every process: under FSDP gathering the full state dict is a collective
         from accelerate.utils import DistributedType
 
+        # every process: under FSDP gathering the full state dict is a collective (a LoRA model's too: its adapter
+        # and merged model are written from it)
         sharded = accelerator.distributed_type == DistributedType.FSDP
         state = accelerator.get_state_dict(self.model) if self.lora is None or sharded else None
         if accelerator.is_main_process:
