@@ -189,6 +189,33 @@ def test_run_stopped_by_sigterm_resumes_to_the_single_process_result(
     _assert_same_run(whole, one, steps, rel=1e-4)
 
 
+@pytest.mark.parametrize("config", ["ddp.yaml", "fsdp.yaml"])
+def test_heal_in_two_processes_equals_one(bench: Bench, tmp_path: Path, untrained: None, config: str) -> None:
+    """`plad heal` (objective kd: the teacher frozen, sharded under FSDP) trains through the same loop: 2 processes
+    equal 1 with the same global batch, and every process measures the same held-out NLL before and after (each
+    writes heal.json: atomic, the same content)."""
+    from plad.utils.io import write_jsonl_atomic
+
+    texts = tmp_path / "texts.jsonl"
+    write_jsonl_atomic(texts, [{"text": r["prompt"] + r["target"]} for r in read_jsonl(bench.sft)[:40]])
+
+    def heal(out: Path, *extra: object) -> list[object]:
+        return [
+            "heal", "--model", bench.student, "--teacher", bench.teacher, "--objective", "kd", "--text_file", texts,
+            "--output_dir", out, "--max_tokens", 32, "--val_texts", 4, "--train.max_steps", 3,
+            "--train.batch_size", 2, "--train.lr", 1e-2, "--train.log_every", 1, "--threads", 1, *extra,
+        ]  # fmt: skip
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main_inprocess(*heal(one, "--train.grad_accum", 2)) == 0
+    done = _launch(config, heal(two))
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_same_run(two, one)
+    a, b = (json.loads((d / "heal.json").read_text()) for d in (two, one))
+    for key in ("heldout_nll_before", "heldout_nll_after", "teacher_heldout_nll", "train_rows"):
+        assert a[key] == pytest.approx(b[key], abs=1e-4), key
+
+
 def _fake_accelerator(kind: str, fsdp2: bool = True) -> SimpleNamespace:
     from accelerate.utils import DistributedType
 
