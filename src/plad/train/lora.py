@@ -11,18 +11,16 @@ sits in a subfolder because transformers reads a folder holding adapter_config.j
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from plad.config import LoraOptions
+from plad.core.models import quiet_peft
 from plad.utils.errors import ConfigError
 from plad.utils.seeds import derive_seed
 
@@ -64,15 +62,6 @@ def lora_config(opts: LoraOptions, model: Any) -> Any:
         return LoraConfig(**data)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"lora.config {opts.config}: {e}") from None
-
-
-@contextlib.contextmanager
-def quiet_peft() -> Iterator[None]:
-    """peft 0.21 asks transformers 5 `is_gradient_checkpointing`, which warns that it is deprecated: not the user's
-    business."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
-        yield
 
 
 def add_adapters(model: Any, opts: LoraOptions, where: str, seed: int) -> Any:
