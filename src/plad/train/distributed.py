@@ -121,19 +121,24 @@ def _shard_size(model: torch.nn.Module) -> tuple[int, int]:
 
 
 def unsharded_copy(model: Any, state: dict) -> Any:
-    """A plain copy of a model whose parameters FSDP shards, from its gathered full state dict (generate samples
-    plain weights only): the class it had before fully_shard, built on the CPU in the state's dtype, with every key
-    of the state loaded (strict); a peft LoRA model through plad.train.lora.unsharded_twin. The caller holds it
-    only while it needs it: one whole copy of the model."""
+    """A plain copy of a model whose parameters FSDP shards, from its gathered full state dict (generate samples,
+    and peft merges, plain weights only): the class it had before fully_shard (for a peft LoRA model, its base's
+    class with the same peft config), built on the CPU in the state's dtype, with every key of the state loaded
+    (strict). The caller holds it only while it needs it: one whole copy of the model."""
     from plad.core.logprobs import unsharded_class
 
-    if getattr(model, "peft_config", None) is not None:
-        from plad.train.lora import unsharded_twin
-
-        return unsharded_twin(model, state)
     dtype = next(v.dtype for v in state.values() if v.is_floating_point())
+    peft_config = getattr(model, "peft_config", None)
+    base = model if peft_config is None else model.get_base_model()
     with torch.device("cpu"):
-        copy = unsharded_class(model)(model.config).to(dtype)
+        copy = unsharded_class(base)(base.config).to(dtype)
+        if peft_config is not None:
+            from peft import get_peft_model
+
+            from plad.core.models import quiet_peft
+
+            with quiet_peft():
+                copy = get_peft_model(copy, peft_config[model.active_adapter])
     copy.load_state_dict(state)
     return copy
 

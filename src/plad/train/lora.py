@@ -117,30 +117,14 @@ def save(
 ) -> None:
     """The adapter to OUTPUT/adapter/, and with `merge` the merged model and its tokenizer at OUTPUT/ (the model
     is merged in place: call this last). `sharded_state`: the full state dict gathered from a model whose
-    parameters FSDP shards; the adapter is read from it, and the merge runs on an unsharded twin built from it."""
+    parameters FSDP shards; the adapter is read from it, and the merge runs on an unsharded copy built from it."""
     model.save_pretrained(output_dir / ADAPTER_DIR, state_dict=sharded_state)
     if merge:
-        merged = (model if sharded_state is None else unsharded_twin(model, sharded_state)).merge_and_unload()
+        from plad.train.distributed import unsharded_copy
+
+        merged = (model if sharded_state is None else unsharded_copy(model, sharded_state)).merge_and_unload()
         merged.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
-
-
-def unsharded_twin(model: Any, state: dict) -> Any:
-    """A plain copy of a peft LoRA model whose parameters FSDP shards (peft merges, and generate samples, plain
-    weights only): its base's class (as before fully_shard) and its peft config, built on the CPU in the state's
-    dtype, with the gathered full state loaded (every key, strict)."""
-    from peft import get_peft_model
-
-    from plad.core.logprobs import unsharded_class
-
-    base = model.get_base_model()
-    dtype = next(v.dtype for v in state.values() if v.is_floating_point())
-    with quiet_peft(), torch.device("cpu"):
-        twin = get_peft_model(
-            unsharded_class(base)(base.config).to(dtype), model.peft_config[model.active_adapter]
-        )
-    twin.load_state_dict(state)
-    return twin
 
 
 def save_plain(model: Any, folder: Path) -> None:
