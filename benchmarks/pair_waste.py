@@ -1,8 +1,8 @@
 """The share of a pair step's forward that carries no information: padding, and a prompt computed a second time.
 
 A pair batch of B prompts runs either 2B prompt + output rows padded to the longest (train.shared_prompt false:
-each prompt twice) or the B prompts once, padded at the start, and the 2B outputs on their cache, padded at the end
-(train.shared_prompt true, the default). Wasted share = 1 - (each prompt's tokens once + every output's tokens) /
+each prompt twice) or B rows, each a prompt once and both its outputs after it (a tree attention mask), padded at
+the end to the longest (train.shared_prompt true, the default). Wasted share = 1 - (each prompt's tokens once + every output's tokens) /
 (the tokens the student's body computes), over 3 epochs of batches drawn at random or grouped by length
 (train.group_by_length), with plad's own batch builder (make_batch). Exact: the same on every machine.
 
@@ -38,8 +38,7 @@ def wasted_share(items: list, batch_size: int, group: bool, shared: bool, pad_id
         main = make_batch(batch, None, pad_id, LossConfig(), None, False, shared)["main"]
         useful += sum(len(it.prompt) + len(it.chosen) + len(it.rejected) for it in batch)
         if shared:
-            rows = main["shared_prompt"]
-            computed += rows["prompt_mask"].numel() + rows["output_mask"].numel()
+            computed += main["shared_prompt"]["ids"].numel()
         else:
             computed += main["attention_mask"].numel()
     return 1 - useful / computed

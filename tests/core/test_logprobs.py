@@ -522,10 +522,11 @@ def test_chunked_backward_keeps_no_full_logits(llama_models, monkeypatch, method
      ("plad-list", "chosen")],
 )  # fmt: skip
 def test_shared_prompt_equals_prompt_plus_output_rows(models, method: str, regularizer: str) -> None:
-    """Each prompt once and its outputs on its cache (train.shared_prompt) against prompt + output rows: the same
-    loss parts (to 1e-5) and parameter gradients (to 1e-4), for pairs and lists (1-3 outputs, a 1-token stand-in
-    where a prompt has fewer), on prompts of 3-9 tokens (left padding up to 6) and on every family, Gemma-3's
-    sliding-window layers (window 4) included; the student's body reads the prompts once."""
+    """Each prompt once, its outputs after it in one row under a tree mask (train.shared_prompt), against prompt +
+    output rows: the same loss parts (to 1e-5) and parameter gradients (to 1e-4), for pairs and lists (1-3
+    outputs, a 1-token stand-in where a prompt has fewer), on prompts of 3-9 tokens and on every family,
+    Gemma-3's sliding-window layers (window 4, shorter than a prompt + output row) included; the student's body
+    reads the prompts once, in one call."""
     m = METHODS[method]
     loss = LossConfig(beta=0.5, regularizer=regularizer, reg_weight=0.7, logp="mean")
     items = ITEMS[m.data_source(loss)]
@@ -556,4 +557,42 @@ def test_shared_prompt_equals_prompt_plus_output_rows(models, method: str, regul
     assert (
         read == batches[False]["main"]["input_ids"].numel()
     )  # the student's body (kl-init's reference apart)
-    assert s_read == rows["prompt_ids"].numel() + rows["output_ids"].numel() < read
+    assert s_read == rows["ids"].numel() < read
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+@pytest.mark.parametrize("variant", ["eager", "gradient-checkpointing", "flash"])
+def test_shared_prompt_other_attention(family: str, variant: str) -> None:
+    """The shared-prompt rows under eager attention (an additive float mask instead of sdpa's boolean one) and
+    under gradient checkpointing give what prompt + output rows give; an attention implementation that takes no
+    4D mask (flash_attention_2, which needs a GPU: only its name is set) runs prompt + output rows."""
+    loss = LossConfig(beta=0.5, regularizer="chosen", reg_weight=0.7, logp="mean")
+    models = {"student": build(family, 0), "teacher": None, "reference": None}
+    student = models["student"]
+    if variant == "gradient-checkpointing":
+        student.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        student.config._attn_implementation = "eager" if variant == "eager" else "flash_attention_2"
+    batches = {
+        shared: make_batch(ITEMS["pairs"], None, PAD, loss, None, False, shared) for shared in (False, True)
+    }
+    body = gathered_output_layer(student)[0]
+    shapes: list[torch.Size] = []
+    hook = body.get_input_embeddings().register_forward_hook(
+        lambda mod, args, out: shapes.append(args[0].shape)
+    )
+    try:
+        if variant == "flash":  # never computed (no flash kernels here): which rows the body is given
+            with pytest.raises((ImportError, RuntimeError)):
+                _loss_and_grads("plad-rank", loss, models, batches[True])
+            assert shapes == [batches[False]["main"]["input_ids"].shape]
+            return
+        values, grads, _ = _loss_and_grads("plad-rank", loss, models, batches[False])
+        s_values, s_grads, _ = _loss_and_grads("plad-rank", loss, models, batches[True])
+    finally:
+        hook.remove()
+    assert shapes[-1] == batches[True]["main"]["shared_prompt"]["ids"].shape
+    for k in values:
+        torch.testing.assert_close(s_values[k], values[k], **TOL)
+    for k in grads:
+        torch.testing.assert_close(s_grads[k], grads[k], atol=1e-4, rtol=1e-4)

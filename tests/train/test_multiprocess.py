@@ -330,7 +330,7 @@ def test_wrapped_model_gathers_and_shares_the_prompt_inside_its_forward(wrapper:
         for name, g in grads.items():
             torch.testing.assert_close(w_grads[name], g)
         rows = batch["main"]["shared_prompt"]
-        assert w_tokens == tokens == [rows["prompt_ids"].numel(), rows["output_ids"].numel()]
+        assert w_tokens == tokens == [rows["ids"].numel()]
         assert (calls, w_calls) == ([], [1])  # the bare model's own forward never runs; the wrapper's once
     finally:
         dist.destroy_process_group()

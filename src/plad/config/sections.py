@@ -80,9 +80,10 @@ class TrainConfig:
     )
     shared_prompt: bool = opt(
         True,
-        "pair and list methods (plad-rank, plad-margin, their -div forms, dpkd, plad-list): run each prompt once and "
-        "its outputs on its key/value cache instead of the prompt once per output (the same values; for the model "
-        "families whose output layer plad gathers, without gradient checkpointing; otherwise prompt + output rows)",
+        "pair and list methods (plad-rank, plad-margin, their -div forms, dpkd, plad-list): one row per prompt, the "
+        "prompt once and its outputs after it under a tree attention mask, instead of one prompt + output row per "
+        "output (the same values; for the model families whose output layer plad gathers, with sdpa or eager "
+        "attention; otherwise prompt + output rows)",
         in_fingerprint=False,  # the same computation, in fewer tokens
     )
 

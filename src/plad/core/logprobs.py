@@ -7,8 +7,8 @@ at the M labelled positions are gathered, and the output layer runs there only: 
 A model wrapped in DistributedDataParallel is read through its module and an FSDP2-sharded one through the class
 it had before sharding, the body running inside the model's own forward. Every other model (encoder-decoder, an
 unknown class, another wrapper) runs its full forward and the same M positions are picked from its logits: same
-values, more work. Pair and list batches run each prompt once, their outputs on its key/value cache
-(train.shared_prompt).
+values, more work. Pair and list batches run each prompt once, its outputs after it in the same row under a tree
+attention mask (train.shared_prompt).
 
 The losses then apply the output layer a chunk of rows at a time (chunked_rows, under activation checkpointing once
 there is more than one chunk): on a 150k vocabulary the float32 (M, V) logits of student and teacher, their
@@ -160,7 +160,7 @@ def output_hidden(model: Any, batch: dict[str, torch.Tensor]) -> Gathered:
     vocab = (inner or model).get_output_embeddings().out_features
 
     def values() -> torch.Tensor:
-        if "shared_prompt" in batch and not getattr(body, "gradient_checkpointing", False):
+        if "shared_prompt" in batch:
             shared = _shared_prompt_hidden(body, batch["shared_prompt"])
             if shared is not None:
                 return shared
@@ -215,50 +215,55 @@ def _in_forward_of(wrapper: Any, fn: Callable[[], torch.Tensor]) -> torch.Tensor
 
 
 def _shared_prompt_hidden(body: torch.nn.Module, rows: dict[str, torch.Tensor]) -> torch.Tensor | None:
-    """The hidden states (M, H) at the labelled positions of a pair or list batch (row k*B + b: prompt b + its
-    output k; K = 2 for a pair), with each prompt computed once: the B prompts with their key/value cache, then the
-    K*B outputs on that cache (its rows taken K times). Gradients reach the prompt's layers through the cache.
-
-    The prompts are padded at the start, so that every prompt ends where the outputs begin: no padding between a
-    prompt and its output, and a sliding attention window (Gemma-3) covers the tokens it covers in the prompt +
-    output row. Positions count real tokens (0 at a prompt's first), as in that row. The position that predicts
-    output token 0 is the prompts' last one; token j > 0 is predicted at output position j - 1. Rows in order,
-    positions in order: the order of labels[mask]. None when the body returns no cache (the caller then runs
-    prompt + output rows)."""
-    prompt_mask, output_mask = rows["prompt_mask"], rows["output_mask"]  # (B, Tp) left-padded, (K*B, To)
-    B, K = prompt_mask.shape[0], output_mask.shape[0] // prompt_mask.shape[0]
-    prompt_positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (B, Tp)
-    first = body(
-        input_ids=rows["prompt_ids"],
-        attention_mask=prompt_mask,
-        position_ids=prompt_positions,
-        use_cache=True,
-    )
-    cache = getattr(first, "past_key_values", None)
-    if cache is None or not hasattr(cache, "reorder_cache"):
+    """The hidden states (M, H) at the labelled positions of a pair or list batch, each prompt computed once: one
+    row per prompt holding the prompt and then each of its outputs (methods._shared_prompt_rows), one forward with
+    a tree attention mask (tree_mask) and each token at its position in its prompt + output row, so that every
+    output sees exactly its prompt and its own earlier tokens, as in that row. No padding between a prompt and its
+    outputs; the rows are padded at the end to the longest prompt + outputs. Rows of the gathered states in the
+    order of labels[mask] of the prompt + output rows. None when the body's attention cannot take the mask (the
+    caller then runs prompt + output rows)."""
+    mask = tree_mask(body.config, rows, body.get_input_embeddings().weight.dtype)
+    if mask is None:
         return None
-    each = torch.arange(B, device=prompt_mask.device).repeat(K)  # (K*B,): prompt b for rows b, B + b, ...
-    cache.reorder_cache(each)
-    prompt_len = prompt_mask.sum(-1)[each]  # (K*B,)
-    steps = torch.arange(output_mask.shape[1], device=output_mask.device)
     hidden = body(
-        input_ids=rows["output_ids"],
-        attention_mask=torch.cat([prompt_mask[each], output_mask], dim=1),
-        position_ids=prompt_len[:, None] + steps,  # (K*B, To)
-        use_cache=True,
-        **{_cache_argument(body): cache},
-    ).last_hidden_state  # (K*B, To, H)
-    last = first.last_hidden_state[each, -1]  # (K*B, H): every prompt ends at the last column
-    predicting = torch.cat([last[:, None], hidden[:, :-1]], dim=1)  # (K*B, To, H): column j predicts token j
-    return predicting[output_mask.bool()]
+        input_ids=rows["ids"], attention_mask=mask, position_ids=rows["positions"], use_cache=False
+    ).last_hidden_state  # (B, G, H)
+    return hidden.flatten(0, 1)[rows["gather"]]
 
 
-def _cache_argument(body: torch.nn.Module) -> str:
-    """The name the body's forward takes a key/value cache under: `cache` from transformers 5.24 on (where
-    `past_key_values` is deprecated), `past_key_values` before."""
-    import inspect
+def tree_mask(
+    config: Any, rows: dict[str, torch.Tensor], dtype: torch.dtype
+) -> torch.Tensor | dict[str, torch.Tensor] | None:
+    """The 4D attention mask (B, 1, G, G) of shared-prompt rows: position q sees position k <= q of the same row
+    when k is in the prompt or in q's own output, and (sliding-window layers) when their positions differ by less
+    than the window; padding sees itself only (no empty row). transformers (5.x, masking_utils) takes a 4D mask as
+    it is: a boolean one (True = attend) for sdpa, an additive float one for eager; other attention implementations
+    (flash, flex) take no such mask: None. A config with sliding-window layers (Gemma-3) gets one mask per layer
+    type, which its model reads by layer."""
+    implementation = getattr(config, "_attn_implementation", None)
+    if implementation not in ("sdpa", "eager"):
+        return None
+    segments, positions = rows["segments"], rows["positions"]  # (B, G)
+    G = segments.shape[1]
+    index = torch.arange(G, device=segments.device)
+    q, k = segments[:, :, None], segments[:, None, :]  # (B, G, 1), (B, 1, G)
+    allowed = (index[None, :] <= index[:, None]) & (k >= 0) & ((k == 0) | (k == q))  # (B, G, G)
+    allowed |= torch.eye(G, dtype=torch.bool, device=segments.device)
 
-    return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+    def form(mask: torch.Tensor) -> torch.Tensor:
+        mask = mask[:, None]  # (B, 1, G, G)
+        if implementation == "sdpa":
+            return mask
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+            ~mask, torch.finfo(dtype).min
+        )
+
+    if "sliding_attention" not in (getattr(config, "layer_types", None) or ()):
+        return form(allowed)
+    distance = positions[:, :, None] - positions[:, None, :]  # (B, G, G)
+    windowed = allowed & (distance < config.sliding_window)
+    windowed |= torch.eye(G, dtype=torch.bool, device=segments.device)
+    return {"full_attention": form(allowed), "sliding_attention": form(windowed)}
 
 
 def output_logits(

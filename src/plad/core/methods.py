@@ -16,7 +16,7 @@ import torch
 
 from plad.config import LossConfig
 from plad.config.method_specs import METHOD_SPECS, MethodSpec
-from plad.core.batching import collate_sequences, pad_rows
+from plad.core.batching import collate_sequences
 from plad.core.logprobs import chunked_rows, forward_token_nll, output_hidden, output_logits, sequence_logps
 from plad.core.losses import (
     dpkd_sequence_loss,
@@ -93,8 +93,8 @@ def make_batch(
     """A micro-batch: single outputs; a pair stacked for one concatenated forward; or a list of K outputs.
     decoder_start_id: the encoder-decoder layout (prompts to the encoder, outputs to the decoder).
     divergence: also the pairs' divergence-aware labels (a Python loop per pair: only for the -div methods).
-    shared_prompt: pairs and lists also carry their prompts and outputs apart, for output_hidden's shared-prompt
-    forward."""
+    shared_prompt: pairs and lists also carry one row per prompt with all its outputs, for output_hidden's
+    shared-prompt forward."""
     prompts = [it.prompt for it in items]
     B = len(items)
     if items[0].outputs is None and items[0].rejected is None:
@@ -106,8 +106,11 @@ def make_batch(
         outs = _outputs(items, pad_id)
         K = len(outs) // B
         main = collate_sequences(prompts * K, outs, pad_id, decoder_start_id)
-        if decoder_start_id is None and shared_prompt:  # each prompt once, its outputs on its cache
-            main["shared_prompt"] = _shared_prompt_rows(prompts, outs, pad_id)
+        rows = (
+            _shared_prompt_rows(prompts, outs, pad_id) if decoder_start_id is None and shared_prompt else None
+        )
+        if rows is not None:  # each prompt once, its outputs after it in the same row
+            main["shared_prompt"] = rows
         if items[0].outputs is not None:
             main["list_mask"] = torch.tensor(
                 [[k < len(it.outputs) for k in range(K)] for it in items]
@@ -162,16 +165,48 @@ def _pair_fields(
 
 def _shared_prompt_rows(
     prompts: list[list[int]], outputs: list[list[int]], pad_id: int
-) -> dict[str, torch.Tensor]:
-    """The B prompts padded at the start and the K*B outputs (row k*B + b: output k of prompt b) padded at the end,
-    for output_hidden's shared-prompt forward."""
-    prompt_ids, prompt_mask = pad_rows(prompts, pad_id, left=True)
-    output_ids, output_mask = pad_rows(outputs, pad_id)
+) -> dict[str, torch.Tensor] | None:
+    """One row per prompt holding the prompt and then each of its outputs (row k*B + b of `outputs`: output k of
+    prompt b), padded at the end, for output_hidden's shared-prompt forward:
+
+    - ids (B, G); positions (B, G): the prompt's 0..P-1, each output's P, P+1, ... (its positions in a prompt +
+      output row); segments (B, G): 0 for the prompt, k + 1 for output k, -1 for padding (the attention mask, a
+      tree, is built from these on the model's device: logprobs.tree_mask);
+    - gather (M,): for each labelled token, in the order of the prompt + output rows' labels (row k*B + b, then
+      token j), the flat index into (B*G) of the position whose hidden state predicts it: the prompt's last for
+      token 0, the output's token j - 1 after.
+
+    None when a prompt is empty (its first output token has no predicting position in a prompt + output row)."""
+    B = len(prompts)
+    if any(not p for p in prompts):
+        return None
+    K = len(outputs) // B
+    groups = [[prompts[b]] + [outputs[k * B + b] for k in range(K)] for b in range(B)]
+    G = max(sum(len(part) for part in group) for group in groups)
+    ids = torch.full((B, G), pad_id, dtype=torch.long)
+    positions = torch.zeros((B, G), dtype=torch.long)
+    segments = torch.full((B, G), -1, dtype=torch.long)
+    starts = [[0] * (K + 1) for _ in range(B)]  # where each part of row b begins
+    for b, group in enumerate(groups):
+        at = 0
+        for part, tokens in enumerate(group):
+            n, first = len(tokens), 0 if part == 0 else len(group[0])
+            starts[b][part] = at
+            ids[b, at : at + n] = torch.tensor(tokens, dtype=torch.long)
+            positions[b, at : at + n] = torch.arange(first, first + n)
+            segments[b, at : at + n] = part
+            at += n
+    gather = [
+        b * G + (len(prompts[b]) - 1 if j == 0 else starts[b][k + 1] + j - 1)
+        for k in range(K)
+        for b in range(B)
+        for j in range(len(outputs[k * B + b]))
+    ]
     return {
-        "prompt_ids": prompt_ids,
-        "prompt_mask": prompt_mask,
-        "output_ids": output_ids,
-        "output_mask": output_mask,
+        "ids": ids,
+        "positions": positions,
+        "segments": segments,
+        "gather": torch.tensor(gather, dtype=torch.long),
     }
 
 

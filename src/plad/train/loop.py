@@ -163,7 +163,7 @@ class Trainer:
                     self.loss_cfg,
                     self.start_id,
                     self.method.from_divergence,
-                    cfg.shared_prompt,  # output_hidden runs prompt + output rows where no cache can be kept
+                    cfg.shared_prompt,  # output_hidden runs prompt + output rows where the attention takes no tree mask
                 )
             )
         for b in micro:  # the forward's tokens, counted on the host before the batches go to the device
