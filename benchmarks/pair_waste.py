@@ -31,7 +31,7 @@ def wasted_share(items: list, batch_size: int, group: bool, shared: bool, pad_id
     from plad.core.methods import make_batch
     from plad.train.batches import BatchStream
 
-    stream = BatchStream(items, batch_size, 0, "main", group)
+    stream = BatchStream(items, batch_size, 0, "main", group, shared)
     useful = computed = 0
     for g in range(3 * stream.per_epoch):
         batch = stream[g]

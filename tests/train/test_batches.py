@@ -23,6 +23,9 @@ def test_item_length_is_the_row_its_batch_pads_to() -> None:
     assert item_length(Item([1, 2, 3], [4], [5, 6])) == 5  # prompt + the longer of chosen and rejected
     assert item_length(Item([1], [2, 3, 4])) == 4
     assert item_length(Item([1], [2], outputs=[[2], [3, 4, 5], [6]])) == 4  # plad-list: the longest output
+    # train.shared_prompt: one row per prompt holding every output
+    assert item_length(Item([1, 2, 3], [4], [5, 6]), shared_prompt=True) == 6
+    assert item_length(Item([1], [2], outputs=[[2], [3, 4, 5], [6]]), shared_prompt=True) == 6
 
 
 @pytest.mark.parametrize("n, batch", [(37, 4), (1000, 8), (8, 16)])
@@ -51,6 +54,19 @@ def test_grouping_cuts_padding_and_keeps_the_batch_order_random() -> None:
     firsts = [max(item_length(it) for it in grouped[g]) for g in range(10)]
     assert firsts != sorted(firsts) and firsts != sorted(firsts, reverse=True)
     assert GROUP_SPAN == 50
+
+
+def test_shared_prompt_groups_by_the_shared_row() -> None:
+    """Pairs whose two outputs differ in length: grouped by the shared-prompt row (prompt + both outputs) its
+    rows are padded less than grouped by the longer prompt + output row."""
+    items = _items(1000)
+
+    def shared_padding(stream: BatchStream) -> float:
+        rows = [[item_length(it, True) for it in stream[g]] for g in range(stream.per_epoch)]
+        return 1 - sum(map(sum, rows)) / sum(max(r) * len(r) for r in rows)
+
+    by_row = shared_padding(BatchStream(items, 8, 0, "main", True, shared_prompt=True))
+    assert by_row < 0.02 < shared_padding(BatchStream(items, 8, 0, "main", True))
 
 
 def test_sft_with_group_by_length_trains_the_same_examples_with_less_padding(

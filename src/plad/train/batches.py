@@ -20,11 +20,12 @@ from plad.utils.seeds import derive_seed
 GROUP_SPAN = 50  # batches per length-sorted group (transformers' LengthGroupedSampler uses the same 50)
 
 
-def item_length(it: Item) -> int:
+def item_length(it: Item, shared_prompt: bool = False) -> int:
     """The row length an item pads its batch to: the prompt and its longest output (a pair's two rows, a list's
-    outputs and the prompt are padded to one length in the forward)."""
+    outputs and the prompt are padded to one length in the forward); with shared_prompt (train.shared_prompt: one
+    row per prompt holding all its outputs) the prompt and all its outputs."""
     outputs = it.outputs or [it.chosen, *([it.rejected] if it.rejected is not None else [])]
-    return len(it.prompt) + max(len(o) for o in outputs)
+    return len(it.prompt) + (sum if shared_prompt else max)(len(o) for o in outputs)
 
 
 class BatchStream:
@@ -32,13 +33,20 @@ class BatchStream:
 
     group_by_length: each epoch's permutation is cut into spans of GROUP_SPAN batches, each span sorted by
     item_length so a batch holds items of similar length (less padding), and the batches' order is then drawn
-    at random; every item still comes once per epoch, and the order is still a pure function of (seed, g)."""
+    at random; every item still comes once per epoch, and the order is still a pure function of (seed, g).
+    shared_prompt: the lengths are those of shared-prompt rows (item_length)."""
 
     def __init__(
-        self, items: list[Item], batch_size: int, seed: int, name: str, group_by_length: bool = False
+        self,
+        items: list[Item],
+        batch_size: int,
+        seed: int,
+        name: str,
+        group_by_length: bool = False,
+        shared_prompt: bool = False,
     ):
         self.items, self.batch_size, self.seed, self.name = items, batch_size, seed, name
-        self.group_by_length = group_by_length
+        self.group_by_length, self.shared_prompt = group_by_length, shared_prompt
         self.per_epoch = math.ceil(len(items) / batch_size)
         self._perm_epoch, self._perm = -1, None
 
@@ -53,7 +61,7 @@ class BatchStream:
 
     def _grouped(self, perm: list[int], gen: torch.Generator) -> list[int]:
         bs, span = self.batch_size, self.batch_size * GROUP_SPAN
-        lengths = [item_length(it) for it in self.items]
+        lengths = [item_length(it, self.shared_prompt) for it in self.items]
         order = [
             i for s in range(0, len(perm), span) for i in sorted(perm[s : s + span], key=lengths.__getitem__)
         ]
@@ -80,16 +88,20 @@ class TrainData:
         on_policy: Callable[[Any, list[Item], int], list[Item]] | None = None,
         refresh: Callable[[Any, Any, int], list[Item] | None] | None = None,
         group_by_length: bool = False,
+        shared_prompt: bool = False,
     ):
         self.batch_size, self.seed, self.group_by_length = batch_size, seed, group_by_length
-        self.main = BatchStream(items, batch_size, seed, "main", group_by_length)
+        self.shared_prompt = shared_prompt
+        self.main = BatchStream(items, batch_size, seed, "main", group_by_length, shared_prompt)
         self.reg = BatchStream(reg_items, batch_size, seed, "reg", group_by_length) if reg_items else None
         self.on_policy, self.refresh = on_policy, refresh
 
     def start_step(self, accelerator: Any, model: Any, step: int) -> None:
         """Before optimizer step `step`: a new round's items replace the old ones."""
         if self.refresh is not None and (fresh := self.refresh(accelerator, model, step)):
-            self.main = BatchStream(fresh, self.batch_size, self.seed, "main", self.group_by_length)
+            self.main = BatchStream(
+                fresh, self.batch_size, self.seed, "main", self.group_by_length, self.shared_prompt
+            )
 
     def micro_batch(self, model: Any, g: int) -> tuple[list[Item], list[Item] | None]:
         """Micro-batch number g (counted over every process): its items and its regulariser items."""

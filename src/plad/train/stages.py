@@ -410,7 +410,14 @@ def run_distill(cfg: DistillConfig) -> dict:
     save_yaml(cfg, out / "plad_config.yaml")
     log.info("distill %s: %d items, %d steps", cfg.method, len(items), cfg.train.max_steps)
     data = TrainData(
-        items, cfg.train.batch_size, cfg.train.seed, reg_items, on_policy, refresh, cfg.train.group_by_length
+        items,
+        cfg.train.batch_size,
+        cfg.train.seed,
+        reg_items,
+        on_policy,
+        refresh,
+        cfg.train.group_by_length,
+        cfg.train.shared_prompt,
     )
     summary = train(
         model=model,
