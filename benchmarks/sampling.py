@@ -10,7 +10,12 @@ same list for all three contenders). The three run interleaved, --reps times, at
 - batched: `generate` on --batch prompts at a time in file order, left padding;
 - plad: plad's HfBackend (what `plad pairs` and on-policy sampling run), --batch prompts at a time grouped by
   prompt length (plan_batches);
-- plad bf16: the same with the model's weights in bfloat16 (`--teacher.dtype bfloat16` in `plad pairs`).
+- plad bf16: the same with the model's weights in bfloat16 (`--teacher.dtype bfloat16` in `plad pairs`);
+- prompts only: one forward over the prompts in plad's batches, nothing generated. Every sampler computes the
+  prompts at least once, so its time is about the least any fp32 sampler can take (other batch shapes and
+  padding move it a little), and loop / it about the most speed-up any of them can reach over the loop on this
+  machine (batching cannot make a compute-bound prompt forward cheaper; it makes the one-token decoding steps
+  share their weight reads).
 Reported: wall seconds, generated tokens/s (the end token included), the share of rows that stopped at an end token,
 and how many rows' greedy outputs equal the loop's (left padding may round a near-tie the other way).
 
@@ -84,6 +89,21 @@ def with_plad(model, tok, rows: list[list[int]], batch: int, max_new: int) -> li
     return [got[i] for i in range(len(rows))]
 
 
+def prompts_only(model, tok, rows: list[list[int]], batch: int) -> list[list[int]]:
+    """One forward over the prompts, --batch at a time grouped by length as plad's backend groups them (left
+    padding), keeping no cache: the part of sampling that batching cannot shrink. Generates nothing."""
+    import torch
+
+    from plad.core.batching import pad_rows
+
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    for start in range(0, len(rows), batch):
+        ids, mask = pad_rows([rows[i] for i in order[start : start + batch]], tok.pad_token_id, left=True)
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
+    return [[] for _ in rows]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -110,7 +130,7 @@ def main() -> int:
     model_bf16 = for_inference(AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.bfloat16))
     rows = prompts_of(tok, args.prompts)
     ends = stop_ids(tok)
-    names = ("loop", "batched", "plad", "plad bf16")
+    names = ("loop", "batched", "plad", "plad bf16", "prompts only")
     runs: dict[str, list[dict]] = {n: [] for n in names}
     outputs: dict[str, list[list[int]]] = {}
     for rep in range(args.reps):
@@ -120,6 +140,8 @@ def main() -> int:
                 outs = by_hand(model, tok, rows, 1, args.max_new_tokens, ends)
             elif name == "batched":
                 outs = by_hand(model, tok, rows, args.batch, args.max_new_tokens, ends)
+            elif name == "prompts only":
+                outs = prompts_only(model, tok, rows, args.batch)
             else:
                 m = model_bf16 if name == "plad bf16" else model
                 outs = with_plad(m, tok, rows, args.batch, args.max_new_tokens)
@@ -143,7 +165,8 @@ def main() -> int:
         "batch": args.batch, "max_new_tokens": args.max_new_tokens, "runs": runs,
         "speedup_over_loop": {n: [round(a / r["seconds"], 2) for a, r in zip(loop_s, runs[n], strict=True)] for n in runs},
         "plad_over_batched": [round(b["seconds"] / p["seconds"], 2) for b, p in zip(runs["batched"], runs["plad"], strict=True)],
-        "same_output_as_loop": {n: sum(a == b for a, b in zip(outputs[n], outputs["loop"], strict=True)) for n in runs},
+        "same_output_as_loop": {n: sum(a == b for a, b in zip(outputs[n], outputs["loop"], strict=True)) for n in runs
+                                if n != "prompts only"},
     }  # fmt: skip
     (HERE / "results" / "sampling.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [
@@ -156,10 +179,15 @@ def main() -> int:
         "|---|---|---:|---|---:|---:|",
     ]  # fmt: skip
     for n, rs in runs.items():
+        same = result["same_output_as_loop"].get(n)
+        ended, same = (
+            ("-", "-") if same is None else (f"{rs[-1]['ended']}/{len(rows)}", f"{same}/{len(rows)}")
+        )
         lines.append(f"| {n} | {', '.join(str(r['seconds']) for r in rs)} | {statistics.median(r['tokens_per_s'] for r in rs):.1f} | "
-                     f"{', '.join(str(x) for x in result['speedup_over_loop'][n])} | {rs[-1]['ended']}/{len(rows)} | "
-                     f"{result['same_output_as_loop'][n]}/{len(rows)} |")  # fmt: skip
-    lines += ["", f"plad / batched in file order (time ratio per repetition): {result['plad_over_batched']}"]
+                     f"{', '.join(str(x) for x in result['speedup_over_loop'][n])} | {ended} | {same} |")  # fmt: skip
+    lines += ["", f"plad / batched in file order (time ratio per repetition): {result['plad_over_batched']}", "",
+              "'prompts only' computes the prompts and generates nothing: its 'x the loop' is about the most any fp32 "
+              "sampler can reach over the loop on this machine."]  # fmt: skip
     (HERE / "results" / "sampling.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
