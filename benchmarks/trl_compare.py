@@ -520,8 +520,8 @@ SETTINGS = {
     "threads": "1 per process (OMP_NUM_THREADS=1, torch.set_num_threads(1)), OMP_WAIT_POLICY=PASSIVE",
     "plad": "`plad distill --method M --train.batch_size B --train.max_steps N --train.lr 1e-5 --train.mixed_precision "
             "no|bf16 --train.report_to none --threads 1` (other keys at their defaults: plad-rank's CE regulariser on y+, "
-            "no gradient checkpointing, fp32 weights, train.shared_prompt true: each prompt once, both outputs on its "
-            "key/value cache; the 'prompt twice' row sets it false); dpkd reads the teacher log-probs stored in the pairs (no reference "
+            "no gradient checkpointing, fp32 weights, train.shared_prompt true: each prompt once, both outputs after it "
+            "in one row under a tree attention mask; the 'prompt twice' row sets it false); dpkd reads the teacher log-probs stored in the pairs (no reference "
             "model in memory); kd holds the teacher (fp32) and computes its logits every step",
     "TRL DPO": "DPOTrainer(model=path), DPOConfig(beta=0.1, loss sigmoid, max_length=None, model_init_kwargs dtype float32, "
                "bf16 and gradient_checkpointing as the row says; TRL's defaults are bf16=True, gradient_checkpointing=True); "
