@@ -118,3 +118,77 @@ def test_bfloat16_frozen_teacher_and_sampling(bench: Bench, tmp_path: Path) -> N
     assert main_inprocess(*kd, "--output_dir", tmp_path / "kd16", "--frozen_dtype", "bfloat16") == 0
     got, want = _first_loss(tmp_path / "kd16"), _first_loss(tmp_path / "kd32")
     assert got == pytest.approx(want, rel=2e-2) and got != want  # the teacher's logits came from bf16 weights
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# train.mixed_precision auto
+
+
+@pytest.mark.parametrize(
+    ("cuda", "native", "threshold", "dtype", "want"),
+    [
+        ("bf16", False, None, "float32", "bf16"),  # a GPU with bf16
+        ("no-bf16", True, None, "float32", "no"),  # an old GPU
+        (None, False, 1, "float32", "no"),  # a CPU that would emulate bf16
+        (None, True, None, "float32", "no"),  # the test student: far below the threshold
+        (None, True, 1, "float32", "bf16"),  # a model above the threshold on a CPU with native bf16
+        (None, True, 1, "bfloat16", "no"),  # bf16 weights: autocast adds nothing
+        ("bf16", True, 1, "float16", "no"),
+    ],
+)  # fmt: skip
+def test_auto_mixed_precision_rule(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch, cuda, native, threshold, dtype, want
+) -> None:
+    from plad.train import precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda is not None)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda == "bf16")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "a test device")
+    monkeypatch.setattr(precision, "_cpu_has_native_bf16", lambda: native)
+    if threshold is not None:
+        monkeypatch.setattr(precision, "AUTO_BF16_MIN_PARAMETERS", threshold)
+    value, why = precision.auto_mixed_precision(str(bench.student), dtype)
+    assert value == want and why
+
+
+def test_stored_parameters_counts_the_saved_weights(bench: Bench, tmp_path: Path) -> None:
+    """From the safetensors headers: the loaded model's parameter count (a tied output layer stored once); None
+    for a folder without safetensors weights."""
+    from transformers import AutoModelForCausalLM
+
+    from plad.train.precision import stored_parameters
+
+    model = AutoModelForCausalLM.from_pretrained(str(bench.student))
+    assert stored_parameters(str(bench.student)) == sum(p.numel() for p in model.parameters())
+    assert stored_parameters(str(tmp_path)) is None
+    assert stored_parameters("HuggingFaceTB/SmolLM2-135M") is None  # a hub name
+
+
+def test_auto_is_resolved_before_the_stage_records_it(
+    bench: Bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The default (auto) trains the test student in float32 here, and plad_config.yaml says `no`: a finished run
+    of the old default keeps its fingerprint. Where auto means bf16, the stage trains under autocast and records
+    bf16; a --resume where auto now means something else is refused as a changed setting."""
+    import yaml
+
+    from plad.train import precision
+
+    monkeypatch.setattr(precision, "_cpu_has_native_bf16", lambda: True)
+    args = ("sft", "--model", bench.student, "--train_file", bench.sft, "--train.max_steps", 2,
+            "--train.batch_size", 4, "--train.log_every", 1, "--threads", 1)  # fmt: skip
+    assert main_inprocess(*args, "--output_dir", tmp_path / "auto") == 0
+    assert main_inprocess(*args, "--output_dir", tmp_path / "no", "--train.mixed_precision", "no") == 0
+    recorded = yaml.safe_load((tmp_path / "auto" / "plad_config.yaml").read_text())
+    assert recorded["train"]["mixed_precision"] == "no"
+    assert _first_loss(tmp_path / "auto") == _first_loss(tmp_path / "no")
+
+    monkeypatch.setattr(precision, "AUTO_BF16_MIN_PARAMETERS", 1)
+    assert main_inprocess(*args, "--output_dir", tmp_path / "bf16", "--train.save_every", 1) == 0
+    recorded = yaml.safe_load((tmp_path / "bf16" / "plad_config.yaml").read_text())
+    assert recorded["train"]["mixed_precision"] == "bf16"
+    assert _first_loss(tmp_path / "bf16") != _first_loss(tmp_path / "no")  # autocast ran
+    assert main_inprocess(*args, "--output_dir", tmp_path / "bf16", "--train.save_every", 1, "--resume") == 0
+    monkeypatch.setattr(precision, "AUTO_BF16_MIN_PARAMETERS", 10**12)
+    assert main_inprocess(*args, "--output_dir", tmp_path / "bf16", "--train.save_every", 1, "--resume") != 0
+    assert "mixed_precision" in capsys.readouterr().err

@@ -245,8 +245,12 @@ class PrepareConfig:
     family_cap: int = opt(
         150, "most packages kept of one formulaic family (r-cran-*, libghc-*, lib*-perl, ...)"
     )
+    # float32 (mixed_precision no), as the recorded results of the real benchmark ran: auto would choose bf16 for
+    # these models on a CPU with native bf16 and change every prepared model
     teacher_sft: TrainConfig = opt(
-        TrainConfig(max_steps=150, batch_size=8, lr=5e-5, warmup_steps=10, save_every=25),
+        TrainConfig(
+            max_steps=150, batch_size=8, lr=5e-5, warmup_steps=10, save_every=25, mixed_precision="no"
+        ),
         "the teacher's fine-tuning on the task's train split (once; every run and seed uses this teacher)",
     )
     student_layers: int = opt(
@@ -255,7 +259,8 @@ class PrepareConfig:
     keep_layers: list = opt([], "student: the teacher's layer numbers to keep")
     heal: HealConfig = opt(
         HealConfig(max_tokens=128, train=TrainConfig(
-            max_steps=600, batch_size=8, lr=3e-4, warmup_steps=0, save_every=25, log_every=10)),
+            max_steps=600, batch_size=8, lr=3e-4, warmup_steps=0, save_every=25, log_every=10,
+            mixed_precision="no")),
         "healing of the pruned student (model, teacher, text_file and output_dir are set by prepare)",
     )  # fmt: skip
     threads: int = opt(0, "torch CPU threads (0: torch's default)")

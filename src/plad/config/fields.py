@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import difflib
 import typing
+from collections.abc import Callable
 from dataclasses import field
 from typing import Any
 
@@ -15,13 +16,17 @@ from plad.utils.errors import ConfigError
 
 
 def opt(
-    default: Any, help: str, choices: tuple[str, ...] | None = None, in_fingerprint: bool | str = True
+    default: Any,
+    help: str,
+    choices: tuple[str, ...] | None = None,
+    in_fingerprint: bool | str | Callable[[Any], Any] = True,
 ) -> Any:
     """A dataclass field with a help text (and allowed values); mutable defaults go through a factory.
     in_fingerprint=False: a setting that cannot change a result (a time limit) and came after stage fingerprints
     existed, left out of them (`result_settings`) so that stages finished before it was added stay valid.
     in_fingerprint="unless-default": a setting added after stage fingerprints existed that can change a result:
-    counted only when it differs from its default, so stages finished before it was added stay valid."""
+    counted only when it differs from its default, so stages finished before it was added stay valid.
+    in_fingerprint=function: the value is counted as function(value) (a new value that means an old one here)."""
     meta = {"help": help, "choices": choices, "in_fingerprint": in_fingerprint}
     if dataclasses.is_dataclass(default) or isinstance(default, list | dict):
         proto = default

@@ -115,6 +115,8 @@ def result_settings(cfg: Any) -> dict:
         value = getattr(cfg, f.name)
         if counted == "unless-default" and value == _default(f):
             continue
+        if callable(counted):
+            value = counted(value)
         out[f.name] = result_settings(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
     return out
 

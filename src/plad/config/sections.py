@@ -39,6 +39,10 @@ class DataOptions:
 TRACKERS = ("tensorboard", "wandb", "trackio", "none")
 
 
+def _auto_as_no(value: str) -> str:
+    return "no" if value == "auto" else value
+
+
 @dataclass
 class TrainConfig:
     max_steps: int = opt(200, "optimizer steps")
@@ -58,7 +62,16 @@ class TrainConfig:
     keep_checkpoints: int = opt(2, "how many resumable checkpoints to keep")
     log_every: int = opt(10, "steps between logged scalars (metrics.jsonl and the trackers of report_to)")
     seed: int = opt(0, "seed for initialisation-independent randomness: data order, dropout")
-    mixed_precision: str = opt("no", "accelerate mixed precision", ("no", "bf16", "fp16"))
+    mixed_precision: str = opt(
+        "auto",
+        "accelerate mixed precision: no (float32), bf16, fp16, or auto: bf16 on a CUDA device with bf16 and on a "
+        "CPU with native bf16 (AVX512-BF16, AMX) for models of 10M parameters and more, float32 elsewhere "
+        "(benchmarks/results/bf16_cpu.md); a stage records what auto chose in its plad_config.yaml",
+        ("auto", "no", "bf16", "fp16"),
+        # a stage fingerprints what auto chose (plad.train.precision); a pipeline's stages count auto as `no`, the
+        # default before auto, so that run folders finished before it stay valid
+        in_fingerprint=_auto_as_no,
+    )
     report_to: list = opt(
         ["tensorboard"],
         "where the logged scalars also go, through accelerate's trackers: tensorboard (OUTPUT/logs), wandb "

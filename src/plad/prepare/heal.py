@@ -134,12 +134,14 @@ def run_heal(cfg: HealConfig) -> dict:
     from plad.train.loop import check_trackers
     from plad.train.lora import add_adapters
     from plad.train.model_card import write_card
+    from plad.train.precision import resolve_mixed_precision
     from plad.train.stages import resume_fingerprint
     from plad.utils.outputs import check_output_dir
 
     require(cfg, "model", "text_file", "output_dir", *(["teacher"] if cfg.objective == "kd" else []))
     check_trackers(cfg.train)
     set_threads(cfg.threads)
+    cfg = resolve_mixed_precision(cfg)
     out = Path(cfg.output_dir)
     tok = load_tokenizer(cfg.model, "model")
     texts, val, items = _heal_data(cfg, tok)

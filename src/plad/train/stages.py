@@ -41,6 +41,7 @@ from plad.train.distributed import whole_on_main
 from plad.train.loop import check_trackers, train
 from plad.train.lora import AdaptersOff, add_adapters, save_plain
 from plad.train.model_card import write_card
+from plad.train.precision import resolve_mixed_precision
 from plad.utils.errors import ConfigError, DataError
 from plad.utils.outputs import check_output_dir
 
@@ -74,6 +75,7 @@ def run_sft(cfg: SFTConfig) -> dict:
     require(cfg, "model", "train_file", "output_dir")
     check_trackers(cfg.train)
     set_threads(cfg.threads)
+    cfg = resolve_mixed_precision(cfg)
     out = Path(cfg.output_dir)
     examples = load_examples(cfg.train_file, cfg.data, need_target=True, what="training data")
     check_output_dir(out, cfg.resume, resume_fingerprint(cfg), resume_settings(cfg))
@@ -390,6 +392,7 @@ def run_distill(cfg: DistillConfig) -> dict:
     needs_targets = source == "targets" or regularizer == "target"
     _check_distill(cfg, method, source, needs_targets)
     set_threads(cfg.threads)
+    cfg = resolve_mixed_precision(cfg)
     out = Path(cfg.output_dir)
     pairs, examples = _distill_data(cfg, method, source, needs_targets)
     check_output_dir(out, cfg.resume, resume_fingerprint(cfg), resume_settings(cfg))

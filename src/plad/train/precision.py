@@ -1,0 +1,86 @@
+"""train.mixed_precision auto: bf16 autocast where it is measured to be faster, float32 elsewhere.
+
+A stage resolves `auto` before anything is fingerprinted or written, so its plad_config.yaml, its fingerprint and
+its --resume check hold what ran (`no` or `bf16`), and a resumed run on other hardware that would resolve
+differently is refused as a changed setting. The rule, from benchmarks/bf16_cpu.py (one plad-rank step, bf16
+autocast over float32 weights, results/bf16_cpu.md) and benchmarks/trl_compare.py:
+
+- a CUDA device that supports bf16: bf16 (tensor cores; TRL's and transformers' recommended setting);
+- a CPU with native bf16 (AVX512-BF16 or AMX) and a model of at least AUTO_BF16_MIN_PARAMETERS: bf16 (on an
+  AVX512-BF16 CPU, 1.40-1.46x float32's speed at 15-41M parameters in bf16_cpu.md, 1.43-1.57x at 25-64M in
+  trl_compare.md; 1.00x at 3M; 0.59-0.66x below 1M, where casting each call's inputs outweighs the matmuls; the
+  first step's loss within 3e-5 of float32's);
+- otherwise float32 (`no`): a CPU without native bf16 emulates it, slower than float32; weights already in
+  bfloat16 or float16 (`dtype`) gain nothing from autocast.
+
+fp16 is never chosen: it needs loss scaling and overflows where bf16 does not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("plad")
+
+AUTO_BF16_MIN_PARAMETERS = 10_000_000
+
+
+def auto_mixed_precision(model: str, dtype: str) -> tuple[str, str]:
+    """What `auto` means for the model folder `model` loaded in `dtype` on this machine: (`no` or `bf16`, why)."""
+    import torch
+
+    if dtype in ("bfloat16", "float16"):
+        return "no", f"the weights are {dtype} already"
+    if torch.cuda.is_available():
+        if torch.cuda.is_bf16_supported():
+            return "bf16", f"CUDA device {torch.cuda.get_device_name()} supports bf16"
+        return "no", f"CUDA device {torch.cuda.get_device_name()} has no bf16"
+    if not _cpu_has_native_bf16():
+        return "no", "this CPU has no native bf16 (AVX512-BF16 or AMX): bf16 would be emulated, slower"
+    n = stored_parameters(model)
+    if n is None:
+        return "no", f"the parameter count of {model} is unknown (no safetensors weights)"
+    if n < AUTO_BF16_MIN_PARAMETERS:
+        return "no", f"{n:,} parameters: below {AUTO_BF16_MIN_PARAMETERS:,}, bf16 autocast is slower on a CPU"
+    return "bf16", f"{n:,} parameters on a CPU with native bf16"
+
+
+def _cpu_has_native_bf16() -> bool:
+    import torch
+
+    probes = [
+        getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    ]
+    return any(probe() for probe in probes if probe is not None)
+
+
+def stored_parameters(model: str) -> int | None:
+    """The number of values in a model folder's safetensors files, read from their headers (no weights loaded);
+    None without safetensors files (a hub name, .bin weights)."""
+    from safetensors import safe_open
+
+    files = sorted(Path(model).glob("*.safetensors")) if Path(model).is_dir() else []
+    if not files:
+        return None
+    total = 0
+    for f in files:
+        with safe_open(str(f), framework="pt") as handle:
+            for key in handle.keys():
+                n = 1
+                for d in handle.get_slice(key).get_shape():
+                    n *= d
+                total += n
+    return total
+
+
+def resolve_mixed_precision(cfg: Any) -> Any:
+    """A stage's config (with `model`, `dtype` and `train`) with train.mixed_precision `auto` replaced by what it
+    means here; anything else comes back unchanged."""
+    if cfg.train.mixed_precision != "auto":
+        return cfg
+    value, why = auto_mixed_precision(cfg.model, getattr(cfg, "dtype", "float32"))
+    log.info("train.mixed_precision auto: %s (%s)", value, why)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, mixed_precision=value))
