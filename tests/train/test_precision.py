@@ -192,3 +192,20 @@ def test_auto_is_resolved_before_the_stage_records_it(
     monkeypatch.setattr(precision, "AUTO_BF16_MIN_PARAMETERS", 10**12)
     assert main_inprocess(*args, "--output_dir", tmp_path / "bf16", "--train.save_every", 1, "--resume") != 0
     assert "mixed_precision" in capsys.readouterr().err
+
+
+def test_train_called_with_auto_resolves_it_from_the_loaded_model(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """plad.train.loop.train given a TrainConfig as it is (auto): the loaded model's parameters and dtype decide."""
+    from transformers import AutoModelForCausalLM
+
+    from plad.train import precision
+
+    model = AutoModelForCausalLM.from_pretrained(str(bench.student))
+    monkeypatch.setattr(precision, "_cpu_has_native_bf16", lambda: True)
+    assert precision.for_loaded_model("auto", model) == "no"  # the test student: below the threshold
+    assert precision.for_loaded_model("fp16", model) == "fp16"
+    monkeypatch.setattr(precision, "AUTO_BF16_MIN_PARAMETERS", 1)
+    assert precision.for_loaded_model("auto", model) == "bf16"
+    assert precision.for_loaded_model("auto", model.to(torch.bfloat16)) == "no"

@@ -29,6 +29,7 @@ from plad.core.logprobs import decoder_start_id
 from plad.core.methods import NO_FROZEN, Frozen, Method, make_batch
 from plad.train.batches import TrainData
 from plad.train.distributed import check_sharding, prepare_frozen, window_means
+from plad.train.precision import for_loaded_model
 from plad.utils import signals
 from plad.utils.errors import ConfigError
 from plad.utils.io import append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
@@ -97,7 +98,7 @@ class Trainer:
         # of the state (rank, world, device) stays.
         AcceleratorState._reset_state(reset_partial_state=False)
         self.accelerator = accelerator = Accelerator(
-            mixed_precision=cfg.mixed_precision,
+            mixed_precision=for_loaded_model(cfg.mixed_precision, self.model),
             log_with=[t for t in cfg.report_to if t != "none"] or None,
             project_config=ProjectConfiguration(
                 project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")

@@ -28,8 +28,9 @@ log = logging.getLogger("plad")
 AUTO_BF16_MIN_PARAMETERS = 10_000_000
 
 
-def auto_mixed_precision(model: str, dtype: str) -> tuple[str, str]:
-    """What `auto` means for the model folder `model` loaded in `dtype` on this machine: (`no` or `bf16`, why)."""
+def auto_mixed_precision(model: str | Any, dtype: str) -> tuple[str, str]:
+    """What `auto` means for `model` (a model folder, or a loaded model) with weights in `dtype` on this machine:
+    (`no` or `bf16`, why)."""
     import torch
 
     if dtype in ("bfloat16", "float16"):
@@ -40,7 +41,10 @@ def auto_mixed_precision(model: str, dtype: str) -> tuple[str, str]:
         return "no", f"CUDA device {torch.cuda.get_device_name()} has no bf16"
     if not _cpu_has_native_bf16():
         return "no", "this CPU has no native bf16 (AVX512-BF16 or AMX): bf16 would be emulated, slower"
-    n = stored_parameters(model)
+    if isinstance(model, str):
+        n = stored_parameters(model)
+    else:
+        n = sum(p.numel() for p in model.parameters())
     if n is None:
         return "no", f"the parameter count of {model} is unknown (no safetensors weights)"
     if n < AUTO_BF16_MIN_PARAMETERS:
@@ -74,6 +78,22 @@ def stored_parameters(model: str) -> int | None:
                     n *= d
                 total += n
     return total
+
+
+def for_loaded_model(setting: str, model: Any) -> str:
+    """train.mixed_precision for a loaded model: `auto` resolved from its parameters and their dtype (for callers
+    of plad.train.loop.train that pass a TrainConfig as it is; the stages resolve it earlier), anything else as
+    it is."""
+    if setting != "auto":
+        return setting
+    import torch
+
+    dtype = {torch.bfloat16: "bfloat16", torch.float16: "float16"}.get(
+        next(model.parameters()).dtype, "float32"
+    )
+    value, why = auto_mixed_precision(model, dtype)
+    log.info("train.mixed_precision auto: %s (%s)", value, why)
+    return value
 
 
 def resolve_mixed_precision(cfg: Any) -> Any:
