@@ -169,7 +169,8 @@ def test_auto_is_resolved_before_the_stage_records_it(
 ) -> None:
     """The default (auto) trains the test student in float32 here, and plad_config.yaml says `no`: a finished run
     of the old default keeps its fingerprint. Where auto means bf16, the stage trains under autocast and records
-    bf16; a --resume where auto now means something else is refused as a changed setting."""
+    bf16; a --resume where auto would now mean something else resumes as the run ran (bf16), and an explicit
+    other value is refused as a changed setting."""
     import yaml
 
     from plad.train import precision
@@ -188,10 +189,13 @@ def test_auto_is_resolved_before_the_stage_records_it(
     recorded = yaml.safe_load((tmp_path / "bf16" / "plad_config.yaml").read_text())
     assert recorded["train"]["mixed_precision"] == "bf16"
     assert _first_loss(tmp_path / "bf16") != _first_loss(tmp_path / "no")  # autocast ran
-    assert main_inprocess(*args, "--output_dir", tmp_path / "bf16", "--train.save_every", 1, "--resume") == 0
-    monkeypatch.setattr(precision, "AUTO_BF16_MIN_PARAMETERS", 10**12)
-    assert main_inprocess(*args, "--output_dir", tmp_path / "bf16", "--train.save_every", 1, "--resume") != 0
-    assert "mixed_precision" in capsys.readouterr().err
+    monkeypatch.setattr(precision, "AUTO_BF16_MIN_PARAMETERS", 10**12)  # auto would now mean float32
+    resumed = (*args, "--output_dir", tmp_path / "bf16", "--train.save_every", 1, "--resume")
+    assert main_inprocess(*resumed) == 0  # refused before auto took the run's choice on --resume
+    recorded = yaml.safe_load((tmp_path / "bf16" / "plad_config.yaml").read_text())
+    assert recorded["train"]["mixed_precision"] == "bf16"
+    assert main_inprocess(*resumed, "--train.mixed_precision", "no") != 0
+    assert "train.mixed_precision: 'bf16' -> 'no'" in capsys.readouterr().err
 
 
 def test_train_called_with_auto_resolves_it_from_the_loaded_model(

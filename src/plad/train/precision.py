@@ -1,8 +1,8 @@
 """train.mixed_precision auto: bf16 autocast where it is measured to be faster, float32 elsewhere.
 
 A stage resolves `auto` before anything is fingerprinted or written, so its plad_config.yaml, its fingerprint and
-its --resume check hold what ran (`no` or `bf16`), and a resumed run on other hardware that would resolve
-differently is refused as a changed setting. The rule, from benchmarks/bf16_cpu.py (one plad-rank step, bf16
+its --resume check hold what ran (`no` or `bf16`); with --resume, `auto` takes what the run chose, so that it
+resumes as it ran on other hardware too. The rule, from benchmarks/bf16_cpu.py (one plad-rank step, bf16
 autocast over float32 weights, results/bf16_cpu.md) and benchmarks/trl_compare.py:
 
 - a CUDA device that supports bf16: bf16 (tensor cores; TRL's and transformers' recommended setting);
@@ -97,10 +97,28 @@ def for_loaded_model(setting: str, model: Any) -> str:
 
 
 def resolve_mixed_precision(cfg: Any) -> Any:
-    """A stage's config (with `model`, `dtype` and `train`) with train.mixed_precision `auto` replaced by what it
-    means here; anything else comes back unchanged."""
+    """A stage's config (with `model`, `dtype`, `train`, `output_dir`, `resume`) with train.mixed_precision `auto`
+    replaced by what it means here, or, with --resume, by what the run in output_dir chose (its plad_config.yaml),
+    so that a run resumes as it ran on other hardware too; anything else comes back unchanged."""
     if cfg.train.mixed_precision != "auto":
         return cfg
-    value, why = auto_mixed_precision(cfg.model, getattr(cfg, "dtype", "float32"))
+    recorded = _recorded_choice(Path(cfg.output_dir) / "plad_config.yaml") if cfg.resume else None
+    if recorded is not None:
+        value, why = recorded, f"as the run in {cfg.output_dir} chose"
+    else:
+        value, why = auto_mixed_precision(cfg.model, getattr(cfg, "dtype", "float32"))
     log.info("train.mixed_precision auto: %s (%s)", value, why)
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, mixed_precision=value))
+
+
+def _recorded_choice(path: Path) -> str | None:
+    """train.mixed_precision as a stage's plad_config.yaml records it (never `auto`: resolved before writing)."""
+    import yaml
+
+    if not path.is_file():
+        return None
+    try:
+        value = (yaml.safe_load(path.read_text()) or {}).get("train", {}).get("mixed_precision")
+    except (yaml.YAMLError, AttributeError):
+        return None
+    return value if value in ("no", "bf16", "fp16") else None
