@@ -1,8 +1,8 @@
 """The share of a pair step's forward that carries no information: padding, and a prompt computed a second time.
 
 A pair batch of B prompts runs either 2B prompt + output rows padded to the longest (train.shared_prompt false:
-each prompt twice) or B rows, each a prompt once and both its outputs after it (a tree attention mask), padded at
-the end to the longest (train.shared_prompt true, the default). Wasted share = 1 - (each prompt's tokens once + every output's tokens) /
+each prompt twice) or each prompt once and both its outputs after it (a tree attention mask), these groups packed
+into rows as long as the longest group, padded at the end (train.shared_prompt true, the default). Wasted share = 1 - (each prompt's tokens once + every output's tokens) /
 (the tokens the student's body computes), over 3 epochs of batches drawn at random or grouped by length
 (train.group_by_length), with plad's own batch builder (make_batch). Exact: the same on every machine.
 

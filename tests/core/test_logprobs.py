@@ -560,6 +560,45 @@ def test_shared_prompt_equals_prompt_plus_output_rows(models, method: str, regul
     assert s_read == rows["ids"].numel() < read
 
 
+@pytest.mark.parametrize("kind", ["pairs", "lists"])
+def test_shared_prompt_packs_short_groups_into_shared_rows(models, kind: str) -> None:
+    """A long prompt + outputs group and short ones: the short groups share rows (fewer rows, none longer than the
+    longest group), each seeing only its own prompt, and the loss and gradients equal prompt + output rows' on
+    every family (Gemma-3's window too)."""
+    g = torch.Generator().manual_seed(3)
+    prompts = [_ids(g, n) for n in (10, 3, 2, 4, 3)]
+    outs = [[_ids(g, a) + [EOS], _ids(g, b) + [EOS]] for a, b in ((5, 4), (1, 2), (2, 1), (1, 1), (3, 2))]
+    if kind == "pairs":
+        items = [
+            Item(p, o[0], o[1], 0.9, 0.1, -4.0 - i, -6.0)
+            for i, (p, o) in enumerate(zip(prompts, outs, strict=True))
+        ]
+        method = "plad-rank"
+    else:
+        items = [
+            Item(p, o[0], outputs=o[: 1 + i % 2], ranks=[0, 1][: 1 + i % 2])
+            for i, (p, o) in enumerate(zip(prompts, outs, strict=True))
+        ]
+        method = "plad-list"
+    loss = LossConfig(beta=0.5, regularizer="chosen", reg_weight=0.7, logp="mean")
+    batches = {shared: make_batch(items, None, PAD, loss, None, False, shared) for shared in (False, True)}
+    rows = batches[True]["main"]["shared_prompt"]
+    per_row = [len({x for x in r if x >= 0}) for r in rows["groups"].tolist()]
+    assert len(per_row) < len(items) and max(per_row) >= 2  # packed
+    K = max(
+        len(it.outputs or [it.chosen, it.rejected]) for it in items
+    )  # a list's stand-ins take 1 token each
+    sizes = [len(p) + sum(len(o) for o in it.outputs or [it.chosen, it.rejected]) + K - len(it.outputs or "xx")
+             for p, it in zip(prompts, items, strict=True)]  # fmt: skip
+    assert rows["ids"].shape[1] == max(sizes)  # no row longer than the longest group
+    values, grads, _ = _loss_and_grads(method, loss, models, batches[False])
+    s_values, s_grads, _ = _loss_and_grads(method, loss, models, batches[True])
+    for k in values:
+        torch.testing.assert_close(s_values[k], values[k], **TOL)
+    for k in grads:
+        torch.testing.assert_close(s_grads[k], grads[k], atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
 @pytest.mark.parametrize("variant", ["eager", "gradient-checkpointing", "flash"])
 def test_shared_prompt_other_attention(family: str, variant: str) -> None:

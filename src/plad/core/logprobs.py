@@ -215,39 +215,40 @@ def _in_forward_of(wrapper: Any, fn: Callable[[], torch.Tensor]) -> torch.Tensor
 
 
 def _shared_prompt_hidden(body: torch.nn.Module, rows: dict[str, torch.Tensor]) -> torch.Tensor | None:
-    """The hidden states (M, H) at the labelled positions of a pair or list batch, each prompt computed once: one
-    row per prompt holding the prompt and then each of its outputs (methods._shared_prompt_rows), one forward with
-    a tree attention mask (tree_mask) and each token at its position in its prompt + output row, so that every
-    output sees exactly its prompt and its own earlier tokens, as in that row. No padding between a prompt and its
-    outputs; the rows are padded at the end to the longest prompt + outputs. Rows of the gathered states in the
-    order of labels[mask] of the prompt + output rows. None when the body's attention cannot take the mask (the
-    caller then runs prompt + output rows)."""
+    """The hidden states (M, H) at the labelled positions of a pair or list batch, each prompt computed once: a
+    group per prompt holding the prompt and then each of its outputs, groups packed into rows no longer than the
+    longest group (methods._shared_prompt_rows), one forward with a tree attention mask per group (tree_mask) and
+    each token at its position in its prompt + output row, so that every output sees exactly its prompt and its
+    own earlier tokens, as in that row. No padding between a prompt and its outputs; the rows are padded at the
+    end. Rows of the gathered states in the order of labels[mask] of the prompt + output rows. None when the
+    body's attention cannot take the mask (the caller then runs prompt + output rows)."""
     mask = tree_mask(body.config, rows, body.get_input_embeddings().weight.dtype)
     if mask is None:
         return None
     hidden = body(
         input_ids=rows["ids"], attention_mask=mask, position_ids=rows["positions"], use_cache=False
-    ).last_hidden_state  # (B, G, H)
+    ).last_hidden_state  # (R, G, H)
     return hidden.flatten(0, 1)[rows["gather"]]
 
 
 def tree_mask(
     config: Any, rows: dict[str, torch.Tensor], dtype: torch.dtype
 ) -> torch.Tensor | dict[str, torch.Tensor] | None:
-    """The 4D attention mask (B, 1, G, G) of shared-prompt rows: position q sees position k <= q of the same row
-    when k is in the prompt or in q's own output, and (sliding-window layers) when their positions differ by less
-    than the window; padding sees itself only (no empty row). transformers (5.x, masking_utils) takes a 4D mask as
+    """The 4D attention mask (R, 1, G, G) of shared-prompt rows: position q sees position k <= q of the same row
+    and the same group (prompt) when k is in the prompt or in q's own output, and (sliding-window layers) when
+    their positions differ by less than the window; padding sees itself only (no empty row). transformers (5.x, masking_utils) takes a 4D mask as
     it is: a boolean one (True = attend) for sdpa, an additive float one for eager; other attention implementations
     (flash, flex) take no such mask: None. A config with sliding-window layers (Gemma-3) gets one mask per layer
     type, which its model reads by layer."""
     implementation = getattr(config, "_attn_implementation", None)
     if implementation not in ("sdpa", "eager"):
         return None
-    segments, positions = rows["segments"], rows["positions"]  # (B, G)
+    segments, positions, groups = rows["segments"], rows["positions"], rows["groups"]  # (R, G)
     G = segments.shape[1]
     index = torch.arange(G, device=segments.device)
-    q, k = segments[:, :, None], segments[:, None, :]  # (B, G, 1), (B, 1, G)
-    allowed = (index[None, :] <= index[:, None]) & (k >= 0) & ((k == 0) | (k == q))  # (B, G, G)
+    q, k = segments[:, :, None], segments[:, None, :]  # (R, G, 1), (R, 1, G)
+    same_group = groups[:, :, None] == groups[:, None, :]
+    allowed = (index[None, :] <= index[:, None]) & same_group & (k >= 0) & ((k == 0) | (k == q))  # (R, G, G)
     allowed |= torch.eye(G, dtype=torch.bool, device=segments.device)
 
     def form(mask: torch.Tensor) -> torch.Tensor:
@@ -260,7 +261,7 @@ def tree_mask(
 
     if "sliding_attention" not in (getattr(config, "layer_types", None) or ()):
         return form(allowed)
-    distance = positions[:, :, None] - positions[:, None, :]  # (B, G, G)
+    distance = positions[:, :, None] - positions[:, None, :]  # (R, G, G)
     windowed = allowed & (distance < config.sliding_window)
     windowed |= torch.eye(G, dtype=torch.bool, device=segments.device)
     return {"full_attention": form(allowed), "sliding_attention": form(windowed)}

@@ -166,14 +166,17 @@ def _pair_fields(
 def _shared_prompt_rows(
     prompts: list[list[int]], outputs: list[list[int]], pad_id: int
 ) -> dict[str, torch.Tensor] | None:
-    """One row per prompt holding the prompt and then each of its outputs (row k*B + b of `outputs`: output k of
-    prompt b), padded at the end, for output_hidden's shared-prompt forward:
+    """Rows for output_hidden's shared-prompt forward: each prompt once with its outputs after it (output k of
+    prompt b is row k*B + b of `outputs`), a group of tokens per prompt; the groups packed into R <= B rows of
+    the longest group's length G (first fit, longest first: a short group shares a row with others where they
+    fit, so no row is longer and there are fewer of them), padded at the end.
 
-    - ids (B, G); positions (B, G): the prompt's 0..P-1, each output's P, P+1, ... (its positions in a prompt +
-      output row); segments (B, G): 0 for the prompt, k + 1 for output k, -1 for padding (the attention mask, a
-      tree, is built from these on the model's device: logprobs.tree_mask);
+    - ids (R, G); positions (R, G): each group's prompt 0..P-1 and each of its outputs P, P+1, ... (their positions
+      in a prompt + output row); segments (R, G): 0 for a prompt, k + 1 for output k, -1 for padding; groups (R, G):
+      the prompt's number b, -1 for padding (the attention mask, a tree per group, is built from these on the
+      model's device: logprobs.tree_mask);
     - gather (M,): for each labelled token, in the order of the prompt + output rows' labels (row k*B + b, then
-      token j), the flat index into (B*G) of the position whose hidden state predicts it: the prompt's last for
+      token j), the flat index into (R*G) of the position whose hidden state predicts it: its prompt's last for
       token 0, the output's token j - 1 after.
 
     None when a prompt is empty (its first output token has no predicting position in a prompt + output row)."""
@@ -181,23 +184,35 @@ def _shared_prompt_rows(
     if any(not p for p in prompts):
         return None
     K = len(outputs) // B
-    groups = [[prompts[b]] + [outputs[k * B + b] for k in range(K)] for b in range(B)]
-    G = max(sum(len(part) for part in group) for group in groups)
-    ids = torch.full((B, G), pad_id, dtype=torch.long)
-    positions = torch.zeros((B, G), dtype=torch.long)
-    segments = torch.full((B, G), -1, dtype=torch.long)
-    starts = [[0] * (K + 1) for _ in range(B)]  # where each part of row b begins
-    for b, group in enumerate(groups):
-        at = 0
+    parts = [[prompts[b]] + [outputs[k * B + b] for k in range(K)] for b in range(B)]
+    sizes = [sum(len(x) for x in group) for group in parts]
+    G = max(sizes)
+    fill: list[int] = []  # tokens placed in each row
+    where = [(0, 0)] * B  # (row, column) where group b starts
+    for b in sorted(range(B), key=lambda i: -sizes[i]):
+        r = next((r for r, used in enumerate(fill) if used + sizes[b] <= G), len(fill))
+        if r == len(fill):
+            fill.append(0)
+        where[b] = (r, fill[r])
+        fill[r] += sizes[b]
+    R = len(fill)
+    ids = torch.full((R, G), pad_id, dtype=torch.long)
+    positions = torch.zeros((R, G), dtype=torch.long)
+    segments = torch.full((R, G), -1, dtype=torch.long)
+    groups = torch.full((R, G), -1, dtype=torch.long)
+    starts = [[0] * (K + 1) for _ in range(B)]  # flat index where each part of group b begins
+    for b, group in enumerate(parts):
+        r, at = where[b]
         for part, tokens in enumerate(group):
             n, first = len(tokens), 0 if part == 0 else len(group[0])
-            starts[b][part] = at
-            ids[b, at : at + n] = torch.tensor(tokens, dtype=torch.long)
-            positions[b, at : at + n] = torch.arange(first, first + n)
-            segments[b, at : at + n] = part
+            starts[b][part] = r * G + at
+            ids[r, at : at + n] = torch.tensor(tokens, dtype=torch.long)
+            positions[r, at : at + n] = torch.arange(first, first + n)
+            segments[r, at : at + n] = part
+            groups[r, at : at + n] = b
             at += n
     gather = [
-        b * G + (len(prompts[b]) - 1 if j == 0 else starts[b][k + 1] + j - 1)
+        starts[b][0] + len(prompts[b]) - 1 if j == 0 else starts[b][k + 1] + j - 1
         for k in range(K)
         for b in range(B)
         for j in range(len(outputs[k * B + b]))
@@ -206,6 +221,7 @@ def _shared_prompt_rows(
         "ids": ids,
         "positions": positions,
         "segments": segments,
+        "groups": groups,
         "gather": torch.tensor(gather, dtype=torch.long),
     }
 
