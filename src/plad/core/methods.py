@@ -187,15 +187,7 @@ def _shared_prompt_rows(
     parts = [[prompts[b]] + [outputs[k * B + b] for k in range(K)] for b in range(B)]
     sizes = [sum(len(x) for x in group) for group in parts]
     G = max(sizes)
-    fill: list[int] = []  # tokens placed in each row
-    where = [(0, 0)] * B  # (row, column) where group b starts
-    for b in sorted(range(B), key=lambda i: -sizes[i]):
-        r = next((r for r, used in enumerate(fill) if used + sizes[b] <= G), len(fill))
-        if r == len(fill):
-            fill.append(0)
-        where[b] = (r, fill[r])
-        fill[r] += sizes[b]
-    R = len(fill)
+    where, R = _first_fit(sizes, G)
     ids = torch.full((R, G), pad_id, dtype=torch.long)
     positions = torch.zeros((R, G), dtype=torch.long)
     segments = torch.full((R, G), -1, dtype=torch.long)
@@ -224,6 +216,20 @@ def _shared_prompt_rows(
         "groups": groups,
         "gather": torch.tensor(gather, dtype=torch.long),
     }
+
+
+def _first_fit(sizes: list[int], capacity: int) -> tuple[list[tuple[int, int]], int]:
+    """Items of these sizes packed into rows of `capacity`, longest first, each into the first row with room:
+    (row, column) where each item starts, and the number of rows."""
+    fill: list[int] = []  # tokens placed in each row
+    where = [(0, 0)] * len(sizes)
+    for b in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        r = next((r for r, used in enumerate(fill) if used + sizes[b] <= capacity), len(fill))
+        if r == len(fill):
+            fill.append(0)
+        where[b] = (r, fill[r])
+        fill[r] += sizes[b]
+    return where, len(fill)
 
 
 # --------------------------------------------------------------------------------------------------------------
