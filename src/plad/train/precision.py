@@ -5,7 +5,7 @@ its --resume check hold what ran (`no` or `bf16`); with --resume, `auto` takes w
 resumes as it ran on other hardware too. The rule, from benchmarks/bf16_cpu.py (one plad-rank step, bf16
 autocast over float32 weights, results/bf16_cpu.md) and benchmarks/trl_compare.py:
 
-- a CUDA device that supports bf16: bf16 (tensor cores; TRL's and transformers' recommended setting);
+- a CUDA device that supports bf16: bf16 (tensor cores; TRL 1.16's default, bf16=True);
 - a CPU with native bf16 (AVX512-BF16 or AMX) and a model of at least AUTO_BF16_MIN_PARAMETERS: bf16 (on an
   AVX512-BF16 CPU, 1.40-1.46x float32's speed at 15-41M parameters in bf16_cpu.md, 1.43-1.57x at 25-64M in
   trl_compare.md; 1.00x at 3M; 0.59-0.66x below 1M, where casting each call's inputs outweighs the matmuls; the
