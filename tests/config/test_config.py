@@ -380,7 +380,35 @@ def test_lora_and_gradient_checkpointing_leave_fingerprints_of_defaults_unchange
         HealConfig: "0d4cbabbbc0bfee5",
     }
     for cls, value in before.items():
-        assert resume_fingerprint(cls()) == value, cls.__name__
-    assert fingerprint(result_settings(RunConfig())) == "5fed643cfbd2f40e"
-    assert resume_fingerprint(SFTConfig(train=TrainConfig(gradient_checkpointing=True))) == before[SFTConfig]
-    assert resume_fingerprint(DistillConfig(lora=LoraOptions(r=8))) != before[DistillConfig]
+        assert resume_fingerprint(_as_resolved(cls())) == value, cls.__name__
+    assert fingerprint(result_settings(_as_resolved(RunConfig()))) == "5fed643cfbd2f40e"
+    checkpointed = SFTConfig(train=TrainConfig(gradient_checkpointing=True, mixed_precision="no"))
+    assert resume_fingerprint(checkpointed) == before[SFTConfig]
+    assert resume_fingerprint(_as_resolved(DistillConfig(lora=LoraOptions(r=8)))) != before[DistillConfig]
+
+
+def _as_resolved(cfg: typing.Any) -> typing.Any:
+    """`cfg` with every train.mixed_precision auto as the stages resolve it for the small models these fingerprints
+    were computed with (`no`, the default before auto; plad.train.precision resolves auto before fingerprinting)."""
+    changes = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, TrainConfig) and value.mixed_precision == "auto":
+            changes[f.name] = dataclasses.replace(value, mixed_precision="no")
+        elif dataclasses.is_dataclass(value):
+            changes[f.name] = _as_resolved(value)
+    return dataclasses.replace(cfg, **changes)
+
+
+def test_group_by_length_fingerprints_the_order_it_draws():
+    """group_by_length off is left out (it came after fingerprints existed); on, it counts the lengths it sorts by:
+    shared_prompt changes them (a row per prompt), so two runs that draw different orders never share a
+    fingerprint, and shared_prompt alone (the same values in fewer tokens) never changes one."""
+    from plad.config import result_settings
+
+    def counted(**kw: object) -> object:
+        return result_settings(TrainConfig(**kw)).get("group_by_length", "left out")
+
+    assert counted() == counted(shared_prompt=False) == "left out"
+    assert counted(group_by_length=True, shared_prompt=False) is True  # as before shared_prompt existed
+    assert counted(group_by_length=True) == "shared-prompt rows"

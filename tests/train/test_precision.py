@@ -213,3 +213,63 @@ def test_train_called_with_auto_resolves_it_from_the_loaded_model(
     monkeypatch.setattr(precision, "AUTO_BF16_MIN_PARAMETERS", 1)
     assert precision.for_loaded_model("auto", model) == "bf16"
     assert precision.for_loaded_model("auto", model.to(torch.bfloat16)) == "no"
+
+
+def test_auto_reads_the_stored_dtype_when_dtype_is_auto(
+    bench: Bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dtype auto loads the weights as stored: a bfloat16 checkpoint gains nothing from autocast (no), a float32 one
+    is treated as float32 (bf16 above the threshold)."""
+    from transformers import AutoModelForCausalLM
+
+    from plad.train import precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "_cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "AUTO_BF16_MIN_PARAMETERS", 1)
+    model = AutoModelForCausalLM.from_pretrained(str(bench.student), dtype=torch.bfloat16)
+    model.save_pretrained(tmp_path / "bf16")
+    assert precision.stored_dtype(str(tmp_path / "bf16")) == "bfloat16"
+    assert precision.stored_dtype(str(bench.student)) == "float32"
+    assert precision.stored_dtype(str(tmp_path / "nothing")) is None
+    assert precision.auto_mixed_precision(str(tmp_path / "bf16"), "auto")[0] == "no"
+    assert precision.auto_mixed_precision(str(bench.student), "auto")[0] == "bf16"
+
+
+def test_pipeline_stages_fingerprint_what_auto_means(
+    bench: Bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`plad run` resolves auto before a stage's fingerprint and passes the result down: a stage that auto trained
+    in bf16 is refused for an explicit `no` (not reused as if float32) and redone with --force, and auto that
+    means float32 fingerprints as an explicit `no` (the old default: run folders made before auto stay valid)."""
+    import yaml
+
+    from plad.config import RunConfig, TrainConfig
+    from plad.experiments.cache import Run
+    from plad.experiments.pipeline import sft_stage
+    from plad.train import precision
+    from plad.utils.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "_cpu_has_native_bf16", lambda: True)
+
+    def stage(mixed_precision: str, force: bool = False) -> tuple[Path, str]:
+        train = TrainConfig(max_steps=2, batch_size=4, log_every=1, mixed_precision=mixed_precision)
+        run = Run(cfg=RunConfig(threads=1), root=tmp_path / "run", force=force)
+        run.data_fp, run.files = "data", {"sft": str(bench.sft)}
+        d, fp = sft_stage(run, "student-sft", str(bench.student), train, False, "")
+        return Path(d), fp
+
+    def recorded(d: Path) -> str:
+        return yaml.safe_load((d / "plad_config.yaml").read_text())["train"]["mixed_precision"]
+
+    monkeypatch.setattr(precision, "AUTO_BF16_MIN_PARAMETERS", 1)
+    d, auto_bf16 = stage("auto")
+    assert recorded(d) == "bf16"
+    assert stage("bf16")[1] == auto_bf16  # what ran, however it was asked for: skipped
+    with pytest.raises(ConfigError, match="other settings"):
+        stage("no")
+    d, explicit_no = stage("no", force=True)
+    assert recorded(d) == "no" and explicit_no != auto_bf16
+    monkeypatch.setattr(precision, "AUTO_BF16_MIN_PARAMETERS", 10**12)
+    assert stage("auto")[1] == explicit_no

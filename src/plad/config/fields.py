@@ -19,14 +19,15 @@ def opt(
     default: Any,
     help: str,
     choices: tuple[str, ...] | None = None,
-    in_fingerprint: bool | str | Callable[[Any], Any] = True,
+    in_fingerprint: bool | str | Callable[[Any, Any], Any] = True,
 ) -> Any:
     """A dataclass field with a help text (and allowed values); mutable defaults go through a factory.
     in_fingerprint=False: a setting that cannot change a result (a time limit) and came after stage fingerprints
     existed, left out of them (`result_settings`) so that stages finished before it was added stay valid.
     in_fingerprint="unless-default": a setting added after stage fingerprints existed that can change a result:
     counted only when it differs from its default, so stages finished before it was added stay valid.
-    in_fingerprint=function: the value is counted as function(value) (a new value that means an old one here)."""
+    in_fingerprint=function: the value is counted as function(value, the config holding it), left out where that
+    is None (a setting whose effect depends on another one)."""
     meta = {"help": help, "choices": choices, "in_fingerprint": in_fingerprint}
     if dataclasses.is_dataclass(default) or isinstance(default, list | dict):
         proto = default

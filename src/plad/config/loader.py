@@ -116,7 +116,9 @@ def result_settings(cfg: Any) -> dict:
         if counted == "unless-default" and value == _default(f):
             continue
         if callable(counted):
-            value = counted(value)
+            value = counted(value, cfg)
+            if value is None:
+                continue
         out[f.name] = result_settings(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
     return out
 

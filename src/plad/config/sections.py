@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import urllib.parse
 from dataclasses import dataclass
+from typing import Any
 
 from plad.config.fields import check_choices, dtype_opt, opt, suggest
 from plad.utils.errors import ConfigError
@@ -39,8 +40,13 @@ class DataOptions:
 TRACKERS = ("tensorboard", "wandb", "trackio", "none")
 
 
-def _auto_as_no(value: str) -> str:
-    return "no" if value == "auto" else value
+def _grouping(value: bool, cfg: Any) -> Any:
+    """group_by_length as fingerprints count it: left out when off (it came after stage fingerprints existed); when
+    on, the lengths it sorts by, which shared_prompt changes (one row per prompt, or a row per output), so that two
+    runs with the same data order share a fingerprint and two with different orders do not."""
+    if not value:
+        return None
+    return "shared-prompt rows" if cfg.shared_prompt else True
 
 
 @dataclass
@@ -68,9 +74,9 @@ class TrainConfig:
         "CPU with native bf16 (AVX512-BF16, AMX) for models of 10M parameters and more, float32 elsewhere "
         "(benchmarks/results/bf16_cpu.md); a stage records what auto chose in its plad_config.yaml",
         ("auto", "no", "bf16", "fp16"),
-        # a stage fingerprints what auto chose (plad.train.precision); a pipeline's stages count auto as `no`, the
-        # default before auto, so that run folders finished before it stay valid
-        in_fingerprint=_auto_as_no,
+        # every stage (and every stage of a pipeline) resolves auto before it fingerprints its settings
+        # (plad.train.precision), so a fingerprint holds what ran: auto that means float32 counts as `no`, the
+        # default before auto, and run folders finished before it stay valid
     )
     report_to: list = opt(
         ["tensorboard"],
@@ -83,7 +89,7 @@ class TrainConfig:
         False,
         "batch items of similar length together (spans of 50 batches sorted by length, the batches' order drawn at "
         "random): less padding per step, every item still once per epoch",
-        in_fingerprint="unless-default",
+        in_fingerprint=_grouping,
     )
     gradient_checkpointing: bool = opt(
         False,
@@ -97,7 +103,7 @@ class TrainConfig:
         "prompt once and its outputs after it under a tree attention mask, instead of one prompt + output row per "
         "output (the same values; for the model families whose output layer plad gathers, with sdpa or eager "
         "attention; otherwise prompt + output rows)",
-        in_fingerprint=False,  # the same computation, in fewer tokens
+        in_fingerprint=False,  # the same computation in fewer tokens (the order it changes: group_by_length's)
     )
 
     def __post_init__(self) -> None:

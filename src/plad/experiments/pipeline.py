@@ -24,6 +24,7 @@ from plad.config import (
 )
 from plad.core.data import load_examples
 from plad.experiments.cache import Run, file_digest, settings, stage_fp
+from plad.train.precision import resolve_train
 from plad.utils.errors import ConfigError
 from plad.utils.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 
@@ -166,7 +167,7 @@ def data_stage(run: Run, files: dict[str, str]) -> None:
     if cfg.sft_file:
         run.data_fp = fingerprint({k: file_digest(v) for k, v in files.items()})
     else:
-        parts = {"benchmark": to_dict(cfg.benchmark), "seed": cfg.seed}
+        parts = {"benchmark": result_settings(cfg.benchmark), "seed": cfg.seed}
         data_dir, run.data_fp, _ = run.stage("data", parts, _make_data, cfg.benchmark, cfg.seed)
         files = {k: str(data_dir / f"{k}.jsonl") for k in ("sft", "val", "distill", "test")}
     run.files = files
@@ -201,15 +202,15 @@ def sft_stage(run: Run, name: str, model: str, train: Any, skip: bool, models_fp
     cfg = run.cfg
     if skip:
         return model, stage_fp(run.root, model) or fingerprint({"model": model_identity(model)})
-    train = _with_seed(train, cfg.seed)
+    train = resolve_train(_with_seed(train, cfg.seed), model, cfg.distill.dtype)
     parts = {
         # a user's (or a prepared) model by its weights, so that a folder rewritten in place is new input; the
         # built-in models by the models stage that made them
         "model": model if models_fp else model_identity(model),
         "models": models_fp,
         "data": run.data_fp,
-        "train": to_dict(train),
-        "opts": to_dict(cfg.distill.data),
+        "train": result_settings(train),
+        "opts": result_settings(cfg.distill.data),
         "dtype": cfg.distill.dtype,
     }
     d, fp, _ = run.stage(name, parts, _sft, model, train, cfg, run.files["sft"])
@@ -301,7 +302,7 @@ def distill_stage(
         teacher=run.teacher_sft if METHODS[method].needs_teacher_model else "",
         pairs_file=str(pairs_dir / "pairs.jsonl"),
         train_file=run.files["sft"],
-        train=_with_seed(base.train, run.cfg.seed),
+        train=resolve_train(_with_seed(base.train, run.cfg.seed), run.student_sft, base.dtype),
         threads=run.cfg.threads,
         resume=True,
     )

@@ -29,7 +29,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from plad.config import PrepareConfig, PruneConfig, SFTConfig, fingerprint, to_dict
+from plad.config import PrepareConfig, PruneConfig, SFTConfig, fingerprint, result_settings
+from plad.train.precision import resolve_train
 from plad.utils.errors import ConfigError, DataError, ModelError
 from plad.utils.io import read_jsonl, write_json_atomic, write_jsonl_atomic
 
@@ -220,13 +221,13 @@ def _data_step(cfg: PrepareConfig, options: Any, data_src: Path | None, d: Path)
     }
 
 
-def _teacher_sft_step(cfg: PrepareConfig, root: Path, d: Path) -> dict:
+def _teacher_sft_step(cfg: PrepareConfig, root: Path, train: Any, d: Path) -> dict:
     """The teacher fine-tuned on the train split, once: every run and seed of the bench uses this teacher."""
     from plad.train.stages import run_sft
 
     return run_sft(SFTConfig(
         model=str(root / "teacher" / "model"), train_file=str(root / "data" / "train.jsonl"),
-        output_dir=str(d / "model"), train=cfg.teacher_sft, threads=cfg.threads, resume=True,
+        output_dir=str(d / "model"), train=train, threads=cfg.threads, resume=True,
     ))  # fmt: skip
 
 
@@ -272,8 +273,12 @@ def _healed_step(cfg: PrepareConfig, root: Path, data: dict, pruned: dict, force
         resume=True,
         threads=cfg.threads,
     )
+    # auto precision resolved here, so that the step's fingerprint holds what the heal runs with
+    heal_cfg = dataclasses.replace(
+        heal_cfg, train=resolve_train(heal_cfg.train, heal_cfg.model, heal_cfg.dtype)
+    )
     heal_parts = {
-        "heal": to_dict(dataclasses.replace(heal_cfg, threads=0)),
+        "heal": result_settings(dataclasses.replace(heal_cfg, threads=0)),
         "pruned": {k: v for k, v in pruned.items() if k != "seconds"},
         "text": data["files"]["heal_text.jsonl"],
     }
@@ -306,12 +311,16 @@ def run_prepare(cfg: PrepareConfig, *, force: bool = False) -> dict:
         data_parts["data_files"] = {s: sha256(data_src / f"{s}.jsonl") for s in debian.SPLITS}
     data = _step(root, "data", data_parts, partial(_data_step, cfg, options, data_src), force)
 
+    # auto precision resolved here, so that the step's fingerprint holds what the SFT runs with
+    teacher_train = resolve_train(cfg.teacher_sft, str(root / "teacher" / "model"), SFTConfig.dtype)
     sft_parts = {
         "teacher": teacher.get("gguf_sha256"),
-        "train": to_dict(cfg.teacher_sft),
+        "train": result_settings(teacher_train),
         "data": data["files"]["train.jsonl"],
     }
-    teacher_sft = _step(root, "teacher-sft", sft_parts, partial(_teacher_sft_step, cfg, root), force)
+    teacher_sft = _step(
+        root, "teacher-sft", sft_parts, partial(_teacher_sft_step, cfg, root, teacher_train), force
+    )
 
     prune_parts = {"teacher": teacher.get("gguf_sha256"), "keep": cfg.keep_layers, "n": cfg.student_layers}
     pruned = _step(root, "student-pruned", prune_parts, partial(_prune_step, cfg, root), force)

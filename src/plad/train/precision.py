@@ -2,7 +2,9 @@
 
 A stage resolves `auto` before anything is fingerprinted or written, so its plad_config.yaml, its fingerprint and
 its --resume check hold what ran (`no` or `bf16`); with --resume, `auto` takes what the run chose, so that it
-resumes as it ran on other hardware too. The rule, from benchmarks/bf16_cpu.py (one plad-rank step, bf16
+resumes as it ran on other hardware too. The stages of `plad run`, `plad bench`, `plad sweep` and `plad prepare`
+resolve it the same way before their own fingerprints (resolve_train) and pass the result down, so a stage made
+under bf16 is never taken for one made in float32. The rule, from benchmarks/bf16_cpu.py (one plad-rank step, bf16
 autocast over float32 weights, results/bf16_cpu.md) and benchmarks/trl_compare.py:
 
 - a CUDA device that supports bf16: bf16 (tensor cores; TRL 1.16's default, bf16=True);
@@ -33,10 +35,12 @@ def auto_mixed_precision(model: str | Any, dtype: str) -> tuple[str, str]:
     (`no` or `bf16`, why)."""
     import torch
 
+    if dtype == "auto" and isinstance(model, str):
+        dtype = stored_dtype(model) or "float32"
     if dtype in ("bfloat16", "float16"):
         return "no", f"the weights are {dtype} already"
     if torch.cuda.is_available():
-        if torch.cuda.is_bf16_supported():
+        if torch.cuda.is_bf16_supported(including_emulation=False):
             return "bf16", f"CUDA device {torch.cuda.get_device_name()} supports bf16"
         return "no", f"CUDA device {torch.cuda.get_device_name()} has no bf16"
     if not _cpu_has_native_bf16():
@@ -80,6 +84,23 @@ def stored_parameters(model: str) -> int | None:
     return total
 
 
+_SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
+
+
+def stored_dtype(model: str) -> str | None:
+    """The floating-point dtype of a model folder's first safetensors weight (what `dtype: auto` loads), read from
+    the header; None without safetensors files or floating-point weights."""
+    from safetensors import safe_open
+
+    for f in sorted(Path(model).glob("*.safetensors")) if Path(model).is_dir() else []:
+        with safe_open(str(f), framework="pt") as handle:
+            for key in handle.keys():
+                name = _SAFETENSORS_DTYPES.get(handle.get_slice(key).get_dtype())
+                if name:
+                    return name
+    return None
+
+
 def for_loaded_model(setting: str, model: Any) -> str:
     """train.mixed_precision for a loaded model: `auto` resolved from its parameters and their dtype (for callers
     of plad.train.loop.train that pass a TrainConfig as it is; the stages resolve it earlier), anything else as
@@ -96,6 +117,16 @@ def for_loaded_model(setting: str, model: Any) -> str:
     return value
 
 
+def resolve_train(train: Any, model: str, dtype: str) -> Any:
+    """A TrainConfig with mixed_precision `auto` replaced by what it means for `model` (a folder) with weights in
+    `dtype` here; anything else comes back unchanged."""
+    if train.mixed_precision != "auto":
+        return train
+    value, why = auto_mixed_precision(model, dtype)
+    log.info("train.mixed_precision auto: %s for %s (%s)", value, model, why)
+    return dataclasses.replace(train, mixed_precision=value)
+
+
 def resolve_mixed_precision(cfg: Any) -> Any:
     """A stage's config (with `model`, `dtype`, `train`, `output_dir`, `resume`) with train.mixed_precision `auto`
     replaced by what it means here, or, with --resume, by what the run in output_dir chose (its plad_config.yaml),
@@ -103,12 +134,12 @@ def resolve_mixed_precision(cfg: Any) -> Any:
     if cfg.train.mixed_precision != "auto":
         return cfg
     recorded = _recorded_choice(Path(cfg.output_dir) / "plad_config.yaml") if cfg.resume else None
-    if recorded is not None:
-        value, why = recorded, f"as the run in {cfg.output_dir} chose"
-    else:
-        value, why = auto_mixed_precision(cfg.model, getattr(cfg, "dtype", "float32"))
-    log.info("train.mixed_precision auto: %s (%s)", value, why)
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, mixed_precision=value))
+    if recorded is None:
+        return dataclasses.replace(
+            cfg, train=resolve_train(cfg.train, cfg.model, getattr(cfg, "dtype", "float32"))
+        )
+    log.info("train.mixed_precision auto: %s (as the run in %s chose)", recorded, cfg.output_dir)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, mixed_precision=recorded))
 
 
 def _recorded_choice(path: Path) -> str | None:
