@@ -11,6 +11,9 @@ same list for all three contenders). The three run interleaved, --reps times, at
 - plad: plad's HfBackend (what `plad pairs` and on-policy sampling run), --batch prompts at a time grouped by
   prompt length (plan_batches);
 - plad bf16: the same with the model's weights in bfloat16 (`--teacher.dtype bfloat16` in `plad pairs`);
+- transformers CB: transformers' continuous batching (`model.generate_batch`, paged KV cache, each prompt prefilled
+  without padding, a finished row's slot given to the next prompt at once; --cb_max_batch_tokens tokens per forward,
+  a cache that holds every prompt and output): the library's own way to stop computing finished rows;
 - prompts only: one forward over the prompts in plad's batches, nothing generated. Every sampler computes the
   prompts at least once, so its time is about the least any fp32 sampler can take (other batch shapes and
   padding move it a little), and loop / it about the most speed-up any of them can reach over the loop on this
@@ -89,6 +92,29 @@ def with_plad(model, tok, rows: list[list[int]], batch: int, max_new: int) -> li
     return [got[i] for i in range(len(rows))]
 
 
+def continuous(
+    model, tok, rows: list[list[int]], max_new: int, ends: list[int], max_batch_tokens: int
+) -> list[list[int]]:
+    """transformers' continuous batching, greedy: requests req_0.. in the order of `rows`."""
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    page = 64
+    blocks = (
+        sum(-(-(len(r) + max_new) // page) for r in rows) + 1
+    )  # every request's cache at once: no waiting
+    cb = ContinuousBatchingConfig(page_size=page, num_blocks=blocks, max_batch_tokens=max_batch_tokens)
+    gen = GenerationConfig(
+        do_sample=False, max_new_tokens=max_new, eos_token_id=ends, pad_token_id=tok.pad_token_id
+    )
+    out = model.generate_batch(rows, generation_config=gen, continuous_batching_config=cb, warmup=False)
+    outs = []
+    for i in range(len(rows)):
+        row = list(out[f"req_{i}"].generated_tokens)
+        outs.append(row[: next((j + 1 for j, t in enumerate(row) if t in ends), len(row))])
+    return outs
+
+
 def prompts_only(model, tok, rows: list[list[int]], batch: int) -> list[list[int]]:
     """One forward over the prompts, --batch at a time grouped by length as plad's backend groups them (left
     padding), keeping no cache: the part of sampling that batching cannot shrink. Generates nothing."""
@@ -113,6 +139,9 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--max_new_tokens", type=int, default=48)
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument(
+        "--cb_max_batch_tokens", type=int, default=512, help="tokens per forward of 'transformers CB'"
+    )
     args = ap.parse_args()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -130,7 +159,7 @@ def main() -> int:
     model_bf16 = for_inference(AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.bfloat16))
     rows = prompts_of(tok, args.prompts)
     ends = stop_ids(tok)
-    names = ("loop", "batched", "plad", "plad bf16", "prompts only")
+    names = ("loop", "batched", "plad", "plad bf16", "transformers CB", "prompts only")
     runs: dict[str, list[dict]] = {n: [] for n in names}
     outputs: dict[str, list[list[int]]] = {}
     for rep in range(args.reps):
@@ -140,6 +169,8 @@ def main() -> int:
                 outs = by_hand(model, tok, rows, 1, args.max_new_tokens, ends)
             elif name == "batched":
                 outs = by_hand(model, tok, rows, args.batch, args.max_new_tokens, ends)
+            elif name == "transformers CB":
+                outs = continuous(model, tok, rows, args.max_new_tokens, ends, args.cb_max_batch_tokens)
             elif name == "prompts only":
                 outs = prompts_only(model, tok, rows, args.batch)
             else:
@@ -165,12 +196,14 @@ def main() -> int:
         "batch": args.batch, "max_new_tokens": args.max_new_tokens, "runs": runs,
         "speedup_over_loop": {n: [round(a / r["seconds"], 2) for a, r in zip(loop_s, runs[n], strict=True)] for n in runs},
         "plad_over_batched": [round(b["seconds"] / p["seconds"], 2) for b, p in zip(runs["batched"], runs["plad"], strict=True)],
+        "plad_over_continuous": [round(c["seconds"] / p["seconds"], 2)
+                                 for c, p in zip(runs["transformers CB"], runs["plad"], strict=True)],
         "same_output_as_loop": {n: sum(a == b for a, b in zip(outputs[n], outputs["loop"], strict=True)) for n in runs
                                 if n != "prompts only"},
     }  # fmt: skip
     (HERE / "results" / "sampling.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [
-        f"# Sampling: plad's hf backend, a per-prompt loop, hand-made batches ({result['date']})", "",
+        f"# Sampling: plad's hf backend, a per-prompt loop, hand-made batches, continuous batching ({result['date']})", "",
         f"- machine: {result['machine']}; {result['versions']}", f"- command: `{result['command']}`",
         f"- SmolLM2-135M-Instruct, fp32 (bf16 weights for 'plad bf16'), greedy, at most {args.max_new_tokens} new tokens, stop at end-of-turn/EOS; "
         f"{len(rows)} chat prompts of {min(lengths)}-{max(lengths)} tokens (median {statistics.median(lengths):.0f}); "
@@ -185,7 +218,8 @@ def main() -> int:
         )
         lines.append(f"| {n} | {', '.join(str(r['seconds']) for r in rs)} | {statistics.median(r['tokens_per_s'] for r in rs):.1f} | "
                      f"{', '.join(str(x) for x in result['speedup_over_loop'][n])} | {ended} | {same} |")  # fmt: skip
-    lines += ["", f"plad / batched in file order (time ratio per repetition): {result['plad_over_batched']}", "",
+    lines += ["", f"plad / batched in file order (time ratio per repetition): {result['plad_over_batched']}",
+              f"plad / transformers CB (time ratio per repetition): {result['plad_over_continuous']}", "",
               "'prompts only' computes the prompts and generates nothing: its 'x the loop' is about the most any fp32 "
               "sampler can reach over the loop on this machine."]  # fmt: skip
     (HERE / "results" / "sampling.md").write_text("\n".join(lines) + "\n")
