@@ -3,6 +3,7 @@ and helpers to run the real `plad` CLI in a subprocess or in-process."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -12,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -176,3 +178,18 @@ def load_safetensors(path: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+def as_resolved(cfg: Any) -> Any:
+    """`cfg` with every train.mixed_precision auto as the stages resolve it for the small models these fingerprints
+    were computed with (`no`, the default before auto; plad.train.precision resolves auto before fingerprinting)."""
+    from plad.config import TrainConfig
+
+    changes = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, TrainConfig) and value.mixed_precision == "auto":
+            changes[f.name] = dataclasses.replace(value, mixed_precision="no")
+        elif dataclasses.is_dataclass(value):
+            changes[f.name] = as_resolved(value)
+    return dataclasses.replace(cfg, **changes)

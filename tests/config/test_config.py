@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import as_resolved
 
 from plad.config import (
     DistillConfig,
@@ -380,24 +381,27 @@ def test_lora_and_gradient_checkpointing_leave_fingerprints_of_defaults_unchange
         HealConfig: "0d4cbabbbc0bfee5",
     }
     for cls, value in before.items():
-        assert resume_fingerprint(_as_resolved(cls())) == value, cls.__name__
-    assert fingerprint(result_settings(_as_resolved(RunConfig()))) == "5fed643cfbd2f40e"
+        assert resume_fingerprint(as_resolved(cls())) == value, cls.__name__
+    assert fingerprint(result_settings(as_resolved(RunConfig()))) == "5fed643cfbd2f40e"
     checkpointed = SFTConfig(train=TrainConfig(gradient_checkpointing=True, mixed_precision="no"))
     assert resume_fingerprint(checkpointed) == before[SFTConfig]
-    assert resume_fingerprint(_as_resolved(DistillConfig(lora=LoraOptions(r=8)))) != before[DistillConfig]
+    assert resume_fingerprint(as_resolved(DistillConfig(lora=LoraOptions(r=8)))) != before[DistillConfig]
 
 
-def _as_resolved(cfg: typing.Any) -> typing.Any:
-    """`cfg` with every train.mixed_precision auto as the stages resolve it for the small models these fingerprints
-    were computed with (`no`, the default before auto; plad.train.precision resolves auto before fingerprinting)."""
-    changes = {}
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if isinstance(value, TrainConfig) and value.mixed_precision == "auto":
-            changes[f.name] = dataclasses.replace(value, mixed_precision="no")
-        elif dataclasses.is_dataclass(value):
-            changes[f.name] = _as_resolved(value)
-    return dataclasses.replace(cfg, **changes)
+def test_a_lora_config_file_counts_by_its_contents(tmp_path: Path) -> None:
+    """lora.config names a file: editing it in place changes the settings of a stage that reads it, so its
+    fingerprint holds the file's digest, not only its path; a LoRA set by r alone hashes as before."""
+    import json
+
+    from plad.config import LoraOptions, result_settings
+
+    path = tmp_path / "lora.json"
+    path.write_text(json.dumps({"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}))
+    before = result_settings(DistillConfig(lora=LoraOptions(config=str(path))))["lora"]["config"]
+    path.write_text(json.dumps({"r": 8, "lora_alpha": 8, "target_modules": ["q_proj"]}))
+    after = result_settings(DistillConfig(lora=LoraOptions(config=str(path))))["lora"]["config"]
+    assert before["file"] == after["file"] == str(path) and before["sha256"] != after["sha256"]
+    assert result_settings(DistillConfig(lora=LoraOptions(r=8)))["lora"]["config"] == ""
 
 
 def test_group_by_length_fingerprints_the_order_it_draws():

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Bench, main_inprocess
+from conftest import Bench, as_resolved, main_inprocess
 
 from plad.config import DistillConfig, HealConfig, RunConfig, SFTConfig, fingerprint, result_settings
 
@@ -88,16 +88,16 @@ def test_report_to_changes_no_fingerprint() -> None:
     finished stage stays finished, and --resume with another tracker is the same run."""
     made = {"model": "m", "train_file": "t", "output_dir": "o"}
     for cfg, before in [
-        (SFTConfig(**made), "507d21b622b0d433"),
-        (DistillConfig(model="m", pairs_file="p", output_dir="o"), "b87e519a0558e378"),
-        (HealConfig(), "63344f066c5c5411"),
+        (as_resolved(SFTConfig(**made)), "507d21b622b0d433"),
+        (as_resolved(DistillConfig(model="m", pairs_file="p", output_dir="o")), "b87e519a0558e378"),
+        (as_resolved(HealConfig()), "63344f066c5c5411"),
     ]:
         assert fingerprint(result_settings(cfg)) == before
         cfg.train.report_to = ["wandb"]
         assert fingerprint(result_settings(cfg)) == before
     from plad.experiments.cache import settings
 
-    assert fingerprint(settings(RunConfig())) == "0e8b924322774255"
+    assert fingerprint(settings(as_resolved(RunConfig()))) == "0e8b924322774255"
 
 
 def test_wandb_offline_writes_under_logs(bench: Bench, tmp_path: Path, monkeypatch) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from plad.config.fields import check_choices, dtype_opt, opt, suggest
@@ -38,6 +40,14 @@ class DataOptions:
 
 
 TRACKERS = ("tensorboard", "wandb", "trackio", "none")
+
+
+def _with_contents(path: str, cfg: Any) -> Any:
+    """A settings file as fingerprints count it: its path and its contents' digest (a missing file: the path, and
+    the stage that reads it says what is wrong)."""
+    if not path or not Path(path).is_file():
+        return path
+    return {"file": path, "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]}
 
 
 def _grouping(value: bool, cfg: Any) -> Any:
@@ -148,6 +158,7 @@ class LoraOptions:
         "",
         "a peft LoraConfig as JSON (e.g. an adapter_config.json) instead of r, alpha, dropout and target_modules: "
         "turns LoRA on with every setting peft has",
+        in_fingerprint=_with_contents,  # a file edited in place is another setting
     )
 
     @property
