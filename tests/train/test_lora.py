@@ -166,11 +166,43 @@ def test_interrupted_lora_run_resumes_exactly(
         m.setattr(Trainer, "log", log_then_stop)
         assert _distill(bench, store, out, "plad-rank", *args) == 128 + signal.SIGTERM
     assert (out / "checkpoints" / "step-0000002").is_dir() and not (out / "train_summary.json").exists()
+    # the checkpoint holds the adapters only; the frozen base is read from the model folder on --resume
+    held = load_safetensors(out / "checkpoints" / "step-0000002" / "model.safetensors")
+    assert held and all("lora_" in k for k in held), sorted(held)[:3]
     assert _distill(bench, store, out, "plad-rank", *args, "--resume") == 0
     want = load_safetensors(tmp_path / "reference" / "adapter" / "adapter_model.safetensors")
     got = load_safetensors(out / "adapter" / "adapter_model.safetensors")
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_resume_from_a_checkpoint_without_the_adapters_is_refused(
+    bench: Bench, store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A LoRA checkpoint is loaded without strictness (it holds the adapters, not the base), so a checkpoint that
+    lacks a trained parameter (made for another adapter layout, e.g. an edited lora.config file) is refused,
+    naming it, instead of resuming with that adapter at its initial value."""
+    from safetensors.torch import save_file
+
+    real_log = Trainer.log
+
+    def log_then_stop(self: Trainer) -> None:
+        real_log(self)
+        if self.step == 1:
+            signal.raise_signal(signal.SIGTERM)
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "log", log_then_stop)
+        assert _distill(bench, store, out, "plad-rank") == 128 + signal.SIGTERM
+    path = out / "checkpoints" / "step-0000001" / "model.safetensors"
+    held = load_safetensors(path)
+    dropped = sorted(held)[0]
+    save_file({k: v for k, v in held.items() if k != dropped}, str(path), metadata={"format": "pt"})
+    capsys.readouterr()
+    assert _distill(bench, store, out, "plad-rank", "--resume") != 0
+    err = capsys.readouterr().err
+    assert "lacks 1 of the trained parameters" in err and dropped in err and "Traceback" not in err
 
 
 def test_lora_model_computes_only_the_labelled_logits(bench: Bench, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,6 +29,7 @@ from plad.core.logprobs import decoder_start_id
 from plad.core.methods import NO_FROZEN, Frozen, Method, make_batch
 from plad.train.batches import TrainData
 from plad.train.distributed import check_sharding, prepare_frozen, window_means
+from plad.train.lora import check_trained_in_checkpoint, checkpoint_trained_only
 from plad.train.precision import for_loaded_model
 from plad.utils import signals
 from plad.utils.errors import ConfigError
@@ -115,6 +116,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
         self.model, self.optimizer = accelerator.prepare(self.model, optimizer)
         accelerator.register_for_checkpointing(self.scheduler)
+        self.trained_only = checkpoint_trained_only(accelerator, self.model)
         check_sharding(accelerator, self.frozen, self.data)
         self.frozen = prepare_frozen(accelerator, self.frozen)
         self.world, self.rank = accelerator.num_processes, accelerator.process_index
@@ -130,7 +132,13 @@ class Trainer:
                     f"--resume: the checkpoint in {ckpts[-1]} was made with a different config; resume with the "
                     "same settings, or start a new output_dir"
                 )
-            accelerator.load_state(str(ckpts[-1]))
+            if (
+                self.trained_only
+            ):  # the checkpoint holds the adapters; the frozen base came from the model folder
+                accelerator.load_state(str(ckpts[-1]), strict=False)
+                check_trained_in_checkpoint(self.model, ckpts[-1])
+            else:
+                accelerator.load_state(str(ckpts[-1]))
             self.step = self.saved_step = state["step"]
             if accelerator.is_main_process and self.metrics_path.exists():
                 kept = [
