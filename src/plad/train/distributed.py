@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -141,6 +143,14 @@ def unsharded_copy(model: Any, state: dict) -> Any:
                 copy = get_peft_model(copy, peft_config[model.active_adapter])
     copy.load_state_dict(state)
     return copy
+
+
+def wait_for_file(path: Path, poll_seconds: float = 1.0) -> None:
+    """Wait until `path` exists (written atomically by the main process), without a collective: a barrier fails
+    after the process group's timeout (torch.distributed's default_pg_timeout, 30 minutes), and sampling a round
+    of a real model may take longer. A main process that dies instead ends the job through torchrun."""
+    while not path.is_file():
+        time.sleep(poll_seconds)
 
 
 def whole_on_main(accelerator: Any, model: Any) -> Any:

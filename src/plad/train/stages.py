@@ -37,7 +37,7 @@ from plad.core.models import (
     torch_dtype_of,
 )
 from plad.train.batches import TrainData
-from plad.train.distributed import whole_on_main
+from plad.train.distributed import wait_for_file, whole_on_main
 from plad.train.loop import check_trackers, train
 from plad.train.lora import AdaptersOff, add_adapters, save_plain
 from plad.train.model_card import write_card
@@ -314,6 +314,8 @@ def make_rounds(cfg: DistillConfig, tokenizer: Any, items: list[Item], output_di
                 log.info("iterated PLaD: round %d of %d, sampling %d prompts", r + 1, cfg.rounds, len(items))
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_jsonl_atomic(path, sample_round(student, r))
+            else:  # no collective in flight while the main process samples: a round may outlast its timeout
+                wait_for_file(path)
             accelerator.wait_for_everyone()
         rows = read_jsonl(path)
         return [_with_samples(it, row["samples"]) for it, row in zip(items, rows, strict=True)]
