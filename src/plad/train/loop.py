@@ -132,9 +132,8 @@ class Trainer:
                     f"--resume: the checkpoint in {ckpts[-1]} was made with a different config; resume with the "
                     "same settings, or start a new output_dir"
                 )
-            if (
-                self.trained_only
-            ):  # the checkpoint holds the adapters; the frozen base came from the model folder
+            # a LoRA checkpoint holds the adapters; the frozen base came from the model folder
+            if self.trained_only:
                 accelerator.load_state(str(ckpts[-1]), strict=False)
                 check_trained_in_checkpoint(self.model, ckpts[-1])
             else:

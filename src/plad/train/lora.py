@@ -185,6 +185,7 @@ def check_trained_in_checkpoint(model: Any, folder: Path) -> None:
     missing = sorted(n for n, p in model.named_parameters() if p.requires_grad and n not in held)
     if missing:
         raise ConfigError(
-            f"--resume: the checkpoint {folder} lacks {len(missing)} of the trained parameters (e.g. {missing[0]}): it was "
-            "made with other lora settings; resume with the same settings, or start a new output_dir"
+            f"--resume: the checkpoint {folder} lacks {len(missing)} of the trained parameters (e.g. "
+            f"{missing[0]}): it was made with other lora settings; resume with the same settings, or start a new "
+            "output_dir"
         )
