@@ -147,9 +147,9 @@ def test_ddp_two_processes_equal_one_with_the_same_global_batch(
         ).read_text()
 
 
-@pytest.mark.parametrize("config", ["ddp.yaml", "fsdp.yaml"])
+@pytest.mark.parametrize(("config", "lora"), [("ddp.yaml", False), ("fsdp.yaml", False), ("ddp.yaml", True)])
 def test_run_stopped_by_sigterm_resumes_to_the_single_process_result(
-    bench: Bench, store: Path, tmp_path: Path, untrained: None, config: str
+    bench: Bench, store: Path, tmp_path: Path, untrained: None, config: str, lora: bool
 ) -> None:
     """SIGTERM to the launcher (what a scheduler sends) at a seeded step: torchrun passes it to both processes,
     which write one checkpoint of that step and stop; `--resume` in 2 processes then ends where one process with
@@ -158,9 +158,12 @@ def test_run_stopped_by_sigterm_resumes_to_the_single_process_result(
     Under FSDP the checkpoint holds each process's shards (fsdp.yaml: SHARDED_STATE_DICT), and the resumed run
     equals the uninterrupted FSDP run to 1e-6. That one is not bit-equal to one process: the gradient norm is
     summed over shards, so clipping scales by a factor that differs in the 7th digit; through AdamW that drift
-    reaches 3e-5 (relative) in the gradient norm by step 24, with the weights still within 1e-6."""
+    reaches 3e-5 (relative) in the gradient norm by step 24, with the weights still within 1e-6.
+
+    A LoRA student under DDP: the checkpoint holds the adapters only (each process's state dict carries DDP's
+    `module.` prefix), and the resumed run's merged model equals one process's."""
     steps, stop_at = 30, kill_point("ddp-sigterm", 6, 14)
-    args = ("--train.max_steps", steps, "--train.save_every", 5)
+    args = ("--train.max_steps", steps, "--train.save_every", 5, *(("--lora.r", 4) if lora else ()))
     one, two = tmp_path / "one", tmp_path / "two"
     assert main_inprocess(*_args(bench, store, one, "plad-rank", "--train.grad_accum", 2, *args)) == 0
     cmd, env = _launch_cmd(config, _args(bench, store, two, "plad-rank", *args))
@@ -176,6 +179,9 @@ def test_run_stopped_by_sigterm_resumes_to_the_single_process_result(
     log_text = (tmp_path / "launch.log").read_text()
     assert log_text.count("plad: stopped at step") == 2, log_text[-3000:]  # each process, at the same step
     assert not (two / "train_summary.json").exists() and list((two / "checkpoints").glob("step-*"))
+    if lora:
+        held = load_safetensors(sorted((two / "checkpoints").glob("step-*"))[-1] / "model.safetensors")
+        assert held and all("lora_" in k for k in held), sorted(held)[:3]
     done = _launch(config, [*_args(bench, store, two, "plad-rank", *args), "--resume"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert "plad: resumed from" in done.stderr

@@ -135,7 +135,7 @@ class Trainer:
             # a LoRA checkpoint holds the adapters; the frozen base came from the model folder
             if self.trained_only:
                 accelerator.load_state(str(ckpts[-1]), strict=False)
-                check_trained_in_checkpoint(self.model, ckpts[-1])
+                check_trained_in_checkpoint(accelerator.unwrap_model(self.model), ckpts[-1])
             else:
                 accelerator.load_state(str(ckpts[-1]))
             self.step = self.saved_step = state["step"]

@@ -176,8 +176,9 @@ def checkpoint_trained_only(accelerator: Any, model: Any) -> bool:
 
 
 def check_trained_in_checkpoint(model: Any, folder: Path) -> None:
-    """After a strict=False load of the (prepared) model from checkpoint `folder`: the checkpoint held every trained
-    parameter (one made for another adapter layout is refused rather than resumed with fresh adapters)."""
+    """After a strict=False load of `model` (unwrapped from DDP: accelerate saves and loads the model it was given)
+    from checkpoint `folder`: the checkpoint held every trained parameter (one made for another adapter layout is
+    refused rather than resumed with fresh adapters)."""
     from safetensors import safe_open
 
     with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
