@@ -145,6 +145,20 @@ def test_kl_init_uses_the_base_with_adapters_off(
     assert rows[1]["reg_kl"] > 1e-6
 
 
+def _stopped_after(step: int, monkeypatch: pytest.MonkeyPatch, *distill_args: object) -> int:
+    """_distill(*distill_args) sent SIGTERM once step `step` is logged (what a scheduler does); its exit code."""
+    real_log = Trainer.log
+
+    def log_then_stop(self: Trainer) -> None:
+        real_log(self)
+        if self.step == step:
+            signal.raise_signal(signal.SIGTERM)
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "log", log_then_stop)
+        return _distill(*distill_args)
+
+
 def test_interrupted_lora_run_resumes_exactly(
     bench: Bench, store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -154,17 +168,8 @@ def test_interrupted_lora_run_resumes_exactly(
     args = ("--loss.regularizer", "kl-init", "--rounds", 2, "--train.max_steps", 4, "--lora.dropout", 0.1)
     assert _distill(bench, store, tmp_path / "reference", "plad-rank", *args) == 0
 
-    real_log = Trainer.log
-
-    def log_then_stop(self: Trainer) -> None:
-        real_log(self)
-        if self.step == 2:
-            signal.raise_signal(signal.SIGTERM)
-
     out = tmp_path / "run"
-    with monkeypatch.context() as m:
-        m.setattr(Trainer, "log", log_then_stop)
-        assert _distill(bench, store, out, "plad-rank", *args) == 128 + signal.SIGTERM
+    assert _stopped_after(2, monkeypatch, bench, store, out, "plad-rank", *args) == 128 + signal.SIGTERM
     assert (out / "checkpoints" / "step-0000002").is_dir() and not (out / "train_summary.json").exists()
     # the checkpoint holds the adapters only; the frozen base is read from the model folder on --resume
     held = load_safetensors(out / "checkpoints" / "step-0000002" / "model.safetensors")
@@ -184,17 +189,8 @@ def test_resume_from_a_checkpoint_without_the_adapters_is_refused(
     naming it, instead of resuming with that adapter at its initial value."""
     from safetensors.torch import save_file
 
-    real_log = Trainer.log
-
-    def log_then_stop(self: Trainer) -> None:
-        real_log(self)
-        if self.step == 1:
-            signal.raise_signal(signal.SIGTERM)
-
     out = tmp_path / "run"
-    with monkeypatch.context() as m:
-        m.setattr(Trainer, "log", log_then_stop)
-        assert _distill(bench, store, out, "plad-rank") == 128 + signal.SIGTERM
+    assert _stopped_after(1, monkeypatch, bench, store, out, "plad-rank") == 128 + signal.SIGTERM
     path = out / "checkpoints" / "step-0000001" / "model.safetensors"
     held = load_safetensors(path)
     dropped = sorted(held)[0]
