@@ -151,17 +151,29 @@ def test_auto_mixed_precision_rule(
     assert value == want and why
 
 
-def test_stored_parameters_counts_the_saved_weights(bench: Bench, tmp_path: Path) -> None:
-    """From the safetensors headers: the loaded model's parameter count (a tied output layer stored once); None
-    for a folder without safetensors weights."""
-    from transformers import AutoModelForCausalLM
+def test_stored_parameters_counts_the_saved_weights(
+    bench: Bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From the safetensors headers: the loaded model's parameter count (a tied output layer stored once); without
+    safetensors weights (a hub id, .bin weights), the count of the model its config builds; None where there is
+    no config either (a hub id offline and not cached)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    from plad.train.precision import stored_parameters
+    from plad.train.precision import stored_dtype, stored_parameters
 
     model = AutoModelForCausalLM.from_pretrained(str(bench.student))
-    assert stored_parameters(str(bench.student)) == sum(p.numel() for p in model.parameters())
+    want = sum(p.numel() for p in model.parameters())
+    assert stored_parameters(str(bench.student)) == want
+    model.config.save_pretrained(tmp_path / "config-only")  # what a hub id resolves to: a config, no weights here
+    assert stored_parameters(str(tmp_path / "config-only")) == want
+    assert stored_dtype(str(tmp_path / "config-only")) == "float32"
     assert stored_parameters(str(tmp_path)) is None
-    assert stored_parameters("HuggingFaceTB/SmolLM2-135M") is None  # a hub name
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(AutoConfig, "from_pretrained", offline)
+    assert stored_parameters("HuggingFaceTB/SmolLM2-135M") is None
 
 
 def test_auto_is_resolved_before_the_stage_records_it(

@@ -50,7 +50,7 @@ def auto_mixed_precision(model: str | Any, dtype: str) -> tuple[str, str]:
     else:
         n = sum(p.numel() for p in model.parameters())
     if n is None:
-        return "no", f"the parameter count of {model} is unknown (no safetensors weights)"
+        return "no", f"the parameter count of {model} is unknown (no safetensors weights, no readable config)"
     if n < AUTO_BF16_MIN_PARAMETERS:
         return "no", f"{n:,} parameters: below {AUTO_BF16_MIN_PARAMETERS:,}, bf16 autocast is slower on a CPU"
     return "bf16", f"{n:,} parameters on a CPU with native bf16"
@@ -66,13 +66,14 @@ def _cpu_has_native_bf16() -> bool:
 
 
 def stored_parameters(model: str) -> int | None:
-    """The number of values in a model folder's safetensors files, read from their headers (no weights loaded);
-    None without safetensors files (a hub name, .bin weights)."""
+    """The number of parameters of a model folder or hub id, without loading its weights: from its safetensors
+    files' headers, or else (a hub id, .bin weights) from its config, the model built on the meta device; None where
+    neither can be read (a hub id offline and not in the cache: loading it fails too)."""
     from safetensors import safe_open
 
     files = sorted(Path(model).glob("*.safetensors")) if Path(model).is_dir() else []
     if not files:
-        return None
+        return _parameters_from_config(model)
     total = 0
     for f in files:
         with safe_open(str(f), framework="pt") as handle:
@@ -84,21 +85,49 @@ def stored_parameters(model: str) -> int | None:
     return total
 
 
+def _config(model: str) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model)
+    except (OSError, ValueError):
+        return None
+
+
+def _parameters_from_config(model: str) -> int | None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    config = _config(model)
+    if config is None:
+        return None
+    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    try:
+        with torch.device("meta"):  # no memory; tied weights counted once, as loaded
+            built = auto.from_config(config)
+    except ValueError:  # not a language model: the stage says so when it loads it
+        return None
+    return sum(p.numel() for p in built.parameters())
+
+
 _SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
 
 
 def stored_dtype(model: str) -> str | None:
-    """The floating-point dtype of a model folder's first safetensors weight (what `dtype: auto` loads), read from
-    the header; None without safetensors files or floating-point weights."""
+    """The dtype `dtype: auto` loads a model in: its first floating-point safetensors weight's (from the header),
+    or else (a hub id, .bin weights) its config's dtype; None where neither says."""
     from safetensors import safe_open
 
-    for f in sorted(Path(model).glob("*.safetensors")) if Path(model).is_dir() else []:
+    files = sorted(Path(model).glob("*.safetensors")) if Path(model).is_dir() else []
+    for f in files:
         with safe_open(str(f), framework="pt") as handle:
             for key in handle.keys():
                 name = _SAFETENSORS_DTYPES.get(handle.get_slice(key).get_dtype())
                 if name:
                     return name
-    return None
+    config = None if files else _config(model)
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return str(value).removeprefix("torch.") if value is not None else None
 
 
 def for_loaded_model(setting: str, model: Any) -> str:
