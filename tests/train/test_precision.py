@@ -164,7 +164,9 @@ def test_stored_parameters_counts_the_saved_weights(
     model = AutoModelForCausalLM.from_pretrained(str(bench.student))
     want = sum(p.numel() for p in model.parameters())
     assert stored_parameters(str(bench.student)) == want
-    model.config.save_pretrained(tmp_path / "config-only")  # what a hub id resolves to: a config, no weights here
+    model.config.save_pretrained(
+        tmp_path / "config-only"
+    )  # what a hub id resolves to: a config, no weights here
     assert stored_parameters(str(tmp_path / "config-only")) == want
     assert stored_dtype(str(tmp_path / "config-only")) == "float32"
     assert stored_parameters(str(tmp_path)) is None
