@@ -115,6 +115,45 @@ def test_wandb_offline_writes_under_logs(bench: Bench, tmp_path: Path, monkeypat
     assert list((out / "logs").rglob("events.out.tfevents.*"))  # both trackers
 
 
+def test_wandb_run_resumed_from_a_checkpoint_goes_on_in_the_same_run(
+    bench: Bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM after step 1, then --resume: the second start logs to the first start's wandb run (the same id,
+    resume allowed), not to a new run; another output_dir gets another run."""
+    pytest.importorskip("wandb")
+    import re
+    import signal
+
+    from plad.train.loop import Trainer
+
+    for name, value in [("WANDB_MODE", "offline"), ("WANDB_SILENT", "true"), ("WANDB_CONFIG_DIR", tmp_path / "c"),
+                        ("WANDB_CACHE_DIR", tmp_path / "cache")]:  # fmt: skip
+        monkeypatch.setenv(name, str(value))
+    real_log = Trainer.log
+
+    def log_then_stop(self: Trainer) -> None:
+        real_log(self)
+        if self.step == 1:
+            signal.raise_signal(signal.SIGTERM)
+
+    out, args = (
+        tmp_path / "sft",
+        ("--train.report_to", "wandb", "--train.save_every", 1, "--train.max_steps", 3),
+    )
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "log", log_then_stop)
+        assert sft(bench, out, *args) == 128 + signal.SIGTERM
+    assert sft(bench, out, *args, "--resume") == 0
+    run_id = (out / "logs" / "wandb_run_id").read_text().strip()
+    runs = sorted((out / "logs" / "wandb").glob("offline-run-*"))
+    # offline-run-<time>-<id>, and -1 after a second start within the same second
+    assert len(runs) == 2 and all(
+        re.fullmatch(rf"offline-run-\d+_\d+-{run_id}(-\d+)?", r.name) for r in runs
+    ), runs
+    assert sft(bench, tmp_path / "other", *args) == 0
+    assert (tmp_path / "other" / "logs" / "wandb_run_id").read_text().strip() != run_id
+
+
 def test_trackio_logs_locally(bench: Bench, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))  # read when trackio is imported
     if "trackio" in sys.modules:

@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -283,6 +284,8 @@ class Trainer:
             "wandb": {"dir": str(logs), "name": self.output_dir.name},
             "trackio": {"name": self.output_dir.name},
         }
+        if "wandb" in names:  # a resumed run goes on in the wandb run its first start made, not in a new one
+            kwargs["wandb"].update(id=self.wandb_run_id(logs), resume="allow")
         self.accelerator.init_trackers("plad", init_kwargs={k: v for k, v in kwargs.items() if k in names})
         settings = {"method": self.method.name, "output_dir": str(self.output_dir)}
         for section, values in (("train", to_dict(self.cfg)), ("loss", to_dict(self.loss_cfg))):
@@ -292,6 +295,17 @@ class Trainer:
         for tracker in self.accelerator.trackers:
             if tracker.name in ("wandb", "trackio"):
                 tracker.store_init_configuration(settings)
+
+    def wandb_run_id(self, logs: Path) -> str:
+        """The id of this output_dir's wandb run: a run resumed from a checkpoint keeps the id its first start wrote
+        to logs/wandb_run_id; a run from step 0 gets a new one."""
+        path = logs / "wandb_run_id"
+        if self.step > 0 and path.is_file():
+            return path.read_text().strip()
+        run_id = uuid.uuid4().hex[:12]
+        if self.accelerator.is_main_process:
+            path.write_text(run_id + "\n")
+        return run_id
 
     def run(self) -> dict:
         from tqdm.auto import tqdm
