@@ -4,6 +4,7 @@ of the float32 run."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -287,3 +288,24 @@ def test_pipeline_stages_fingerprint_what_auto_means(
     assert recorded(d) == "no" and explicit_no != auto_bf16
     monkeypatch.setattr(precision, "AUTO_BF16_MIN_PARAMETERS", 10**12)
     assert stage("auto")[1] == explicit_no
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_diverged_run_stops_with_an_error_and_saves_nothing(
+    bench: Bench, tmp_path: Path, capsys: pytest.CaptureFixture, dtype: str
+) -> None:
+    """A loss that turns NaN or infinite (here: a learning rate of 1e30) stops the stage with exit 2 and a message
+    that says what to change (for float16 weights: they train without loss scaling), before a model or summary of
+    diverged weights is written; metrics.jsonl keeps the row that shows it."""
+    out = tmp_path / "sft"
+    capsys.readouterr()
+    rc = main_inprocess(
+        "sft", "--model", bench.student, "--train_file", bench.sft, "--output_dir", out, "--train.max_steps", 4,
+        "--train.batch_size", 4, "--train.log_every", 1, "--train.lr", 1e30, "--dtype", dtype, "--threads", 1,
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "training diverged: the loss is" in err and "Traceback" not in err, err[-2000:]
+    assert ("Weights in float16 train without loss scaling" in err) == (dtype == "float16")
+    assert not (out / "model.safetensors").exists() and not (out / "train_summary.json").exists()
+    losses = [r["loss"] for r in read_jsonl(out / "metrics.jsonl")]
+    assert not all(map(math.isfinite, losses)), losses

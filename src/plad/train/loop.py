@@ -239,14 +239,39 @@ class Trainer:
         )
         self.accelerator.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=self.step)
         if self.accelerator.is_main_process:
-            append_jsonl(self.metrics_path, [row])
+            append_jsonl(self.metrics_path, [row])  # a non-finite row too: it shows where training diverged
         self.window_log, self.t_log, self.tokens_log = {}, time.perf_counter(), 0
+        self.stop_if_diverged(row["loss"])
         return row
+
+    def stop_if_diverged(self, loss: float) -> None:
+        """A loss that is NaN or infinite (the same on every process: a whole-run value) stops training before
+        anything is saved from the diverged weights: an error that says what to change, not a model of NaNs."""
+        if math.isfinite(loss):
+            return
+        hint = (
+            "Weights in float16 train without loss scaling and overflow: use dtype float32 (or bfloat16), or "
+            "train.mixed_precision bf16"
+            if next(self.accelerator.unwrap_model(self.model).parameters()).dtype == torch.float16
+            else "Lower train.lr, keep train.max_grad_norm on, or check the data"
+        )
+        raise ConfigError(
+            f"training diverged: the loss is {loss} at step {self.step} ({self.metrics_path}); nothing was saved "
+            f"after step {self.saved_step}. {hint}"
+        )
+
+    def whole_loss(self) -> float:
+        """The last step's loss over every process (each holds its share), on the host."""
+        last = torch.as_tensor(self.last_loss, dtype=torch.float64, device=self.accelerator.device).reshape(1)
+        if self.world > 1:
+            last = self.accelerator.reduce(last, "sum")
+        return float(last)
 
     def save(self) -> None:
         """A checkpoint every save_every steps (not at the end: the final model supersedes it)."""
         cfg = self.cfg
         if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
+            self.stop_if_diverged(self.whole_loss())
             self.save_checkpoint()
 
     def save_checkpoint(self) -> None:
@@ -354,13 +379,12 @@ class Trainer:
         """The trained model, its tokenizer and train_summary.json; the checkpoints go (the model supersedes them)."""
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
-        last = torch.as_tensor(self.last_loss, dtype=torch.float64, device=accelerator.device).reshape(1)
-        if self.world > 1:  # each process holds its share of the step's loss
-            last = accelerator.reduce(last, "sum")
+        last = self.whole_loss()
+        self.stop_if_diverged(last)
         summary = {
             "method": self.method.name,
             "steps": self.step,
-            "final_loss": float(last),
+            "final_loss": last,
             "train_seconds": round(time.perf_counter() - self.t_start, 2),
             "fingerprint": self.fingerprint,
             **({"data_used": self.data_used} if self.data_used is not None else {}),
