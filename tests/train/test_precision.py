@@ -309,3 +309,18 @@ def test_a_diverged_run_stops_with_an_error_and_saves_nothing(
     assert not (out / "model.safetensors").exists() and not (out / "train_summary.json").exists()
     losses = [r["loss"] for r in read_jsonl(out / "metrics.jsonl")]
     assert not all(map(math.isfinite, losses)), losses
+
+
+def test_fp16_autocast_is_refused_without_a_gpu(
+    bench: Bench, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a CPU accelerate does not autocast to float16: fp16 would train in float32 and be recorded as fp16. The
+    stage refuses it at its start, before any weight is read, naming what to use instead."""
+    from plad.train import precision
+
+    monkeypatch.setattr(precision, "_has_gpu", lambda: False)
+    capsys.readouterr()
+    assert _sft(bench, tmp_path / "fp16", "fp16") == 2
+    err = capsys.readouterr().err
+    assert "train.mixed_precision fp16 needs a GPU" in err and "use bf16" in err
+    assert not (tmp_path / "fp16").exists() or not list((tmp_path / "fp16").iterdir())

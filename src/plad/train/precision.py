@@ -25,6 +25,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from plad.utils.errors import ConfigError
+
 log = logging.getLogger("plad")
 
 AUTO_BF16_MIN_PARAMETERS = 10_000_000
@@ -159,7 +161,13 @@ def resolve_train(train: Any, model: str, dtype: str) -> Any:
 def resolve_mixed_precision(cfg: Any) -> Any:
     """A stage's config (with `model`, `dtype`, `train`, `output_dir`, `resume`) with train.mixed_precision `auto`
     replaced by what it means here, or, with --resume, by what the run in output_dir chose (its plad_config.yaml),
-    so that a run resumes as it ran on other hardware too; anything else comes back unchanged."""
+    so that a run resumes as it ran on other hardware too; anything else comes back unchanged. fp16 without a
+    GPU is refused: accelerate autocasts to float16 on GPUs only, so on a CPU it would train in float32 unsaid."""
+    if cfg.train.mixed_precision == "fp16" and not _has_gpu():
+        raise ConfigError(
+            "train.mixed_precision fp16 needs a GPU (on a CPU accelerate trains in float32 and would call it fp16); "
+            "use bf16 (faster on a CPU with AVX512-BF16 or AMX), no, or auto"
+        )
     if cfg.train.mixed_precision != "auto":
         return cfg
     recorded = _recorded_choice(Path(cfg.output_dir) / "plad_config.yaml") if cfg.resume else None
@@ -169,6 +177,13 @@ def resolve_mixed_precision(cfg: Any) -> Any:
         )
     log.info("train.mixed_precision auto: %s (as the run in %s chose)", recorded, cfg.output_dir)
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, mixed_precision=recorded))
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(xpu and xpu.is_available()) or torch.backends.mps.is_available()
 
 
 def _recorded_choice(path: Path) -> str | None:
