@@ -350,6 +350,30 @@ def test_stage_pairs_k2_with_scores(bench: Bench, stage_pairs: Path) -> None:
     assert summary["generated_rows_this_run"] == 18
 
 
+def test_pairs_rebuilt_with_other_settings_says_so_first(
+    bench: Bench, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """pairs.jsonl follows the settings of the last run: run again with other settings (another temperature,
+    fewer prompts) it is rebuilt for them, with a warning before anything is sampled (a distill reading the file
+    would train on other pairs); run again with the same settings, it is not. The other samples stay stored."""
+    import shutil
+
+    out = tmp_path / "pairs"
+    shutil.copytree(make_pairs(bench, tmp_path / "first"), out)
+    with caplog.at_level("WARNING", logger="plad"):
+        make_pairs(bench, out)
+    assert "holds the pairs of other settings" not in caplog.text
+    with caplog.at_level("WARNING", logger="plad"):
+        make_pairs(bench, out, "--limit", 2, "--teacher.sampling.temperature", 0.9)
+    assert (
+        "holds the pairs of other settings (the teacher side's settings, the prompts (6 -> 2))" in caplog.text
+    )
+    assert len(read_jsonl(out / "pairs.jsonl")) == 4
+    assert (
+        len(read_jsonl(out / "samples.jsonl")) == 6 * 3 + 2
+    )  # the first run's samples kept, 2 new teacher ones
+
+
 @pytest.fixture(scope="module")
 def stage_distilled(bench: Bench, stage_pairs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("stage") / "plad-margin"

@@ -22,6 +22,7 @@ missing batch exactly as an uninterrupted run would have: the final store is ide
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -122,6 +123,7 @@ def run_pairs(cfg: PairsConfig, *, status: bool = False, export: str = "") -> di
     check_output_dir(out, resume=True)  # only checks that it is writable: the store is resumable by design
     samples_path = out / SAMPLES
     fps = {name: side_fingerprint(side, k, cfg) for name, (side, k) in sides.items()}
+    _say_if_pairs_change(out, fps, cfg, len(examples))
     done = _read_store(samples_path)
     t0 = time.perf_counter()
     usage, generated_rows, generated_tokens = _sample_sides(
@@ -143,6 +145,7 @@ def run_pairs(cfg: PairsConfig, *, status: bool = False, export: str = "") -> di
         "generated_tokens_this_run": generated_tokens,
         "seconds_this_run": round(time.perf_counter() - t0, 2),
         "fingerprints": fps,
+        "teacher_logprobs": cfg.teacher_logprobs,
         "teacher": {"model": cfg.teacher.model, "sampling": to_dict(cfg.teacher.sampling)},
         "student": {"model": cfg.student.model, "sampling": to_dict(cfg.student.sampling)},
         **scores,
@@ -152,6 +155,33 @@ def run_pairs(cfg: PairsConfig, *, status: bool = False, export: str = "") -> di
         summary["api_usage_stored"] = _stored_usage(cfg, done, fps)
     write_json_atomic(out / SUMMARY, summary)
     return summary
+
+
+def _say_if_pairs_change(out: Path, fps: dict, cfg: PairsConfig, prompts: int) -> None:
+    """A warning, before anything is sampled, when pairs.jsonl holds the pairs of other settings (a side's model or
+    sampling, the number of prompts, teacher log-probs): this run rebuilds it for these settings. Nothing is lost
+    (every sample stays in samples.jsonl: the old settings rebuild the old pairs), but a distill reading the file
+    would train on other pairs than before."""
+    path = out / SUMMARY
+    if not (out / PAIRS).exists() or not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    changed = [
+        f"the {side} side's settings" for side in fps if old.get("fingerprints", {}).get(side) != fps[side]
+    ]
+    if old.get("prompts") != prompts:
+        changed.append(f"the prompts ({old.get('prompts')} -> {prompts})")
+    if old.get("teacher_logprobs", cfg.teacher_logprobs) != cfg.teacher_logprobs:
+        changed.append(f"teacher_logprobs ({old.get('teacher_logprobs')} -> {cfg.teacher_logprobs})")
+    if changed:
+        log.warning(
+            "%s holds the pairs of other settings (%s): this run replaces it with the pairs of these settings; the "
+            "samples of the others stay in %s, and the old settings rebuild the old pairs",
+            out / PAIRS, ", ".join(changed), out / SAMPLES,
+        )  # fmt: skip
 
 
 def _open_sides(cfg: PairsConfig, sides: dict, examples: list) -> tuple[dict, dict]:
