@@ -163,3 +163,13 @@ def test_trackio_logs_locally(bench: Bench, tmp_path: Path, monkeypatch) -> None
     assert sft(bench, out, "--train.report_to", "trackio") == 0
     assert list((tmp_path / "trackio").rglob("plad*")), list((tmp_path / "trackio").rglob("*"))
     assert not (out / "logs").exists() or not list((out / "logs").rglob("events.out.tfevents.*"))
+
+
+def test_the_logged_learning_rate_is_the_one_the_step_used(bench: Bench, tmp_path: Path) -> None:
+    """metrics.jsonl's lr at step s is the rate step s trained with (linear warm-up over 4 steps: 1/4, 2/4, 3/4, 1
+    of train.lr), not the next step's."""
+    out = tmp_path / "sft"
+    args = ("--train.max_steps", 4, "--train.log_every", 1, "--train.lr", 1e-3, "--train.warmup_steps", 4)
+    assert sft(bench, out, *args) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])

@@ -214,6 +214,9 @@ class Trainer:
             else None
         )
         self.optimizer.step()
+        self.step_lr = self.scheduler.get_last_lr()[
+            0
+        ]  # the rate this step used (logged), before the schedule moves
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -234,7 +237,7 @@ class Trainer:
         row = window_means(self.accelerator, self.window_log, self.tokens_log)
         row.update(
             step=self.step,
-            lr=self.scheduler.get_last_lr()[0],
+            lr=self.step_lr,
             tokens_per_s=row.pop("tokens") / max(elapsed, 1e-9),
         )
         self.accelerator.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=self.step)
