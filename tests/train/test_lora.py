@@ -116,15 +116,33 @@ def test_merged_folder_is_base_plus_adapters(bench: Bench, tmp_path: Path) -> No
         assert (got - base(input_ids=ids).logits).abs().max() > 1e-3  # the adapters changed the model
 
 
-def test_adapter_only_without_merge(bench: Bench, tmp_path: Path) -> None:
+def test_adapter_only_without_merge(
+    bench: Bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """lora.merge false writes the adapter and the tokenizer, no model; the adapter names its base by an absolute
+    path (here given relative), so peft's AutoPeftModel loads it from anywhere; a stage given the folder as a model
+    says it holds only an adapter and what to do."""
+    from peft import AutoPeftModelForCausalLM
+
+    monkeypatch.chdir(bench.student.parent)
     out = tmp_path / "sft"
     rc = main_inprocess(
-        "sft", "--model", bench.student, "--train_file", bench.sft, "--output_dir", out, "--train.max_steps", 1,
-        "--train.batch_size", 2, "--lora.r", 2, "--lora.merge", "false", "--threads", 1,
+        "sft", "--model", bench.student.name, "--train_file", bench.sft, "--output_dir", out,
+        "--train.max_steps", 1, "--train.batch_size", 2, "--lora.r", 2, "--lora.merge", "false", "--threads", 1,
     )  # fmt: skip
     assert rc == 0
     assert not (out / "model.safetensors").exists() and not (out / "config.json").exists()
     assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    recorded = json.loads((out / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == str(bench.student.resolve())
+    monkeypatch.chdir(tmp_path)
+    assert AutoPeftModelForCausalLM.from_pretrained(str(out / "adapter")) is not None
+    capsys.readouterr()
+    assert (
+        main_inprocess("eval", "--model", out, "--test_file", bench.test, "--output_dir", tmp_path / "ev")
+        == 2
+    )
+    assert "holds only a LoRA adapter" in capsys.readouterr().err
 
 
 def test_kl_init_uses_the_base_with_adapters_off(

@@ -44,6 +44,13 @@ def load_model_config(name: str, what: str = "model") -> Any:
     from transformers import AutoConfig
 
     _check_folder(name, what)
+    adapter = Path(name).expanduser() / "adapter" / "adapter_config.json"
+    if adapter.is_file() and not (Path(name).expanduser() / "config.json").is_file():
+        raise ModelError(
+            f"{what} {name} holds only a LoRA adapter ({adapter.parent}, trained with lora.merge false), not a "
+            "model: train it again with lora.merge true for a model folder, or load the adapter on its base "
+            "(peft's PeftModel.from_pretrained(base, adapter folder)) and save the merged model"
+        )
     try:
         return AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as e:

@@ -117,7 +117,13 @@ def save(
 ) -> None:
     """The adapter to OUTPUT/adapter/, and with `merge` the merged model and its tokenizer at OUTPUT/ (the model
     is merged in place: call this last). `sharded_state`: the full state dict gathered from a model whose
-    parameters FSDP shards; the adapter is read from it, and the merge runs on an unsharded copy built from it."""
+    parameters FSDP shards; the adapter is read from it, and the merge runs on an unsharded copy built from it.
+    A base given as a relative folder is recorded in adapter_config.json as an absolute one, so that peft's
+    AutoPeftModel finds it from any directory."""
+    for adapter in getattr(model, "peft_config", {}).values():
+        base = adapter.base_model_name_or_path
+        if base and Path(base).is_dir():
+            adapter.base_model_name_or_path = str(Path(base).resolve())
     model.save_pretrained(output_dir / ADAPTER_DIR, state_dict=sharded_state)
     if merge:
         from plad.train.distributed import unsharded_copy
