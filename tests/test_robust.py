@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import (
     Bench,
     load_safetensors,
@@ -490,6 +491,43 @@ def test_results_get_the_umask_mode(tmp_path: Path) -> None:
     mask = os.umask(0o022)
     os.umask(mask)
     assert stat.S_IMODE((tmp_path / "here.json").stat().st_mode) == 0o666 & ~mask
+
+
+def test_trained_weights_get_the_umask_mode(bench: Bench, tmp_path: Path) -> None:
+    """safetensors writes its files 0o600: the trained model, a LoRA adapter and a checkpoint's weights get the
+    umask's mode like every other file plad writes, so other users of a shared machine can read them."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    want = 0o666 & ~mask
+    base = (
+        "sft",
+        "--model",
+        bench.student,
+        "--train_file",
+        bench.sft,
+        "--train.batch_size",
+        4,
+        "--threads",
+        1,
+    )
+    assert main_inprocess(*base, "--output_dir", tmp_path / "full", "--train.max_steps", 1) == 0
+    assert (
+        main_inprocess(*base, "--output_dir", tmp_path / "lora", "--train.max_steps", 1, "--lora.r", 2) == 0
+    )
+    written = [tmp_path / "full" / "model.safetensors", tmp_path / "lora" / "model.safetensors"]
+    written.append(tmp_path / "lora" / "adapter" / "adapter_model.safetensors")
+    assert {p: stat.S_IMODE(p.stat().st_mode) for p in written} == dict.fromkeys(written, want)
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from plad.train.loop import _save_checkpoint
+
+    AcceleratorState._reset_state(reset_partial_state=False)  # as the training loop does: earlier runs' settings
+    accelerator = Accelerator(cpu=True)
+    accelerator.prepare(torch.nn.Linear(2, 2))
+    _save_checkpoint(accelerator, tmp_path / "ck", 1, "fp", keep=1)
+    checkpoint = next((tmp_path / "ck" / "checkpoints").glob("step-*/model.safetensors"))
+    assert stat.S_IMODE(checkpoint.stat().st_mode) == want
 
 
 def test_only_plads_own_log_lines_say_plad(tmp_path: Path) -> None:

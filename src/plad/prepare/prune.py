@@ -21,6 +21,7 @@ import torch
 from plad.config import PruneConfig, require
 from plad.core.models import load_model_config, load_tokenizer
 from plad.utils.errors import ConfigError, ModelError
+from plad.utils.io import with_default_mode
 
 log = logging.getLogger("plad")
 
@@ -148,6 +149,7 @@ def run_prune(cfg: PruneConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     small.save_pretrained(out)
     tok.save_pretrained(out)
+    with_default_mode(out)
     info = {
         "model": cfg.model,
         "kept_layers": keep,

@@ -32,7 +32,7 @@ from typing import Any
 from plad.config import PrepareConfig, PruneConfig, SFTConfig, fingerprint, result_settings
 from plad.train.precision import resolve_train
 from plad.utils.errors import ConfigError, DataError, ModelError
-from plad.utils.io import read_jsonl, write_json_atomic, write_jsonl_atomic
+from plad.utils.io import read_jsonl, with_default_mode, write_json_atomic, write_jsonl_atomic
 
 log = logging.getLogger("plad")
 
@@ -152,6 +152,7 @@ def convert_gguf(gguf: Path, out: Path) -> dict:
         del model.config.quantization_config
     model.save_pretrained(out)
     tok.save_pretrained(out)
+    with_default_mode(out)
     return {
         "architecture": type(model).__name__,
         "parameters": model.num_parameters(),

@@ -34,7 +34,7 @@ from plad.train.lora import check_trained_in_checkpoint, checkpoint_trained_only
 from plad.train.precision import for_loaded_model
 from plad.utils import signals
 from plad.utils.errors import ConfigError
-from plad.utils.io import append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
+from plad.utils.io import append_jsonl, read_jsonl, with_default_mode, write_json_atomic, write_jsonl_atomic
 from plad.utils.outputs import STATE_FILE, SUMMARY_FILE, saved_checkpoints
 
 log = logging.getLogger("plad")
@@ -480,6 +480,7 @@ def _save_model(model: Any, tokenizer: Any, output_dir: Path, state: dict | None
             state[tied] = state[source]
     model.save_pretrained(output_dir, state_dict=state)
     tokenizer.save_pretrained(output_dir)
+    with_default_mode(output_dir)
 
 
 def _save_checkpoint(accelerator: Any, output_dir: Path, step: int, fingerprint: str, keep: int) -> None:
@@ -495,6 +496,7 @@ def _save_checkpoint(accelerator: Any, output_dir: Path, step: int, fingerprint:
         # every process writes into tmp (its random state; under FSDP its shards): all done before the rename
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            with_default_mode(tmp)
             write_json_atomic(tmp / STATE_FILE, {"step": step, "fingerprint": fingerprint})
     except Exception as e:
         full = disk_nearly_full(root)  # measured before the partial checkpoint is removed

@@ -22,6 +22,7 @@ import torch
 from plad.config import LoraOptions
 from plad.core.models import quiet_peft
 from plad.utils.errors import ConfigError
+from plad.utils.io import with_default_mode
 from plad.utils.seeds import derive_seed
 
 log = logging.getLogger("plad")
@@ -131,6 +132,7 @@ def save(
         merged = (model if sharded_state is None else unsharded_copy(model, sharded_state)).merge_and_unload()
         merged.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
+    with_default_mode(output_dir)
 
 
 def save_plain(model: Any, folder: Path) -> None:

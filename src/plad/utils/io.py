@@ -133,6 +133,14 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+def with_default_mode(folder: Path) -> None:
+    """The safetensors files under `folder` (written by save_pretrained, or accelerate's save_state) given the
+    mode a plain open() gives (0o666 less the umask): safetensors writes them 0o600, which other users of a shared
+    machine cannot read."""
+    for path in Path(folder).rglob("*.safetensors"):
+        path.chmod(0o666 & ~_UMASK)
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write to a temp file in the same folder, fsync, rename: readers see the old or the new file, never half.
     The file gets the mode a plain open() would give it (0o666 less the umask), not mkstemp's 0o600."""
