@@ -348,6 +348,9 @@ def test_stage_pairs_k2_with_scores(bench: Bench, stage_pairs: Path) -> None:
     summary = json.loads((stage_pairs / "summary.json").read_text())
     assert summary["pairs"] == 12 and summary["prompts"] == 6 and summary["num_student_samples"] == 2
     assert summary["generated_rows_this_run"] == 18
+    finish = [(s["side"], s["finish"]) for s in samples.values()]  # the untrained bench models rarely end
+    cut = {side: finish.count((side, "length")) for side in ("teacher", "student")}
+    assert summary["cut_by_max_new_tokens"] == cut
 
 
 def test_pairs_rebuilt_with_other_settings_says_so_first(

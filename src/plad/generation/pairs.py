@@ -137,6 +137,7 @@ def run_pairs(cfg: PairsConfig, *, status: bool = False, export: str = "") -> di
         scorer.teacher_logps = teacher_logps
     pairs, scores = _materialize(examples, done, fps, cfg, scorer, teacher_logps)
     write_jsonl_atomic(out / PAIRS, pairs)
+    cut = _cut_by_length(examples, sides, done, fps)
     summary = {
         "prompts": len(examples),
         "pairs": len(pairs),
@@ -146,6 +147,7 @@ def run_pairs(cfg: PairsConfig, *, status: bool = False, export: str = "") -> di
         "seconds_this_run": round(time.perf_counter() - t0, 2),
         "fingerprints": fps,
         "teacher_logprobs": cfg.teacher_logprobs,
+        "cut_by_max_new_tokens": cut,
         "teacher": {"model": cfg.teacher.model, "sampling": to_dict(cfg.teacher.sampling)},
         "student": {"model": cfg.student.model, "sampling": to_dict(cfg.student.sampling)},
         **scores,
@@ -155,6 +157,23 @@ def run_pairs(cfg: PairsConfig, *, status: bool = False, export: str = "") -> di
         summary["api_usage_stored"] = _stored_usage(cfg, done, fps)
     write_json_atomic(out / SUMMARY, summary)
     return summary
+
+
+def _cut_by_length(examples: list, sides: dict, done: dict, fps: dict) -> dict[str, int]:
+    """How many of each side's samples stopped at sampling.max_new_tokens instead of ending; a warning when any
+    did: such an output is trained on as if it had ended (its end token is added), so a model learns to stop
+    mid-answer where many are cut."""
+    cut = {}
+    for name, (side, k) in sides.items():
+        rows = [done.get((ex.id, name, j, fps[name])) for ex in examples for j in range(k)]
+        cut[name] = sum(1 for r in rows if r is not None and r.get("finish") == "length")
+        if cut[name]:
+            log.warning(
+                "%s: %d of %d samples stopped at sampling.max_new_tokens=%d before they ended; they are trained on "
+                "as if they had ended: raise %s.sampling.max_new_tokens",
+                name, cut[name], len(rows), side.sampling.max_new_tokens, name,
+            )  # fmt: skip
+    return cut
 
 
 def _say_if_pairs_change(out: Path, fps: dict, cfg: PairsConfig, prompts: int) -> None:
