@@ -522,7 +522,9 @@ def test_trained_weights_get_the_umask_mode(bench: Bench, tmp_path: Path) -> Non
 
     from plad.train.loop import _save_checkpoint
 
-    AcceleratorState._reset_state(reset_partial_state=False)  # as the training loop does: earlier runs' settings
+    AcceleratorState._reset_state(
+        reset_partial_state=False
+    )  # as the training loop does: earlier runs' settings
     accelerator = Accelerator(cpu=True)
     accelerator.prepare(torch.nn.Linear(2, 2))
     _save_checkpoint(accelerator, tmp_path / "ck", 1, "fp", keep=1)

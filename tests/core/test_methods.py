@@ -27,26 +27,62 @@ def store(bench: Bench, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_teacher_logprobs_stored_with_every_pair(bench: Bench, store: Path) -> None:
+    """The teacher's summed log-prob of each output with its EOS, or without one for an output max_new_tokens cut
+    (finish length: it did not end there; training reads it so too)."""
     from plad.core.models import load_model_and_tokenizer
 
     pairs = read_jsonl(store / "pairs.jsonl")
     assert len(pairs) == 12
     teacher, tok = load_model_and_tokenizer(str(bench.teacher))
     teacher.eval()
-    for p in pairs[:4]:
+    finishes = set()
+    for p in pairs:
         prompt = tok(p["prompt"]).input_ids
         for side in ("chosen", "rejected"):
-            out = tok(p[side], add_special_tokens=False).input_ids + [tok.eos_token_id]
+            out = tok(p[side], add_special_tokens=False).input_ids
+            finishes.add(p["meta"][f"{side}_finish"])
+            if p["meta"][f"{side}_finish"] != "length" or not out:
+                out.append(tok.eos_token_id)
             with torch.no_grad():
                 logits = teacher(input_ids=torch.tensor([prompt + out])).logits[0, len(prompt) - 1 : -1]
             expected = float(torch.log_softmax(logits, -1).gather(-1, torch.tensor(out)[:, None]).sum())
             assert p["teacher_logps"][side] == pytest.approx(expected, abs=1e-4)
             assert p["teacher_logps"][f"{side}_tokens"] == len(out)
+    assert finishes == {"eos", "length"}  # both cases checked
     # the k student samples of a prompt share the teacher output, hence its log-prob
     by_prompt = {}
     for p in pairs:
         by_prompt.setdefault(p["prompt_id"], set()).add(p["teacher_logps"]["chosen"])
     assert all(len(v) == 1 for v in by_prompt.values())
+
+
+def test_a_cut_output_trains_without_an_end_token(bench: Bench) -> None:
+    """A pair output that max_new_tokens cut (meta finish length) is encoded without its end token, in pair and
+    list items alike; an ended one, or one of a pairs file without finishes, keeps it. Teacher log-probs made when
+    cut outputs were scored with an end token are refused, saying how to update them."""
+    from plad.config import DataOptions
+    from plad.core.models import load_tokenizer
+    from plad.train.stages import list_items, pair_items
+    from plad.utils.errors import DataError
+
+    tok = load_tokenizer(str(bench.student))
+    row = {"id": "a", "prompt": "count: 3", "chosen": "three things", "rejected": "thr",
+           "meta": {"chosen_finish": "eos", "rejected_finish": "length"}}  # fmt: skip
+    body = {k: tok(row[k], add_special_tokens=False).input_ids for k in ("chosen", "rejected")}
+    (it,) = pair_items([row], tok, DataOptions(), "pairs.jsonl", "pairs")
+    assert it.chosen == body["chosen"] + [tok.eos_token_id] and it.rejected == body["rejected"]
+    (it,) = pair_items(
+        [{k: v for k, v in row.items() if k != "meta"}], tok, DataOptions(), "pairs.jsonl", "pairs"
+    )
+    assert it.rejected == body["rejected"] + [tok.eos_token_id]  # no finish recorded: it ended
+    (it,) = list_items([row], tok, DataOptions(), "pairs.jsonl")
+    assert it.outputs == [body["chosen"] + [tok.eos_token_id], body["rejected"]]
+    old = {**row, "teacher_logps": {"chosen": -1.0, "rejected": -2.0}}
+    with pytest.raises(DataError, match="run the same `plad pairs` command again"):
+        pair_items([old], tok, DataOptions(), "pairs.jsonl", "pairs")
+    (it,) = pair_items([{**old, "teacher_logps": {**old["teacher_logps"], "cut_unended": True}}], tok,
+                       DataOptions(), "pairs.jsonl", "pairs")  # fmt: skip
+    assert it.teacher_rejected_logp == -2.0
 
 
 def test_teacher_logprobs_resume_scores_only_what_is_missing(

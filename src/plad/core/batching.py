@@ -129,10 +129,15 @@ def encode_output(
     stats: Truncation,
     where: str = "",
     prompt: str | list = "",
+    ended: bool = True,
 ) -> list[int]:
     """Output tokens + the token that ends an answer to `prompt` (the model must learn to stop): EOS after a text
-    prompt, the chat template's end-of-turn token after chat messages (see `end_id`)."""
-    ids = tokenizer(text, add_special_tokens=False).input_ids + [end_id(tokenizer, prompt)]
+    prompt, the chat template's end-of-turn token after chat messages (see `end_id`). ended=False: an output that
+    was cut (a sample stopped by max_new_tokens, finish "length") gets no end token: it did not end there (unless
+    its text has no tokens at all: an output needs one)."""
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    if ended or not ids:
+        ids.append(end_id(tokenizer, prompt))
     if len(ids) > options.max_target_tokens:
         if options.overlong == "error":
             raise DataError(

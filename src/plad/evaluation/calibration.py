@@ -58,7 +58,10 @@ def encode_pairs(
         p = encode_prompt(tok, r["prompt"], options, stats, where)
         for key in ("chosen", "rejected"):
             prompts.append(p)
-            outputs.append(encode_output(tok, r[key], options, stats, where, r["prompt"]))
+            ended = (r.get("meta") or {}).get(
+                f"{key}_finish"
+            ) != "length"  # a sample max_new_tokens cut: no end
+            outputs.append(encode_output(tok, r[key], options, stats, where, r["prompt"], ended))
     return prompts, outputs, stats
 
 

@@ -161,16 +161,16 @@ def run_pairs(cfg: PairsConfig, *, status: bool = False, export: str = "") -> di
 
 def _cut_by_length(examples: list, sides: dict, done: dict, fps: dict) -> dict[str, int]:
     """How many of each side's samples stopped at sampling.max_new_tokens instead of ending; a warning when any
-    did: such an output is trained on as if it had ended (its end token is added), so a model learns to stop
-    mid-answer where many are cut."""
+    did: such an output is trained on without an end token (the model is not taught to stop there), but it is
+    not a whole answer."""
     cut = {}
     for name, (side, k) in sides.items():
         rows = [done.get((ex.id, name, j, fps[name])) for ex in examples for j in range(k)]
         cut[name] = sum(1 for r in rows if r is not None and r.get("finish") == "length")
         if cut[name]:
             log.warning(
-                "%s: %d of %d samples stopped at sampling.max_new_tokens=%d before they ended; they are trained on "
-                "as if they had ended: raise %s.sampling.max_new_tokens",
+                "%s: %d of %d samples stopped at sampling.max_new_tokens=%d before they ended (trained on without "
+                "an end token); raise %s.sampling.max_new_tokens for whole answers",
                 name, cut[name], len(rows), side.sampling.max_new_tokens, name,
             )  # fmt: skip
     return cut
@@ -373,6 +373,9 @@ def _teacher_logprobs(
     def text_of(ex: Any, side: str, j: int) -> str:
         return done[(ex.id, side, j, fps[side])]["text"]
 
+    def ended(ex: Any, side: str, j: int) -> bool:
+        return done[(ex.id, side, j, fps[side])]["finish"] != "length"
+
     def row_of(ex: Any, side: str, j: int, logp: float, n: int) -> dict:
         row = {
             "id": ex.id,
@@ -399,7 +402,7 @@ def _teacher_logprobs(
             model = for_inference(model)
         else:
             model, tok = teacher.model, teacher.tokenizer
-        _score_locally(cfg, examples, todo, text_of, row_of, path, model, tok)
+        _score_locally(cfg, examples, todo, (text_of, ended), row_of, path, model, tok)
     return {(k[0], k[1], k[2]): v for k, v in stored.items() if v["sample_fingerprint"] == fps[k[1]]}
 
 
@@ -417,14 +420,25 @@ def _logp_fingerprint(cfg: PairsConfig) -> str:
             "dtype": cfg.teacher.dtype,
             "tokenizer": model_identity(cfg.teacher.tokenizer) if cfg.teacher.tokenizer else "",
             "data": to_dict(cfg.data),
+            "cut_outputs": "no end token",  # scored before they were: recomputed once
         }
     return fingerprint(scorer_ident)
 
 
 def _score_locally(
-    cfg: PairsConfig, examples: list, todo: list, text_of: Any, row_of: Any, path: Path, model: Any, tok: Any
+    cfg: PairsConfig,
+    examples: list,
+    todo: list,
+    sample_of: tuple,
+    row_of: Any,
+    path: Path,
+    model: Any,
+    tok: Any,
 ) -> None:
-    """Score the `todo` samples with a local teacher, appending rows to `path` per chunk."""
+    """Score the `todo` samples with a local teacher, appending rows to `path` per chunk; `sample_of`: (its text,
+    whether it ended) of (example, side, index). A cut sample is scored without an end token, as training reads
+    it."""
+    text_of, ended = sample_of
     from plad.core.logprobs import score_outputs
 
     stats = Truncation()
@@ -442,7 +456,9 @@ def _score_locally(
         # tokens can be longer in the teacher's tokens; only a row past the positions loses its end
         outputs = [
             fit_output(
-                encode_output(tok, text_of(ex, side, j), cfg.data, stats, f"{ex.id}", ex.prompt),
+                encode_output(
+                    tok, text_of(ex, side, j), cfg.data, stats, f"{ex.id}", ex.prompt, ended(ex, side, j)
+                ),
                 len(prompts[ex.id]),
                 limit,
                 stats,
@@ -555,6 +571,7 @@ def _pair_row(
             "chosen_tokens": tc["n_tokens"],
             "rejected_tokens": tr["n_tokens"],
             "model": cfg.teacher.model,
+            "cut_unended": True,  # a cut sample (finish "length") scored without an end token, as training reads it
         }
     return row
 

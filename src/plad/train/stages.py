@@ -119,19 +119,24 @@ def pair_items(pairs: list[dict], tokenizer: object, cfg_data, where: str, sourc
         loc = f"{where} id {row['id']}"
         prompt = encode_prompt(tokenizer, row["prompt"], cfg_data, stats, loc)
         if source == "teacher":
+            teacher_key = "rejected" if (row.get("meta") or {}).get("chosen_side") == "student" else "chosen"
+            text, ended = _teacher_text(row), _ended(row, teacher_key)
             items.append(
-                Item(
-                    prompt, encode_output(tokenizer, _teacher_text(row), cfg_data, stats, loc, row["prompt"])
-                )
+                Item(prompt, encode_output(tokenizer, text, cfg_data, stats, loc, row["prompt"], ended))
             )
             continue
         scores = row.get("scores") or {}
         teacher = row.get("teacher_logps") or {}
+        _check_teacher_logps(row, teacher, loc)
         items.append(
             Item(
                 prompt,
-                encode_output(tokenizer, row["chosen"], cfg_data, stats, loc, row["prompt"]),
-                encode_output(tokenizer, row["rejected"], cfg_data, stats, loc, row["prompt"]),
+                encode_output(
+                    tokenizer, row["chosen"], cfg_data, stats, loc, row["prompt"], _ended(row, "chosen")
+                ),
+                encode_output(
+                    tokenizer, row["rejected"], cfg_data, stats, loc, row["prompt"], _ended(row, "rejected")
+                ),
                 float(scores.get("chosen", 0.0)),
                 float(scores.get("rejected", 0.0)),
                 float(teacher.get("chosen", 0.0)),
@@ -142,6 +147,23 @@ def pair_items(pairs: list[dict], tokenizer: object, cfg_data, where: str, sourc
     if stats.prompts or stats.targets:
         log.warning("%s: %s", where, stats.report())
     return items
+
+
+def _ended(row: dict, key: str) -> bool:
+    """Whether a pair row's `chosen` / `rejected` output ended (an end token follows it in training); False for a
+    sample that max_new_tokens cut (finish "length" in the row's meta). Pairs of other sources end."""
+    return (row.get("meta") or {}).get(f"{key}_finish") != "length"
+
+
+def _check_teacher_logps(row: dict, teacher: dict, loc: str) -> None:
+    """Teacher log-probs of a cut sample that counted an end token (pairs made before plad scored cut samples
+    without one) do not match the student's log-prob of the same output: refused, saying how to update them."""
+    if teacher and not teacher.get("cut_unended") and not (_ended(row, "chosen") and _ended(row, "rejected")):
+        raise DataError(
+            f"{loc}: the teacher log-probs of this pair's cut output (finish length) count an end token that "
+            "training no longer adds (pairs made by an older plad): run the same `plad pairs` command again on "
+            "its store (only the teacher log-probs are recomputed)"
+        )
 
 
 def _teacher_text(row: dict) -> str:
@@ -162,13 +184,17 @@ def list_items(pairs: list[dict], tokenizer: object, cfg_data, where: str) -> li
         scored = all(r.get("scores") for r in rows)
         ranked = (rows[0].get("meta") or {}).get("ranked_by")
         teacher_text, teacher_score, students = _teacher_text(rows[0]), None, []
+        teacher_ended = True
         for r in rows:
             student_side = "chosen" if (r.get("meta") or {}).get("chosen_side") == "student" else "rejected"
             teacher_side = "rejected" if student_side == "chosen" else "chosen"
             if scored:
                 teacher_score = r["scores"][teacher_side]
-            students.append((r[student_side], r["scores"][student_side] if scored else 0.0))
-        outputs = [(teacher_text, teacher_score if scored else 1.0)] + students
+            teacher_ended = _ended(r, teacher_side)
+            students.append(
+                (r[student_side], r["scores"][student_side] if scored else 0.0, _ended(r, student_side))
+            )
+        outputs = [(teacher_text, teacher_score if scored else 1.0, teacher_ended)] + students
         if ranked and scored:
             outputs.sort(key=lambda o: -o[1])
             levels = sorted({o[1] for o in outputs}, reverse=True)
@@ -179,7 +205,10 @@ def list_items(pairs: list[dict], tokenizer: object, cfg_data, where: str) -> li
             levels = sorted({o[1] for o in tail}, reverse=True)
             ranks = [0] + [1 + levels.index(o[1]) for o in tail]
         prompt = encode_prompt(tokenizer, rows[0]["prompt"], cfg_data, stats, loc)
-        ids = [encode_output(tokenizer, text, cfg_data, stats, loc, rows[0]["prompt"]) for text, _ in outputs]
+        ids = [
+            encode_output(tokenizer, text, cfg_data, stats, loc, rows[0]["prompt"], ended)
+            for text, _, ended in outputs
+        ]
         text = rows[0]["prompt"] if isinstance(rows[0]["prompt"], str) else ""
         items.append(Item(prompt, ids[0], outputs=ids, ranks=ranks, prompt_text=text))
     if stats.prompts or stats.targets:
