@@ -1856,3 +1856,22 @@ def test_the_table_is_big_and_spans_every_command() -> None:
     assert len(CASES) >= 60 and len({p.id for p in CASES}) == len(CASES)
     commands = {p.id.split("-")[0] for p in CASES}
     assert set(COMMANDS) | {"report"} <= commands | {"cli", "config"}, set(COMMANDS) - commands
+
+
+def test_a_model_name_close_to_a_local_folder_is_said_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A name that is no folder here is looked up on the Hub (offline that takes most of a minute to fail): when a
+    folder beside it has a close name (a typo), a warning says so before the lookup; a hub id with no such folder
+    near gets none."""
+    from plad.core.models import _check_folder
+
+    (tmp_path / "student-sft").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("WARNING", logger="plad"):
+        _check_folder("student-sfx", "student model")
+        _check_folder("Qwen/Qwen2.5-0.5B", "model")
+    assert caplog.messages == [
+        "student model student-sfx is not a folder here (did you mean student-sft?); looking it up on the Hugging "
+        "Face Hub"
+    ]

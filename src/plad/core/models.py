@@ -27,8 +27,11 @@ def _looks_local(name: str) -> bool:
 
 
 def _check_folder(name: str, what: str) -> None:
-    """A local model / tokenizer folder exists and holds something."""
+    """A local model / tokenizer folder exists and holds something. A name that is no folder here is a hub id; when
+    a folder beside it has a close name (a typo), a warning says so at once, before the Hub is asked (offline, that
+    takes most of a minute to fail)."""
     if not _looks_local(name):
+        _say_if_a_typo(name, what)
         return
     p = Path(name).expanduser()
     if not p.is_dir():
@@ -37,6 +40,21 @@ def _check_folder(name: str, what: str) -> None:
         raise ModelError(
             f"{what} folder {name} is empty; give a folder that a model was saved to (save_pretrained)"
         )
+
+
+def _say_if_a_typo(name: str, what: str) -> None:
+    import difflib
+
+    where = Path(name).parent
+    try:
+        near = [p.name for p in where.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except OSError:
+        return
+    if close := difflib.get_close_matches(Path(name).name, near, n=1, cutoff=0.8):
+        log.warning(
+            "%s %s is not a folder here (did you mean %s?); looking it up on the Hugging Face Hub",
+            what, name, where / close[0] if str(where) != "." else close[0],
+        )  # fmt: skip
 
 
 def load_model_config(name: str, what: str = "model") -> Any:
