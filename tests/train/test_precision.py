@@ -11,6 +11,8 @@ import pytest
 import torch
 from conftest import Bench, load_safetensors, main_inprocess, read_jsonl
 
+from plad.utils.errors import ModelError
+
 
 def _sft(bench: Bench, out: Path, precision: str) -> int:
     return main_inprocess(
@@ -170,13 +172,15 @@ def test_stored_parameters_counts_the_saved_weights(
     )  # what a hub id resolves to: a config, no weights here
     assert stored_parameters(str(tmp_path / "config-only")) == want
     assert stored_dtype(str(tmp_path / "config-only")) == "float32"
-    assert stored_parameters(str(tmp_path)) is None
+    with pytest.raises(ModelError, match="is not a model folder"):  # what its stage would say, said first
+        stored_parameters(str(tmp_path))
 
     def offline(*args: object, **kwargs: object) -> None:
         raise OSError("We couldn't connect to 'https://huggingface.co'")
 
     monkeypatch.setattr(AutoConfig, "from_pretrained", offline)
-    assert stored_parameters("HuggingFaceTB/SmolLM2-135M") is None
+    with pytest.raises(ModelError, match="is not a model folder or hub id with a config.json"):
+        stored_parameters("HuggingFaceTB/SmolLM2-135M")
 
 
 def test_auto_is_resolved_before_the_stage_records_it(
@@ -246,7 +250,8 @@ def test_auto_reads_the_stored_dtype_when_dtype_is_auto(
     model.save_pretrained(tmp_path / "bf16")
     assert precision.stored_dtype(str(tmp_path / "bf16")) == "bfloat16"
     assert precision.stored_dtype(str(bench.student)) == "float32"
-    assert precision.stored_dtype(str(tmp_path / "nothing")) is None
+    with pytest.raises(ModelError, match="does not exist"):
+        precision.stored_dtype(str(tmp_path / "nothing"))
     assert precision.auto_mixed_precision(str(tmp_path / "bf16"), "auto")[0] == "no"
     assert precision.auto_mixed_precision(str(bench.student), "auto")[0] == "bf16"
 

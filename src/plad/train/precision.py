@@ -52,7 +52,7 @@ def auto_mixed_precision(model: str | Any, dtype: str) -> tuple[str, str]:
     else:
         n = sum(p.numel() for p in model.parameters())
     if n is None:
-        return "no", f"the parameter count of {model} is unknown (no safetensors weights, no readable config)"
+        return "no", f"the parameter count of {model} is unknown (its config is not a language model's)"
     if n < AUTO_BF16_MIN_PARAMETERS:
         return "no", f"{n:,} parameters: below {AUTO_BF16_MIN_PARAMETERS:,}, bf16 autocast is slower on a CPU"
     return "bf16", f"{n:,} parameters on a CPU with native bf16"
@@ -69,8 +69,9 @@ def _cpu_has_native_bf16() -> bool:
 
 def stored_parameters(model: str) -> int | None:
     """The number of parameters of a model folder or hub id, without loading its weights: from its safetensors
-    files' headers, or else (a hub id, .bin weights) from its config, the model built on the meta device; None where
-    neither can be read (a hub id offline and not in the cache: loading it fails too)."""
+    files' headers, or else (a hub id, .bin weights) from its config, the model built on the meta device (None for
+    a config that is not a language model's: its stage says so). A model whose config cannot be read raises the
+    ModelError its stage would."""
     from safetensors import safe_open
 
     files = sorted(Path(model).glob("*.safetensors")) if Path(model).is_dir() else []
@@ -88,12 +89,11 @@ def stored_parameters(model: str) -> int | None:
 
 
 def _config(model: str) -> Any:
-    from transformers import AutoConfig
+    """The model's config, or the error its stage would stop with (a missing folder, a hub id that cannot be
+    fetched), said once, here, before anything else is done."""
+    from plad.core.models import load_model_config
 
-    try:
-        return AutoConfig.from_pretrained(model)
-    except (OSError, ValueError):
-        return None
+    return load_model_config(model)
 
 
 def _parameters_from_config(model: str) -> int | None:
@@ -101,8 +101,6 @@ def _parameters_from_config(model: str) -> int | None:
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     config = _config(model)
-    if config is None:
-        return None
     auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     try:
         with torch.device("meta"):  # no memory; tied weights counted once, as loaded
@@ -117,7 +115,8 @@ _SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "
 
 def stored_dtype(model: str) -> str | None:
     """The dtype `dtype: auto` loads a model in: its first floating-point safetensors weight's (from the header),
-    or else (a hub id, .bin weights) its config's dtype; None where neither says."""
+    or else (a hub id, .bin weights) its config's dtype; None where neither says. A model whose config cannot be
+    read raises the ModelError its stage would."""
     from safetensors import safe_open
 
     files = sorted(Path(model).glob("*.safetensors")) if Path(model).is_dir() else []
