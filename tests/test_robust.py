@@ -552,6 +552,19 @@ def test_only_plads_own_log_lines_say_plad(tmp_path: Path) -> None:
     assert fmt.format(record) == "plad: eval: done"
 
 
+def test_a_full_fine_tuning_checkpoint_logs_no_third_party_noise(bench: Bench, tmp_path: Path) -> None:
+    """accelerate warns "Removed shared tensor {'lm_head.weight'} ..." at every checkpoint of a model with tied
+    embeddings (harmless: loading ties them again, and --resume continues bit for bit): plad's log leaves it out,
+    and every other line of a checkpointing sft is plad's own."""
+    proc = run_plad(
+        "sft", "--model", bench.student, "--train_file", bench.sft, "--output_dir", tmp_path / "sft",
+        "--train.max_steps", 3, "--train.save_every", 1, "--train.batch_size", 4, "--threads", 1,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Removed shared tensor" not in proc.stderr
+    assert all(line.startswith("plad: ") for line in proc.stderr.splitlines() if line.strip()), proc.stderr
+
+
 def test_a_store_holding_a_key_twice_uses_it_once(tmp_path: Path, caplog) -> None:
     """Two writers before the lock (or a store appended to itself) can leave one key twice in samples.jsonl: the
     pairs use it once (the first row), with a warning, and a rerun requests nothing."""

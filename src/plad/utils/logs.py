@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 
@@ -15,6 +16,20 @@ class Format(logging.Formatter):
         return super().format(record)
 
 
+# Other libraries' warnings that say nothing to a plad user, by logger and start of message, with why:
+HARMLESS = [
+    # accelerate's save_state stores a tied weight once (every full fine-tuning checkpoint of a model with tied
+    # embeddings); loading ties it again, and --resume is tested to continue bit for bit
+    ("accelerate.utils.other", "Removed shared tensor"),
+]
+
+
+class _Harmless(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = re.sub(r"^\[RANK \d+\] ", "", record.getMessage())  # accelerate's per-process prefix
+        return not any(record.name == name and message.startswith(start) for name, start in HARMLESS)
+
+
 def setup_logging(quiet: bool = False, tag: str = "") -> None:
     """plad's logger at INFO (-q: WARNING); other libraries' loggers at WARNING (their INFO lines, like rouge-score's
     "Using default tokenizer.", are not shown). `tag` follows the source in every line (a bench worker's `[pid]`)."""
@@ -24,6 +39,7 @@ def setup_logging(quiet: bool = False, tag: str = "") -> None:
     for old in [h for h in root.handlers if getattr(h, "_plad", False)]:  # main() called again in one process
         root.removeHandler(old)
     handler._plad = True  # type: ignore[attr-defined]
+    handler.addFilter(_Harmless())
     if not root.handlers:
         root.addHandler(handler)
     root.setLevel(logging.WARNING)
