@@ -70,6 +70,19 @@ def test_sft_folder_has_a_card(trained: dict, bench: Bench) -> None:
     assert meta["plad"]["command"] == "plad sft" and meta["plad"]["steps"] == 2
     assert f"starting from `{bench.student}`" in c.text
     assert f"`train_file`: `{bench.sft}`" in c.text and "Not evaluated yet" in c.text
+    assert "`mixed_precision` no" in c.text and "LoRA" not in c.text  # what auto chose here
+
+
+def test_a_lora_card_says_so(bench: Bench, tmp_path: Path) -> None:
+    out = tmp_path / "lora"
+    rc = main_inprocess(
+        "-q", "sft", "--model", bench.student, "--train_file", bench.sft, "--output_dir", out, *STEPS,
+        "--lora.r", 4, "--lora.merge", "false",
+    )  # fmt: skip
+    assert rc == 0
+    assert "- LoRA: `r` 4, `alpha` 16.0, `dropout` 0.0, target modules ['all-linear']; the adapter only" in (
+        card(out).text
+    )
 
 
 def test_distilled_card_names_method_settings_teacher_and_data(trained: dict) -> None:

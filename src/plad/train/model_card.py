@@ -202,7 +202,16 @@ def body(info: dict) -> str:
     lines += ["", "## Training", ""]
     train = cfg.get("train") or {}
     keys = ("max_steps", "batch_size", "grad_accum", "lr", "schedule", "warmup_steps", "weight_decay", "seed")
+    keys += ("mixed_precision",)
     lines.append(f"- {_settings(train, keys)}; weights `{cfg.get('dtype')}`")
+    if (lora := cfg.get("lora") or {}) and (lora.get("r") or lora.get("config")):
+        what = (
+            f"`lora.config` {lora['config']}"
+            if lora.get("config")
+            else _settings(lora, ("r", "alpha", "dropout"))
+        )
+        merged = "merged into the weights" if lora.get("merge", True) else "the adapter only, in `adapter/`"
+        lines.append(f"- LoRA: {what}, target modules {lora.get('target_modules')}; {merged}")
     lines.append(
         f"- finished {summary.get('steps')} steps in {summary.get('train_seconds')} s, final loss "
         f"{summary.get('final_loss')}"
