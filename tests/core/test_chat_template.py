@@ -158,6 +158,24 @@ def test_chat_prompt_ids_by_hand_with_one_bos(toks: dict, kind: str) -> None:
     assert encode_prompts(tok, examples, OPTS, "f.jsonl") == [got, ids(tok, " ".join(want))]
 
 
+def test_a_text_prompt_for_a_chat_model_is_said_once(toks: dict, caplog: pytest.LogCaptureFixture) -> None:
+    """A text prompt is used as it is, without the chat template: said once per tokenizer (a file may mix text
+    and chat rows), never for chat messages, nor for a tokenizer without a template."""
+    import copy
+
+    tok = copy.deepcopy(toks["chatml"])  # a tokenizer not warned about by an earlier test
+    with caplog.at_level("WARNING", logger="plad"):
+        encode_prompt(tok, MESSAGES, OPTS, Truncation(), "f.jsonl id 1")
+        assert not caplog.messages
+        encode_prompt(tok, "count: a", OPTS, Truncation(), "f.jsonl id 2")
+        encode_prompt(tok, "count: b", OPTS, Truncation(), "f.jsonl id 3")
+        no_template = copy.deepcopy(toks["chatml"])
+        no_template.chat_template = None
+        encode_prompt(no_template, "count: a", OPTS, Truncation(), "f.jsonl id 4")
+    assert len(caplog.messages) == 1 and caplog.messages[0].startswith("f.jsonl id 2: a text prompt for ")
+    assert "without the template" in caplog.messages[0]
+
+
 @pytest.mark.parametrize("kind", list(END_OF_TURN))
 def test_end_of_turn_found_in_the_template(toks: dict, kind: str) -> None:
     tok = toks[kind]

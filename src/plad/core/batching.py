@@ -93,12 +93,30 @@ class Truncation:
         return f"truncated {self.prompts} prompts and {self.targets} outputs over the length limits"
 
 
+_TEXT_ON_CHAT: weakref.WeakSet = weakref.WeakSet()  # tokenizers already warned about
+
+
+def _say_text_on_a_chat_model(tokenizer: Any, where: str) -> None:
+    """Once per tokenizer: a text prompt for a model with a chat template is used as it is, without the template,
+    which a chat model often answers poorly (a file may mix text and chat rows)."""
+    if tokenizer in _TEXT_ON_CHAT:
+        return
+    _TEXT_ON_CHAT.add(tokenizer)
+    logging.getLogger("plad").warning(
+        "%s: a text prompt for %s, which has a chat template: text prompts are used as they are, without the "
+        'template; give chat messages ({"prompt": [{"role": "user", "content": ...}]}) to use it',
+        where or "data", getattr(tokenizer, "name_or_path", "the model"),
+    )  # fmt: skip
+
+
 def encode_prompt(
     tokenizer: Any, prompt: str | list, options: DataOptions, stats: Truncation, where: str = ""
 ) -> list[int]:
     """Token ids of a prompt: raw text with the tokenizer's own special tokens (e.g. BOS); chat messages through
     the chat template, whose text already holds the special tokens (so none are added: no second BOS)."""
     text = format_prompt(tokenizer, prompt, where)
+    if isinstance(prompt, str) and getattr(tokenizer, "chat_template", None):
+        _say_text_on_a_chat_model(tokenizer, where)
     ids = tokenizer(text, add_special_tokens=isinstance(prompt, str)).input_ids
     if len(ids) > options.max_prompt_tokens:
         if options.overlong == "error":
