@@ -110,8 +110,8 @@ def _assert_same_run(got: Path, want: Path, steps: int = 3, rel: float = 1e-5) -
             assert ra[k] == pytest.approx(rb[k], rel=rel, abs=ATOL), (k, ra["step"])
     summary = json.loads((got / "train_summary.json").read_text())
     assert summary["final_loss"] == pytest.approx(
-        json.loads((want / "train_summary.json").read_text())["final_loss"]
-    )
+        json.loads((want / "train_summary.json").read_text())["final_loss"], rel=rel
+    )  # as the metrics rows: FSDP's gradient norm over shards differs from one process's in the 7th digit
 
 
 @pytest.fixture(name="untrained")
