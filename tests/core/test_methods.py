@@ -56,14 +56,14 @@ def test_teacher_logprobs_stored_with_every_pair(bench: Bench, store: Path) -> N
     assert all(len(v) == 1 for v in by_prompt.values())
 
 
-def test_a_cut_output_trains_without_an_end_token(bench: Bench) -> None:
+def test_a_cut_output_trains_without_an_end_token(bench: Bench, tmp_path: Path, capsys) -> None:
     """A pair output that max_new_tokens cut (meta finish length) is encoded without its end token, in pair and
     list items alike; an ended one, or one of a pairs file without finishes, keeps it. Teacher log-probs made when
-    cut outputs were scored with an end token are refused, saying how to update them."""
+    cut outputs were scored with an end token are refused by a method that reads them (dpkd), saying how to update
+    them; plad-rank, which does not, trains."""
     from plad.config import DataOptions
     from plad.core.models import load_tokenizer
     from plad.train.stages import list_items, pair_items
-    from plad.utils.errors import DataError
 
     tok = load_tokenizer(str(bench.student))
     row = {"id": "a", "prompt": "count: 3", "chosen": "three things", "rejected": "thr",
@@ -77,12 +77,19 @@ def test_a_cut_output_trains_without_an_end_token(bench: Bench) -> None:
     assert it.rejected == body["rejected"] + [tok.eos_token_id]  # no finish recorded: it ended
     (it,) = list_items([row], tok, DataOptions(), "pairs.jsonl")
     assert it.outputs == [body["chosen"] + [tok.eos_token_id], body["rejected"]]
-    old = {**row, "teacher_logps": {"chosen": -1.0, "rejected": -2.0}}
-    with pytest.raises(DataError, match="run the same `plad pairs` command again"):
-        pair_items([old], tok, DataOptions(), "pairs.jsonl", "pairs")
-    (it,) = pair_items([{**old, "teacher_logps": {**old["teacher_logps"], "cut_unended": True}}], tok,
-                       DataOptions(), "pairs.jsonl", "pairs")  # fmt: skip
-    assert it.teacher_rejected_logp == -2.0
+    old = tmp_path / "old.jsonl"
+    rows = [{**row, "id": str(i), "teacher_logps": {"chosen": -1.0, "rejected": -2.0}} for i in range(4)]
+    old.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ("--model", bench.student, "--pairs_file", old, "--train.max_steps", 1, "--train.batch_size", 2)
+    capsys.readouterr()
+    assert main_inprocess("distill", "--method", "dpkd", "--output_dir", tmp_path / "d", *args) == 2
+    assert "run the same `plad pairs` command again" in capsys.readouterr().err
+    assert main_inprocess("distill", "--method", "plad-rank", "--output_dir", tmp_path / "r", *args) == 0
+    new = tmp_path / "new.jsonl"
+    new.write_text("".join(json.dumps({**r, "teacher_logps": {**r["teacher_logps"], "cut_unended": True}}) + "\n"
+                           for r in rows))  # fmt: skip
+    assert main_inprocess("distill", "--method", "dpkd", "--output_dir", tmp_path / "n", *args[:3], new,
+                          *args[4:]) == 0  # fmt: skip
 
 
 def test_teacher_logprobs_resume_scores_only_what_is_missing(

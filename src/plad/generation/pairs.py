@@ -438,8 +438,9 @@ def _score_locally(
     """Score the `todo` samples with a local teacher, appending rows to `path` per chunk; `sample_of`: (its text,
     whether it ended) of (example, side, index). A cut sample is scored without an end token, as training reads
     it."""
-    text_of, ended = sample_of
     from plad.core.logprobs import score_outputs
+
+    text_of, ended = sample_of
 
     stats = Truncation()
     longest = max(cfg.teacher.sampling.max_new_tokens, cfg.student.sampling.max_new_tokens)

@@ -127,7 +127,6 @@ def pair_items(pairs: list[dict], tokenizer: object, cfg_data, where: str, sourc
             continue
         scores = row.get("scores") or {}
         teacher = row.get("teacher_logps") or {}
-        _check_teacher_logps(row, teacher, loc)
         items.append(
             Item(
                 prompt,
@@ -155,9 +154,11 @@ def _ended(row: dict, key: str) -> bool:
     return (row.get("meta") or {}).get(f"{key}_finish") != "length"
 
 
-def _check_teacher_logps(row: dict, teacher: dict, loc: str) -> None:
+def _check_teacher_logps(row: dict, loc: str) -> None:
     """Teacher log-probs of a cut sample that counted an end token (pairs made before plad scored cut samples
-    without one) do not match the student's log-prob of the same output: refused, saying how to update them."""
+    without one) do not match the student's log-prob of the same output: refused for a method that reads them,
+    saying how to update them."""
+    teacher = row.get("teacher_logps") or {}
     if teacher and not teacher.get("cut_unended") and not (_ended(row, "chosen") and _ended(row, "rejected")):
         raise DataError(
             f"{loc}: the teacher log-probs of this pair's cut output (finish length) count an end token that "
@@ -527,6 +528,9 @@ def _distill_data(cfg: DistillConfig, method: Any, source: str, needs_targets: b
         if source != "targets"
         else []
     )
+    if method.needs_teacher_logps:
+        for row in pairs:
+            _check_teacher_logps(row, f"{cfg.pairs_file} id {row['id']}")
     examples = (
         load_examples(cfg.train_file, cfg.data, need_target=True, what="training data")
         if needs_targets
