@@ -85,6 +85,7 @@ class Trainer:
         self.step = 0
         self.saved_step = 0  # the newest checkpoint (or the resumed one)
         self.last_loss = float("nan")
+        self.step_lr = 0.0
         self.window_log: dict[str, list[torch.Tensor]] = {}  # metrics since the last log row, on the device
         self.tokens_log = 0
         self.t_log = self.t_start = time.perf_counter()
@@ -214,9 +215,8 @@ class Trainer:
             else None
         )
         self.optimizer.step()
-        self.step_lr = self.scheduler.get_last_lr()[
-            0
-        ]  # the rate this step used (logged), before the schedule moves
+        # the rate this step used (what its metrics row logs), read before the schedule moves on
+        self.step_lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1

@@ -201,8 +201,8 @@ def body(info: dict) -> str:
         lines.append(f"- used: {_settings(used, tuple(used))}")
     lines += ["", "## Training", ""]
     train = cfg.get("train") or {}
-    keys = ("max_steps", "batch_size", "grad_accum", "lr", "schedule", "warmup_steps", "weight_decay", "seed")
-    keys += ("mixed_precision",)
+    keys = ("max_steps", "batch_size", "grad_accum", "lr", "schedule", "warmup_steps", "weight_decay", "seed",
+            "mixed_precision")  # fmt: skip
     lines.append(f"- {_settings(train, keys)}; weights `{cfg.get('dtype')}`")
     if (lora := cfg.get("lora") or {}) and (lora.get("r") or lora.get("config")):
         what = (
