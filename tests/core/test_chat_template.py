@@ -158,6 +158,30 @@ def test_chat_prompt_ids_by_hand_with_one_bos(toks: dict, kind: str) -> None:
     assert encode_prompts(tok, examples, OPTS, "f.jsonl") == [got, ids(tok, " ".join(want))]
 
 
+@pytest.mark.parametrize("kind", ["chatml", "llama3", "gemma"])
+def test_an_overlong_chat_prompt_loses_the_middle_of_its_longest_message(toks: dict, kind: str) -> None:
+    """Cut to data.max_prompt_tokens inside the longest message: the template's headers, the system message and
+    the generation prompt stay whole, and the message keeps its start ("count:") and its end ("c"); a text
+    prompt keeps its end and its BOS. Both are counted as truncated."""
+    tok = toks[kind]
+    long = [MESSAGES[0], {"role": "user", "content": "count: " + "a b " * 40 + "c"}]
+    full = encode_prompt(tok, long, OPTS, Truncation())
+    stats, limit = Truncation(), len(full) - 30
+    got = encode_prompt(tok, long, DataOptions(max_prompt_tokens=limit), stats)
+    assert (
+        stats.prompts == 1 and limit - 1 <= len(got) <= limit
+    )  # characters, not tokens, are cut: one may be left
+    head = full.index(ids(tok, "count:")[0])
+    tail = full.index(ids(tok, "c")[0])
+    assert got[: head + 1] == full[: head + 1] and got[-(len(full) - tail) :] == full[tail:]
+    text = "count: " + "a b " * 40
+    stats = Truncation()
+    got = encode_prompt(tok, text, DataOptions(max_prompt_tokens=10), stats)
+    want = encode_prompt(tok, text, OPTS, Truncation())
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    assert stats.prompts == 1 and got == bos + want[-(10 - len(bos)) :]
+
+
 def test_a_text_prompt_for_a_chat_model_is_said_once(toks: dict, caplog: pytest.LogCaptureFixture) -> None:
     """A text prompt is used as it is, without the chat template: said once per tokenizer (a file may mix text
     and chat rows), never for chat messages, nor for a tokenizer without a template."""

@@ -28,8 +28,8 @@ class DataOptions:
     max_target_tokens: int = opt(256, "longest target/output in tokens (EOS included); see `overlong`")
     overlong: str = opt(
         "truncate",
-        "what to do with a prompt/target over the limit: truncate (prompts keep their end, targets their start; "
-        "the count is reported) or error",
+        "what to do with a prompt/target over the limit: truncate (a text prompt keeps its BOS and its end, a chat "
+        "prompt loses the middle of its longest message, a target keeps its start; the count is reported) or error",
         ("truncate", "error"),
     )
 

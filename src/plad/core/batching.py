@@ -125,8 +125,41 @@ def encode_prompt(
                 "raise the limit or set data.overlong=truncate"
             )
         stats.prompts += 1
-        ids = ids[-options.max_prompt_tokens :]  # keep the end: the instruction usually sits there
+        limit = options.max_prompt_tokens
+        shortened = _shortened_chat(tokenizer, prompt, limit) if isinstance(prompt, list) else None
+        if shortened is not None:
+            return shortened
+        # keep the end (the instruction usually sits there), and a text prompt's BOS
+        bos = tokenizer.bos_token_id
+        head = ids[:1] if isinstance(prompt, str) and bos is not None and ids[0] == bos and limit > 1 else []
+        ids = head + ids[len(ids) - (limit - len(head)) :]
     return ids
+
+
+def _shortened_chat(tokenizer: Any, messages: list, limit: int) -> list[int] | None:
+    """An over-long chat prompt cut to `limit` tokens inside its longest message: that message keeps the start and
+    the end of its text (where instructions sit) and loses the middle, so the template's headers, the other
+    messages and the generation prompt stay whole (a cut of the rendered tokens would drop the system and user
+    headers). None when even an empty longest message does not fit: the caller cuts the tokens."""
+    i = max(range(len(messages)), key=lambda k: len(str(messages[k].get("content", ""))))
+    content = messages[i].get("content")
+    if not isinstance(content, str) or not content:
+        return None
+
+    def keeping(
+        n: int,
+    ) -> list[int]:  # n characters of the message kept: its first n - n // 2 and last n // 2
+        kept = content[: n - n // 2] + content[len(content) - n // 2 :]
+        shortened = [*messages[:i], {**messages[i], "content": kept}, *messages[i + 1 :]]
+        return tokenizer(format_prompt(tokenizer, shortened), add_special_tokens=False).input_ids
+
+    if len(keeping(0)) > limit:
+        return None
+    lo, hi = 0, len(content)  # keeping(lo) fits, keeping(hi) (the whole prompt) does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if len(keeping(mid)) <= limit else (lo, mid)
+    return keeping(lo)
 
 
 def encode_prompts(
