@@ -499,17 +499,8 @@ def test_trained_weights_get_the_umask_mode(bench: Bench, tmp_path: Path) -> Non
     mask = os.umask(0o022)
     os.umask(mask)
     want = 0o666 & ~mask
-    base = (
-        "sft",
-        "--model",
-        bench.student,
-        "--train_file",
-        bench.sft,
-        "--train.batch_size",
-        4,
-        "--threads",
-        1,
-    )
+    base = ("sft", "--model", bench.student, "--train_file", bench.sft,
+            "--train.batch_size", 4, "--threads", 1)  # fmt: skip
     assert main_inprocess(*base, "--output_dir", tmp_path / "full", "--train.max_steps", 1) == 0
     assert (
         main_inprocess(*base, "--output_dir", tmp_path / "lora", "--train.max_steps", 1, "--lora.r", 2) == 0

@@ -25,6 +25,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from plad.core.models import load_model_config
 from plad.utils.errors import ConfigError
 
 log = logging.getLogger("plad")
@@ -88,19 +89,11 @@ def stored_parameters(model: str) -> int | None:
     return total
 
 
-def _config(model: str) -> Any:
-    """The model's config, or the error its stage would stop with (a missing folder, a hub id that cannot be
-    fetched), said once, here, before anything else is done."""
-    from plad.core.models import load_model_config
-
-    return load_model_config(model)
-
-
 def _parameters_from_config(model: str) -> int | None:
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    config = _config(model)
+    config = load_model_config(model)  # a config it cannot read: the ModelError its stage would stop with
     auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     try:
         with torch.device("meta"):  # no memory; tied weights counted once, as loaded
@@ -126,7 +119,7 @@ def stored_dtype(model: str) -> str | None:
                 name = _SAFETENSORS_DTYPES.get(handle.get_slice(key).get_dtype())
                 if name:
                     return name
-    config = None if files else _config(model)
+    config = None if files else load_model_config(model)
     value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
     return str(value).removeprefix("torch.") if value is not None else None
 

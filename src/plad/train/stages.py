@@ -119,8 +119,7 @@ def pair_items(pairs: list[dict], tokenizer: object, cfg_data, where: str, sourc
         loc = f"{where} id {row['id']}"
         prompt = encode_prompt(tokenizer, row["prompt"], cfg_data, stats, loc)
         if source == "teacher":
-            teacher_key = "rejected" if (row.get("meta") or {}).get("chosen_side") == "student" else "chosen"
-            text, ended = _teacher_text(row), _ended(row, teacher_key)
+            text, ended = row[_teacher_key(row)], _ended(row, _teacher_key(row))
             items.append(
                 Item(prompt, encode_output(tokenizer, text, cfg_data, stats, loc, row["prompt"], ended))
             )
@@ -167,9 +166,15 @@ def _check_teacher_logps(row: dict, loc: str) -> None:
         )
 
 
+def _teacher_key(row: dict) -> str:
+    """Where a pair row holds the teacher's output: `chosen`, unless a real-preference ranking put it on the other
+    side."""
+    return "rejected" if (row.get("meta") or {}).get("chosen_side") == "student" else "chosen"
+
+
 def _teacher_text(row: dict) -> str:
-    """The teacher's output of a pair row: `chosen`, unless a real-preference ranking put it on the other side."""
-    return row["rejected"] if (row.get("meta") or {}).get("chosen_side") == "student" else row["chosen"]
+    """The teacher's output of a pair row."""
+    return row[_teacher_key(row)]
 
 
 def list_items(pairs: list[dict], tokenizer: object, cfg_data, where: str) -> list[Item]:
@@ -187,8 +192,8 @@ def list_items(pairs: list[dict], tokenizer: object, cfg_data, where: str) -> li
         teacher_text, teacher_score, students = _teacher_text(rows[0]), None, []
         teacher_ended = True
         for r in rows:
-            student_side = "chosen" if (r.get("meta") or {}).get("chosen_side") == "student" else "rejected"
-            teacher_side = "rejected" if student_side == "chosen" else "chosen"
+            teacher_side = _teacher_key(r)
+            student_side = "rejected" if teacher_side == "chosen" else "chosen"
             if scored:
                 teacher_score = r["scores"][teacher_side]
             teacher_ended = _ended(r, teacher_side)
